@@ -1,0 +1,281 @@
+//! `mount` and `umount`: the daemon's life cycle.
+//!
+//! `mount` re-executes itself in the foreground as a new session leader and waits on a
+//! pipe until the child reports that the kernel handshake is done (or why it failed),
+//! as gocryptfs and sshfs do.
+
+use super::CliError;
+use crate::durable;
+use crate::fs::{self, MountOptions};
+use crate::store::{now_rfc3339, DaemonInfo, Store, StoreLock, DAEMON_FILE, LOCK_FILE, LOG_FILE};
+use clap::Args;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct MountArgs {
+    /// The store directory; created with a new platform key if it does not exist.
+    store: PathBuf,
+    /// An existing, empty directory to mount on.
+    mountpoint: PathBuf,
+    /// Stay in the foreground and log to stderr.
+    #[arg(short, long)]
+    foreground: bool,
+    /// Let other users access the mount (file modes still apply). Needs
+    /// `user_allow_other` in /etc/fuse.conf when not root.
+    #[arg(long)]
+    allow_other: bool,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Internal: fd on which a background daemon reports readiness.
+    #[arg(long, hide = true)]
+    ready_fd: Option<i32>,
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// True if `path` is itself a mount point (per /proc/self/mountinfo).
+fn is_mountpoint(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| mp.replace("\\040", " ") == want)
+}
+
+fn check_mountpoint(mp: &Path) -> Result<PathBuf, CliError> {
+    let shown = mp.display();
+    let meta = std::fs::metadata(mp).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => CliError(format!("mountpoint {shown} does not exist; create it with 'mkdir -p {shown}'")),
+        Some(libc::ENOTCONN) => CliError(format!(
+            "mountpoint {shown} is a dead mount (its daemon died); clear it with 'diskvault umount {shown}'"
+        )),
+        _ => CliError(format!("mountpoint {shown} is not usable: {e}")),
+    })?;
+    if !meta.is_dir() {
+        return Err(CliError(format!(
+            "mountpoint {shown} is not a directory; pass an empty directory"
+        )));
+    }
+    let mp = std::fs::canonicalize(mp)?;
+    if is_mountpoint(&mp) {
+        return Err(CliError(format!(
+            "mountpoint {shown} is busy: something is already mounted there; unmount it or pick another directory"
+        )));
+    }
+    if std::fs::read_dir(&mp)?.next().is_some() {
+        return Err(CliError(format!(
+            "mountpoint {shown} is not empty; pick an empty directory"
+        )));
+    }
+    Ok(mp)
+}
+
+pub fn mount(args: MountArgs) -> Result<(), CliError> {
+    let store = absolute(&args.store);
+    if args.ready_fd.is_some() || args.foreground {
+        return serve(&args, &store);
+    }
+    check_mountpoint(&args.mountpoint)?;
+    if !Store::is_store(&store) {
+        Store::init(&store)?;
+        eprintln!(
+            "diskvault: created new store {} with a fresh platform key",
+            store.display()
+        );
+    }
+    // Readiness pipe: the child writes "OK" or an error line, then keeps the fd closed.
+    let mut fds = [0i32; 2];
+    // Safe because: `fds` is a valid two-element array for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // Safe because: pipe2 just returned these two fds and nothing else owns them.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let wr_raw = fds[1];
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("mount")
+        .arg("--ready-fd")
+        .arg(wr_raw.to_string())
+        .arg("--threads")
+        .arg(args.threads.to_string());
+    if args.allow_other {
+        cmd.arg("--allow-other");
+    }
+    cmd.arg(&store)
+        .arg(std::fs::canonicalize(&args.mountpoint)?)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // Safe because: between fork and exec the closure only calls async-signal-safe
+    // functions (setsid, fcntl) on an fd that is open in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            let flags = libc::fcntl(wr_raw, libc::F_GETFD);
+            libc::fcntl(wr_raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    drop(wr);
+    let mut msg = String::new();
+    std::fs::File::from(rd).read_to_string(&mut msg)?;
+    let msg = msg.trim();
+    if msg == "OK" {
+        return Ok(());
+    }
+    let _ = child.wait();
+    if let Some(err) = msg.strip_prefix("ERR ") {
+        return Err(CliError(err.to_string()));
+    }
+    Err(CliError(format!(
+        "the daemon exited before the mount was ready; see {}",
+        store.join(LOG_FILE).display()
+    )))
+}
+
+fn init_logging(to_file: Option<&Path>) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let Some(path) = to_file {
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+        {
+            b.target(env_logger::Target::Pipe(Box::new(f)));
+        }
+    }
+    let _ = b.try_init();
+}
+
+/// Blocks SIGINT/SIGTERM/SIGHUP in every thread and returns the set, so that one
+/// thread can take them with sigwait and unmount cleanly.
+fn block_signals() -> libc::sigset_t {
+    // Safe because: the sigset is initialized by sigemptyset before use, and
+    // pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// The daemon proper: open the store, mount, report readiness, serve until unmounted.
+fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
+    // Safe because: ready_fd was passed by our parent and is open and owned only here.
+    let mut ready = args
+        .ready_fd
+        .map(|fd| std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+    let result = (|| {
+        let mp = check_mountpoint(&args.mountpoint)?;
+        if !Store::is_store(store_path) && args.ready_fd.is_none() {
+            Store::init(store_path)?;
+        }
+        init_logging(ready.as_ref().map(|_| store_path.join(LOG_FILE)).as_deref());
+        let store = Arc::new(Store::open(store_path)?);
+        let info = DaemonInfo {
+            pid: std::process::id(),
+            store: store_path.display().to_string(),
+            mountpoint: mp.display().to_string(),
+            started_at: now_rfc3339(),
+        };
+        let sigs = block_signals();
+        let opts = MountOptions {
+            allow_other: args.allow_other,
+            threads: args.threads,
+        };
+        let mut session = fs::mount(store.clone(), info.clone(), &mp, &opts).map_err(|e| {
+            CliError(format!(
+                "cannot mount on {}: {e} (is /dev/fuse available and are you allowed to mount?)",
+                mp.display()
+            ))
+        })?;
+        let json = serde_json::to_vec_pretty(&info).expect("serializes");
+        durable::write_atomic(&store_path.join(DAEMON_FILE), &json, 0o600)?;
+        let mut unmounter = session.unmount_callable();
+        std::thread::spawn(move || {
+            let mut sig = 0;
+            // Safe because: `sigs` is an initialized set and `sig` a valid out-pointer.
+            unsafe { libc::sigwait(&sigs, &mut sig) };
+            log::info!("signal {sig}: unmounting");
+            let _ = unmounter.unmount();
+        });
+        log::info!("serving {} on {}", store_path.display(), mp.display());
+        Ok::<_, CliError>((session, store))
+    })();
+    let (session, store) = match result {
+        Ok(v) => v,
+        Err(CliError(msg)) => {
+            if let Some(f) = ready.as_mut() {
+                let _ = writeln!(f, "ERR {msg}");
+            }
+            return Err(CliError(msg));
+        }
+    };
+    if let Some(mut f) = ready.take() {
+        let _ = writeln!(f, "OK");
+    }
+    let r = session.run();
+    drop(store);
+    r.map_err(|e| CliError(format!("FUSE session ended with an error: {e}")))
+}
+
+/// Reads which store a mount serves from its `.vault/daemon.json`.
+fn daemon_of(mp: &Path) -> Option<DaemonInfo> {
+    serde_json::from_slice(&std::fs::read(mp.join(".vault").join("daemon.json")).ok()?).ok()
+}
+
+pub fn umount(mp: &Path) -> Result<(), CliError> {
+    let abs = absolute(mp);
+    let shown = mp.display();
+    let info = daemon_of(&abs);
+    if info.is_none() && !is_mountpoint(&abs) {
+        return Err(CliError(format!("{shown} is not mounted; nothing to do")));
+    }
+    let c = std::ffi::CString::new(abs.as_os_str().as_encoded_bytes())
+        .map_err(|_| CliError("mountpoint path contains a NUL byte".into()))?;
+    // Safe because: `c` is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EBUSY) => {
+                return Err(CliError(format!(
+                    "{shown} is busy: a program still uses it (see 'fuser -vm {shown}'); close it and retry"
+                )))
+            }
+            Some(libc::EPERM) => {
+                let ok = ["fusermount3", "fusermount"].iter().any(|bin| {
+                    std::process::Command::new(bin)
+                        .arg("-u")
+                        .arg(&abs)
+                        .status()
+                        .is_ok_and(|s| s.success())
+                });
+                if !ok {
+                    return Err(CliError(format!("not allowed to unmount {shown}: {e}; run as the user who mounted it")));
+                }
+            }
+            _ => return Err(CliError(format!("cannot unmount {shown}: {e}"))),
+        }
+    }
+    // The daemon holds the store lock until it has flushed and exited.
+    if let Some(info) = info {
+        StoreLock::wait_released(&Path::new(&info.store).join(LOCK_FILE))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Key wrapping: RSA-OAEP with SHA-256 for both the OAEP hash and MGF1, empty label
+//! (JWA "RSA-OAEP-256", as Azure Key Vault's wrapKey uses).
+
+use super::{CryptoError, Secret};
+use rsa::pkcs1::DecodeRsaPrivateKey;
+use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::traits::PublicKeyParts;
+use rsa::PrivateKey;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// The wrapping algorithm name recorded with every wrapped key.
+pub const WRAP_ALG: &str = "RSA-OAEP-256";
+
+/// RSA modulus sizes Azure accepts for disk encryption keys.
+pub const ALLOWED_BITS: [usize; 3] = [2048, 3072, 4096];
+
+/// An RSA private key. The underlying type zeroizes itself on drop.
+pub struct RsaKey {
+    key: PrivateKey,
+}
+
+impl RsaKey {
+    pub fn generate(bits: usize) -> Result<Self, CryptoError> {
+        if !ALLOWED_BITS.contains(&bits) {
+            return Err(CryptoError::KeySize(bits));
+        }
+        let key = PrivateKey::new(&mut getrandom::SysRng, bits).map_err(|_| CryptoError::KeyGen)?;
+        Ok(RsaKey { key })
+    }
+
+    /// Parses a PEM private key in PKCS#8 (`BEGIN PRIVATE KEY`) or PKCS#1 (`BEGIN RSA PRIVATE KEY`) form.
+    pub fn from_pem(pem: &str) -> Result<Self, CryptoError> {
+        let key = if pem.contains("BEGIN RSA PRIVATE KEY") {
+            PrivateKey::from_pkcs1_pem(pem).map_err(|e| CryptoError::KeyParse(e.to_string()))?
+        } else {
+            PrivateKey::from_pkcs8_pem(pem).map_err(|e| CryptoError::KeyParse(e.to_string()))?
+        };
+        let bits = key.size() * 8;
+        if !ALLOWED_BITS.contains(&bits) {
+            return Err(CryptoError::KeySize(bits));
+        }
+        Ok(RsaKey { key })
+    }
+
+    /// PKCS#8 PEM of the private key, in a buffer that is zeroized on drop.
+    pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, CryptoError> {
+        self.key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map(|s| Zeroizing::new(s.to_string()))
+            .map_err(|e| CryptoError::KeyParse(e.to_string()))
+    }
+
+    /// SubjectPublicKeyInfo PEM (`BEGIN PUBLIC KEY`).
+    pub fn public_pem(&self) -> String {
+        self.key
+            .as_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .expect("encoding an RSA public key cannot fail")
+    }
+
+    pub fn bits(&self) -> usize {
+        self.key.size() * 8
+    }
+
+    /// Length of a wrapped key: the modulus size in bytes.
+    pub fn wrapped_len(&self) -> usize {
+        self.key.size()
+    }
+
+    /// Hex SHA-256 of the DER SubjectPublicKeyInfo; identifies the key without revealing it.
+    pub fn fingerprint(&self) -> String {
+        let der = self
+            .key
+            .as_public_key()
+            .to_public_key_der()
+            .expect("encoding an RSA public key cannot fail");
+        hex(&Sha256::digest(der.as_bytes()))
+    }
+
+    pub fn wrap(&self, dek: &Secret) -> Result<Vec<u8>, CryptoError> {
+        self.key
+            .as_public_key()
+            .oaep_encrypt::<Sha256>(dek.expose())
+            .map_err(|e| CryptoError::Wrap(e.to_string()))
+    }
+
+    pub fn unwrap(&self, wrapped: &[u8]) -> Result<Secret, CryptoError> {
+        // The plaintext vector is moved straight into a zeroizing Secret.
+        self.key
+            .oaep_decrypt::<Sha256>(wrapped)
+            .map(Secret::new)
+            .map_err(|_| CryptoError::Unwrap)
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}

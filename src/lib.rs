@@ -1,0 +1,11 @@
+//! diskvault: Azure Managed Disks server-side encryption, emulated on one machine.
+//!
+//! Layers, lowest first: `crypto` (ciphers, key wrapping) → `vault` (key providers)
+//! → `store` (on-disk format, data path, locking) → `fs` (FUSE frontend) → `cli`.
+
+pub mod cli;
+pub mod crypto;
+pub mod durable;
+pub mod fs;
+pub mod store;
+pub mod vault;

@@ -1,0 +1,608 @@
+//! One disk: its metadata, its backing ciphertext file and the data path.
+//!
+//! Offsets in the backing file equal plaintext offsets; the file is the logical size
+//! rounded up to whole 4 KiB data units. A data unit whose stored bytes are all zero is
+//! a hole and reads as plaintext zeros. Bytes past the logical size inside the last
+//! unit are undefined and are zeroed whenever the disk grows over them.
+
+use super::error::{Result, StoreError};
+use super::meta::{key_check, DiskMeta};
+use super::spec::MAX_DISK_SIZE;
+use crate::crypto::{DataCipher, DATA_UNIT};
+use crate::durable;
+use crate::vault::KeyProvider;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+const U: u64 = DATA_UNIT as u64;
+/// Units per lock granule: one lock covers 64 KiB, so a 1 MiB request takes 16 locks.
+const GRANULE_SHIFT: u32 = 4;
+const STRIPES: usize = 64;
+
+pub const META_FILE: &str = "meta.json";
+pub const DATA_FILE: &str = "data";
+
+fn round_up(x: u64) -> u64 {
+    x.div_ceil(U) * U
+}
+
+fn is_zero(buf: &[u8]) -> bool {
+    let (pre, mid, post) = unsafe {
+        // Safe because: u128 has no invalid bit patterns and align_to only reinterprets
+        // the aligned middle part of an initialized byte slice.
+        buf.align_to::<u128>()
+    };
+    pre.iter().all(|&b| b == 0) && mid.iter().all(|&w| w == 0) && post.iter().all(|&b| b == 0)
+}
+
+/// Whence for `Disk::seek`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeekKind {
+    Data,
+    Hole,
+}
+
+/// State that exists only while the disk is unlocked: its backing file and ciphers.
+/// Dropping it zeroizes the keys (the AES key schedules zeroize on drop).
+struct Unlocked {
+    file: File,
+    layers: Vec<DataCipher>,
+}
+
+impl Unlocked {
+    fn encrypt(&self, first_unit: u64, buf: &mut [u8]) {
+        for l in &self.layers {
+            l.encrypt_units(first_unit, buf);
+        }
+    }
+
+    fn decrypt_unit(&self, unit: u64, buf: &mut [u8]) {
+        for l in self.layers.iter().rev() {
+            l.decrypt_units(unit, buf);
+        }
+    }
+}
+
+pub struct Disk {
+    pub id: String,
+    /// Stable number for this process's lifetime; the FUSE layer derives inodes from it.
+    pub serial: u64,
+    dir: RwLock<PathBuf>,
+    meta: Mutex<DiskMeta>,
+    /// Why the disk can't be served (corrupt metadata), if so.
+    corrupt: Option<String>,
+    keys: Arc<dyn KeyProvider>,
+    size: AtomicU64,
+    size_dirty: AtomicBool,
+    deleted: AtomicBool,
+    mtime: Mutex<SystemTime>,
+    unlocked: RwLock<Option<Arc<Unlocked>>>,
+    open_count: Mutex<u32>,
+    /// Shared by reads and writes, exclusive for size changes.
+    resize: RwLock<()>,
+    /// Serializes writes that extend the disk.
+    extend: Mutex<()>,
+    stripes: Vec<RwLock<()>>,
+}
+
+enum Guards<'a> {
+    Shared(#[allow(dead_code)] Vec<RwLockReadGuard<'a, ()>>),
+    Exclusive(#[allow(dead_code)] Vec<RwLockWriteGuard<'a, ()>>),
+}
+
+impl Disk {
+    pub(super) fn new(
+        dir: PathBuf,
+        meta: DiskMeta,
+        corrupt: Option<String>,
+        keys: Arc<dyn KeyProvider>,
+        serial: u64,
+    ) -> Self {
+        let mtime = std::fs::metadata(dir.join(DATA_FILE))
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now());
+        Disk {
+            id: meta.id.clone(),
+            serial,
+            dir: RwLock::new(dir),
+            size: AtomicU64::new(meta.size_bytes),
+            meta: Mutex::new(meta),
+            corrupt,
+            keys,
+            size_dirty: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
+            mtime: Mutex::new(mtime),
+            unlocked: RwLock::new(None),
+            open_count: Mutex::new(0),
+            resize: RwLock::new(()),
+            extend: Mutex::new(()),
+            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        self.meta.lock().name.clone()
+    }
+
+    pub fn meta(&self) -> DiskMeta {
+        let mut m = self.meta.lock().clone();
+        m.size_bytes = self.size();
+        m
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    pub fn mtime(&self) -> SystemTime {
+        *self.mtime.lock()
+    }
+
+    pub fn set_mtime(&self, t: SystemTime) {
+        *self.mtime.lock() = t;
+    }
+
+    pub fn corrupt_reason(&self) -> Option<&str> {
+        self.corrupt.as_deref()
+    }
+
+    pub fn open_handles(&self) -> u32 {
+        *self.open_count.lock()
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.read().clone()
+    }
+
+    /// Bytes the backing file occupies (sparse files use less than their size).
+    pub fn allocated_bytes(&self) -> u64 {
+        std::fs::metadata(self.dir().join(DATA_FILE))
+            .map(|m| m.blocks() * 512)
+            .unwrap_or(0)
+    }
+
+    fn unavailable(&self, reason: impl Into<String>) -> StoreError {
+        StoreError::Unavailable {
+            disk: self.name(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Unwraps every layer's DEK and opens the backing file.
+    fn unlock(&self) -> Result<Unlocked> {
+        if let Some(reason) = &self.corrupt {
+            return Err(self.unavailable(reason.clone()));
+        }
+        let meta = self.meta.lock().clone();
+        let mut layers = Vec::with_capacity(meta.layers.len());
+        for (i, layer) in meta.layers.iter().enumerate() {
+            let p = layer.parse().map_err(|r| self.unavailable(r))?;
+            let dek = self
+                .keys
+                .unwrap(&p.wrapped)
+                .map_err(|e| self.unavailable(format!("cannot unwrap its data key: {e}")))?;
+            if key_check(&dek, &meta.id, i, p.cipher, &p.nonce) != layer.key_check {
+                return Err(self.unavailable(
+                    "its data key does not match its metadata (keyCheck mismatch: tampered or mixed-up meta.json); restore meta.json from a backup",
+                ));
+            }
+            layers.push(DataCipher::new(p.cipher, &dek, &p.nonce)?);
+        }
+        let path = self.dir().join(DATA_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| self.unavailable(format!("cannot open {}: {e}", path.display())))?;
+        Ok(Unlocked { file, layers })
+    }
+
+    /// The unlocked state, unwrapping temporarily if no handle has the disk open.
+    fn unlocked(&self) -> Result<Arc<Unlocked>> {
+        if let Some(u) = self.unlocked.read().as_ref() {
+            return Ok(u.clone());
+        }
+        Ok(Arc::new(self.unlock()?))
+    }
+
+    /// Registers an open handle; the first one unwraps the DEK.
+    pub fn open(&self) -> Result<()> {
+        let mut n = self.open_count.lock();
+        if *n == 0 {
+            let u = self.unlock()?;
+            *self.unlocked.write() = Some(Arc::new(u));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// Drops an open handle; the last one persists the size and zeroizes the keys.
+    pub fn release(&self) -> Result<()> {
+        let mut n = self.open_count.lock();
+        *n = n.saturating_sub(1);
+        let r = self.persist_size();
+        if *n == 0 {
+            *self.unlocked.write() = None;
+        }
+        r
+    }
+
+    /// Locks the granules covering units [first, end).
+    fn lock_units(&self, first: u64, end: u64, exclusive: bool) -> Guards<'_> {
+        let g0 = first >> GRANULE_SHIFT;
+        let g1 = (end - 1) >> GRANULE_SHIFT;
+        let mut idx: Vec<usize> = if g1 - g0 + 1 >= STRIPES as u64 {
+            (0..STRIPES).collect()
+        } else {
+            (g0..=g1).map(|g| (g % STRIPES as u64) as usize).collect()
+        };
+        // A fixed order (ascending stripe index) rules out deadlock between requests.
+        idx.sort_unstable();
+        idx.dedup();
+        if exclusive {
+            Guards::Exclusive(idx.iter().map(|&i| self.stripes[i].write()).collect())
+        } else {
+            Guards::Shared(idx.iter().map(|&i| self.stripes[i].read()).collect())
+        }
+    }
+
+    /// Reads up to `len` bytes at `off`; shorter at the end of the disk.
+    pub fn read(&self, off: u64, len: usize) -> Result<Vec<u8>> {
+        let _r = self.resize.read();
+        let u = self.unlocked()?;
+        let size = self.size();
+        if off >= size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = size.min(off.saturating_add(len as u64));
+        let first = off / U;
+        let last = end.div_ceil(U);
+        let mut buf = vec![0u8; ((last - first) * U) as usize];
+        {
+            let _g = self.lock_units(first, last, false);
+            read_full(&u.file, &mut buf, first * U).map_err(|e| self.io_err("read", e))?;
+            for (i, unit) in buf.chunks_exact_mut(DATA_UNIT).enumerate() {
+                if !is_zero(unit) {
+                    u.decrypt_unit(first + i as u64, unit);
+                }
+            }
+        }
+        let head = (off - first * U) as usize;
+        let n = (end - off) as usize;
+        if head > 0 {
+            buf.copy_within(head..head + n, 0);
+        }
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn io_err(&self, what: &str, e: io::Error) -> StoreError {
+        StoreError::io(format!("{what} on disk '{}'", self.name()), e)
+    }
+
+    /// Encrypts and writes `data` at `off`, read-modify-writing partial units.
+    /// The caller holds `resize` (shared or exclusive).
+    fn write_range(&self, u: &Unlocked, off: u64, data: &[u8]) -> Result<()> {
+        let end = off + data.len() as u64;
+        let first = off / U;
+        let last = end.div_ceil(U);
+        let mut buf = vec![0u8; ((last - first) * U) as usize];
+        let head = (off - first * U) as usize;
+        let _g = self.lock_units(first, last, true);
+        let fill_unit = |unit: u64, buf: &mut [u8]| -> Result<()> {
+            let slot = &mut buf[((unit - first) * U) as usize..][..DATA_UNIT];
+            read_full(&u.file, slot, unit * U).map_err(|e| self.io_err("read", e))?;
+            if !is_zero(slot) {
+                u.decrypt_unit(unit, slot);
+            }
+            Ok(())
+        };
+        if head != 0 || (end < (first + 1) * U) {
+            fill_unit(first, &mut buf)?;
+        }
+        if last - 1 > first && end % U != 0 {
+            fill_unit(last - 1, &mut buf)?;
+        }
+        buf[head..head + data.len()].copy_from_slice(data);
+        u.encrypt(first, &mut buf);
+        u.file
+            .write_all_at(&buf, first * U)
+            .map_err(|e| self.io_err("write", e))
+    }
+
+    /// Zeroes the undefined bytes between the current size and `upto` in the last unit.
+    fn zero_tail(&self, u: &Unlocked, size: u64, upto: u64) -> Result<()> {
+        let z_end = round_up(size).min(upto);
+        if z_end > size {
+            self.write_range(u, size, &vec![0u8; (z_end - size) as usize])?;
+        }
+        Ok(())
+    }
+
+    pub fn write(&self, off: u64, data: &[u8]) -> Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let end = off
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_DISK_SIZE)
+            .ok_or(StoreError::TooLarge)?;
+        let _r = self.resize.read();
+        let u = self.unlocked()?;
+        if end <= self.size() {
+            self.write_range(&u, off, data)?;
+        } else {
+            let _e = self.extend.lock();
+            let size = self.size();
+            if off > size {
+                self.zero_tail(&u, size, off)?;
+            }
+            self.write_range(&u, off, data)?;
+            if end > size {
+                self.size.store(end, Ordering::Release);
+                self.size_dirty.store(true, Ordering::Release);
+            }
+        }
+        self.set_mtime(SystemTime::now());
+        Ok(data.len())
+    }
+
+    /// Changes the size (truncate). Growing reads as zeros; shrinking discards data.
+    pub fn set_size(&self, new: u64) -> Result<()> {
+        if new > MAX_DISK_SIZE {
+            return Err(StoreError::TooLarge);
+        }
+        let _w = self.resize.write();
+        let old = self.size();
+        if new > old && old % U != 0 {
+            let u = self.unlocked()?;
+            self.zero_tail(&u, old, new)?;
+        }
+        // Metadata first: after a crash the file is reconciled to the recorded size.
+        self.update_meta(|m| m.size_bytes = new)?;
+        self.size.store(new, Ordering::Release);
+        self.size_dirty.store(false, Ordering::Release);
+        let path = self.dir().join(DATA_FILE);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| self.io_err("truncate", e))?;
+        f.set_len(round_up(new))
+            .map_err(|e| self.io_err("truncate", e))?;
+        self.set_mtime(SystemTime::now());
+        Ok(())
+    }
+
+    /// Returns `[off, off+len)` to zeros without changing the size (fallocate PUNCH_HOLE).
+    pub fn punch(&self, off: u64, len: u64) -> Result<()> {
+        let _r = self.resize.read();
+        let size = self.size();
+        let end = off.saturating_add(len).min(size);
+        if off >= end {
+            return Ok(());
+        }
+        // Bytes past the size are undefined, so a range reaching the end may free the last unit.
+        let full_end = if end == size {
+            round_up(size)
+        } else {
+            end / U * U
+        };
+        let full_start = round_up(off);
+        let u = self.unlocked()?;
+        if full_start < full_end {
+            let _g = self.lock_units(full_start / U, full_end / U, true);
+            punch_file(&u.file, full_start, full_end - full_start)
+                .map_err(|e| self.io_err("punch", e))?;
+        }
+        if off < full_start.min(end) {
+            self.write_range(&u, off, &vec![0u8; (full_start.min(end) - off) as usize])?;
+        }
+        let tail_start = full_end.max(full_start).max(off);
+        if tail_start < end {
+            self.write_range(&u, tail_start, &vec![0u8; (end - tail_start) as usize])?;
+        }
+        self.set_mtime(SystemTime::now());
+        Ok(())
+    }
+
+    /// fallocate ZERO_RANGE: zeros, growing the disk unless `keep_size`.
+    pub fn zero_range(&self, off: u64, len: u64, keep_size: bool) -> Result<()> {
+        let end = off.checked_add(len).ok_or(StoreError::TooLarge)?;
+        if !keep_size && end > self.size() {
+            self.set_size(end)?;
+        }
+        self.punch(off, len)
+    }
+
+    /// fallocate mode 0: reserve backing space (it reads as zeros) and grow unless `keep_size`.
+    pub fn allocate(&self, off: u64, len: u64, keep_size: bool) -> Result<()> {
+        let end = off.checked_add(len).ok_or(StoreError::TooLarge)?;
+        if end > MAX_DISK_SIZE {
+            return Err(StoreError::TooLarge);
+        }
+        if !keep_size && end > self.size() {
+            self.set_size(end)?;
+        }
+        let _r = self.resize.read();
+        let u = self.unlocked()?;
+        let (a, b) = (off / U * U, round_up(end.min(round_up(self.size()))));
+        if a < b {
+            // Safe because: fd is valid while `u` lives; fallocate takes no pointers.
+            let rc = unsafe {
+                libc::fallocate(
+                    u.file.as_raw_fd(),
+                    libc::FALLOC_FL_KEEP_SIZE,
+                    a as i64,
+                    (b - a) as i64,
+                )
+            };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                    return Err(self.io_err("allocate", e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// SEEK_DATA / SEEK_HOLE, answered from the backing file's holes.
+    pub fn seek(&self, off: u64, kind: SeekKind) -> Result<u64> {
+        let _r = self.resize.read();
+        let size = self.size();
+        let nxio = || StoreError::io("seek", io::Error::from_raw_os_error(libc::ENXIO));
+        if off >= size {
+            return Err(nxio());
+        }
+        let path = self.dir().join(DATA_FILE);
+        let f = File::open(&path).map_err(|e| self.io_err("seek", e))?;
+        let whence = match kind {
+            SeekKind::Data => libc::SEEK_DATA,
+            SeekKind::Hole => libc::SEEK_HOLE,
+        };
+        // Safe because: the fd is valid while `f` lives; lseek takes no pointers.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), off as i64, whence) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match (kind, e.raw_os_error()) {
+                (SeekKind::Data, Some(libc::ENXIO)) => Err(nxio()),
+                _ => Err(self.io_err("seek", e)),
+            };
+        }
+        let r = r as u64;
+        match kind {
+            SeekKind::Data if r >= size => Err(nxio()),
+            SeekKind::Data => Ok(r),
+            SeekKind::Hole => Ok(r.min(size)),
+        }
+    }
+
+    /// Makes written data and the size durable (fsync/fdatasync).
+    pub fn sync(&self) -> Result<()> {
+        if let Some(u) = self.unlocked.read().clone() {
+            u.file.sync_data().map_err(|e| self.io_err("fsync", e))?;
+        }
+        self.persist_size()
+    }
+
+    /// Writes the in-memory size to metadata if writes grew the disk.
+    pub fn persist_size(&self) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) || !self.size_dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let size = self.size();
+        self.update_meta(|m| m.size_bytes = m.size_bytes.max(size))
+            .inspect_err(|_| {
+                self.size_dirty.store(true, Ordering::Release);
+            })
+    }
+
+    /// Applies `f` to the metadata and replaces meta.json atomically.
+    pub(super) fn update_meta(&self, f: impl FnOnce(&mut DiskMeta)) -> Result<()> {
+        let mut meta = self.meta.lock();
+        let mut next = meta.clone();
+        f(&mut next);
+        let path = self.dir().join(META_FILE);
+        durable::write_atomic(&path, &next.to_json(), 0o600)
+            .map_err(|e| StoreError::io(format!("updating {}", path.display()), e))?;
+        *meta = next;
+        Ok(())
+    }
+
+    /// Reconciles the backing file with the recorded size after a crash.
+    pub(super) fn reconcile(&self) -> io::Result<()> {
+        if self.corrupt.is_some() {
+            return Ok(());
+        }
+        let path = self.dir().join(DATA_FILE);
+        let f = OpenOptions::new().write(true).open(&path)?;
+        let want = round_up(self.size());
+        if f.metadata()?.len() != want {
+            f.set_len(want)?;
+            f.sync_all()?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn set_dir(&self, dir: PathBuf) {
+        *self.dir.write() = dir;
+    }
+
+    pub(super) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+    }
+
+    pub(super) fn data_path(dir: &Path) -> PathBuf {
+        dir.join(DATA_FILE)
+    }
+}
+
+/// pread that fills `buf`, leaving zeros past the end of the file.
+fn read_full(f: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf[done..].fill(0);
+    Ok(())
+}
+
+/// Frees a unit-aligned range of the backing file; falls back to writing zeros
+/// (which read back as a hole) where the filesystem can't punch.
+fn punch_file(f: &File, off: u64, len: u64) -> io::Result<()> {
+    // Safe because: the fd is valid while `f` lives; fallocate takes no pointers.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as i64,
+            len as i64,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(e);
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let mut pos = off;
+    while pos < off + len {
+        let n = (off + len - pos).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_and_zero_detection() {
+        assert_eq!(round_up(0), 0);
+        assert_eq!(round_up(1), 4096);
+        assert_eq!(round_up(4096), 4096);
+        assert_eq!(round_up(4097), 8192);
+        let mut b = vec![0u8; 4096];
+        assert!(is_zero(&b));
+        b[4095] = 1;
+        assert!(!is_zero(&b));
+        assert!(!is_zero(&b[1..]));
+    }
+}

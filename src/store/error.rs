@@ -1,0 +1,67 @@
+use crate::crypto::CryptoError;
+use crate::vault::VaultError;
+use thiserror::Error;
+
+/// Every failure of the store. Messages name the cause and the fix; none contains
+/// key material or plaintext.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("store {0} does not exist; create it with 'diskvault init {0}' (or mount it, which creates it)")]
+    StoreMissing(String),
+    #[error("{0} is not a diskvault store (no diskvault.json); pick the store directory or run 'diskvault init' on an empty one")]
+    NotAStore(String),
+    #[error("{0} is already a diskvault store; use it as it is, or pick an empty directory")]
+    AlreadyAStore(String),
+    #[error("store header {path} is corrupt ({reason}); restore it from a backup")]
+    BadHeader { path: String, reason: String },
+    #[error("store format version {0} is not supported by this diskvault (it reads version 1); upgrade diskvault")]
+    UnsupportedVersion(u64),
+    #[error(
+        "store {path} is already in use{holder}; unmount it first ('diskvault umount MOUNTPOINT')"
+    )]
+    Locked { path: String, holder: String },
+    #[error("no disk named '{0}'; see 'diskvault disk list'")]
+    DiskNotFound(String),
+    #[error("a disk named '{0}' already exists; choose another name or delete that disk first")]
+    DiskExists(String),
+    #[error("invalid disk name '{name}': {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("invalid size '{input}': {reason}")]
+    InvalidSize { input: String, reason: String },
+    #[error("unknown sku '{0}'; use Premium_LRS, StandardSSD_LRS, Standard_LRS, UltraSSD_LRS or PremiumV2_LRS")]
+    InvalidSku(String),
+    #[error("offset or size beyond the 64 TiB disk limit")]
+    TooLarge,
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("metadata of disk '{disk}' ({path}) is corrupt: {reason}; restore meta.json from a backup or delete the disk")]
+    CorruptMeta {
+        disk: String,
+        path: String,
+        reason: String,
+    },
+    #[error("disk '{disk}' is unavailable: {reason}")]
+    Unavailable { disk: String, reason: String },
+    #[error("disk '{0}' is in use; close every program that has it open and retry")]
+    Busy(String),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;

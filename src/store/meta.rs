@@ -1,0 +1,251 @@
+//! Disk metadata (`disks/ID/meta.json`): serialization, validation and the key check
+//! that binds each wrapped DEK to its disk. See docs/format.md.
+
+use super::spec::{validate_name, Sku, MAX_DISK_SIZE};
+use crate::crypto::wrap::{hex, unhex, WRAP_ALG};
+use crate::crypto::{CipherKind, Secret, DATA_UNIT};
+use crate::vault::WrappedKey;
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+pub const META_VERSION: u64 = 1;
+pub const PLATFORM_KEY_TYPE: &str = "EncryptionAtRestWithPlatformKey";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Encryption {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_encryption_set_id: Option<String>,
+}
+
+/// One encryption layer. Layer 0 is applied to plaintext first; a second layer
+/// (double encryption) would be applied on top of it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Layer {
+    pub cipher: String,
+    /// Hex CTR nonce; empty for XTS.
+    #[serde(default)]
+    pub nonce: String,
+    /// Id of the key that wrapped this layer's DEK, with its version.
+    pub kid: String,
+    pub alg: String,
+    /// Standard base64 (with padding) of the RSA-OAEP output.
+    pub wrapped_key: String,
+    /// Hex HMAC-SHA256 binding the DEK to this disk and layer.
+    pub key_check: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiskMeta {
+    pub format_version: u64,
+    pub id: String,
+    pub name: String,
+    pub size_bytes: u64,
+    pub sku: String,
+    pub created_at: String,
+    pub encryption: Encryption,
+    pub data_unit_size: u64,
+    pub layers: Vec<Layer>,
+}
+
+/// A layer after validation: parsed cipher, nonce and wrapped key.
+pub struct ParsedLayer {
+    pub cipher: CipherKind,
+    pub nonce: Vec<u8>,
+    pub wrapped: WrappedKey,
+}
+
+impl Layer {
+    pub fn parse(&self) -> Result<ParsedLayer, String> {
+        let cipher: CipherKind = self.cipher.parse().map_err(|e| format!("{e}"))?;
+        let nonce = unhex(&self.nonce).ok_or("nonce is not hex")?;
+        if nonce.len() != cipher.nonce_len() {
+            return Err(format!(
+                "nonce must be {} bytes for {cipher}",
+                cipher.nonce_len()
+            ));
+        }
+        if self.alg != WRAP_ALG {
+            return Err(format!("unsupported wrapping algorithm '{}'", self.alg));
+        }
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(&self.wrapped_key)
+            .map_err(|_| "wrappedKey is not base64")?;
+        if unhex(&self.key_check).map(|k| k.len()) != Some(32) {
+            return Err("keyCheck is not a 32-byte hex string".into());
+        }
+        Ok(ParsedLayer {
+            cipher,
+            nonce,
+            wrapped: WrappedKey {
+                kid: self.kid.clone(),
+                alg: self.alg.clone(),
+                value,
+            },
+        })
+    }
+}
+
+/// HMAC-SHA256 keyed with the DEK over the parameters the DEK is used with.
+/// Catches a wrapped key copied from another disk and edited cipher parameters.
+pub fn key_check(
+    dek: &Secret,
+    disk_id: &str,
+    layer: usize,
+    cipher: CipherKind,
+    nonce: &[u8],
+) -> String {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(dek.expose()).expect("HMAC takes any key length");
+    let msg = format!(
+        "diskvault-keycheck-v1\n{disk_id}\n{layer}\n{}\n{}\n{DATA_UNIT}",
+        cipher.name(),
+        hex(nonce)
+    );
+    mac.update(msg.as_bytes());
+    hex(&mac.finalize().into_bytes())
+}
+
+pub fn encode_wrapped(value: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(value)
+}
+
+impl DiskMeta {
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let meta: DiskMeta =
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+        meta.validate()?;
+        Ok(meta)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("metadata always serializes");
+        v.push(b'\n');
+        v
+    }
+
+    /// Structural checks; the cryptographic check happens when the DEK is unwrapped.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format_version != META_VERSION {
+            return Err(format!(
+                "formatVersion {} is not supported (expected 1)",
+                self.format_version
+            ));
+        }
+        if self.id.len() != 32 || unhex(&self.id).is_none() {
+            return Err("id must be 32 hex digits".into());
+        }
+        validate_name(&self.name).map_err(|e| e.to_string())?;
+        if self.size_bytes > MAX_DISK_SIZE {
+            return Err("sizeBytes exceeds 64 TiB".into());
+        }
+        self.sku.parse::<Sku>().map_err(|e| e.to_string())?;
+        if self.data_unit_size != DATA_UNIT as u64 {
+            return Err(format!("dataUnitSize must be {DATA_UNIT}"));
+        }
+        if self.encryption.kind != PLATFORM_KEY_TYPE {
+            return Err(format!(
+                "encryption type '{}' is not supported",
+                self.encryption.kind
+            ));
+        }
+        if self.layers.len() != 1 {
+            return Err("exactly one encryption layer is expected".into());
+        }
+        for l in &self.layers {
+            l.parse()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> DiskMeta {
+        DiskMeta {
+            format_version: 1,
+            id: "0123456789abcdef0123456789abcdef".into(),
+            name: "disk1".into(),
+            size_bytes: 1 << 30,
+            sku: "Premium_LRS".into(),
+            created_at: "2026-11-29T00:00:00Z".into(),
+            encryption: Encryption {
+                kind: PLATFORM_KEY_TYPE.into(),
+                disk_encryption_set_id: None,
+            },
+            data_unit_size: 4096,
+            layers: vec![Layer {
+                cipher: "aes-256-xts".into(),
+                nonce: String::new(),
+                kid: "platform/00".into(),
+                alg: WRAP_ALG.into(),
+                wrapped_key: encode_wrapped(&[7u8; 256]),
+                key_check: "00".repeat(32),
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        assert_eq!(DiskMeta::from_json(&m.to_json()).unwrap(), m);
+    }
+
+    #[test]
+    fn rejects_corruption() {
+        let good = String::from_utf8(sample().to_json()).unwrap();
+        let cases = [
+            good[..good.len() / 2].to_string(),
+            good.replace("\"formatVersion\": 1", "\"formatVersion\": 2"),
+            good.replace("aes-256-xts", "aes-128-ecb"),
+            good.replace("Premium_LRS", "Gold_LRS"),
+            good.replace("\"dataUnitSize\": 4096", "\"dataUnitSize\": 512"),
+            good.replace("\"name\": \"disk1\"", "\"name\": \"../etc\""),
+            good.replace("RSA-OAEP-256", "RSA1_5"),
+            good.replace("\"sizeBytes\": 1073741824", "\"sizeBytes\": -1"),
+            good.replace("\"sizeBytes\": 1073741824,", ""),
+            good.replace("\"nonce\": \"\"", "\"nonce\": \"00ff\""),
+            good.replace("\"id\": \"0123", "\"id\": \"zz23"),
+            good.replace("\"sku\"", "\"extra\": 1, \"sku\""),
+            good.replace(
+                "EncryptionAtRestWithPlatformKey",
+                "EncryptionAtRestWithNothing",
+            ),
+            "null".to_string(),
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            assert_ne!(c, &good, "case {i} did not change the document");
+            assert!(
+                DiskMeta::from_json(c.as_bytes()).is_err(),
+                "case {i} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn key_check_binds_disk_and_parameters() {
+        let dek = Secret::new(vec![1u8; 64]);
+        let a = key_check(&dek, "aa", 0, CipherKind::Aes256Xts, &[]);
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, key_check(&dek, "ab", 0, CipherKind::Aes256Xts, &[]));
+        assert_ne!(a, key_check(&dek, "aa", 1, CipherKind::Aes256Xts, &[]));
+        assert_ne!(
+            a,
+            key_check(
+                &Secret::new(vec![2u8; 64]),
+                "aa",
+                0,
+                CipherKind::Aes256Xts,
+                &[]
+            )
+        );
+    }
+}

@@ -1,0 +1,525 @@
+//! The backing store: its layout on disk, its lock and its disks.
+//!
+//! ```text
+//! STORE/diskvault.json        store header (format version)
+//! STORE/keys/platform.pem     platform key, RSA-2048 PKCS#8, 0600
+//! STORE/disks/ID/meta.json    disk metadata, wrapped DEK (0600)
+//! STORE/disks/ID/data         ciphertext, sparse (0600)
+//! STORE/lock                  flock held by the serving process
+//! STORE/daemon.json           where the store is mounted (while mounted)
+//! STORE/daemon.log            background daemon log
+//! ```
+
+mod disk;
+mod error;
+mod lock;
+pub mod meta;
+pub mod spec;
+
+pub use disk::{Disk, SeekKind};
+pub use error::{Result, StoreError};
+pub use lock::StoreLock;
+pub use spec::{parse_size, validate_name, Sku, MAX_DISK_SIZE};
+
+use crate::crypto::wrap::hex;
+use crate::crypto::{random_bytes, CipherKind, DataCipher, Secret};
+use crate::durable;
+use crate::vault::{KeyProvider, PlatformKeys};
+use meta::{encode_wrapped, key_check, DiskMeta, Encryption, Layer, PLATFORM_KEY_TYPE};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub const HEADER_FILE: &str = "diskvault.json";
+pub const LOCK_FILE: &str = "lock";
+pub const DAEMON_FILE: &str = "daemon.json";
+pub const LOG_FILE: &str = "daemon.log";
+const KEYS_DIR: &str = "keys";
+const DISKS_DIR: &str = "disks";
+const STORE_VERSION: u64 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    format: String,
+    version: u64,
+    created_at: String,
+}
+
+/// Where a running daemon serves the store; written while mounted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub store: String,
+    pub mountpoint: String,
+    pub started_at: String,
+}
+
+/// Options for a new disk.
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    pub size: u64,
+    pub sku: Sku,
+    pub cipher: Option<CipherKind>,
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+pub struct Store {
+    root: PathBuf,
+    _lock: StoreLock,
+    keys: Arc<dyn KeyProvider>,
+    disks: RwLock<BTreeMap<String, Arc<Disk>>>,
+    /// Serializes namespace changes (create, rename, delete).
+    ns: Mutex<()>,
+    next_serial: AtomicU64,
+}
+
+impl Store {
+    /// Creates a new store at `root` (an absent or empty directory).
+    pub fn init(root: &Path) -> Result<()> {
+        let header = root.join(HEADER_FILE);
+        if header.exists() {
+            return Err(StoreError::AlreadyAStore(root.display().to_string()));
+        }
+        let io = |what: &str, e| StoreError::io(format!("{what} {}", root.display()), e);
+        match fs::read_dir(root) {
+            Ok(entries) => {
+                // A half-finished init (no header yet) may be redone; anything else is refused.
+                let foreign = entries.filter_map(|e| e.ok()).any(|e| {
+                    !matches!(
+                        e.file_name().to_str(),
+                        Some(KEYS_DIR | DISKS_DIR | LOCK_FILE)
+                    )
+                });
+                let has_disks = fs::read_dir(root.join(DISKS_DIR))
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(false);
+                if foreign || has_disks {
+                    return Err(StoreError::NotAStore(root.display().to_string()));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                durable::create_dir(root, 0o700).map_err(|e| io("creating", e))?
+            }
+            Err(e) => return Err(io("reading", e)),
+        }
+        for d in [KEYS_DIR, DISKS_DIR] {
+            match durable::create_dir(&root.join(d), 0o700) {
+                Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(io("creating", e)),
+                _ => {}
+            }
+        }
+        PlatformKeys::create(&root.join(KEYS_DIR))?;
+        let h = Header {
+            format: "diskvault-store".into(),
+            version: STORE_VERSION,
+            created_at: now_rfc3339(),
+        };
+        // The header goes last: its presence means the store is complete.
+        let mut bytes = serde_json::to_vec_pretty(&h).expect("header serializes");
+        bytes.push(b'\n');
+        durable::write_atomic(&header, &bytes, 0o600).map_err(|e| io("writing header in", e))?;
+        Ok(())
+    }
+
+    pub fn is_store(root: &Path) -> bool {
+        root.join(HEADER_FILE).is_file()
+    }
+
+    fn check_header(root: &Path) -> Result<()> {
+        let path = root.join(HEADER_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(if root.is_dir() {
+                    StoreError::NotAStore(root.display().to_string())
+                } else {
+                    StoreError::StoreMissing(root.display().to_string())
+                })
+            }
+            Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
+        };
+        let bad = |reason: String| StoreError::BadHeader {
+            path: path.display().to_string(),
+            reason,
+        };
+        let h: Header = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        if h.format != "diskvault-store" {
+            return Err(bad(format!("format is '{}'", h.format)));
+        }
+        if h.version != STORE_VERSION {
+            return Err(StoreError::UnsupportedVersion(h.version));
+        }
+        Ok(())
+    }
+
+    /// Who holds the store, for error messages and for the CLI to find the mount.
+    pub fn daemon_info(root: &Path) -> Option<DaemonInfo> {
+        serde_json::from_slice(&fs::read(root.join(DAEMON_FILE)).ok()?).ok()
+    }
+
+    /// Opens the store for exclusive use.
+    pub fn open(root: &Path) -> Result<Store> {
+        Self::check_header(root)?;
+        let lock = StoreLock::try_acquire(&root.join(LOCK_FILE))
+            .map_err(|e| StoreError::io(format!("locking {}", root.display()), e))?
+            .ok_or_else(|| StoreError::Locked {
+                path: root.display().to_string(),
+                holder: Self::daemon_info(root)
+                    .map(|d| format!(" by diskvault pid {} mounted at {}", d.pid, d.mountpoint))
+                    .unwrap_or_else(|| " by another diskvault process".into()),
+            })?;
+        let keys: Arc<dyn KeyProvider> = Arc::new(PlatformKeys::load(&root.join(KEYS_DIR))?);
+        let store = Store {
+            root: root.to_path_buf(),
+            _lock: lock,
+            keys,
+            disks: RwLock::new(BTreeMap::new()),
+            ns: Mutex::new(()),
+            next_serial: AtomicU64::new(1),
+        };
+        store.scan()?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn disks_dir(&self) -> PathBuf {
+        self.root.join(DISKS_DIR)
+    }
+
+    fn serial(&self) -> u64 {
+        self.next_serial.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Loads every disk; finishes or rolls back interrupted creates and deletes.
+    fn scan(&self) -> Result<()> {
+        let dir = self.disks_dir();
+        let entries = fs::read_dir(&dir)
+            .map_err(|e| StoreError::io(format!("reading {}", dir.display()), e))?;
+        let mut names: Vec<_> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        let mut disks = self.disks.write();
+        for os in names {
+            let Some(name) = os.to_str() else { continue };
+            let path = dir.join(name);
+            if name.ends_with(".creating") || name.ends_with(".deleted") {
+                log::info!("removing interrupted {}", path.display());
+                let _ = fs::remove_dir_all(&path);
+                continue;
+            }
+            if !path.is_dir() {
+                continue;
+            }
+            let disk = self.load_disk(&path, name);
+            let disk_name = disk.name();
+            if disks.contains_key(&disk_name) {
+                log::error!(
+                    "disk directory {} repeats the name '{disk_name}'; ignoring it",
+                    path.display()
+                );
+                continue;
+            }
+            if let Err(e) = disk.reconcile() {
+                log::error!("cannot reconcile {}: {e}", path.display());
+            }
+            disks.insert(disk_name, Arc::new(disk));
+        }
+        Ok(())
+    }
+
+    /// Reads and validates a disk's metadata. On failure returns the name, if that part
+    /// is readable (so the disk stays visible), and the reason.
+    fn read_meta(
+        meta_path: &Path,
+        dir_name: &str,
+    ) -> std::result::Result<DiskMeta, (Option<String>, String)> {
+        let bytes = fs::read(meta_path).map_err(|e| (None, format!("cannot read it: {e}")))?;
+        let meta = DiskMeta::from_json(&bytes).map_err(|reason| {
+            let name = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("name")?.as_str().map(String::from))
+                .filter(|n| validate_name(n).is_ok());
+            (name, reason)
+        })?;
+        if meta.id != dir_name {
+            return Err((
+                Some(meta.name),
+                "its id does not match its directory".into(),
+            ));
+        }
+        Ok(meta)
+    }
+
+    /// Loads one disk; corrupt metadata yields an unavailable disk, not an error.
+    fn load_disk(&self, path: &Path, dir_name: &str) -> Disk {
+        let meta_path = path.join(disk::META_FILE);
+        let parsed = Self::read_meta(&meta_path, dir_name);
+        match parsed {
+            Ok(meta) => Disk::new(
+                path.to_path_buf(),
+                meta,
+                None,
+                self.keys.clone(),
+                self.serial(),
+            ),
+            Err((name, reason)) => {
+                let name = name.unwrap_or_else(|| dir_name.to_string());
+                let reason = format!(
+                    "metadata {} is corrupt: {reason}; restore it from a backup or delete the disk",
+                    meta_path.display()
+                );
+                log::error!("disk '{name}': {reason}");
+                let placeholder = DiskMeta {
+                    format_version: meta::META_VERSION,
+                    id: dir_name.to_string(),
+                    name: name.clone(),
+                    size_bytes: 0,
+                    sku: Sku::default().name().into(),
+                    created_at: String::new(),
+                    encryption: Encryption {
+                        kind: PLATFORM_KEY_TYPE.into(),
+                        disk_encryption_set_id: None,
+                    },
+                    data_unit_size: crate::crypto::DATA_UNIT as u64,
+                    layers: vec![],
+                };
+                Disk::new(
+                    path.to_path_buf(),
+                    placeholder,
+                    Some(reason),
+                    self.keys.clone(),
+                    self.serial(),
+                )
+            }
+        }
+    }
+
+    pub fn list(&self) -> Vec<Arc<Disk>> {
+        self.disks.read().values().cloned().collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Disk>> {
+        self.disks.read().get(name).cloned()
+    }
+
+    pub fn get_or_err(&self, name: &str) -> Result<Arc<Disk>> {
+        self.get(name)
+            .ok_or_else(|| StoreError::DiskNotFound(name.to_string()))
+    }
+
+    /// Creates a platform-key disk: fresh DEK from the OS CSPRNG, wrapped with RSA-OAEP-256.
+    pub fn create_disk(&self, name: &str, opts: &CreateOptions) -> Result<Arc<Disk>> {
+        validate_name(name)?;
+        if opts.size > MAX_DISK_SIZE {
+            return Err(StoreError::TooLarge);
+        }
+        let _ns = self.ns.lock();
+        if self.disks.read().contains_key(name) {
+            return Err(StoreError::DiskExists(name.to_string()));
+        }
+        let cipher = opts.cipher.unwrap_or(CipherKind::Aes256Xts);
+        let id = hex(&random_bytes(16)?);
+        let dek = Secret::random(cipher.key_len())?;
+        let nonce = random_bytes(cipher.nonce_len())?;
+        // Constructing the cipher once checks the key material before anything is written.
+        DataCipher::new(cipher, &dek, &nonce)?;
+        let wrapped = self.keys.wrap(&dek)?;
+        let meta = DiskMeta {
+            format_version: meta::META_VERSION,
+            id: id.clone(),
+            name: name.to_string(),
+            size_bytes: opts.size,
+            sku: opts.sku.name().to_string(),
+            created_at: now_rfc3339(),
+            encryption: Encryption {
+                kind: PLATFORM_KEY_TYPE.into(),
+                disk_encryption_set_id: None,
+            },
+            data_unit_size: crate::crypto::DATA_UNIT as u64,
+            layers: vec![Layer {
+                cipher: cipher.name().into(),
+                nonce: hex(&nonce),
+                kid: wrapped.kid.clone(),
+                alg: wrapped.alg.clone(),
+                wrapped_key: encode_wrapped(&wrapped.value),
+                key_check: key_check(&dek, &id, 0, cipher, &nonce),
+            }],
+        };
+        drop(dek);
+        let dir = self.disks_dir();
+        let staging = dir.join(format!("{id}.creating"));
+        let final_dir = dir.join(&id);
+        let io = |e| StoreError::io(format!("creating disk '{name}' in {}", dir.display()), e);
+        let result = (|| {
+            durable::create_dir(&staging, 0o700)?;
+            let data = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(Disk::data_path(&staging))?;
+            data.set_len(opts.size.div_ceil(4096) * 4096)?;
+            data.sync_all()?;
+            durable::write_atomic(&staging.join(disk::META_FILE), &meta.to_json(), 0o600)?;
+            fs::rename(&staging, &final_dir)?;
+            durable::sync_dir(&dir)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(io(e));
+        }
+        let disk = Arc::new(Disk::new(
+            final_dir,
+            meta,
+            None,
+            self.keys.clone(),
+            self.serial(),
+        ));
+        self.disks.write().insert(name.to_string(), disk.clone());
+        log::info!("created disk '{name}' ({} bytes, {cipher})", opts.size);
+        Ok(disk)
+    }
+
+    /// Deletes a disk and crypto-shreds its wrapped DEK. Open handles keep working
+    /// until closed (POSIX unlink semantics); then nothing of the disk remains.
+    pub fn delete_disk(&self, name: &str) -> Result<()> {
+        let _ns = self.ns.lock();
+        self.delete_locked(name)
+    }
+
+    fn delete_locked(&self, name: &str) -> Result<()> {
+        let disk = self.get_or_err(name)?;
+        let dir = disk.dir();
+        let doomed = self.disks_dir().join(format!("{}.deleted", disk.id));
+        let io = |e| StoreError::io(format!("deleting disk '{name}'"), e);
+        // One rename removes the disk; a crash after it finishes the delete at next open.
+        fs::rename(&dir, &doomed).map_err(io)?;
+        durable::sync_dir(&self.disks_dir()).map_err(io)?;
+        disk.mark_deleted();
+        disk.set_dir(doomed.clone());
+        self.disks.write().remove(name);
+        shred(&doomed.join(disk::META_FILE));
+        fs::remove_dir_all(&doomed).map_err(io)?;
+        log::info!("deleted disk '{name}' (wrapped key destroyed)");
+        Ok(())
+    }
+
+    /// Renames a disk; with `replace`, an existing disk of the new name is deleted first.
+    pub fn rename_disk(&self, from: &str, to: &str, replace: bool) -> Result<()> {
+        validate_name(to)?;
+        let _ns = self.ns.lock();
+        let disk = self.get_or_err(from)?;
+        if from == to {
+            return Ok(());
+        }
+        if let Some(target) = self.get(to) {
+            if !replace {
+                return Err(StoreError::DiskExists(to.to_string()));
+            }
+            if target.open_handles() > 0 {
+                return Err(StoreError::Busy(to.to_string()));
+            }
+            self.delete_locked(to)?;
+        }
+        disk.update_meta(|m| m.name = to.to_string())?;
+        let mut disks = self.disks.write();
+        disks.remove(from);
+        disks.insert(to.to_string(), disk);
+        log::info!("renamed disk '{from}' to '{to}'");
+        Ok(())
+    }
+
+    /// Changes a disk's SKU (`az disk update --sku`).
+    pub fn set_sku(&self, name: &str, sku: Sku) -> Result<()> {
+        let disk = self.get_or_err(name)?;
+        if let Some(r) = disk.corrupt_reason() {
+            return Err(StoreError::Unavailable {
+                disk: name.into(),
+                reason: r.into(),
+            });
+        }
+        disk.update_meta(|m| m.sku = sku.name().to_string())
+    }
+
+    /// JSON for one disk, shaped like `az disk show` plus diskvault's own fields.
+    pub fn disk_json(&self, disk: &Disk) -> Value {
+        let m = disk.meta();
+        let sku: Sku = m.sku.parse().unwrap_or_default();
+        let (cipher, kid) = m
+            .layers
+            .first()
+            .map(|l| (l.cipher.clone(), l.kid.clone()))
+            .unwrap_or_default();
+        let state = match disk.corrupt_reason() {
+            Some(r) => format!("Unavailable: {r}"),
+            None => "Available".to_string(),
+        };
+        json!({
+            "name": m.name,
+            "id": format!("/diskvault/disks/{}", m.name),
+            "type": "Microsoft.Compute/disks",
+            "location": "local",
+            "uniqueId": m.id,
+            "sku": {"name": sku.name(), "tier": sku.tier()},
+            "diskSizeBytes": m.size_bytes,
+            "diskSizeGB": m.size_bytes.div_ceil(1 << 30),
+            "diskState": if disk.open_handles() > 0 { "Attached" } else { "Unattached" },
+            "provisioningState": "Succeeded",
+            "timeCreated": m.created_at,
+            "encryption": m.encryption,
+            "cipher": cipher,
+            "keyId": kid,
+            "keyState": state,
+            "allocatedBytes": disk.allocated_bytes(),
+        })
+    }
+
+    /// The whole store's status (`.vault/status.json`).
+    pub fn status_json(&self) -> Value {
+        let disks: Vec<Value> = self.list().iter().map(|d| self.disk_json(d)).collect();
+        json!({
+            "store": self.root.display().to_string(),
+            "formatVersion": STORE_VERSION,
+            "platformKeyId": self.keys.current_kid(),
+            "disks": disks,
+        })
+    }
+
+    /// Persists sizes and drops every key (clean shutdown).
+    pub fn shutdown(&self) {
+        for d in self.list() {
+            if let Err(e) = d.persist_size() {
+                log::error!("{e}");
+            }
+        }
+        self.disks.write().clear();
+    }
+}
+
+/// Overwrites a file with zeros and fsyncs it before it is removed. On copy-on-write
+/// or flash storage old blocks may survive; docs/threat-model.md says so.
+fn shred(path: &Path) {
+    if let Ok(f) = fs::OpenOptions::new().write(true).open(path) {
+        if let Ok(m) = f.metadata() {
+            use std::os::unix::fs::FileExt;
+            let _ = f.write_all_at(&vec![0u8; m.len() as usize], 0);
+            let _ = f.sync_all();
+        }
+    }
+}

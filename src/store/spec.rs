@@ -1,0 +1,187 @@
+//! User-supplied disk parameters: names, sizes and SKUs, with their validation.
+
+use super::StoreError;
+use std::fmt;
+use std::str::FromStr;
+
+/// Azure's largest managed disk: 64 TiB (UltraSSD/PremiumV2 limit).
+pub const MAX_DISK_SIZE: u64 = 64 << 40;
+
+/// Validates a disk name with Azure's rule: 1-80 characters of letters, digits, '_',
+/// '.' and '-'; it starts with a letter or digit and ends with a letter, digit or '_'.
+pub fn validate_name(name: &str) -> Result<(), StoreError> {
+    let bad = |why: &str| {
+        Err(StoreError::InvalidName {
+            name: name.to_string(),
+            reason: why.to_string(),
+        })
+    };
+    if name.is_empty() || name.len() > 80 {
+        return bad("it must be 1 to 80 characters long");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return bad("use only letters, digits, '_', '.' and '-'");
+    }
+    let first = name.chars().next().unwrap_or('.');
+    let last = name.chars().last().unwrap_or('.');
+    if !first.is_ascii_alphanumeric() {
+        return bad("it must start with a letter or digit");
+    }
+    if !(last.is_ascii_alphanumeric() || last == '_') {
+        return bad("it must end with a letter, digit or '_'");
+    }
+    Ok(())
+}
+
+/// Parses sizes like `30G`, `30GiB`, `512M`, `1T`, `4096` (bytes). Suffixes are binary
+/// (K=1024), as `az disk create --size-gb` and qemu-img use GiB.
+pub fn parse_size(s: &str) -> Result<u64, StoreError> {
+    let bad = |why: &str| StoreError::InvalidSize {
+        input: s.to_string(),
+        reason: why.to_string(),
+    };
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if digits_end == 0 {
+        return Err(bad("it must start with a whole number, e.g. 30G or 4096"));
+    }
+    let n: u64 = t[..digits_end]
+        .parse()
+        .map_err(|_| bad("the number is too large"))?;
+    let suffix = t[digits_end..].trim();
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(bad("unknown unit; use K, M, G or T (binary units)")),
+    };
+    let size = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| bad("the size overflows"))?;
+    if size > MAX_DISK_SIZE {
+        return Err(bad("the largest disk is 64T"));
+    }
+    Ok(size)
+}
+
+/// Disk SKUs (Azure's `sku.name`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sku {
+    PremiumLrs,
+    StandardSsdLrs,
+    StandardLrs,
+    UltraSsdLrs,
+    PremiumV2Lrs,
+}
+
+impl Sku {
+    pub const ALL: [Sku; 5] = [
+        Sku::PremiumLrs,
+        Sku::StandardSsdLrs,
+        Sku::StandardLrs,
+        Sku::UltraSsdLrs,
+        Sku::PremiumV2Lrs,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sku::PremiumLrs => "Premium_LRS",
+            Sku::StandardSsdLrs => "StandardSSD_LRS",
+            Sku::StandardLrs => "Standard_LRS",
+            Sku::UltraSsdLrs => "UltraSSD_LRS",
+            Sku::PremiumV2Lrs => "PremiumV2_LRS",
+        }
+    }
+
+    pub fn tier(self) -> &'static str {
+        match self {
+            Sku::PremiumLrs | Sku::PremiumV2Lrs => "Premium",
+            Sku::StandardSsdLrs | Sku::StandardLrs => "Standard",
+            Sku::UltraSsdLrs => "Ultra",
+        }
+    }
+}
+
+impl Default for Sku {
+    fn default() -> Self {
+        Sku::PremiumLrs
+    }
+}
+
+impl fmt::Display for Sku {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Sku {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        Sku::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| StoreError::InvalidSku(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("30G").unwrap(), 30 << 30);
+        assert_eq!(parse_size("30GiB").unwrap(), 30 << 30);
+        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1T").unwrap(), 1 << 40);
+        assert_eq!(parse_size("64T").unwrap(), MAX_DISK_SIZE);
+        for bad in [
+            "",
+            "G",
+            "-1G",
+            "1.5G",
+            "12X",
+            "65T",
+            "99999999999999999999",
+            "1 G B",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["a", "disk-1", "os_disk.v2", "A_", &"x".repeat(80)] {
+            validate_name(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "-a",
+            ".a",
+            "a.",
+            "a-",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(81),
+            ".",
+            "..",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn skus() {
+        for s in Sku::ALL {
+            assert_eq!(s.name().parse::<Sku>().unwrap(), s);
+        }
+        assert!("Gold_LRS".parse::<Sku>().is_err());
+    }
+}
