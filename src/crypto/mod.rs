@@ -110,3 +110,6 @@ impl DataCipher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
