@@ -1,0 +1,164 @@
+//! Test harness: a real store mounted by the real binary in a temporary directory,
+//! unmounted on drop even when the test panics.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_diskvault")
+}
+
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run diskvault")
+}
+
+pub fn run_ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "diskvault {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail; returns its stderr.
+pub fn run_err(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        !out.status.success(),
+        "diskvault {args:?} unexpectedly succeeded"
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "error is not one line: {err}"
+    );
+    err
+}
+
+pub struct Mounted {
+    pub dir: tempfile::TempDir,
+    pub store: PathBuf,
+    pub mnt: PathBuf,
+    mounted: bool,
+}
+
+impl Mounted {
+    /// A new store (created by the first mount) mounted in a temp directory.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = dir.path().join("store");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mut m = Mounted {
+            dir,
+            store,
+            mnt,
+            mounted: false,
+        };
+        m.mount();
+        m
+    }
+
+    pub fn mount(&mut self) {
+        run_ok(&[
+            "mount",
+            self.store.to_str().unwrap(),
+            self.mnt.to_str().unwrap(),
+        ]);
+        self.mounted = true;
+    }
+
+    pub fn umount(&mut self) {
+        run_ok(&["umount", self.mnt.to_str().unwrap()]);
+        self.mounted = false;
+    }
+
+    pub fn s(&self) -> &str {
+        self.store.to_str().unwrap()
+    }
+
+    pub fn disk(&self, name: &str) -> PathBuf {
+        self.mnt.join("disks").join(name)
+    }
+
+    pub fn create(&self, name: &str, size: &str) {
+        run_ok(&["disk", "create", name, "--size", size, "--store", self.s()]);
+    }
+
+    /// The backing directory of a disk, by name (from its metadata).
+    pub fn backing_dir(&self, name: &str) -> PathBuf {
+        for e in std::fs::read_dir(self.store.join("disks")).unwrap() {
+            let p = e.unwrap().path();
+            let meta: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(p.join("meta.json")).unwrap()).unwrap();
+            if meta["name"] == name {
+                return p;
+            }
+        }
+        panic!("no backing dir for {name}");
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        let ok = run(&["umount", self.mnt.to_str().unwrap()])
+            .status
+            .success();
+        if !ok {
+            // Last resort so a failed test never leaves a mount behind.
+            let c = std::ffi::CString::new(self.mnt.to_str().unwrap()).unwrap();
+            // Safe because: `c` is a valid NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (splitmix64).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_add(0x9e3779b97f4a7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+            (z ^ (z >> 31)) as u8
+        })
+        .collect()
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every byte of every file under `dir`.
+pub fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in walk(dir) {
+        out.extend(std::fs::read(e).unwrap_or_default());
+    }
+    out
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            v.extend(walk(&p));
+        } else {
+            v.push(p);
+        }
+    }
+    v
+}
