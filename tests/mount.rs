@@ -94,6 +94,7 @@ fn randomized_model_test() {
                 .read(true)
                 .write(true)
                 .create(true)
+                .truncate(false)
                 .open(m.disk(n))
                 .unwrap()
         })

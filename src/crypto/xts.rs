@@ -48,7 +48,7 @@ impl Xts256 {
 
     fn check_len(len: usize) {
         assert!(
-            len >= 16 && len % 16 == 0 && len <= MAX_UNIT,
+            len >= 16 && len.is_multiple_of(16) && len <= MAX_UNIT,
             "XTS data unit must be a multiple of 16 bytes, 16..=4096 (got {len})"
         );
     }

@@ -308,7 +308,7 @@ impl Disk {
         if head != 0 || (end < (first + 1) * U) {
             fill_unit(first, &mut buf)?;
         }
-        if last - 1 > first && end % U != 0 {
+        if last - 1 > first && !end.is_multiple_of(U) {
             fill_unit(last - 1, &mut buf)?;
         }
         buf[head..head + data.len()].copy_from_slice(data);
@@ -362,7 +362,7 @@ impl Disk {
         }
         let _w = self.resize.write();
         let old = self.size();
-        if new > old && old % U != 0 {
+        if new > old && !old.is_multiple_of(U) {
             let u = self.unlocked()?;
             self.zero_tail(&u, old, new)?;
         }

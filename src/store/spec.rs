@@ -70,8 +70,9 @@ pub fn parse_size(s: &str) -> Result<u64, StoreError> {
 }
 
 /// Disk SKUs (Azure's `sku.name`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Sku {
+    #[default]
     PremiumLrs,
     StandardSsdLrs,
     StandardLrs,
@@ -104,12 +105,6 @@ impl Sku {
             Sku::StandardSsdLrs | Sku::StandardLrs => "Standard",
             Sku::UltraSsdLrs => "Ultra",
         }
-    }
-}
-
-impl Default for Sku {
-    fn default() -> Self {
-        Sku::PremiumLrs
     }
 }
 
