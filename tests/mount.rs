@@ -673,3 +673,37 @@ fn cli_works_unmounted_and_mounted() {
     run_ok(&["umount", mnt.to_str().unwrap()]);
     r.unwrap();
 }
+
+/// Data and size acknowledged by fsync survive kill -9 of the daemon.
+#[test]
+fn fsynced_data_survives_kill_9() {
+    let mut m = Mounted::new();
+    let data = pattern(77, 300_000);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(m.disk("k9"))
+        .unwrap();
+    f.write_all_at(&data, 5000).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.mnt.join(".vault/daemon.json")).unwrap()).unwrap();
+    let pid = info["pid"].as_i64().unwrap() as i32;
+    // Safe because: kill takes plain integers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    // The store lock is released only when the daemon is gone: wait on it.
+    let lock = File::open(m.store.join("lock")).unwrap();
+    // Safe because: the fd is open for the duration of the call.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    drop(lock);
+    let c = std::ffi::CString::new(m.mnt.to_str().unwrap()).unwrap();
+    // Safe because: `c` is a valid NUL-terminated path.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    m.mount();
+    let got = std::fs::read(m.disk("k9")).unwrap();
+    assert_eq!(got.len(), 5000 + data.len());
+    assert_eq!(&got[5000..], &data[..]);
+    assert!(got[..5000].iter().all(|&b| b == 0));
+}
