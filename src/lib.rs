@@ -8,4 +8,6 @@ pub mod crypto;
 pub mod durable;
 pub mod fs;
 pub mod store;
+#[doc(hidden)]
+pub mod testkit;
 pub mod vault;

@@ -3,6 +3,7 @@
 
 use super::wrap::{hex, unhex, RsaKey};
 use super::*;
+use crate::testkit::{openssl_oaep_unwrap, pattern};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -76,20 +77,6 @@ fn ctr_sp800_38a_f55() {
     assert_eq!(tail, ct[32..]);
 }
 
-fn deterministic_bytes(seed: u64, len: usize) -> Vec<u8> {
-    // splitmix64: reproducible test data without a dependency.
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s.wrapping_add(0x9e3779b97f4a7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect()
-}
-
 fn python(script: &str, stdin: &[u8]) -> Vec<u8> {
     let mut child = Command::new("python3")
         .arg("-c")
@@ -110,8 +97,8 @@ fn python(script: &str, stdin: &[u8]) -> Vec<u8> {
 /// Our XTS over 4 KiB units against Python `cryptography` (OpenSSL's XTS).
 #[test]
 fn xts_matches_python_cryptography() {
-    let key = deterministic_bytes(1, 64);
-    let data = deterministic_bytes(2, 4 * DATA_UNIT);
+    let key = pattern(1, 64);
+    let data = pattern(2, 4 * DATA_UNIT);
     let first_unit: u64 = 0x1_0000_0007;
     let script = format!(
         r#"
@@ -137,9 +124,9 @@ sys.stdout.buffer.write(out)
 
 #[test]
 fn ctr_matches_python_cryptography_at_offsets() {
-    let key = deterministic_bytes(3, 32);
-    let nonce = deterministic_bytes(4, 16);
-    let data = deterministic_bytes(5, 3 * DATA_UNIT);
+    let key = pattern(3, 32);
+    let nonce = pattern(4, 16);
+    let data = pattern(5, 3 * DATA_UNIT);
     let first_unit: u64 = 77;
     let script = format!(
         r#"
@@ -199,30 +186,9 @@ fn wrap_unwraps_with_openssl() {
     let k = RsaKey::generate(2048).unwrap();
     let pem = dir.path().join("k.pem");
     std::fs::write(&pem, k.to_pkcs8_pem().unwrap().as_bytes()).unwrap();
-    let dek = Secret::new(deterministic_bytes(9, 64));
-    let wrapped = dir.path().join("w.bin");
-    std::fs::write(&wrapped, k.wrap(&dek).unwrap()).unwrap();
-    let out = Command::new("openssl")
-        .args(["pkeyutl", "-decrypt", "-inkey"])
-        .arg(&pem)
-        .arg("-in")
-        .arg(&wrapped)
-        .args([
-            "-pkeyopt",
-            "rsa_padding_mode:oaep",
-            "-pkeyopt",
-            "rsa_oaep_md:sha256",
-            "-pkeyopt",
-            "rsa_mgf1_md:sha256",
-        ])
-        .output()
-        .expect("openssl is required");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout, dek.expose());
+    let dek = Secret::new(pattern(9, 64));
+    let unwrapped = openssl_oaep_unwrap(&pem, &k.wrap(&dek).unwrap(), dir.path());
+    assert_eq!(unwrapped, dek.expose());
 }
 
 #[test]

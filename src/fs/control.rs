@@ -34,12 +34,6 @@ pub struct CreateRequest {
     pub opts: CreateOptions,
 }
 
-impl PartialEq for CreateOptions {
-    fn eq(&self, o: &Self) -> bool {
-        self.size == o.size && self.sku == o.sku && self.cipher == o.cipher
-    }
-}
-
 fn invalid(msg: impl Into<String>) -> StoreError {
     StoreError::InvalidArgument(msg.into())
 }

@@ -137,7 +137,7 @@ impl DiskVaultFs {
             V_README | V_STATUS | V_LAST_ERROR | V_DAEMON | V_CREATE => Some(Node::Static(ino)),
             i if i >= DISK_BASE => {
                 let serial = (i - DISK_BASE) / PER_DISK;
-                let d = self.store.list().into_iter().find(|d| d.serial == serial)?;
+                let d = self.store.get_by_serial(serial)?;
                 match (i - DISK_BASE) % PER_DISK {
                     0 => Some(Node::DiskFile(d)),
                     1 => Some(Node::DiskCtlDir),
@@ -399,18 +399,13 @@ impl Filesystem for DiskVaultFs {
             return reply.error(Errno::ENOENT);
         };
         let Node::DiskFile(d) = &node else {
-            // Control files and directories have fixed attributes.
-            return match size {
-                Some(_) if ino.0 == V_CREATE => {
-                    let (a, t) = self.node_attr(ino.0, &node);
-                    reply.attr(&t, &a)
-                }
-                Some(_) => reply.error(Errno::EACCES),
-                None => {
-                    let (a, t) = self.node_attr(ino.0, &node);
-                    reply.attr(&t, &a)
-                }
-            };
+            // Control files and directories have fixed attributes; only `create` takes
+            // the O_TRUNC that `echo >` sends.
+            if size.is_some() && ino.0 != V_CREATE {
+                return reply.error(Errno::EACCES);
+            }
+            let (a, t) = self.node_attr(ino.0, &node);
+            return reply.attr(&t, &a);
         };
         if mode.is_some_and(|m| m & 0o7777 != 0o600)
             || uid.is_some_and(|u| u != self.uid)

@@ -462,8 +462,8 @@ impl Disk {
         if off >= size {
             return Err(nxio());
         }
-        let path = self.dir().join(DATA_FILE);
-        let f = File::open(&path).map_err(|e| self.io_err("seek", e))?;
+        let u = self.unlocked()?;
+        let f = &u.file;
         let whence = match kind {
             SeekKind::Data => libc::SEEK_DATA,
             SeekKind::Hole => libc::SEEK_HOLE,

@@ -22,7 +22,7 @@ pub use lock::StoreLock;
 pub use spec::{parse_size, validate_name, Sku, MAX_DISK_SIZE};
 
 use crate::crypto::wrap::hex;
-use crate::crypto::{random_bytes, CipherKind, DataCipher, Secret};
+use crate::crypto::{random_bytes, CipherKind, Secret};
 use crate::durable;
 use crate::vault::{KeyProvider, PlatformKeys};
 use meta::{encode_wrapped, key_check, DiskMeta, Encryption, Layer, PLATFORM_KEY_TYPE};
@@ -64,7 +64,7 @@ pub struct DaemonInfo {
 }
 
 /// Options for a new disk.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CreateOptions {
     pub size: u64,
     pub sku: Sku,
@@ -315,6 +315,15 @@ impl Store {
         self.disks.read().values().cloned().collect()
     }
 
+    /// The disk with this serial (the FUSE layer's inode key), without copying the list.
+    pub fn get_by_serial(&self, serial: u64) -> Option<Arc<Disk>> {
+        self.disks
+            .read()
+            .values()
+            .find(|d| d.serial == serial)
+            .cloned()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Disk>> {
         self.disks.read().get(name).cloned()
     }
@@ -338,8 +347,6 @@ impl Store {
         let id = hex(&random_bytes(16)?);
         let dek = Secret::random(cipher.key_len())?;
         let nonce = random_bytes(cipher.nonce_len())?;
-        // Constructing the cipher once checks the key material before anything is written.
-        DataCipher::new(cipher, &dek, &nonce)?;
         let wrapped = self.keys.wrap(&dek)?;
         let meta = DiskMeta {
             format_version: meta::META_VERSION,

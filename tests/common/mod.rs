@@ -123,19 +123,8 @@ impl Drop for Mounted {
     }
 }
 
-/// Deterministic pseudo-random bytes (splitmix64).
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s.wrapping_add(0x9e3779b97f4a7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect()
-}
+#[allow(unused_imports)] // each test crate uses a different subset
+pub use diskvault::testkit::{openssl_oaep_unwrap, pattern};
 
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
