@@ -7,6 +7,7 @@ pub mod cli;
 pub mod crypto;
 pub mod durable;
 pub mod fs;
+pub mod lock;
 pub mod store;
 #[doc(hidden)]
 pub mod testkit;

@@ -59,6 +59,15 @@ impl RsaKey {
             .expect("encoding an RSA public key cannot fail")
     }
 
+    /// Big-endian modulus and public exponent, for a JWK's `n` and `e`.
+    pub fn public_parts(&self) -> (Vec<u8>, Vec<u8>) {
+        let strip = |b: Box<[u8]>| {
+            let first = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+            b[first..].to_vec()
+        };
+        (strip(self.key.n_bytes()), strip(self.key.e_bytes()))
+    }
+
     pub fn bits(&self) -> usize {
         self.key.size() * 8
     }

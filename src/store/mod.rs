@@ -12,13 +12,13 @@
 
 mod disk;
 mod error;
-mod lock;
+
 pub mod meta;
 pub mod spec;
 
 pub use disk::{Disk, SeekKind};
 pub use error::{Result, StoreError};
-pub use lock::StoreLock;
+pub use crate::lock::StoreLock;
 pub use spec::{parse_size, validate_name, Sku, MAX_DISK_SIZE};
 
 use crate::crypto::wrap::hex;

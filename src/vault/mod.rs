@@ -3,8 +3,14 @@
 //! The store only sees the `KeyProvider` trait. The platform provider is the default;
 //! the customer-key vault and an HSM provider plug in behind the same trait.
 
+pub mod audit;
+pub mod keyvault;
+pub mod kid;
 mod platform;
 
+pub use audit::Caller;
+pub use keyvault::{KeyOptions, KeyUpdate, KeyVault};
+pub use kid::KeyRef;
 pub use platform::PlatformKeys;
 
 use crate::crypto::{CryptoError, Secret};
@@ -35,6 +41,132 @@ pub enum VaultError {
     Crypto(#[from] CryptoError),
     #[error("key store I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("invalid {what} name '{name}': {reason}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
+    #[error("invalid key identifier '{input}': {reason}")]
+    InvalidKeyId { input: String, reason: String },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("KeyNotFound: no key named '{0}' in the vault; see 'diskvault key list'")]
+    KeyNotFound(String),
+    #[error("KeyNotFound: key '{0}' has no version {1}; see 'diskvault key show {0}'")]
+    VersionNotFound(String, String),
+    #[error("key '{0}' is deleted; recover it with 'diskvault key recover {0}'")]
+    KeyDeleted(String),
+    #[error("a key named '{0}' already exists; choose another name or rotate that key")]
+    KeyExists(String),
+    #[error("Conflict: key '{0}' is soft-deleted and holds its name; recover it or purge it before reusing the name")]
+    NameHeldByDeletedKey(String),
+    #[error("no deleted key named '{0}'; see 'diskvault key list --deleted'")]
+    DeletedKeyNotFound(String),
+    #[error("key '{0}' is not deleted; delete it first, then purge it")]
+    PurgeActive(String),
+    #[error("key URL names vault '{given}' but this store's vault is '{ours}'; use a key of vault '{ours}'")]
+    WrongVault { given: String, ours: String },
+    #[error("KeyVaultAccessForbidden: grant get, wrapKey and unwrapKey permissions on key {key} to {caller}")]
+    Forbidden { key: String, caller: String },
+    #[error("key '{0}' is disabled; enable it with 'diskvault key set {0} --enabled true'")]
+    KeyDisabled(String),
+    #[error("key version {0} is disabled; enable it with 'diskvault key set KEY --version VERSION --enabled true'")]
+    VersionDisabled(String),
+    #[error("operation {op} is not permitted by the key_ops of {kid}; add it with 'diskvault key set KEY --ops ...'")]
+    OperationNotAllowed { op: String, kid: String },
+    #[error("key {0} is not valid before {1}; it cannot wrap new keys yet")]
+    NotYetValid(String, String),
+    #[error("key {0} expired at {1}; expired keys still unwrap but cannot wrap new keys; rotate the key or extend --exp")]
+    Expired(String, String),
+    #[error("purge protection is on: deleted key '{name}' cannot be purged before {until}; recover it instead, or wait")]
+    PurgeProtected { name: String, until: String },
+    #[error("purge protection cannot be turned off once it is on (as in Azure Key Vault)")]
+    PurgeProtectionPermanent,
+    #[error("soft-delete retention cannot change once purge protection is on")]
+    RetentionLocked,
+    #[error("key '{key}' has no grant for identity {object_id}; see 'diskvault key show {key}'")]
+    NoSuchGrant { key: String, object_id: String },
+    #[error("cannot import key: {0}")]
+    BadImport(String),
+    #[error("key vault {0} does not exist; initialize the store with 'diskvault init' or pass the right --vault")]
+    VaultMissing(String),
+    #[error("key vault {0} is in use by another diskvault process; unmount that store first")]
+    VaultLocked(String),
+    #[error("key vault file {path} is corrupt ({reason}); restore it from a backup")]
+    Corrupt { path: String, reason: String },
+}
+
+impl VaultError {
+    /// The HTTP status text Key Vault would answer with (the audit log's resultSignature).
+    pub fn signature(&self) -> &'static str {
+        use VaultError::*;
+        match self {
+            Forbidden { .. } | KeyDisabled(_) | VersionDisabled(_) | OperationNotAllowed { .. }
+            | NotYetValid(..) | Expired(..) | PurgeProtected { .. } | PurgeProtectionPermanent
+            | RetentionLocked => "Forbidden",
+            KeyNotFound(_) | VersionNotFound(..) | DeletedKeyNotFound(_) | NoSuchGrant { .. }
+            | WrongVault { .. } => "NotFound",
+            KeyExists(_) | NameHeldByDeletedKey(_) | KeyDeleted(_) | PurgeActive(_) => "Conflict",
+            InvalidName { .. } | InvalidKeyId { .. } | InvalidArgument(_) | BadImport(_)
+            | UnsupportedAlg(_) | Crypto(_) => "BadRequest",
+            _ => "InternalServerError",
+        }
+    }
+
+    /// The errno a control-file write fails with.
+    pub fn errno(&self) -> i32 {
+        use VaultError::*;
+        match self {
+            Forbidden { .. } | KeyDisabled(_) | VersionDisabled(_) | OperationNotAllowed { .. }
+            | NotYetValid(..) | Expired(..) => libc::EACCES,
+            PurgeProtected { .. } | PurgeProtectionPermanent | RetentionLocked => libc::EPERM,
+            KeyNotFound(_) | VersionNotFound(..) | DeletedKeyNotFound(_) | NoSuchGrant { .. }
+            | WrongVault { .. } | KeyDeleted(_) | MissingPlatformKey(_) | VaultMissing(_) => libc::ENOENT,
+            KeyExists(_) | NameHeldByDeletedKey(_) => libc::EEXIST,
+            PurgeActive(_) | VaultLocked(_) => libc::EBUSY,
+            InvalidName { .. } | InvalidKeyId { .. } | InvalidArgument(_) | BadImport(_)
+            | UnsupportedAlg(_) | Crypto(_) => libc::EINVAL,
+            Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            _ => libc::EIO,
+        }
+    }
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub fn secs_to_iso(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub fn now_iso() -> String {
+    secs_to_iso(now_secs())
+}
+
+/// Parses a time for nbf/exp: RFC 3339 (`2027-01-31T00:00:00Z`), a date
+/// (`2027-01-31`), or an offset from now (`+90d`, `+12h`).
+pub fn parse_time(s: &str) -> Result<i64, VaultError> {
+    let s = s.trim();
+    let bad = || {
+        VaultError::InvalidArgument(format!(
+            "invalid time '{s}'; use RFC 3339 (2027-01-31T00:00:00Z), a date (2027-01-31) or an offset (+90d)"
+        ))
+    };
+    if let Some(rest) = s.strip_prefix('+') {
+        let d = humantime::parse_duration(rest).map_err(|_| bad())?;
+        return Ok(now_secs() + d.as_secs() as i64);
+    }
+    let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_string() };
+    let t = humantime::parse_rfc3339_weak(&full).map_err(|_| bad())?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .map_err(|_| bad())
 }
 
 pub trait KeyProvider: Send + Sync {

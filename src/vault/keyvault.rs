@@ -1,0 +1,1311 @@
+//! The embedded key vault: RSA keys with versions, attributes, grants, soft delete,
+//! purge protection and an audit log. Wrap and unwrap happen here; callers get back
+//! only wrapped bytes or the DEK.
+//!
+//! ```text
+//! VAULT/vault.json                    name, soft-delete retention, purge protection
+//! VAULT/keys/NAME/key.json            attributes, versions, grants (0600)
+//! VAULT/keys/NAME/VERSION.pem         private key of one version, PKCS#8 (0600)
+//! VAULT/deleted-keys/NAME/...         a soft-deleted key, plus deleted.json
+//! VAULT/audit.log, VAULT/audit.head   the hash-chained audit log
+//! VAULT/lock                          flock held by the process using the vault
+//! ```
+//! NAME is the key name in lower case (names compare case-insensitively).
+
+use super::audit::{self, AuditFault, AuditLog, Caller};
+use super::kid::{key_url, validate_key_name, validate_vault_name, KeyRef};
+use super::{now_secs, secs_to_iso, VaultError, WrappedKey};
+use crate::crypto::wrap::{hex, RsaKey, ALLOWED_BITS, WRAP_ALG};
+use crate::crypto::{random_bytes, Secret};
+use crate::durable;
+use crate::lock::StoreLock;
+use base64::Engine;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use zeroize::Zeroizing;
+
+pub const VAULT_FILE: &str = "vault.json";
+const KEYS_DIR: &str = "keys";
+const DELETED_DIR: &str = "deleted-keys";
+const KEY_FILE: &str = "key.json";
+const DELETED_FILE: &str = "deleted.json";
+const LOCK_FILE: &str = "lock";
+pub const DEFAULT_RETENTION_DAYS: u32 = 90;
+const DAY: i64 = 86_400;
+
+/// Operations a key may be used for (`key_ops`).
+pub const KEY_OPS: [&str; 6] = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"];
+/// Permissions a grant can give.
+pub const PERMISSIONS: [&str; 3] = ["get", "wrapKey", "unwrapKey"];
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VaultProps {
+    pub name: String,
+    pub created: i64,
+    pub soft_delete_retention_in_days: u32,
+    pub enable_purge_protection: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Attributes {
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    pub created: i64,
+    pub updated: i64,
+}
+
+impl Attributes {
+    fn new(now: i64) -> Self {
+        Attributes {
+            enabled: true,
+            nbf: None,
+            exp: None,
+            created: now,
+            updated: now,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VersionRecord {
+    pub version: String,
+    pub attributes: Attributes,
+    pub key_ops: Vec<String>,
+    pub key_size: usize,
+    pub imported: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Grant {
+    pub object_id: String,
+    pub display_name: String,
+    pub permissions: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyRecord {
+    pub name: String,
+    pub attributes: Attributes,
+    pub key_ops: Vec<String>,
+    /// Oldest first; the last one is the current version.
+    pub versions: Vec<VersionRecord>,
+    pub grants: Vec<Grant>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Deletion {
+    pub deleted_date: i64,
+    pub scheduled_purge_date: i64,
+}
+
+/// Settings for a new key or version.
+#[derive(Clone, Debug, Default)]
+pub struct KeyOptions {
+    pub size: Option<usize>,
+    pub key_ops: Option<Vec<String>>,
+    pub nbf: Option<i64>,
+    pub exp: Option<i64>,
+    pub enabled: Option<bool>,
+}
+
+/// A change of attributes (`key set`). `Some(None)` clears nbf or exp.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyUpdate {
+    pub enabled: Option<bool>,
+    pub nbf: Option<Option<i64>>,
+    pub exp: Option<Option<i64>>,
+    pub key_ops: Option<Vec<String>>,
+}
+
+struct KeyEntry {
+    rec: KeyRecord,
+    privs: BTreeMap<String, RsaKey>,
+}
+
+impl KeyEntry {
+    fn current(&self) -> &VersionRecord {
+        self.rec.versions.last().expect("a key has at least one version")
+    }
+
+    fn version(&self, v: &str) -> Option<&VersionRecord> {
+        self.rec.versions.iter().find(|x| x.version == v)
+    }
+}
+
+struct State {
+    props: VaultProps,
+    keys: BTreeMap<String, KeyEntry>,
+    deleted: BTreeMap<String, (KeyEntry, Deletion)>,
+    audit: AuditLog,
+}
+
+pub struct KeyVault {
+    dir: PathBuf,
+    _lock: StoreLock,
+    state: Mutex<State>,
+    /// Bumped on every change; lets the store notice revocations cheaply.
+    generation: AtomicU64,
+}
+
+/// Canonical spelling of a key operation or permission, if it is one.
+fn canon(list: &[&'static str], s: &str) -> Option<&'static str> {
+    list.iter().copied().find(|x| x.eq_ignore_ascii_case(s))
+}
+
+pub fn parse_key_ops(items: &[String]) -> Result<Vec<String>, VaultError> {
+    items
+        .iter()
+        .map(|s| {
+            canon(&KEY_OPS, s).map(String::from).ok_or_else(|| {
+                VaultError::InvalidArgument(format!(
+                    "unknown key operation '{s}'; use {}",
+                    KEY_OPS.join(", ")
+                ))
+            })
+        })
+        .collect()
+}
+
+pub fn parse_permissions(items: &[String]) -> Result<Vec<String>, VaultError> {
+    let mut out: Vec<String> = Vec::new();
+    for s in items {
+        let p = canon(&PERMISSIONS, s).ok_or_else(|| {
+            VaultError::InvalidArgument(format!("unknown permission '{s}'; use get, wrapKey and unwrapKey"))
+        })?;
+        if !out.iter().any(|x| x == p) {
+            out.push(p.to_string());
+        }
+    }
+    if out.is_empty() {
+        return Err(VaultError::InvalidArgument("a grant needs at least one permission".into()));
+    }
+    Ok(out)
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
+    let mut b = serde_json::to_vec_pretty(v).expect("JSON serializes");
+    b.push(b'\n');
+    durable::write_atomic(path, &b, 0o600)
+}
+
+fn b64url(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+impl KeyVault {
+    pub fn is_vault(dir: &Path) -> bool {
+        dir.join(VAULT_FILE).is_file()
+    }
+
+    /// Creates an empty vault in `dir` (absent or empty).
+    pub fn init(dir: &Path, name: &str) -> Result<(), VaultError> {
+        validate_vault_name(name)?;
+        if Self::is_vault(dir) {
+            return Err(VaultError::InvalidArgument(format!(
+                "{} is already a key vault",
+                dir.display()
+            )));
+        }
+        match durable::create_dir(dir, 0o700) {
+            Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(e.into()),
+            _ => {}
+        }
+        for d in [KEYS_DIR, DELETED_DIR] {
+            match durable::create_dir(&dir.join(d), 0o700) {
+                Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(e.into()),
+                _ => {}
+            }
+        }
+        let props = VaultProps {
+            name: name.to_ascii_lowercase(),
+            created: now_secs(),
+            soft_delete_retention_in_days: DEFAULT_RETENTION_DAYS,
+            enable_purge_protection: false,
+        };
+        // vault.json goes last: its presence means the vault is complete.
+        write_json(&dir.join(VAULT_FILE), &props)?;
+        Ok(())
+    }
+
+    /// A default vault name: `dv-` and 8 random hex digits.
+    pub fn default_name() -> Result<String, VaultError> {
+        Ok(format!("dv-{}", hex(&random_bytes(4)?)))
+    }
+
+    pub fn open(dir: &Path) -> Result<KeyVault, VaultError> {
+        let corrupt = |what: &Path, reason: String| VaultError::Corrupt {
+            path: what.display().to_string(),
+            reason,
+        };
+        let vf = dir.join(VAULT_FILE);
+        let bytes = fs::read(&vf).map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                VaultError::VaultMissing(dir.display().to_string())
+            } else {
+                e.into()
+            }
+        })?;
+        let props: VaultProps =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(&vf, e.to_string()))?;
+        let lock = StoreLock::try_acquire(&dir.join(LOCK_FILE))?
+            .ok_or_else(|| VaultError::VaultLocked(dir.display().to_string()))?;
+        let mut keys = BTreeMap::new();
+        let mut deleted = BTreeMap::new();
+        for (sub, is_deleted) in [(KEYS_DIR, false), (DELETED_DIR, true)] {
+            let sd = dir.join(sub);
+            let mut names: Vec<_> = fs::read_dir(&sd)?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| !n.starts_with('.'))
+                .collect();
+            names.sort();
+            for n in names {
+                let kd = sd.join(&n);
+                if !is_deleted && kd.join(DELETED_FILE).exists() {
+                    // An interrupted delete (or recover): the key stays active.
+                    fs::remove_file(kd.join(DELETED_FILE))?;
+                }
+                let entry = Self::load_key(&kd).map_err(|r| corrupt(&kd, r))?;
+                if is_deleted {
+                    let p = kd.join(DELETED_FILE);
+                    let del: Deletion = fs::read(&p)
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                        .map_err(|r| corrupt(&p, r))?;
+                    deleted.insert(n, (entry, del));
+                } else {
+                    keys.insert(n, entry);
+                }
+            }
+        }
+        let audit = AuditLog::open(dir)?;
+        Ok(KeyVault {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            state: Mutex::new(State {
+                props,
+                keys,
+                deleted,
+                audit,
+            }),
+            generation: AtomicU64::new(1),
+        })
+    }
+
+    fn load_key(kd: &Path) -> Result<KeyEntry, String> {
+        let b = fs::read(kd.join(KEY_FILE)).map_err(|e| format!("cannot read {KEY_FILE}: {e}"))?;
+        let rec: KeyRecord = serde_json::from_slice(&b).map_err(|e| format!("{KEY_FILE}: {e}"))?;
+        if rec.versions.is_empty() {
+            return Err("the key has no versions".into());
+        }
+        let mut privs = BTreeMap::new();
+        for v in &rec.versions {
+            let pem = Zeroizing::new(
+                fs::read_to_string(kd.join(format!("{}.pem", v.version)))
+                    .map_err(|e| format!("version {}: {e}", v.version))?,
+            );
+            let k = RsaKey::from_pem(&pem).map_err(|e| format!("version {}: {e}", v.version))?;
+            privs.insert(v.version.clone(), k);
+        }
+        Ok(KeyEntry { rec, privs })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn name(&self) -> String {
+        self.state.lock().props.name.clone()
+    }
+
+    pub fn uri(&self) -> String {
+        format!("https://{}{}/", self.name(), super::kid::VAULT_DNS_SUFFIX)
+    }
+
+    pub fn props(&self) -> VaultProps {
+        self.state.lock().props.clone()
+    }
+
+    fn key_dir(&self, lname: &str) -> PathBuf {
+        self.dir.join(KEYS_DIR).join(lname)
+    }
+
+    /// Runs `f` under the vault lock and records the outcome in the audit log.
+    fn audited<T>(
+        &self,
+        op: &str,
+        caller: &Caller,
+        id: impl Fn(&State) -> String,
+        f: impl FnOnce(&mut State) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        let mut st = self.state.lock();
+        let r = f(&mut st);
+        let kid = id(&st);
+        let failure = r.as_ref().err().map(|e| (e.signature(), e.to_string()));
+        if let Err(e) = st.audit.append(
+            op,
+            caller,
+            &kid,
+            failure.as_ref().map(|(s, m)| (*s, m.as_str())),
+        ) {
+            log::error!("cannot append to the audit log: {e}");
+        }
+        drop(st);
+        if r.is_ok() && !matches!(op, "KeyGet" | "KeyWrap" | "KeyUnwrap" | "KeyList") {
+            self.changed();
+        }
+        r
+    }
+
+    fn check_vault(st: &State, r: &KeyRef) -> Result<(), VaultError> {
+        match &r.vault {
+            Some(v) if *v != st.props.name => Err(VaultError::WrongVault {
+                given: v.clone(),
+                ours: st.props.name.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn entry<'a>(st: &'a State, name: &str) -> Result<&'a KeyEntry, VaultError> {
+        let l = name.to_ascii_lowercase();
+        st.keys.get(&l).ok_or_else(|| {
+            if st.deleted.contains_key(&l) {
+                VaultError::KeyDeleted(name.to_string())
+            } else {
+                VaultError::KeyNotFound(name.to_string())
+            }
+        })
+    }
+
+    fn entry_mut<'a>(st: &'a mut State, name: &str) -> Result<&'a mut KeyEntry, VaultError> {
+        Self::entry(st, name)?;
+        Ok(st
+            .keys
+            .get_mut(&name.to_ascii_lowercase())
+            .expect("checked above"))
+    }
+
+    /// Versioned URL of `r`: its own version, or the current one.
+    pub fn resolve(&self, r: &KeyRef) -> Result<String, VaultError> {
+        let st = self.state.lock();
+        Self::check_vault(&st, r)?;
+        let e = Self::entry(&st, &r.name)?;
+        let v = match &r.version {
+            Some(v) => e
+                .version(v)
+                .ok_or_else(|| VaultError::VersionNotFound(r.name.clone(), v.clone()))?,
+            None => e.current(),
+        };
+        Ok(key_url(&st.props.name, &e.rec.name, Some(&v.version)))
+    }
+
+    fn kid_of(st: &State, name: &str, version: Option<&str>) -> String {
+        let display = st
+            .keys
+            .get(&name.to_ascii_lowercase())
+            .map(|e| e.rec.name.clone())
+            .unwrap_or_else(|| name.to_string());
+        key_url(&st.props.name, &display, version)
+    }
+
+    fn new_version(
+        kd: &Path,
+        key: RsaKey,
+        opts: &KeyOptions,
+        key_ops: Vec<String>,
+        imported: bool,
+    ) -> Result<(VersionRecord, RsaKey), VaultError> {
+        let version = hex(&random_bytes(16)?);
+        let now = now_secs();
+        let mut attributes = Attributes::new(now);
+        attributes.nbf = opts.nbf;
+        attributes.exp = opts.exp;
+        let pem = key.to_pkcs8_pem()?;
+        durable::write_atomic(&kd.join(format!("{version}.pem")), pem.as_bytes(), 0o600)?;
+        Ok((
+            VersionRecord {
+                version,
+                attributes,
+                key_ops,
+                key_size: key.bits(),
+                imported,
+            },
+            key,
+        ))
+    }
+
+    fn check_times(nbf: Option<i64>, exp: Option<i64>) -> Result<(), VaultError> {
+        if let (Some(n), Some(x)) = (nbf, exp) {
+            if n >= x {
+                return Err(VaultError::InvalidArgument(
+                    "nbf (not before) must be earlier than exp (expires)".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn add_key(
+        &self,
+        st: &mut State,
+        name: &str,
+        key: RsaKey,
+        opts: &KeyOptions,
+        imported: bool,
+    ) -> Result<Value, VaultError> {
+        validate_key_name(name)?;
+        Self::check_times(opts.nbf, opts.exp)?;
+        let l = name.to_ascii_lowercase();
+        if st.keys.contains_key(&l) {
+            return Err(VaultError::KeyExists(name.to_string()));
+        }
+        if st.deleted.contains_key(&l) {
+            return Err(VaultError::NameHeldByDeletedKey(name.to_string()));
+        }
+        let key_ops = match &opts.key_ops {
+            Some(o) => parse_key_ops(o)?,
+            None => KEY_OPS.iter().map(|s| s.to_string()).collect(),
+        };
+        let kd = self.key_dir(&l);
+        let staging = self.dir.join(KEYS_DIR).join(format!(".{l}.creating"));
+        let _ = fs::remove_dir_all(&staging);
+        durable::create_dir(&staging, 0o700)?;
+        let result = (|| {
+            let (ver, key) = Self::new_version(&staging, key, opts, key_ops.clone(), imported)?;
+            let now = ver.attributes.created;
+            let mut attributes = Attributes::new(now);
+            attributes.enabled = opts.enabled.unwrap_or(true);
+            let rec = KeyRecord {
+                name: name.to_string(),
+                attributes,
+                key_ops,
+                versions: vec![ver],
+                grants: vec![],
+            };
+            write_json(&staging.join(KEY_FILE), &rec)?;
+            fs::rename(&staging, &kd)?;
+            durable::sync_dir(&self.dir.join(KEYS_DIR))?;
+            let mut privs = BTreeMap::new();
+            privs.insert(rec.versions[0].version.clone(), key);
+            Ok::<_, VaultError>(KeyEntry { rec, privs })
+        })();
+        let entry = match result {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        let v = self.key_json(st, &entry, None);
+        st.keys.insert(l, entry);
+        Ok(v)
+    }
+
+    /// Generates a new RSA key (2048 bits unless `opts.size` says otherwise).
+    pub fn create_key(
+        &self,
+        caller: &Caller,
+        name: &str,
+        opts: &KeyOptions,
+    ) -> Result<Value, VaultError> {
+        let bits = opts.size.unwrap_or(2048);
+        self.audited(
+            "KeyCreate",
+            caller,
+            |st| Self::kid_of(st, name, None),
+            |st| {
+                if !ALLOWED_BITS.contains(&bits) {
+                    return Err(crate::crypto::CryptoError::KeySize(bits).into());
+                }
+                validate_key_name(name)?;
+                let key = RsaKey::generate(bits)?;
+                self.add_key(st, name, key, opts, false)
+            },
+        )
+    }
+
+    /// Imports a private key from PEM (PKCS#1 or PKCS#8): bring your own key.
+    pub fn import_key(
+        &self,
+        caller: &Caller,
+        name: &str,
+        pem: &str,
+        opts: &KeyOptions,
+    ) -> Result<Value, VaultError> {
+        self.audited(
+            "KeyImport",
+            caller,
+            |st| Self::kid_of(st, name, None),
+            |st| {
+                let key = parse_import(pem)?;
+                self.add_key(st, name, key, opts, true)
+            },
+        )
+    }
+
+    /// Adds a new version (same size as the current one unless given).
+    pub fn rotate_key(
+        &self,
+        caller: &Caller,
+        name: &str,
+        opts: &KeyOptions,
+    ) -> Result<Value, VaultError> {
+        self.audited(
+            "KeyRotate",
+            caller,
+            |st| Self::kid_of(st, name, None),
+            |st| {
+                Self::check_times(opts.nbf, opts.exp)?;
+                let l = name.to_ascii_lowercase();
+                let e = Self::entry(st, name)?;
+                let bits = opts.size.unwrap_or(e.current().key_size);
+                let key = RsaKey::generate(bits)?;
+                let key_ops = match &opts.key_ops {
+                    Some(o) => parse_key_ops(o)?,
+                    None => e.current().key_ops.clone(),
+                };
+                let kd = self.key_dir(&l);
+                let (ver, key) = Self::new_version(&kd, key, opts, key_ops, false)?;
+                let mut rec = e.rec.clone();
+                rec.attributes.updated = ver.attributes.created;
+                rec.versions.push(ver.clone());
+                if let Err(err) = write_json(&kd.join(KEY_FILE), &rec) {
+                    let _ = fs::remove_file(kd.join(format!("{}.pem", ver.version)));
+                    return Err(err.into());
+                }
+                let e = Self::entry_mut(st, name)?;
+                e.rec = rec;
+                e.privs.insert(ver.version.clone(), key);
+                let e = Self::entry(st, name)?;
+                Ok(self.key_json(st, e, None))
+            },
+        )
+    }
+
+    /// `az keyvault key show`: the current version, or `r`'s version.
+    pub fn get_key(&self, caller: &Caller, r: &KeyRef) -> Result<Value, VaultError> {
+        self.audited(
+            "KeyGet",
+            caller,
+            |st| Self::kid_of(st, &r.name, r.version.as_deref()),
+            |st| {
+                Self::check_vault(st, r)?;
+                let e = Self::entry(st, &r.name)?;
+                if let Some(v) = &r.version {
+                    e.version(v)
+                        .ok_or_else(|| VaultError::VersionNotFound(r.name.clone(), v.clone()))?;
+                }
+                Ok(self.key_json(st, e, r.version.as_deref()))
+            },
+        )
+    }
+
+    /// SubjectPublicKeyInfo PEM of the current version or of `r`'s version.
+    pub fn public_pem(&self, caller: &Caller, r: &KeyRef) -> Result<String, VaultError> {
+        self.audited(
+            "KeyGet",
+            caller,
+            |st| Self::kid_of(st, &r.name, r.version.as_deref()),
+            |st| {
+                Self::check_vault(st, r)?;
+                let e = Self::entry(st, &r.name)?;
+                let v = match &r.version {
+                    Some(v) => v.clone(),
+                    None => e.current().version.clone(),
+                };
+                e.privs
+                    .get(&v)
+                    .map(|k| k.public_pem())
+                    .ok_or_else(|| VaultError::VersionNotFound(r.name.clone(), v))
+            },
+        )
+    }
+
+    fn key_json(&self, st: &State, e: &KeyEntry, version: Option<&str>) -> Value {
+        let vault = &st.props.name;
+        let rec = &e.rec;
+        let cur = e.current();
+        let ver = version.and_then(|v| e.version(v)).unwrap_or(cur);
+        let (n, ex) = e.privs[&ver.version].public_parts();
+        let recoverable = st.props.soft_delete_retention_in_days;
+        let level = if st.props.enable_purge_protection {
+            "Recoverable"
+        } else {
+            "Recoverable+Purgeable"
+        };
+        let attrs = |a: &Attributes| {
+            json!({
+                "enabled": a.enabled,
+                "notBefore": a.nbf.map(secs_to_iso),
+                "expires": a.exp.map(secs_to_iso),
+                "created": secs_to_iso(a.created),
+                "updated": secs_to_iso(a.updated),
+                "recoverableDays": recoverable,
+                "recoveryLevel": level,
+                "exportable": false,
+            })
+        };
+        let mut v = json!({
+            "name": rec.name,
+            "key": {
+                "kid": key_url(vault, &rec.name, Some(&ver.version)),
+                "kty": "RSA",
+                "keyOps": ver.key_ops,
+                "n": b64url(&n),
+                "e": b64url(&ex),
+            },
+            "keySize": ver.key_size,
+            "imported": ver.imported,
+            "attributes": attrs(&ver.attributes),
+            "tags": {},
+        });
+        if version.is_none() {
+            v["keyAttributes"] = attrs(&rec.attributes);
+            v["keyAttributes"]["keyOps"] = json!(rec.key_ops);
+            v["versions"] = rec
+                .versions
+                .iter()
+                .map(|x| {
+                    json!({
+                        "kid": key_url(vault, &rec.name, Some(&x.version)),
+                        "enabled": x.attributes.enabled,
+                        "created": secs_to_iso(x.attributes.created),
+                    })
+                })
+                .collect();
+            v["grants"] = json!(rec.grants);
+        }
+        v
+    }
+
+    /// Keys (not deleted), current version each.
+    pub fn list_keys(&self) -> Vec<Value> {
+        let st = self.state.lock();
+        st.keys
+            .values()
+            .map(|e| {
+                let cur = e.current();
+                json!({
+                    "name": e.rec.name,
+                    "kid": key_url(&st.props.name, &e.rec.name, Some(&cur.version)),
+                    "enabled": e.rec.attributes.enabled && cur.attributes.enabled,
+                    "keySize": cur.key_size,
+                    "versions": e.rec.versions.len(),
+                    "created": secs_to_iso(e.rec.attributes.created),
+                })
+            })
+            .collect()
+    }
+
+    /// Names of keys, deleted keys, or a key's versions (for directory listings).
+    pub fn key_names(&self) -> Vec<String> {
+        self.state.lock().keys.values().map(|e| e.rec.name.clone()).collect()
+    }
+
+    pub fn deleted_names(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .deleted
+            .values()
+            .map(|(e, _)| e.rec.name.clone())
+            .collect()
+    }
+
+    pub fn version_ids(&self, name: &str) -> Result<Vec<String>, VaultError> {
+        let st = self.state.lock();
+        Ok(Self::entry(&st, name)?
+            .rec
+            .versions
+            .iter()
+            .map(|v| v.version.clone())
+            .collect())
+    }
+
+    /// The key's record (attributes, versions, grants), unaudited, for display.
+    pub fn record(&self, name: &str) -> Result<KeyRecord, VaultError> {
+        let st = self.state.lock();
+        Ok(Self::entry(&st, name)?.rec.clone())
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        self.state.lock().keys.contains_key(&name.to_ascii_lowercase())
+    }
+
+    /// Changes attributes of the key (versionless `r`) or of one version.
+    pub fn update_key(
+        &self,
+        caller: &Caller,
+        r: &KeyRef,
+        u: &KeyUpdate,
+    ) -> Result<Value, VaultError> {
+        self.audited(
+            "KeyUpdate",
+            caller,
+            |st| Self::kid_of(st, &r.name, r.version.as_deref()),
+            |st| {
+                Self::check_vault(st, r)?;
+                let key_ops = u.key_ops.as_deref().map(parse_key_ops).transpose()?;
+                let e = Self::entry(st, &r.name)?;
+                let mut rec = e.rec.clone();
+                let now = now_secs();
+                let apply = |a: &mut Attributes, ops: &mut Vec<String>| {
+                    if let Some(en) = u.enabled {
+                        a.enabled = en;
+                    }
+                    if let Some(n) = u.nbf {
+                        a.nbf = n;
+                    }
+                    if let Some(x) = u.exp {
+                        a.exp = x;
+                    }
+                    if let Some(o) = &key_ops {
+                        *ops = o.clone();
+                    }
+                    a.updated = now;
+                    Self::check_times(a.nbf, a.exp)
+                };
+                match &r.version {
+                    None => {
+                        let mut ops = rec.key_ops.clone();
+                        apply(&mut rec.attributes, &mut ops)?;
+                        rec.key_ops = ops;
+                    }
+                    Some(v) => {
+                        let ver = rec
+                            .versions
+                            .iter_mut()
+                            .find(|x| x.version == *v)
+                            .ok_or_else(|| VaultError::VersionNotFound(r.name.clone(), v.clone()))?;
+                        apply(&mut ver.attributes, &mut ver.key_ops)?;
+                    }
+                }
+                let l = r.name.to_ascii_lowercase();
+                write_json(&self.key_dir(&l).join(KEY_FILE), &rec)?;
+                Self::entry_mut(st, &r.name)?.rec = rec;
+                let e = Self::entry(st, &r.name)?;
+                Ok(self.key_json(st, e, r.version.as_deref()))
+            },
+        )
+    }
+
+    /// Soft delete: the key moves to deleted-keys until recovered or purged.
+    pub fn delete_key(&self, caller: &Caller, name: &str) -> Result<Value, VaultError> {
+        self.audited(
+            "KeyDelete",
+            caller,
+            |st| Self::kid_of(st, name, None),
+            |st| {
+                Self::entry(st, name)?;
+                let l = name.to_ascii_lowercase();
+                let now = now_secs();
+                let del = Deletion {
+                    deleted_date: now,
+                    scheduled_purge_date: now
+                        + st.props.soft_delete_retention_in_days as i64 * DAY,
+                };
+                let from = self.key_dir(&l);
+                let to = self.dir.join(DELETED_DIR).join(&l);
+                write_json(&from.join(DELETED_FILE), &del)?;
+                if let Err(e) = fs::rename(&from, &to) {
+                    let _ = fs::remove_file(from.join(DELETED_FILE));
+                    return Err(e.into());
+                }
+                durable::sync_dir(&self.dir.join(KEYS_DIR))?;
+                durable::sync_dir(&self.dir.join(DELETED_DIR))?;
+                let e = st.keys.remove(&l).expect("checked above");
+                let v = Self::deleted_json(&st.props, &e, &del);
+                st.deleted.insert(l, (e, del));
+                Ok(v)
+            },
+        )
+    }
+
+    fn deleted_json(props: &VaultProps, e: &KeyEntry, d: &Deletion) -> Value {
+        json!({
+            "name": e.rec.name,
+            "recoveryId": format!("https://{}{}/deletedkeys/{}", props.name, super::kid::VAULT_DNS_SUFFIX, e.rec.name),
+            "kid": key_url(&props.name, &e.rec.name, Some(&e.current().version)),
+            "deletedDate": secs_to_iso(d.deleted_date),
+            "scheduledPurgeDate": secs_to_iso(d.scheduled_purge_date),
+            "versions": e.rec.versions.len(),
+        })
+    }
+
+    pub fn list_deleted(&self) -> Vec<Value> {
+        let st = self.state.lock();
+        st.deleted
+            .values()
+            .map(|(e, d)| Self::deleted_json(&st.props, e, d))
+            .collect()
+    }
+
+    pub fn deleted_key(&self, name: &str) -> Result<Value, VaultError> {
+        let st = self.state.lock();
+        st.deleted
+            .get(&name.to_ascii_lowercase())
+            .map(|(e, d)| Self::deleted_json(&st.props, e, d))
+            .ok_or_else(|| VaultError::DeletedKeyNotFound(name.to_string()))
+    }
+
+    pub fn recover_key(&self, caller: &Caller, name: &str) -> Result<Value, VaultError> {
+        self.audited(
+            "KeyRecover",
+            caller,
+            |st| Self::kid_of(st, name, None),
+            |st| {
+                let l = name.to_ascii_lowercase();
+                if !st.deleted.contains_key(&l) {
+                    return Err(VaultError::DeletedKeyNotFound(name.to_string()));
+                }
+                let from = self.dir.join(DELETED_DIR).join(&l);
+                let to = self.key_dir(&l);
+                fs::rename(&from, &to)?;
+                durable::sync_dir(&self.dir.join(DELETED_DIR))?;
+                durable::sync_dir(&self.dir.join(KEYS_DIR))?;
+                fs::remove_file(to.join(DELETED_FILE))?;
+                durable::sync_dir(&to)?;
+                let (e, _) = st.deleted.remove(&l).expect("checked above");
+                let v = self.key_json(st, &e, None);
+                st.keys.insert(l, e);
+                Ok(v)
+            },
+        )
+    }
+
+    /// Permanently destroys a deleted key. Refused under purge protection until the
+    /// retention period has passed.
+    pub fn purge_key(&self, caller: &Caller, name: &str) -> Result<(), VaultError> {
+        self.audited(
+            "KeyPurge",
+            caller,
+            |st| Self::kid_of(st, name, None),
+            |st| {
+                let l = name.to_ascii_lowercase();
+                let Some((_, d)) = st.deleted.get(&l) else {
+                    return Err(if st.keys.contains_key(&l) {
+                        VaultError::PurgeActive(name.to_string())
+                    } else {
+                        VaultError::DeletedKeyNotFound(name.to_string())
+                    });
+                };
+                if st.props.enable_purge_protection && now_secs() < d.scheduled_purge_date {
+                    return Err(VaultError::PurgeProtected {
+                        name: name.to_string(),
+                        until: secs_to_iso(d.scheduled_purge_date),
+                    });
+                }
+                let dir = self.dir.join(DELETED_DIR).join(&l);
+                let doomed = self.dir.join(DELETED_DIR).join(format!(".{l}.purging"));
+                fs::rename(&dir, &doomed)?;
+                durable::sync_dir(&self.dir.join(DELETED_DIR))?;
+                st.deleted.remove(&l);
+                for f in fs::read_dir(&doomed)?.filter_map(|e| e.ok()) {
+                    shred(&f.path());
+                }
+                fs::remove_dir_all(&doomed)?;
+                Ok(())
+            },
+        )
+    }
+
+    /// Grants `permissions` on key `name` to the identity `object_id`.
+    pub fn grant(
+        &self,
+        caller: &Caller,
+        name: &str,
+        object_id: &str,
+        display_name: &str,
+        permissions: &[String],
+    ) -> Result<Value, VaultError> {
+        self.audited(
+            "VaultAccessPolicyGrant",
+            caller,
+            |st| Self::kid_of(st, name, None),
+            |st| {
+                let perms = parse_permissions(permissions)?;
+                let e = Self::entry(st, name)?;
+                let mut rec = e.rec.clone();
+                rec.grants.retain(|g| g.object_id != object_id);
+                rec.grants.push(Grant {
+                    object_id: object_id.to_string(),
+                    display_name: display_name.to_string(),
+                    permissions: perms,
+                });
+                rec.attributes.updated = now_secs();
+                write_json(&self.key_dir(&name.to_ascii_lowercase()).join(KEY_FILE), &rec)?;
+                let v = json!(rec.grants);
+                Self::entry_mut(st, name)?.rec = rec;
+                Ok(v)
+            },
+        )
+    }
+
+    /// Removes the identity's grant on key `name`.
+    pub fn revoke_grant(
+        &self,
+        caller: &Caller,
+        name: &str,
+        object_id: &str,
+    ) -> Result<Value, VaultError> {
+        self.audited(
+            "VaultAccessPolicyRevoke",
+            caller,
+            |st| Self::kid_of(st, name, None),
+            |st| {
+                let e = Self::entry(st, name)?;
+                let mut rec = e.rec.clone();
+                let before = rec.grants.len();
+                rec.grants.retain(|g| g.object_id != object_id);
+                if rec.grants.len() == before {
+                    return Err(VaultError::NoSuchGrant {
+                        key: name.to_string(),
+                        object_id: object_id.to_string(),
+                    });
+                }
+                rec.attributes.updated = now_secs();
+                write_json(&self.key_dir(&name.to_ascii_lowercase()).join(KEY_FILE), &rec)?;
+                let v = json!(rec.grants);
+                Self::entry_mut(st, name)?.rec = rec;
+                Ok(v)
+            },
+        )
+    }
+
+    /// Checks that `caller` may do `op` with `kid`; returns the private key's owner entry
+    /// name and version.
+    fn authorize(
+        st: &State,
+        caller: &Caller,
+        r: &KeyRef,
+        permission: &str,
+        wrapping: bool,
+    ) -> Result<(String, String), VaultError> {
+        Self::check_vault(st, r)?;
+        let e = Self::entry(st, &r.name)?;
+        let ver = match &r.version {
+            Some(v) => e
+                .version(v)
+                .ok_or_else(|| VaultError::VersionNotFound(r.name.clone(), v.clone()))?,
+            None => e.current(),
+        };
+        let kid = key_url(&st.props.name, &e.rec.name, Some(&ver.version));
+        if caller.is_service
+            && !e
+                .rec
+                .grants
+                .iter()
+                .any(|g| g.object_id == caller.object_id && g.permissions.iter().any(|p| p == permission))
+        {
+            return Err(VaultError::Forbidden {
+                key: e.rec.name.clone(),
+                caller: caller.name.clone(),
+            });
+        }
+        if !e.rec.attributes.enabled {
+            return Err(VaultError::KeyDisabled(e.rec.name.clone()));
+        }
+        if !ver.attributes.enabled {
+            return Err(VaultError::VersionDisabled(kid));
+        }
+        if !e.rec.key_ops.iter().any(|o| o == permission) || !ver.key_ops.iter().any(|o| o == permission) {
+            return Err(VaultError::OperationNotAllowed {
+                op: permission.to_string(),
+                kid,
+            });
+        }
+        if wrapping {
+            // Key Vault's date rule: outside nbf/exp a key still unwraps but does not wrap.
+            let now = now_secs();
+            for a in [&e.rec.attributes, &ver.attributes] {
+                if a.nbf.is_some_and(|n| now < n) {
+                    return Err(VaultError::NotYetValid(kid, secs_to_iso(a.nbf.unwrap_or(0))));
+                }
+                if a.exp.is_some_and(|x| now >= x) {
+                    return Err(VaultError::Expired(kid, secs_to_iso(a.exp.unwrap_or(0))));
+                }
+            }
+        }
+        Ok((e.rec.name.to_ascii_lowercase(), ver.version.clone()))
+    }
+
+    /// Wraps a DEK with `r` (its version, or the current one) as `caller`.
+    pub fn wrap(&self, caller: &Caller, r: &KeyRef, dek: &Secret) -> Result<WrappedKey, VaultError> {
+        self.audited(
+            "KeyWrap",
+            caller,
+            |st| Self::kid_of(st, &r.name, r.version.as_deref()),
+            |st| {
+                let (l, v) = Self::authorize(st, caller, r, "wrapKey", true)?;
+                let e = &st.keys[&l];
+                Ok(WrappedKey {
+                    kid: key_url(&st.props.name, &e.rec.name, Some(&v)),
+                    alg: WRAP_ALG.to_string(),
+                    value: e.privs[&v].wrap(dek)?,
+                })
+            },
+        )
+    }
+
+    /// Unwraps a DEK as `caller`; the DEK only ever leaves as a `Secret`.
+    pub fn unwrap(&self, caller: &Caller, w: &WrappedKey) -> Result<Secret, VaultError> {
+        let r = KeyRef::parse(&w.kid)?;
+        if r.version.is_none() {
+            return Err(VaultError::InvalidKeyId {
+                input: w.kid.clone(),
+                reason: "a wrapped key must name a key version".into(),
+            });
+        }
+        self.audited(
+            "KeyUnwrap",
+            caller,
+            |_| w.kid.clone(),
+            |st| {
+                if w.alg != WRAP_ALG {
+                    return Err(VaultError::UnsupportedAlg(w.alg.clone()));
+                }
+                let (l, v) = Self::authorize(st, caller, &r, "unwrapKey", false)?;
+                Ok(st.keys[&l].privs[&v].unwrap(&w.value)?)
+            },
+        )
+    }
+
+    /// Whether `caller` could unwrap with `kid` right now (no audit record, no crypto).
+    pub fn can_unwrap(&self, caller: &Caller, kid: &str) -> Result<(), VaultError> {
+        let r = KeyRef::parse(kid)?;
+        let st = self.state.lock();
+        Self::authorize(&st, caller, &r, "unwrapKey", false).map(|_| ())
+    }
+
+    /// Turns purge protection on (it can never be turned off) and/or sets retention.
+    pub fn set_props(
+        &self,
+        caller: &Caller,
+        purge_protection: Option<bool>,
+        retention_days: Option<u32>,
+    ) -> Result<VaultProps, VaultError> {
+        self.audited(
+            "VaultPatch",
+            caller,
+            |st| format!("https://{}{}/", st.props.name, super::kid::VAULT_DNS_SUFFIX),
+            |st| {
+                let mut p = st.props.clone();
+                if let Some(days) = retention_days {
+                    if !(7..=90).contains(&days) {
+                        return Err(VaultError::InvalidArgument(format!(
+                            "soft-delete retention of {days} days is out of range; use 7 to 90"
+                        )));
+                    }
+                    if p.enable_purge_protection && days != p.soft_delete_retention_in_days {
+                        return Err(VaultError::RetentionLocked);
+                    }
+                    p.soft_delete_retention_in_days = days;
+                }
+                match purge_protection {
+                    Some(false) if p.enable_purge_protection => {
+                        return Err(VaultError::PurgeProtectionPermanent)
+                    }
+                    Some(on) => p.enable_purge_protection = on,
+                    None => {}
+                }
+                write_json(&self.dir.join(VAULT_FILE), &p)?;
+                st.props = p.clone();
+                Ok(p)
+            },
+        )
+    }
+
+    /// `az keyvault show`-like JSON.
+    pub fn show(&self) -> Value {
+        let st = self.state.lock();
+        let p = &st.props;
+        json!({
+            "name": p.name,
+            "id": format!("/diskvault/vaults/{}", p.name),
+            "type": "Microsoft.KeyVault/vaults",
+            "location": "local",
+            "properties": {
+                "vaultUri": format!("https://{}{}/", p.name, super::kid::VAULT_DNS_SUFFIX),
+                "enableSoftDelete": true,
+                "softDeleteRetentionInDays": p.soft_delete_retention_in_days,
+                "enablePurgeProtection": p.enable_purge_protection,
+                "provisioningState": "Succeeded",
+            },
+            "createdAt": secs_to_iso(p.created),
+            "directory": self.dir.display().to_string(),
+            "keys": st.keys.len(),
+            "deletedKeys": st.deleted.len(),
+        })
+    }
+
+    pub fn audit_text(&self) -> Vec<u8> {
+        let _st = self.state.lock();
+        fs::read(self.dir.join(audit::AUDIT_FILE)).unwrap_or_default()
+    }
+
+    pub fn verify_audit(&self) -> Result<u64, AuditFault> {
+        let _st = self.state.lock();
+        audit::verify(&self.dir)
+    }
+
+    /// Records an event that is not a key operation of this module (e.g. a DES
+    /// being refused), so the log stays complete.
+    pub fn audit_event(
+        &self,
+        op: &str,
+        caller: &Caller,
+        kid: &str,
+        failure: Option<(&str, &str)>,
+    ) {
+        if let Err(e) = self.state.lock().audit.append(op, caller, kid, failure) {
+            log::error!("cannot append to the audit log: {e}");
+        }
+    }
+}
+
+/// Parses an imported key, with a message that says what was wrong with it.
+fn parse_import(pem: &str) -> Result<RsaKey, VaultError> {
+    let bad = |r: &str| VaultError::BadImport(r.to_string());
+    if pem.contains("BEGIN PUBLIC KEY") || pem.contains("BEGIN RSA PUBLIC KEY") {
+        return Err(bad("this is a public key; import the private key (it must unwrap)"));
+    }
+    if pem.contains("BEGIN EC PRIVATE KEY") || pem.contains("BEGIN OPENSSH PRIVATE KEY") {
+        return Err(bad("only RSA keys are accepted"));
+    }
+    if pem.contains("ENCRYPTED PRIVATE KEY") {
+        return Err(bad("the key is passphrase-protected; export it unencrypted (openssl pkey -in K -out K.pem)"));
+    }
+    if !pem.contains("-----BEGIN") {
+        return Err(bad("not PEM; expected -----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----"));
+    }
+    RsaKey::from_pem(pem).map_err(|e| match e {
+        crate::crypto::CryptoError::KeySize(b) => VaultError::Crypto(crate::crypto::CryptoError::KeySize(b)),
+        _ => bad("not an RSA private key in PKCS#1 or PKCS#8 PEM"),
+    })
+}
+
+/// Overwrites a file with zeros and syncs it before removal.
+fn shred(path: &Path) {
+    use std::os::unix::fs::FileExt;
+    if let Ok(f) = fs::OpenOptions::new().write(true).open(path) {
+        if let Ok(m) = f.metadata() {
+            let _ = f.write_all_at(&vec![0u8; m.len() as usize], 0);
+            let _ = f.sync_all();
+        }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::parse_time;
+
+    fn vault() -> (tempfile::TempDir, KeyVault) {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v");
+        KeyVault::init(&dir, "testvault").unwrap();
+        let v = KeyVault::open(&dir).unwrap();
+        (d, v)
+    }
+
+    fn r(s: &str) -> KeyRef {
+        KeyRef::parse(s).unwrap()
+    }
+
+    #[test]
+    fn grants_gate_wrap_and_unwrap() {
+        let (_d, v) = vault();
+        let me = Caller::current_user();
+        let des = Caller::des("set1", "aaaaaaaa-0000-0000-0000-000000000001");
+        v.create_key(&me, "k1", &KeyOptions::default()).unwrap();
+        let dek = Secret::new(vec![9u8; 64]);
+        let e = v.wrap(&des, &r("k1"), &dek).unwrap_err();
+        assert!(e.to_string().starts_with("KeyVaultAccessForbidden: grant get, wrapKey and unwrapKey permissions on key k1 to disk encryption set 'set1'"), "{e}");
+        v.grant(&me, "k1", &des.object_id, "set1", &["get".into(), "wrapKey".into(), "unwrapKey".into()]).unwrap();
+        let w = v.wrap(&des, &r("k1"), &dek).unwrap();
+        assert!(w.kid.starts_with("https://testvault.vault.azure.net/keys/k1/"));
+        assert_eq!(v.unwrap(&des, &w).unwrap().expose(), dek.expose());
+        // Disabling the key, then the version, stops unwrap; enabling restores it.
+        v.update_key(&me, &r("k1"), &KeyUpdate { enabled: Some(false), ..Default::default() }).unwrap();
+        assert!(matches!(v.unwrap(&des, &w), Err(VaultError::KeyDisabled(_))));
+        v.update_key(&me, &r("k1"), &KeyUpdate { enabled: Some(true), ..Default::default() }).unwrap();
+        v.update_key(&me, &r(&w.kid), &KeyUpdate { enabled: Some(false), ..Default::default() }).unwrap();
+        assert!(matches!(v.unwrap(&des, &w), Err(VaultError::VersionDisabled(_))));
+        v.update_key(&me, &r(&w.kid), &KeyUpdate { enabled: Some(true), ..Default::default() }).unwrap();
+        // An expired key still unwraps but no longer wraps.
+        let past = parse_time("2020-01-01").unwrap();
+        v.update_key(&me, &r("k1"), &KeyUpdate { exp: Some(Some(past)), ..Default::default() }).unwrap();
+        assert!(v.unwrap(&des, &w).is_ok());
+        assert!(matches!(v.wrap(&des, &r("k1"), &dek), Err(VaultError::Expired(..))));
+        v.revoke_grant(&me, "k1", &des.object_id).unwrap();
+        assert!(matches!(v.unwrap(&des, &w), Err(VaultError::Forbidden { .. })));
+        assert_eq!(v.verify_audit(), Ok(16), "one audit line per operation, failures included");
+    }
+
+    #[test]
+    fn versions_soft_delete_and_purge_protection() {
+        let (_d, v) = vault();
+        let me = Caller::current_user();
+        v.create_key(&me, "K2", &KeyOptions { size: Some(3072), ..Default::default() }).unwrap();
+        assert!(matches!(v.create_key(&me, "k2", &KeyOptions::default()), Err(VaultError::KeyExists(_))));
+        v.rotate_key(&me, "k2", &KeyOptions::default()).unwrap();
+        let vers = v.version_ids("k2").unwrap();
+        assert_eq!(vers.len(), 2);
+        assert!(vers.iter().all(|x| crate::vault::kid::is_version(x)));
+        assert_eq!(v.record("k2").unwrap().versions[1].key_size, 3072);
+        v.set_props(&me, Some(true), Some(7)).unwrap();
+        assert!(matches!(v.set_props(&me, Some(false), None), Err(VaultError::PurgeProtectionPermanent)));
+        v.delete_key(&me, "k2").unwrap();
+        assert!(matches!(v.create_key(&me, "k2", &KeyOptions::default()), Err(VaultError::NameHeldByDeletedKey(_))));
+        assert!(matches!(v.purge_key(&me, "k2"), Err(VaultError::PurgeProtected { .. })));
+        let dir = v.dir().to_path_buf();
+        drop(v);
+        // State survives a reopen.
+        let v = KeyVault::open(&dir).unwrap();
+        assert_eq!(v.deleted_names(), vec!["K2".to_string()]);
+        v.recover_key(&me, "k2").unwrap();
+        assert_eq!(v.version_ids("K2").unwrap(), vers);
+        assert!(v.verify_audit().is_ok());
+    }
+
+    #[test]
+    fn purge_without_protection_and_bad_sizes() {
+        let (_d, v) = vault();
+        let me = Caller::current_user();
+        assert!(matches!(
+            v.create_key(&me, "k", &KeyOptions { size: Some(1024), ..Default::default() }),
+            Err(VaultError::Crypto(crate::crypto::CryptoError::KeySize(1024)))
+        ));
+        v.create_key(&me, "k", &KeyOptions::default()).unwrap();
+        v.delete_key(&me, "k").unwrap();
+        v.purge_key(&me, "k").unwrap();
+        assert!(v.deleted_names().is_empty());
+        assert!(fs::read_dir(v.dir().join(DELETED_DIR)).unwrap().next().is_none());
+        v.create_key(&me, "k", &KeyOptions::default()).unwrap();
+        assert!(matches!(v.import_key(&me, "x", "junk", &KeyOptions::default()), Err(VaultError::BadImport(_))));
+    }
+}
