@@ -29,6 +29,9 @@ pub struct MountArgs {
     /// `user_allow_other` in /etc/fuse.conf when not root.
     #[arg(long)]
     allow_other: bool,
+    /// The key vault directory, if the store keeps it elsewhere (see 'init --vault').
+    #[arg(long, env = "DISKVAULT_VAULT")]
+    vault: Option<PathBuf>,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
@@ -80,6 +83,13 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf, CliError> {
     Ok(mp)
 }
 
+fn init_options(args: &MountArgs) -> crate::store::InitOptions {
+    crate::store::InitOptions {
+        vault_dir: args.vault.as_ref().map(|v| absolute(v)),
+        vault_name: None,
+    }
+}
+
 pub fn mount(args: MountArgs) -> Result<(), CliError> {
     let store = absolute(&args.store);
     if args.ready_fd.is_some() || args.foreground {
@@ -87,7 +97,7 @@ pub fn mount(args: MountArgs) -> Result<(), CliError> {
     }
     check_mountpoint(&args.mountpoint)?;
     if !Store::is_store(&store) {
-        Store::init(&store)?;
+        Store::init(&store, &init_options(&args))?;
         eprintln!(
             "diskvault: created new store {} with a fresh platform key",
             store.display()
@@ -108,6 +118,9 @@ pub fn mount(args: MountArgs) -> Result<(), CliError> {
         .arg(wr_raw.to_string())
         .arg("--threads")
         .arg(args.threads.to_string());
+    if let Some(v) = &args.vault {
+        cmd.arg("--vault").arg(absolute(v));
+    }
     if args.allow_other {
         cmd.arg("--allow-other");
     }
@@ -184,10 +197,10 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
     let result = (|| {
         let mp = check_mountpoint(&args.mountpoint)?;
         if !Store::is_store(store_path) && args.ready_fd.is_none() {
-            Store::init(store_path)?;
+            Store::init(store_path, &init_options(args))?;
         }
         init_logging(ready.as_ref().map(|_| store_path.join(LOG_FILE)).as_deref());
-        let store = Arc::new(Store::open(store_path)?);
+        let store = Arc::new(Store::open(store_path, args.vault.as_deref())?);
         let info = DaemonInfo {
             pid: std::process::id(),
             store: store_path.display().to_string(),

@@ -1,23 +1,13 @@
-//! `diskvault disk ...`: directly on an unmounted store, through `.vault/` when mounted.
+//! `diskvault disk ...`.
 
+use super::access::{print_json, Access, StoreArg};
 use super::CliError;
-use crate::crypto::CipherKind;
-use crate::store::{parse_size, CreateOptions, Sku, Store, StoreError};
 use clap::Subcommand;
 use serde_json::Value;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-
-#[derive(clap::Args)]
-pub struct StoreArg {
-    /// The store directory.
-    #[arg(long, env = "DISKVAULT_STORE")]
-    store: PathBuf,
-}
 
 #[derive(Subcommand)]
 pub enum DiskCmd {
-    /// Create a platform-key disk.
+    /// Create a disk: platform key by default, customer key with --disk-encryption-set.
     Create {
         name: String,
         /// Size, e.g. 30G, 512M, 1T or bytes (binary units).
@@ -29,6 +19,22 @@ pub enum DiskCmd {
         /// aes-256-xts (default) or aes-256-ctr (weaker when data is overwritten).
         #[arg(long, default_value = "aes-256-xts")]
         cipher: String,
+        /// Disk encryption set (name or id) whose key wraps the disk's key.
+        #[arg(long)]
+        disk_encryption_set: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Change a disk: move it to a customer key (only while nothing has it open), or its SKU.
+    Update {
+        name: String,
+        /// EncryptionAtRestWithCustomerKey or EncryptionAtRestWithPlatformAndCustomerKeys.
+        #[arg(long)]
+        encryption_type: Option<String>,
+        #[arg(long)]
+        disk_encryption_set: Option<String>,
+        #[arg(long)]
+        sku: Option<String>,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -54,52 +60,15 @@ pub enum DiskCmd {
     },
 }
 
-/// How to reach the store: directly, or through the mount of the daemon that holds it.
-enum Access {
-    Direct(Store),
-    Mounted(PathBuf),
-}
-
-fn access(store: &Path) -> Result<Access, CliError> {
-    match Store::open(store) {
-        Ok(s) => Ok(Access::Direct(s)),
-        Err(e @ StoreError::Locked { .. }) => match Store::daemon_info(store) {
-            Some(d) if Path::new(&d.mountpoint).join(".vault").is_dir() => {
-                Ok(Access::Mounted(d.mountpoint.into()))
-            }
-            _ => Err(e.into()),
-        },
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Explains a failed control-file operation with the daemon's own reason.
-fn control_error(mp: &Path, e: std::io::Error) -> CliError {
-    let reason = std::fs::read_to_string(mp.join(".vault/last-error")).unwrap_or_default();
-    let reason = reason.trim();
-    // The line starts with a timestamp; the message follows it.
-    match reason.split_once(' ') {
-        Some((_, msg)) if !msg.is_empty() => CliError(msg.to_string()),
-        _ => CliError(format!("the mounted store refused the request: {e}")),
-    }
-}
-
-fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("JSON serializes")
-    );
-}
-
 fn print_table(disks: &[Value]) {
     println!(
-        "{:<24} {:>12} {:<16} {:<12} {:<32} STATE",
+        "{:<24} {:>12} {:<16} {:<12} {:<44} STATE",
         "NAME", "SIZE", "SKU", "CIPHER", "ENCRYPTION"
     );
     for d in disks {
         let s = |k: &str| d[k].as_str().unwrap_or("").to_string();
         println!(
-            "{:<24} {:>12} {:<16} {:<12} {:<32} {}",
+            "{:<24} {:>12} {:<16} {:<12} {:<44} {}",
             s("name"),
             d["diskSizeBytes"].as_u64().unwrap_or(0),
             d["sku"]["name"].as_str().unwrap_or(""),
@@ -110,6 +79,14 @@ fn print_table(disks: &[Value]) {
     }
 }
 
+/// `word` for a control-file write: values never contain spaces.
+fn word(v: &str) -> Result<&str, CliError> {
+    if v.is_empty() || v.contains(char::is_whitespace) || v.contains('=') {
+        return Err(CliError(format!("'{v}' is not a valid value here")));
+    }
+    Ok(v)
+}
+
 pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
     match cmd {
         DiskCmd::Create {
@@ -117,75 +94,82 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
             size,
             sku,
             cipher,
+            disk_encryption_set,
             store,
         } => {
-            let opts = CreateOptions {
-                size: parse_size(&size)?,
-                sku: sku.parse::<Sku>()?,
-                cipher: Some(cipher.parse::<CipherKind>()?),
-            };
-            match access(&store.store)? {
-                Access::Direct(s) => {
-                    s.create_disk(&name, &opts)?;
-                }
-                Access::Mounted(mp) => {
-                    let line = format!("{name} {} sku={} cipher={}\n", opts.size, opts.sku, cipher);
-                    let path = mp.join(".vault/disks/create");
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .and_then(|mut f| f.write_all(line.as_bytes()))
-                        .map_err(|e| control_error(&mp, e))?;
-                }
+            crate::store::validate_name(&name)?;
+            let a = Access::open(&store)?;
+            let mut line = format!(
+                "{} {} sku={} cipher={}",
+                word(&name)?,
+                word(&size)?,
+                word(&sku)?,
+                word(&cipher)?
+            );
+            if let Some(d) = &disk_encryption_set {
+                line += &format!(" des={}", word(d)?);
             }
-            println!("created disk {name}");
-            Ok(())
+            a.write("disks/create", line.as_bytes())?;
+            print_json(&a.read_json(&format!("disks/{name}/disk.json"))?);
+        }
+        DiskCmd::Update {
+            name,
+            encryption_type,
+            disk_encryption_set,
+            sku,
+            store,
+        } => {
+            if encryption_type.is_none() && disk_encryption_set.is_none() && sku.is_none() {
+                return Err(CliError(
+                    "nothing to change; give --encryption-type, --disk-encryption-set or --sku"
+                        .into(),
+                ));
+            }
+            let a = Access::open(&store)?;
+            if encryption_type.is_some() || disk_encryption_set.is_some() {
+                let mut line = String::new();
+                if let Some(t) = &encryption_type {
+                    line += &format!("type={} ", word(t)?);
+                }
+                if let Some(d) = &disk_encryption_set {
+                    line += &format!("des={}", word(d)?);
+                }
+                a.write(&format!("disks/{name}/encryption"), line.as_bytes())?;
+            }
+            if let Some(s) = &sku {
+                a.write(&format!("disks/{name}/sku"), word(s)?.as_bytes())?;
+            }
+            print_json(&a.read_json(&format!("disks/{name}/disk.json"))?);
         }
         DiskCmd::List { json, store } => {
-            let status = match access(&store.store)? {
-                Access::Direct(s) => s.status_json(),
-                Access::Mounted(mp) => {
-                    serde_json::from_slice(&std::fs::read(mp.join(".vault/status.json"))?)?
-                }
-            };
+            let a = Access::open(&store)?;
+            let status = a.read_json("status.json")?;
             let disks = status["disks"].as_array().cloned().unwrap_or_default();
             if json {
                 print_json(&Value::Array(disks));
             } else {
                 print_table(&disks);
             }
-            Ok(())
         }
         DiskCmd::Show { name, store } => {
-            let v = match access(&store.store)? {
-                Access::Direct(s) => s.disk_json(&*s.get_or_err(&name)?),
-                Access::Mounted(mp) => {
-                    let p = mp.join(".vault/disks").join(&name).join("disk.json");
-                    match std::fs::read(&p) {
-                        Ok(b) => serde_json::from_slice(&b)?,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                            return Err(StoreError::DiskNotFound(name).into())
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            };
-            print_json(&v);
-            Ok(())
+            let a = Access::open(&store)?;
+            print_json(&a.read_json(&format!("disks/{name}/disk.json"))?);
         }
         DiskCmd::Delete { name, store } => {
-            match access(&store.store)? {
-                Access::Direct(s) => s.delete_disk(&name)?,
-                Access::Mounted(mp) => match std::fs::remove_file(mp.join("disks").join(&name)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(StoreError::DiskNotFound(name).into())
+            let a = Access::open(&store)?;
+            match &a {
+                Access::Direct(c) => c.store().delete_disk(&name)?,
+                Access::Mounted(mp) => {
+                    if let Err(e) = std::fs::remove_file(mp.join("disks").join(&name)) {
+                        if e.kind() == std::io::ErrorKind::NotFound {
+                            return Err(crate::store::StoreError::DiskNotFound(name).into());
+                        }
+                        return Err(a.mounted_error_pub(&format!("disks/{name}"), e));
                     }
-                    Err(e) => return Err(control_error(&mp, e)),
-                },
+                }
             }
             println!("deleted disk {name}");
-            Ok(())
         }
     }
+    Ok(())
 }

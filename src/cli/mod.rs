@@ -1,8 +1,10 @@
 //! The `diskvault` command line. Commands act on the store directly when it is not
 //! mounted, and through the mount's `.vault/` control files when it is.
 
+mod access;
 mod daemon;
 mod disk;
+mod key;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -21,10 +23,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create a new store: format header and a fresh RSA-2048 platform key.
+    /// Create a new store: format header, a fresh RSA-2048 platform key and a key vault.
     Init {
         /// The store directory (absent or empty).
         store: PathBuf,
+        /// Keep the key vault in this directory instead of STORE/vault.
+        #[arg(long)]
+        vault: Option<PathBuf>,
+        /// The vault's name, as in https://NAME.vault.azure.net (3-24 characters).
+        #[arg(long)]
+        vault_name: Option<String>,
     },
     /// Mount a store; returns once the mount is ready and leaves the daemon in the background.
     /// The store is created if it does not exist yet.
@@ -34,10 +42,25 @@ enum Cmd {
         /// The mountpoint.
         mountpoint: PathBuf,
     },
-    /// Create, list, show and delete managed disks.
+    /// Create, update, list, show and delete managed disks.
     Disk {
         #[command(subcommand)]
         cmd: disk::DiskCmd,
+    },
+    /// Keys in the key vault: create, import, rotate, set, delete, recover, purge, grant.
+    Key {
+        #[command(subcommand)]
+        cmd: key::KeyCmd,
+    },
+    /// The key vault itself: show, set purge protection and retention, verify the audit log.
+    Vault {
+        #[command(subcommand)]
+        cmd: key::VaultCmd,
+    },
+    /// Disk encryption sets: create, show, list, update, delete.
+    Des {
+        #[command(subcommand)]
+        cmd: key::DesCmd,
     },
 }
 
@@ -53,12 +76,25 @@ impl<E: std::fmt::Display> From<E> for CliError {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Init { store } => crate::store::Store::init(&store)
-            .map(|()| println!("initialized store {}", store.display()))
-            .map_err(CliError::from),
+        Cmd::Init {
+            store,
+            vault,
+            vault_name,
+        } => {
+            let opts = crate::store::InitOptions {
+                vault_dir: vault,
+                vault_name,
+            };
+            crate::store::Store::init(&store, &opts)
+                .map(|()| println!("initialized store {}", store.display()))
+                .map_err(CliError::from)
+        }
         Cmd::Mount(args) => daemon::mount(args),
         Cmd::Umount { mountpoint } => daemon::umount(&mountpoint),
         Cmd::Disk { cmd } => disk::run(cmd),
+        Cmd::Key { cmd } => key::run_key(cmd),
+        Cmd::Vault { cmd } => key::run_vault(cmd),
+        Cmd::Des { cmd } => key::run_des(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

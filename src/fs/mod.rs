@@ -5,16 +5,19 @@
 //! dropped on every open (no FOPEN_KEEP_CACHE). `DiskVaultFs::invalidate` drops a disk's
 //! cached pages through the session notifier, so revocation can remove cached plaintext.
 
+pub mod args;
 pub mod control;
 
 use crate::store::{CreateOptions, DaemonInfo, Disk, SeekKind, Store, StoreError};
+use crate::vault::Caller;
+use control::{Control, Kind};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
     Request, TimeOrNow, WriteFlags,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,50 +27,56 @@ use std::time::{Duration, SystemTime};
 const ROOT: u64 = 1;
 const DISKS: u64 = 2;
 const SNAPSHOTS: u64 = 3;
+/// `.vault/`, the root of the control tree.
 const VAULT: u64 = 4;
-const V_README: u64 = 5;
-const V_STATUS: u64 = 6;
-const V_LAST_ERROR: u64 = 7;
-const V_DAEMON: u64 = 8;
-const V_DISKS: u64 = 9;
-const V_CREATE: u64 = 10;
-/// Per-disk inodes: data file, `.vault/disks/NAME/` and its `disk.json`.
+/// Disk files: DISK_BASE + the disk's serial.
 const DISK_BASE: u64 = 1000;
-const PER_DISK: u64 = 4;
+/// Control-tree paths get inodes from here on, interned by path.
+const CTL_BASE: u64 = 1 << 40;
 
 const DISK_TTL: Duration = Duration::from_secs(1);
 const ZERO_TTL: Duration = Duration::ZERO;
 
 fn disk_ino(d: &Disk) -> u64 {
-    DISK_BASE + d.serial * PER_DISK
+    DISK_BASE + d.serial
 }
 
 /// What an inode is.
 #[derive(Clone)]
 enum Node {
-    Dir(u64),
-    Static(u64),
+    Root,
+    Disks,
+    Snapshots,
     DiskFile(Arc<Disk>),
-    DiskCtlDir,
-    DiskJson(Arc<Disk>),
+    /// A path in the control tree (relative to `.vault/`) and what it is.
+    Ctl(String, Kind),
 }
 
 enum Handle {
     Disk(Arc<Disk>),
-    /// A control file: the content as it was at open, and whether it may be written.
+    /// A control file: its path, and its content as it was at open (for reads).
     Control {
+        path: String,
         content: Vec<u8>,
     },
 }
 
+/// Inode numbers of control-tree paths, assigned on first lookup and kept for the
+/// life of the mount (the tree is small).
+#[derive(Default)]
+struct CtlInodes {
+    by_path: HashMap<String, u64>,
+    by_ino: HashMap<u64, String>,
+}
+
 pub struct DiskVaultFs {
     store: Arc<Store>,
+    control: Control,
     uid: u32,
     gid: u32,
-    daemon: DaemonInfo,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
-    last_error: Mutex<String>,
+    ctl_inodes: RwLock<CtlInodes>,
     notifier: Arc<OnceLock<Notifier>>,
     started: SystemTime,
 }
@@ -85,7 +94,12 @@ pub fn errno(e: &StoreError) -> Errno {
         | InvalidArgument(_)
         | Crypto(_) => Errno::EINVAL,
         TooLarge => Errno::EFBIG,
-        Busy(_) | Locked { .. } => Errno::EBUSY,
+        Busy(_) | Locked { .. } | Attached(_) | DesInUse { .. } => Errno::EBUSY,
+        DesNotFound(_) => Errno::ENOENT,
+        DesExists(_) => Errno::EEXIST,
+        VersionlessKeyUrl(_) => Errno::EINVAL,
+        PurgeProtectionRequired | CmkCannotBeDisabled | NotPermitted(_) => Errno::EPERM,
+        Vault(v) => Errno::from_i32(v.errno()),
         Io { source, .. } => source
             .raw_os_error()
             .map(Errno::from_i32)
@@ -94,18 +108,34 @@ pub fn errno(e: &StoreError) -> Errno {
     }
 }
 
+fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+fn split(path: &str) -> Vec<&str> {
+    if path.is_empty() {
+        Vec::new()
+    } else {
+        path.split('/').collect()
+    }
+}
+
 impl DiskVaultFs {
     pub fn new(store: Arc<Store>, daemon: DaemonInfo) -> Self {
         // Safe because: getuid/getgid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         DiskVaultFs {
+            control: Control::new(store.clone(), Some(daemon)),
             store,
             uid,
             gid,
-            daemon,
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            last_error: Mutex::new(String::new()),
+            ctl_inodes: RwLock::new(CtlInodes::default()),
             notifier: Arc::new(OnceLock::new()),
             started: SystemTime::now(),
         }
@@ -125,26 +155,45 @@ impl DiskVaultFs {
 
     /// Records and logs a failure; returns its errno.
     fn fail(&self, what: &str, e: StoreError) -> Errno {
-        let msg = format!("{what}: {e}");
-        log::warn!("{msg}");
-        *self.last_error.lock() = format!("{} {msg}\n", crate::store::now_rfc3339());
+        self.control.record_failure(what, &e);
         errno(&e)
+    }
+
+    fn ctl_ino(&self, path: &str) -> u64 {
+        if path.is_empty() {
+            return VAULT;
+        }
+        if let Some(&i) = self.ctl_inodes.read().by_path.get(path) {
+            return i;
+        }
+        let mut t = self.ctl_inodes.write();
+        if let Some(&i) = t.by_path.get(path) {
+            return i;
+        }
+        let i = CTL_BASE + t.by_path.len() as u64;
+        t.by_path.insert(path.to_string(), i);
+        t.by_ino.insert(i, path.to_string());
+        i
+    }
+
+    fn ctl_path(&self, ino: u64) -> Option<String> {
+        if ino == VAULT {
+            return Some(String::new());
+        }
+        self.ctl_inodes.read().by_ino.get(&ino).cloned()
     }
 
     fn node(&self, ino: u64) -> Option<Node> {
         match ino {
-            ROOT | DISKS | SNAPSHOTS | VAULT | V_DISKS => Some(Node::Dir(ino)),
-            V_README | V_STATUS | V_LAST_ERROR | V_DAEMON | V_CREATE => Some(Node::Static(ino)),
-            i if i >= DISK_BASE => {
-                let serial = (i - DISK_BASE) / PER_DISK;
-                let d = self.store.get_by_serial(serial)?;
-                match (i - DISK_BASE) % PER_DISK {
-                    0 => Some(Node::DiskFile(d)),
-                    1 => Some(Node::DiskCtlDir),
-                    2 => Some(Node::DiskJson(d)),
-                    _ => None,
-                }
+            ROOT => Some(Node::Root),
+            DISKS => Some(Node::Disks),
+            SNAPSHOTS => Some(Node::Snapshots),
+            i if i >= CTL_BASE || i == VAULT => {
+                let path = self.ctl_path(i)?;
+                let kind = self.control.kind(&split(&path))?;
+                Some(Node::Ctl(path, kind))
             }
+            i if i >= DISK_BASE => self.store.get_by_serial(i - DISK_BASE).map(Node::DiskFile),
             _ => None,
         }
     }
@@ -169,115 +218,94 @@ impl DiskVaultFs {
         }
     }
 
-    fn static_content(&self, ino: u64) -> Vec<u8> {
-        let pretty = |v: &serde_json::Value| {
-            let mut s = serde_json::to_vec_pretty(v).expect("JSON serializes");
-            s.push(b'\n');
-            s
-        };
-        match ino {
-            V_README => control::README.as_bytes().to_vec(),
-            V_STATUS => pretty(&self.store.status_json()),
-            V_LAST_ERROR => self.last_error.lock().clone().into_bytes(),
-            V_DAEMON => pretty(&serde_json::to_value(&self.daemon).expect("serializes")),
-            _ => Vec::new(),
-        }
-    }
-
     fn node_attr(&self, ino: u64, node: &Node) -> (FileAttr, Duration) {
+        let dir = |perm| {
+            (
+                self.attr(ino, FileType::Directory, perm, 0, self.started),
+                ZERO_TTL,
+            )
+        };
         match node {
-            Node::Dir(i) => {
-                let perm = if *i == VAULT || *i == V_DISKS {
-                    0o700
-                } else {
-                    0o755
-                };
-                (
-                    self.attr(ino, FileType::Directory, perm, 0, self.started),
-                    ZERO_TTL,
-                )
-            }
-            Node::Static(i) => {
-                let (perm, size) = match *i {
-                    V_CREATE => (0o200, 0),
-                    _ => (0o400, self.static_content(*i).len() as u64),
-                };
-                (
-                    self.attr(ino, FileType::RegularFile, perm, size, SystemTime::now()),
-                    ZERO_TTL,
-                )
-            }
+            Node::Root | Node::Disks | Node::Snapshots => dir(0o755),
+            Node::Ctl(_, Kind::Dir) => dir(0o700),
+            // Control files show size 0, as in /proc; they are read to EOF.
+            Node::Ctl(_, k) => (
+                self.attr(ino, FileType::RegularFile, k.mode(), 0, SystemTime::now()),
+                ZERO_TTL,
+            ),
             Node::DiskFile(d) => {
                 let mut a = self.attr(ino, FileType::RegularFile, 0o600, d.size(), d.mtime());
                 a.blocks = d.allocated_bytes() / 512;
                 (a, DISK_TTL)
             }
-            Node::DiskCtlDir => (
-                self.attr(ino, FileType::Directory, 0o700, 0, self.started),
-                ZERO_TTL,
-            ),
-            Node::DiskJson(d) => {
-                let len = self.disk_json(d).len() as u64;
-                (
-                    self.attr(ino, FileType::RegularFile, 0o400, len, SystemTime::now()),
-                    ZERO_TTL,
-                )
-            }
         }
     }
 
-    fn disk_json(&self, d: &Disk) -> Vec<u8> {
-        let mut s = serde_json::to_vec_pretty(&self.store.disk_json(d)).expect("JSON serializes");
-        s.push(b'\n');
-        s
-    }
-
-    fn children(&self, ino: u64) -> Option<Vec<(u64, FileType, String)>> {
+    /// (inode, type, name) of a directory's entries.
+    fn children(&self, node: &Node) -> Option<Vec<(u64, FileType, String)>> {
         use FileType::*;
-        let v = match ino {
-            ROOT => vec![
+        let v = match node {
+            Node::Root => vec![
                 (DISKS, Directory, "disks".into()),
                 (SNAPSHOTS, Directory, "snapshots".into()),
                 (VAULT, Directory, ".vault".into()),
             ],
-            DISKS => self
+            Node::Disks => self
                 .store
                 .list()
                 .iter()
                 .map(|d| (disk_ino(d), RegularFile, d.name()))
                 .collect(),
-            SNAPSHOTS => vec![],
-            VAULT => vec![
-                (V_README, RegularFile, "README".into()),
-                (V_STATUS, RegularFile, "status.json".into()),
-                (V_LAST_ERROR, RegularFile, "last-error".into()),
-                (V_DAEMON, RegularFile, "daemon.json".into()),
-                (V_DISKS, Directory, "disks".into()),
-            ],
-            V_DISKS => {
-                let mut v = vec![(V_CREATE, RegularFile, "create".to_string())];
-                v.extend(
-                    self.store
-                        .list()
-                        .iter()
-                        .map(|d| (disk_ino(d) + 1, Directory, d.name())),
-                );
-                v
-            }
-            i if i >= DISK_BASE && (i - DISK_BASE) % PER_DISK == 1 => {
-                self.node(i)?;
-                vec![(i + 1, RegularFile, "disk.json".into())]
-            }
+            Node::Snapshots => vec![],
+            Node::Ctl(path, Kind::Dir) => self
+                .control
+                .list(&split(path))?
+                .into_iter()
+                .map(|(name, k)| {
+                    let t = if k == Kind::Dir {
+                        Directory
+                    } else {
+                        RegularFile
+                    };
+                    (self.ctl_ino(&join(path, &name)), t, name)
+                })
+                .collect(),
             _ => return None,
         };
         Some(v)
     }
 
-    fn parent_of(&self, ino: u64) -> u64 {
-        match ino {
-            DISKS | SNAPSHOTS | VAULT => ROOT,
-            V_DISKS => VAULT,
-            i if i >= DISK_BASE => V_DISKS,
+    fn child(&self, parent: &Node, name: &OsStr) -> Option<(u64, Node)> {
+        let name = name.to_str()?;
+        match parent {
+            Node::Ctl(path, Kind::Dir) => {
+                let p = join(path, name);
+                let kind = self.control.kind(&split(&p))?;
+                Some((self.ctl_ino(&p), Node::Ctl(p, kind)))
+            }
+            Node::Disks => self
+                .store
+                .get(name)
+                .map(|d| (disk_ino(&d), Node::DiskFile(d))),
+            Node::Root => {
+                let ino = match name {
+                    "disks" => DISKS,
+                    "snapshots" => SNAPSHOTS,
+                    ".vault" => VAULT,
+                    _ => return None,
+                };
+                Some((ino, self.node(ino)?))
+            }
+            _ => None,
+        }
+    }
+
+    fn parent_of(&self, node: &Node) -> u64 {
+        match node {
+            Node::Ctl(path, _) if !path.is_empty() => match path.rsplit_once('/') {
+                Some((parent, _)) => self.ctl_ino(parent),
+                None => VAULT,
+            },
             _ => ROOT,
         }
     }
@@ -324,15 +352,12 @@ impl DiskVaultFs {
             .map_err(|e| self.fail(&format!("create disk '{name}'"), e))
     }
 
-    fn control_write(&self, ino: u64, data: &[u8]) -> Result<(), StoreError> {
-        match ino {
-            V_CREATE => {
-                let req = control::parse_create(data)?;
-                self.store.create_disk(&req.name, &req.opts).map(|_| ())
-            }
-            _ => Err(StoreError::InvalidArgument(
-                "this control file is read-only".into(),
-            )),
+    /// The control-tree path of a directory inode, for mkdir/rmdir.
+    fn ctl_dir(&self, parent: INodeNo, name: &OsStr) -> Result<String, Errno> {
+        match self.node(parent.0) {
+            Some(Node::Ctl(p, Kind::Dir)) => Ok(join(&p, self.name_str(name)?)),
+            Some(_) => Err(Errno::EPERM),
+            None => Err(Errno::ENOENT),
         }
     }
 }
@@ -354,11 +379,10 @@ impl Filesystem for DiskVaultFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(children) = self.children(parent.0) else {
+        let Some(p) = self.node(parent.0) else {
             return reply.error(Errno::ENOENT);
         };
-        let found = children.into_iter().find(|(_, _, n)| OsStr::new(n) == name);
-        match found.and_then(|(ino, _, _)| Some((ino, self.node(ino)?))) {
+        match self.child(&p, name) {
             Some((ino, node)) => {
                 let (attr, ttl) = self.node_attr(ino, &node);
                 reply.entry(&ttl, &attr, Generation(0));
@@ -399,9 +423,14 @@ impl Filesystem for DiskVaultFs {
             return reply.error(Errno::ENOENT);
         };
         let Node::DiskFile(d) = &node else {
-            // Control files and directories have fixed attributes; only `create` takes
-            // the O_TRUNC that `echo >` sends.
-            if size.is_some() && ino.0 != V_CREATE {
+            // Control files and directories have fixed attributes; writable control
+            // files take the truncation to 0 that `echo >` sends.
+            let writable = matches!(node, Node::Ctl(_, Kind::File { write: true, .. }));
+            if size.is_some_and(|s| s != 0 || !writable)
+                || mode.is_some()
+                || uid.is_some()
+                || gid.is_some()
+            {
                 return reply.error(Errno::EACCES);
             }
             let (a, t) = self.node_attr(ino.0, &node);
@@ -459,22 +488,30 @@ impl Filesystem for DiskVaultFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EPERM);
+        let path = match self.ctl_dir(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        if let Err(e) = self.control.mkdir(&split(&path), &Caller::user(req.uid())) {
+            return reply.error(self.fail(&format!("mkdir .vault/{path}"), e));
+        }
+        let ino = self.ctl_ino(&path);
+        let (a, t) = self.node_attr(ino, &Node::Ctl(path, Kind::Dir));
+        reply.entry(&t, &a, Generation(0));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         if parent.0 != DISKS {
-            return reply.error(if self.children(parent.0).is_some() {
-                Errno::EPERM
-            } else {
-                Errno::ENOENT
+            return reply.error(match self.node(parent.0) {
+                Some(p) if self.child(&p, name).is_some() => Errno::EPERM,
+                _ => Errno::ENOENT,
             });
         }
         let Ok(name) = self.name_str(name) else {
@@ -486,8 +523,15 @@ impl Filesystem for DiskVaultFs {
         }
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EPERM);
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let path = match self.ctl_dir(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self.control.rmdir(&split(&path), &Caller::user(req.uid())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.fail(&format!("rmdir .vault/{path}"), e)),
+        }
     }
 
     fn rename(
@@ -516,29 +560,28 @@ impl Filesystem for DiskVaultFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let acc = flags.0 & libc::O_ACCMODE;
+        let (reading, writing) = (acc != libc::O_WRONLY, acc != libc::O_RDONLY);
         match self.node(ino.0) {
             Some(Node::DiskFile(d)) => match self.open_disk(d, flags.0) {
                 Ok((fh, f)) => reply.opened(fh, f),
                 Err(e) => reply.error(e),
             },
-            Some(Node::Static(i)) => {
-                if (i == V_CREATE) != writing {
+            Some(Node::Ctl(path, Kind::File { read, write })) => {
+                // Root bypasses mode bits, so the file's own rules are checked here.
+                if (reading && !read) || (writing && !write) {
                     return reply.error(Errno::EACCES);
                 }
-                let fh = self.add_handle(Handle::Control {
-                    content: self.static_content(i),
-                });
-                reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
-            }
-            Some(Node::DiskJson(d)) => {
-                if writing {
-                    return reply.error(Errno::EACCES);
-                }
-                let fh = self.add_handle(Handle::Control {
-                    content: self.disk_json(&d),
-                });
+                let content = if reading {
+                    match self.control.read(&split(&path), &Caller::user(req.uid())) {
+                        Ok(c) => c,
+                        Err(e) => return reply.error(self.fail(&format!("read .vault/{path}"), e)),
+                    }
+                } else {
+                    Vec::new()
+                };
+                let fh = self.add_handle(Handle::Control { path, content });
                 reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
             }
             Some(_) => reply.error(Errno::EISDIR),
@@ -586,7 +629,7 @@ impl Filesystem for DiskVaultFs {
                 Ok(buf) => reply.data(&buf),
                 Err(e) => reply.error(self.fail(&format!("read '{}'", d.name()), e)),
             },
-            Some(Handle::Control { content }) => {
+            Some(Handle::Control { content, .. }) => {
                 let start = (offset as usize).min(content.len());
                 let end = (start + size as usize).min(content.len());
                 reply.data(&content[start..end]);
@@ -597,8 +640,8 @@ impl Filesystem for DiskVaultFs {
 
     fn write(
         &self,
-        _req: &Request,
-        ino: INodeNo,
+        req: &Request,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -613,10 +656,15 @@ impl Filesystem for DiskVaultFs {
                 Err(e) => reply.error(self.fail(&format!("write '{}'", d.name()), e)),
             },
             // Each write(2) to a control file is one complete command, as in sysfs.
-            Some(Handle::Control { .. }) => match self.control_write(ino.0, data) {
-                Ok(()) => reply.written(data.len() as u32),
-                Err(e) => reply.error(self.fail("control write", e)),
-            },
+            Some(Handle::Control { path, .. }) => {
+                match self
+                    .control
+                    .write(&split(path), data, &Caller::user(req.uid()))
+                {
+                    Ok(()) => reply.written(data.len() as u32),
+                    Err(e) => reply.error(self.fail(&format!("write .vault/{path}"), e)),
+                }
+            }
             None => reply.error(Errno::EBADF),
         }
     }
@@ -682,12 +730,15 @@ impl Filesystem for DiskVaultFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(children) = self.children(ino.0) else {
+        let Some(node) = self.node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let Some(children) = self.children(&node) else {
             return reply.error(Errno::ENOTDIR);
         };
         let mut entries = vec![
             (ino.0, FileType::Directory, ".".to_string()),
-            (self.parent_of(ino.0), FileType::Directory, "..".to_string()),
+            (self.parent_of(&node), FileType::Directory, "..".to_string()),
         ];
         entries.extend(children);
         for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {

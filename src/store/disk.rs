@@ -6,11 +6,11 @@
 //! unit are undefined and are zeroed whenever the disk grows over them.
 
 use super::error::{Result, StoreError};
+use super::keyring::Keyring;
 use super::meta::{key_check, DiskMeta};
 use super::spec::MAX_DISK_SIZE;
 use crate::crypto::{DataCipher, DATA_UNIT};
 use crate::durable;
-use crate::vault::KeyProvider;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -78,7 +78,7 @@ pub struct Disk {
     meta: Mutex<DiskMeta>,
     /// Why the disk can't be served (corrupt metadata), if so.
     corrupt: Option<String>,
-    keys: Arc<dyn KeyProvider>,
+    keys: Arc<Keyring>,
     size: AtomicU64,
     size_dirty: AtomicBool,
     deleted: AtomicBool,
@@ -102,7 +102,7 @@ impl Disk {
         dir: PathBuf,
         meta: DiskMeta,
         corrupt: Option<String>,
-        keys: Arc<dyn KeyProvider>,
+        keys: Arc<Keyring>,
         serial: u64,
     ) -> Self {
         let mtime = std::fs::metadata(dir.join(DATA_FILE))
@@ -186,7 +186,7 @@ impl Disk {
             let p = layer.parse().map_err(|r| self.unavailable(r))?;
             let dek = self
                 .keys
-                .unwrap(&p.wrapped)
+                .unwrap(&meta.encryption, &p.wrapped)
                 .map_err(|e| self.unavailable(format!("cannot unwrap its data key: {e}")))?;
             if key_check(&dek, &meta.id, i, p.cipher, &p.nonce) != layer.key_check {
                 return Err(self.unavailable(
@@ -211,6 +211,17 @@ impl Disk {
             return Ok(u.clone());
         }
         Ok(Arc::new(self.unlock()?))
+    }
+
+    /// Runs `f` while no handle is open and none can be opened (Azure's "detached").
+    pub(super) fn while_closed<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let n = self.open_count.lock();
+        if *n > 0 {
+            return Err(StoreError::Attached(self.name()));
+        }
+        let r = f();
+        drop(n);
+        r
     }
 
     /// Registers an open handle; the first one unwraps the DEK.

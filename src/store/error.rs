@@ -44,6 +44,22 @@ pub enum StoreError {
     Unavailable { disk: String, reason: String },
     #[error("disk '{0}' is in use; close every program that has it open and retry")]
     Busy(String),
+    #[error("no disk encryption set named '{0}'; see 'diskvault des list'")]
+    DesNotFound(String),
+    #[error("a disk encryption set named '{0}' already exists; choose another name")]
+    DesExists(String),
+    #[error("disk encryption set '{name}' is used by {disks}; delete those disks or move them to another set first")]
+    DesInUse { name: String, disks: String },
+    #[error("a disk encryption set needs a key vault with purge protection; run 'diskvault vault set --purge-protection true' (it cannot be turned off again)")]
+    PurgeProtectionRequired,
+    #[error("key URL '{0}' has no version; give a versioned key URL, or enable auto-rotation (--auto-rotate) to follow the latest version")]
+    VersionlessKeyUrl(String),
+    #[error("customer-managed key encryption cannot be disabled; copy the data to a new disk")]
+    CmkCannotBeDisabled,
+    #[error("{0}")]
+    NotPermitted(String),
+    #[error("disk '{0}' is attached (a program holds it open); close it, the analogue of deallocating the VM, and retry")]
+    Attached(String),
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]

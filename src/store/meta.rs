@@ -1,10 +1,11 @@
 //! Disk metadata (`disks/ID/meta.json`): serialization, validation and the key check
 //! that binds each wrapped DEK to its disk. See docs/format.md.
 
+use super::keyring::is_platform_kid;
 use super::spec::{validate_name, Sku, MAX_DISK_SIZE};
 use crate::crypto::wrap::{hex, unhex, WRAP_ALG};
 use crate::crypto::{CipherKind, Secret, DATA_UNIT};
-use crate::vault::WrappedKey;
+use crate::vault::{KeyRef, WrappedKey};
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,8 @@ use sha2::Sha256;
 
 pub const META_VERSION: u64 = 1;
 pub const PLATFORM_KEY_TYPE: &str = "EncryptionAtRestWithPlatformKey";
+pub const CMK_TYPE: &str = "EncryptionAtRestWithCustomerKey";
+pub const DOUBLE_TYPE: &str = "EncryptionAtRestWithPlatformAndCustomerKeys";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -22,8 +25,8 @@ pub struct Encryption {
     pub disk_encryption_set_id: Option<String>,
 }
 
-/// One encryption layer. Layer 0 is applied to plaintext first; a second layer
-/// (double encryption) would be applied on top of it.
+/// One encryption layer. Layer 0 is applied to plaintext first. With double
+/// encryption layer 0 is the customer-key layer and layer 1 the platform layer.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Layer {
@@ -149,17 +152,42 @@ impl DiskMeta {
         if self.data_unit_size != DATA_UNIT as u64 {
             return Err(format!("dataUnitSize must be {DATA_UNIT}"));
         }
-        if self.encryption.kind != PLATFORM_KEY_TYPE {
+        // Which layers are wrapped by the platform key, per encryption type.
+        let platform_layers: &[bool] = match self.encryption.kind.as_str() {
+            PLATFORM_KEY_TYPE => &[true],
+            CMK_TYPE => &[false],
+            DOUBLE_TYPE => &[false, true],
+            other => return Err(format!("encryption type '{other}' is not supported")),
+        };
+        let has_des = self.encryption.disk_encryption_set_id.is_some();
+        if has_des == (self.encryption.kind == PLATFORM_KEY_TYPE) {
+            return Err(if has_des {
+                "a platform-key disk must not name a disk encryption set".into()
+            } else {
+                "a customer-key disk must name its disk encryption set".into()
+            });
+        }
+        if self.layers.len() != platform_layers.len() {
             return Err(format!(
-                "encryption type '{}' is not supported",
-                self.encryption.kind
+                "{} expects {} encryption layer(s)",
+                self.encryption.kind,
+                platform_layers.len()
             ));
         }
-        if self.layers.len() != 1 {
-            return Err("exactly one encryption layer is expected".into());
-        }
-        for l in &self.layers {
+        for (l, &platform) in self.layers.iter().zip(platform_layers) {
             l.parse()?;
+            if platform != is_platform_kid(&l.kid) {
+                return Err(format!(
+                    "layer key '{}' does not fit {}",
+                    l.kid, self.encryption.kind
+                ));
+            }
+            if !platform {
+                let r = KeyRef::parse(&l.kid).map_err(|e| e.to_string())?;
+                if r.vault.is_none() || r.version.is_none() {
+                    return Err(format!("layer key '{}' must be a versioned key URL", l.kid));
+                }
+            }
         }
         Ok(())
     }

@@ -5,30 +5,42 @@
 //! STORE/keys/platform.pem     platform key, RSA-2048 PKCS#8, 0600
 //! STORE/disks/ID/meta.json    disk metadata, wrapped DEK (0600)
 //! STORE/disks/ID/data         ciphertext, sparse (0600)
+//! STORE/vault/                 the embedded key vault (see vault::keyvault), unless
+//!                             the store was created with --vault DIR
+//! STORE/disk-encryption-sets/NAME.json   disk encryption sets (0600)
 //! STORE/lock                  flock held by the serving process
 //! STORE/daemon.json           where the store is mounted (while mounted)
 //! STORE/daemon.log            background daemon log
 //! ```
 
+pub mod des;
 mod disk;
 mod error;
+pub mod keyring;
+mod sets;
 
 pub mod meta;
 pub mod spec;
 
+pub use crate::lock::StoreLock;
 pub use disk::{Disk, SeekKind};
 pub use error::{Result, StoreError};
-pub use crate::lock::StoreLock;
 pub use spec::{parse_size, validate_name, Sku, MAX_DISK_SIZE};
 
 use crate::crypto::wrap::hex;
 use crate::crypto::{random_bytes, CipherKind, Secret};
 use crate::durable;
-use crate::vault::{KeyProvider, PlatformKeys};
-use meta::{encode_wrapped, key_check, DiskMeta, Encryption, Layer, PLATFORM_KEY_TYPE};
+use crate::vault::{KeyRef, KeyVault, PlatformKeys, WrappedKey};
+use des::{des_name, parse_des_type, DesRecord, DES_DIR};
+use keyring::Keyring;
+use meta::{
+    encode_wrapped, key_check, DiskMeta, Encryption, Layer, CMK_TYPE, DOUBLE_TYPE,
+    PLATFORM_KEY_TYPE,
+};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use sets::load_sets;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::ErrorKind;
@@ -43,6 +55,7 @@ pub const DAEMON_FILE: &str = "daemon.json";
 pub const LOG_FILE: &str = "daemon.log";
 const KEYS_DIR: &str = "keys";
 const DISKS_DIR: &str = "disks";
+pub const VAULT_DIR: &str = "vault";
 const STORE_VERSION: u64 = 1;
 
 #[derive(Serialize, Deserialize)]
@@ -51,6 +64,18 @@ struct Header {
     format: String,
     version: u64,
     created_at: String,
+    /// Absolute path of a key vault kept outside the store (`--vault DIR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vault: Option<String>,
+}
+
+/// Options for `Store::init`.
+#[derive(Clone, Debug, Default)]
+pub struct InitOptions {
+    /// Keep the key vault here instead of in `STORE/vault`.
+    pub vault_dir: Option<PathBuf>,
+    /// The vault's name (the VAULT in https://VAULT.vault.azure.net); random if unset.
+    pub vault_name: Option<String>,
 }
 
 /// Where a running daemon serves the store; written while mounted.
@@ -69,6 +94,8 @@ pub struct CreateOptions {
     pub size: u64,
     pub sku: Sku,
     pub cipher: Option<CipherKind>,
+    /// Name or id of the disk encryption set (customer-managed key).
+    pub disk_encryption_set: Option<String>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -78,7 +105,7 @@ pub fn now_rfc3339() -> String {
 pub struct Store {
     root: PathBuf,
     _lock: StoreLock,
-    keys: Arc<dyn KeyProvider>,
+    keys: Arc<Keyring>,
     disks: RwLock<BTreeMap<String, Arc<Disk>>>,
     /// Serializes namespace changes (create, rename, delete).
     ns: Mutex<()>,
@@ -87,7 +114,7 @@ pub struct Store {
 
 impl Store {
     /// Creates a new store at `root` (an absent or empty directory).
-    pub fn init(root: &Path) -> Result<()> {
+    pub fn init(root: &Path, opts: &InitOptions) -> Result<()> {
         let header = root.join(HEADER_FILE);
         if header.exists() {
             return Err(StoreError::AlreadyAStore(root.display().to_string()));
@@ -99,7 +126,7 @@ impl Store {
                 let foreign = entries.filter_map(|e| e.ok()).any(|e| {
                     !matches!(
                         e.file_name().to_str(),
-                        Some(KEYS_DIR | DISKS_DIR | LOCK_FILE)
+                        Some(KEYS_DIR | DISKS_DIR | LOCK_FILE | VAULT_DIR | DES_DIR)
                     )
                 });
                 let has_disks = fs::read_dir(root.join(DISKS_DIR))
@@ -114,17 +141,36 @@ impl Store {
             }
             Err(e) => return Err(io("reading", e)),
         }
-        for d in [KEYS_DIR, DISKS_DIR] {
+        for d in [KEYS_DIR, DISKS_DIR, DES_DIR] {
             match durable::create_dir(&root.join(d), 0o700) {
                 Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(io("creating", e)),
                 _ => {}
             }
         }
         PlatformKeys::create(&root.join(KEYS_DIR))?;
+        let external = match &opts.vault_dir {
+            Some(d) => {
+                let abs = std::path::absolute(d).map_err(|e| io("resolving", e))?;
+                Some(abs.display().to_string())
+            }
+            None => None,
+        };
+        let vault_dir = opts
+            .vault_dir
+            .clone()
+            .unwrap_or_else(|| root.join(VAULT_DIR));
+        if !KeyVault::is_vault(&vault_dir) {
+            let name = match &opts.vault_name {
+                Some(n) => n.clone(),
+                None => KeyVault::default_name()?,
+            };
+            KeyVault::init(&vault_dir, &name)?;
+        }
         let h = Header {
             format: "diskvault-store".into(),
             version: STORE_VERSION,
             created_at: now_rfc3339(),
+            vault: external,
         };
         // The header goes last: its presence means the store is complete.
         let mut bytes = serde_json::to_vec_pretty(&h).expect("header serializes");
@@ -137,7 +183,7 @@ impl Store {
         root.join(HEADER_FILE).is_file()
     }
 
-    fn check_header(root: &Path) -> Result<()> {
+    fn check_header(root: &Path) -> Result<Header> {
         let path = root.join(HEADER_FILE);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -161,7 +207,18 @@ impl Store {
         if h.version != STORE_VERSION {
             return Err(StoreError::UnsupportedVersion(h.version));
         }
-        Ok(())
+        Ok(h)
+    }
+
+    /// Where a store's vault lives: `--vault`, else the header's, else embedded.
+    pub fn vault_dir(root: &Path, vault_override: Option<&Path>) -> Result<PathBuf> {
+        if let Some(v) = vault_override {
+            return Ok(v.to_path_buf());
+        }
+        let h = Self::check_header(root)?;
+        Ok(h.vault
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join(VAULT_DIR)))
     }
 
     /// Who holds the store, for error messages and for the CLI to find the mount.
@@ -169,9 +226,9 @@ impl Store {
         serde_json::from_slice(&fs::read(root.join(DAEMON_FILE)).ok()?).ok()
     }
 
-    /// Opens the store for exclusive use.
-    pub fn open(root: &Path) -> Result<Store> {
-        Self::check_header(root)?;
+    /// Opens the store for exclusive use, with its vault (or the one at `vault_override`).
+    pub fn open(root: &Path, vault_override: Option<&Path>) -> Result<Store> {
+        let header = Self::check_header(root)?;
         let lock = StoreLock::try_acquire(&root.join(LOCK_FILE))
             .map_err(|e| StoreError::io(format!("locking {}", root.display()), e))?
             .ok_or_else(|| StoreError::Locked {
@@ -180,7 +237,30 @@ impl Store {
                     .map(|d| format!(" by diskvault pid {} mounted at {}", d.pid, d.mountpoint))
                     .unwrap_or_else(|| " by another diskvault process".into()),
             })?;
-        let keys: Arc<dyn KeyProvider> = Arc::new(PlatformKeys::load(&root.join(KEYS_DIR))?);
+        let platform = PlatformKeys::load(&root.join(KEYS_DIR))?;
+        let vault_dir = match (vault_override, &header.vault) {
+            (Some(v), _) => v.to_path_buf(),
+            (None, Some(v)) => PathBuf::from(v),
+            (None, None) => {
+                let v = root.join(VAULT_DIR);
+                if !KeyVault::is_vault(&v) {
+                    // A store made before the vault existed gets an empty one.
+                    KeyVault::init(&v, &KeyVault::default_name()?)?;
+                }
+                v
+            }
+        };
+        let vault = Arc::new(KeyVault::open(&vault_dir)?);
+        let des_dir = root.join(DES_DIR);
+        if !des_dir.is_dir() {
+            durable::create_dir(&des_dir, 0o700)
+                .map_err(|e| StoreError::io(format!("creating {}", des_dir.display()), e))?;
+        }
+        let keys = Arc::new(Keyring {
+            platform,
+            vault,
+            sets: RwLock::new(load_sets(&des_dir)?),
+        });
         let store = Store {
             root: root.to_path_buf(),
             _lock: lock,
@@ -190,7 +270,16 @@ impl Store {
             next_serial: AtomicU64::new(1),
         };
         store.scan()?;
+        store.resume_key_changes();
         Ok(store)
+    }
+
+    pub fn vault(&self) -> &Arc<KeyVault> {
+        &self.keys.vault
+    }
+
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keys
     }
 
     pub fn root(&self) -> &Path {
@@ -344,10 +433,35 @@ impl Store {
             return Err(StoreError::DiskExists(name.to_string()));
         }
         let cipher = opts.cipher.unwrap_or(CipherKind::Aes256Xts);
+        let des = opts
+            .disk_encryption_set
+            .as_deref()
+            .map(|d| self.keys.des(d))
+            .transpose()?;
         let id = hex(&random_bytes(16)?);
-        let dek = Secret::random(cipher.key_len())?;
-        let nonce = random_bytes(cipher.nonce_len())?;
-        let wrapped = self.keys.wrap(&dek)?;
+        // Customer-key layer first (applied to plaintext first), platform layer last.
+        let platform_layers: &[bool] = match &des {
+            None => &[true],
+            Some(d) if d.is_double() => &[false, true],
+            Some(_) => &[false],
+        };
+        let mut layers = Vec::new();
+        for (i, &platform) in platform_layers.iter().enumerate() {
+            let dek = Secret::random(cipher.key_len())?;
+            let nonce = random_bytes(cipher.nonce_len())?;
+            let wrapped = match &des {
+                Some(d) if !platform => self.keys.wrap_des(d, &dek)?,
+                _ => self.keys.wrap_platform(&dek)?,
+            };
+            layers.push(Layer {
+                cipher: cipher.name().into(),
+                nonce: hex(&nonce),
+                kid: wrapped.kid.clone(),
+                alg: wrapped.alg.clone(),
+                wrapped_key: encode_wrapped(&wrapped.value),
+                key_check: key_check(&dek, &id, i, cipher, &nonce),
+            });
+        }
         let meta = DiskMeta {
             format_version: meta::META_VERSION,
             id: id.clone(),
@@ -356,20 +470,14 @@ impl Store {
             sku: opts.sku.name().to_string(),
             created_at: now_rfc3339(),
             encryption: Encryption {
-                kind: PLATFORM_KEY_TYPE.into(),
-                disk_encryption_set_id: None,
+                kind: des
+                    .as_ref()
+                    .map_or(PLATFORM_KEY_TYPE.into(), |d| d.encryption_type.clone()),
+                disk_encryption_set_id: des.as_ref().map(|d| d.id()),
             },
             data_unit_size: crate::crypto::DATA_UNIT as u64,
-            layers: vec![Layer {
-                cipher: cipher.name().into(),
-                nonce: hex(&nonce),
-                kid: wrapped.kid.clone(),
-                alg: wrapped.alg.clone(),
-                wrapped_key: encode_wrapped(&wrapped.value),
-                key_check: key_check(&dek, &id, 0, cipher, &nonce),
-            }],
+            layers,
         };
-        drop(dek);
         let dir = self.disks_dir();
         let staging = dir.join(format!("{id}.creating"));
         let final_dir = dir.join(&id);
@@ -399,7 +507,11 @@ impl Store {
             self.serial(),
         ));
         self.disks.write().insert(name.to_string(), disk.clone());
-        log::info!("created disk '{name}' ({} bytes, {cipher})", opts.size);
+        log::info!(
+            "created disk '{name}' ({} bytes, {cipher}, {})",
+            opts.size,
+            disk.meta().encryption.kind
+        );
         Ok(disk)
     }
 
@@ -473,6 +585,7 @@ impl Store {
             .first()
             .map(|l| (l.cipher.clone(), l.kid.clone()))
             .unwrap_or_default();
+        let key_ids: Vec<&str> = m.layers.iter().map(|l| l.kid.as_str()).collect();
         let state = match disk.corrupt_reason() {
             Some(r) => format!("Unavailable: {r}"),
             None => "Available".to_string(),
@@ -492,6 +605,7 @@ impl Store {
             "encryption": m.encryption,
             "cipher": cipher,
             "keyId": kid,
+            "layerKeyIds": key_ids,
             "keyState": state,
             "allocatedBytes": disk.allocated_bytes(),
         })
@@ -503,7 +617,13 @@ impl Store {
         json!({
             "store": self.root.display().to_string(),
             "formatVersion": STORE_VERSION,
-            "platformKeyId": self.keys.current_kid(),
+            "platformKeyId": crate::vault::KeyProvider::current_kid(&self.keys.platform),
+            "keyVault": self.keys.vault.show(),
+            "diskEncryptionSets": self
+                .des_list()
+                .iter()
+                .map(|d| d.to_json(&self.keys.vault.name()))
+                .collect::<Vec<_>>(),
             "disks": disks,
         })
     }

@@ -233,7 +233,9 @@ pub fn verify(dir: &Path) -> Result<u64, AuditFault> {
             line: no,
             reason: reason.to_string(),
         };
-        let (body, hash) = split_line(line).ok_or_else(|| fault("not an audit record (no trailing hash); the line was edited or inserted"))?;
+        let (body, hash) = split_line(line).ok_or_else(|| {
+            fault("not an audit record (no trailing hash); the line was edited or inserted")
+        })?;
         let v: Value = serde_json::from_str(&body)
             .map_err(|_| fault("not valid JSON; the line was edited"))?;
         if v.get("prevHash").and_then(Value::as_str) != Some(prev.as_str()) {
@@ -242,10 +244,14 @@ pub fn verify(dir: &Path) -> Result<u64, AuditFault> {
             ));
         }
         if digest(&body) != hash {
-            return Err(fault("its hash does not match its content; the line was edited"));
+            return Err(fault(
+                "its hash does not match its content; the line was edited",
+            ));
         }
         if v.get("seq").and_then(Value::as_u64) != Some(no) {
-            return Err(fault("its sequence number is out of order; lines were deleted or reordered"));
+            return Err(fault(
+                "its sequence number is out of order; lines were deleted or reordered",
+            ));
         }
         prev = hash.to_string();
         n = no;
@@ -289,7 +295,8 @@ mod tests {
         let c = Caller::des("set1", "11111111-2222-3333-4444-555555555555");
         for i in 0..n {
             let fail = (i % 3 == 2).then_some(("Forbidden", "no grant"));
-            log.append("KeyUnwrap", &c, &format!("k/{i}"), fail).unwrap();
+            log.append("KeyUnwrap", &c, &format!("k/{i}"), fail)
+                .unwrap();
         }
     }
 

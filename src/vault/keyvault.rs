@@ -40,7 +40,14 @@ pub const DEFAULT_RETENTION_DAYS: u32 = 90;
 const DAY: i64 = 86_400;
 
 /// Operations a key may be used for (`key_ops`).
-pub const KEY_OPS: [&str; 6] = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"];
+pub const KEY_OPS: [&str; 6] = [
+    "encrypt",
+    "decrypt",
+    "sign",
+    "verify",
+    "wrapKey",
+    "unwrapKey",
+];
 /// Permissions a grant can give.
 pub const PERMISSIONS: [&str; 3] = ["get", "wrapKey", "unwrapKey"];
 
@@ -139,7 +146,10 @@ struct KeyEntry {
 
 impl KeyEntry {
     fn current(&self) -> &VersionRecord {
-        self.rec.versions.last().expect("a key has at least one version")
+        self.rec
+            .versions
+            .last()
+            .expect("a key has at least one version")
     }
 
     fn version(&self, v: &str) -> Option<&VersionRecord> {
@@ -185,14 +195,18 @@ pub fn parse_permissions(items: &[String]) -> Result<Vec<String>, VaultError> {
     let mut out: Vec<String> = Vec::new();
     for s in items {
         let p = canon(&PERMISSIONS, s).ok_or_else(|| {
-            VaultError::InvalidArgument(format!("unknown permission '{s}'; use get, wrapKey and unwrapKey"))
+            VaultError::InvalidArgument(format!(
+                "unknown permission '{s}'; use get, wrapKey and unwrapKey"
+            ))
         })?;
         if !out.iter().any(|x| x == p) {
             out.push(p.to_string());
         }
     }
     if out.is_empty() {
-        return Err(VaultError::InvalidArgument("a grant needs at least one permission".into()));
+        return Err(VaultError::InvalidArgument(
+            "a grant needs at least one permission".into(),
+        ));
     }
     Ok(out)
 }
@@ -723,7 +737,12 @@ impl KeyVault {
 
     /// Names of keys, deleted keys, or a key's versions (for directory listings).
     pub fn key_names(&self) -> Vec<String> {
-        self.state.lock().keys.values().map(|e| e.rec.name.clone()).collect()
+        self.state
+            .lock()
+            .keys
+            .values()
+            .map(|e| e.rec.name.clone())
+            .collect()
     }
 
     pub fn deleted_names(&self) -> Vec<String> {
@@ -752,7 +771,10 @@ impl KeyVault {
     }
 
     pub fn exists(&self, name: &str) -> bool {
-        self.state.lock().keys.contains_key(&name.to_ascii_lowercase())
+        self.state
+            .lock()
+            .keys
+            .contains_key(&name.to_ascii_lowercase())
     }
 
     /// Changes attributes of the key (versionless `r`) or of one version.
@@ -799,7 +821,9 @@ impl KeyVault {
                             .versions
                             .iter_mut()
                             .find(|x| x.version == *v)
-                            .ok_or_else(|| VaultError::VersionNotFound(r.name.clone(), v.clone()))?;
+                            .ok_or_else(|| {
+                                VaultError::VersionNotFound(r.name.clone(), v.clone())
+                            })?;
                         apply(&mut ver.attributes, &mut ver.key_ops)?;
                     }
                 }
@@ -824,8 +848,7 @@ impl KeyVault {
                 let now = now_secs();
                 let del = Deletion {
                     deleted_date: now,
-                    scheduled_purge_date: now
-                        + st.props.soft_delete_retention_in_days as i64 * DAY,
+                    scheduled_purge_date: now + st.props.soft_delete_retention_in_days as i64 * DAY,
                 };
                 let from = self.key_dir(&l);
                 let to = self.dir.join(DELETED_DIR).join(&l);
@@ -956,7 +979,10 @@ impl KeyVault {
                     permissions: perms,
                 });
                 rec.attributes.updated = now_secs();
-                write_json(&self.key_dir(&name.to_ascii_lowercase()).join(KEY_FILE), &rec)?;
+                write_json(
+                    &self.key_dir(&name.to_ascii_lowercase()).join(KEY_FILE),
+                    &rec,
+                )?;
                 let v = json!(rec.grants);
                 Self::entry_mut(st, name)?.rec = rec;
                 Ok(v)
@@ -987,7 +1013,10 @@ impl KeyVault {
                     });
                 }
                 rec.attributes.updated = now_secs();
-                write_json(&self.key_dir(&name.to_ascii_lowercase()).join(KEY_FILE), &rec)?;
+                write_json(
+                    &self.key_dir(&name.to_ascii_lowercase()).join(KEY_FILE),
+                    &rec,
+                )?;
                 let v = json!(rec.grants);
                 Self::entry_mut(st, name)?.rec = rec;
                 Ok(v)
@@ -1014,11 +1043,9 @@ impl KeyVault {
         };
         let kid = key_url(&st.props.name, &e.rec.name, Some(&ver.version));
         if caller.is_service
-            && !e
-                .rec
-                .grants
-                .iter()
-                .any(|g| g.object_id == caller.object_id && g.permissions.iter().any(|p| p == permission))
+            && !e.rec.grants.iter().any(|g| {
+                g.object_id == caller.object_id && g.permissions.iter().any(|p| p == permission)
+            })
         {
             return Err(VaultError::Forbidden {
                 key: e.rec.name.clone(),
@@ -1031,7 +1058,9 @@ impl KeyVault {
         if !ver.attributes.enabled {
             return Err(VaultError::VersionDisabled(kid));
         }
-        if !e.rec.key_ops.iter().any(|o| o == permission) || !ver.key_ops.iter().any(|o| o == permission) {
+        if !e.rec.key_ops.iter().any(|o| o == permission)
+            || !ver.key_ops.iter().any(|o| o == permission)
+        {
             return Err(VaultError::OperationNotAllowed {
                 op: permission.to_string(),
                 kid,
@@ -1042,7 +1071,10 @@ impl KeyVault {
             let now = now_secs();
             for a in [&e.rec.attributes, &ver.attributes] {
                 if a.nbf.is_some_and(|n| now < n) {
-                    return Err(VaultError::NotYetValid(kid, secs_to_iso(a.nbf.unwrap_or(0))));
+                    return Err(VaultError::NotYetValid(
+                        kid,
+                        secs_to_iso(a.nbf.unwrap_or(0)),
+                    ));
                 }
                 if a.exp.is_some_and(|x| now >= x) {
                     return Err(VaultError::Expired(kid, secs_to_iso(a.exp.unwrap_or(0))));
@@ -1053,7 +1085,12 @@ impl KeyVault {
     }
 
     /// Wraps a DEK with `r` (its version, or the current one) as `caller`.
-    pub fn wrap(&self, caller: &Caller, r: &KeyRef, dek: &Secret) -> Result<WrappedKey, VaultError> {
+    pub fn wrap(
+        &self,
+        caller: &Caller,
+        r: &KeyRef,
+        dek: &Secret,
+    ) -> Result<WrappedKey, VaultError> {
         self.audited(
             "KeyWrap",
             caller,
@@ -1091,6 +1128,12 @@ impl KeyVault {
                 Ok(st.keys[&l].privs[&v].unwrap(&w.value)?)
             },
         )
+    }
+
+    /// Whether `caller` could wrap with `r` right now (no audit record, no crypto).
+    pub fn can_wrap(&self, caller: &Caller, r: &KeyRef) -> Result<(), VaultError> {
+        let st = self.state.lock();
+        Self::authorize(&st, caller, r, "wrapKey", true).map(|_| ())
     }
 
     /// Whether `caller` could unwrap with `kid` right now (no audit record, no crypto).
@@ -1173,13 +1216,7 @@ impl KeyVault {
 
     /// Records an event that is not a key operation of this module (e.g. a DES
     /// being refused), so the log stays complete.
-    pub fn audit_event(
-        &self,
-        op: &str,
-        caller: &Caller,
-        kid: &str,
-        failure: Option<(&str, &str)>,
-    ) {
+    pub fn audit_event(&self, op: &str, caller: &Caller, kid: &str, failure: Option<(&str, &str)>) {
         if let Err(e) = self.state.lock().audit.append(op, caller, kid, failure) {
             log::error!("cannot append to the audit log: {e}");
         }
@@ -1190,7 +1227,9 @@ impl KeyVault {
 fn parse_import(pem: &str) -> Result<RsaKey, VaultError> {
     let bad = |r: &str| VaultError::BadImport(r.to_string());
     if pem.contains("BEGIN PUBLIC KEY") || pem.contains("BEGIN RSA PUBLIC KEY") {
-        return Err(bad("this is a public key; import the private key (it must unwrap)"));
+        return Err(bad(
+            "this is a public key; import the private key (it must unwrap)",
+        ));
     }
     if pem.contains("BEGIN EC PRIVATE KEY") || pem.contains("BEGIN OPENSSH PRIVATE KEY") {
         return Err(bad("only RSA keys are accepted"));
@@ -1199,10 +1238,14 @@ fn parse_import(pem: &str) -> Result<RsaKey, VaultError> {
         return Err(bad("the key is passphrase-protected; export it unencrypted (openssl pkey -in K -out K.pem)"));
     }
     if !pem.contains("-----BEGIN") {
-        return Err(bad("not PEM; expected -----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----"));
+        return Err(bad(
+            "not PEM; expected -----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----",
+        ));
     }
     RsaKey::from_pem(pem).map_err(|e| match e {
-        crate::crypto::CryptoError::KeySize(b) => VaultError::Crypto(crate::crypto::CryptoError::KeySize(b)),
+        crate::crypto::CryptoError::KeySize(b) => {
+            VaultError::Crypto(crate::crypto::CryptoError::KeySize(b))
+        }
         _ => bad("not an RSA private key in PKCS#1 or PKCS#8 PEM"),
     })
 }
@@ -1217,7 +1260,6 @@ fn shred(path: &Path) {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1245,43 +1287,128 @@ mod tests {
         let dek = Secret::new(vec![9u8; 64]);
         let e = v.wrap(&des, &r("k1"), &dek).unwrap_err();
         assert!(e.to_string().starts_with("KeyVaultAccessForbidden: grant get, wrapKey and unwrapKey permissions on key k1 to disk encryption set 'set1'"), "{e}");
-        v.grant(&me, "k1", &des.object_id, "set1", &["get".into(), "wrapKey".into(), "unwrapKey".into()]).unwrap();
+        v.grant(
+            &me,
+            "k1",
+            &des.object_id,
+            "set1",
+            &["get".into(), "wrapKey".into(), "unwrapKey".into()],
+        )
+        .unwrap();
         let w = v.wrap(&des, &r("k1"), &dek).unwrap();
-        assert!(w.kid.starts_with("https://testvault.vault.azure.net/keys/k1/"));
+        assert!(w
+            .kid
+            .starts_with("https://testvault.vault.azure.net/keys/k1/"));
         assert_eq!(v.unwrap(&des, &w).unwrap().expose(), dek.expose());
         // Disabling the key, then the version, stops unwrap; enabling restores it.
-        v.update_key(&me, &r("k1"), &KeyUpdate { enabled: Some(false), ..Default::default() }).unwrap();
-        assert!(matches!(v.unwrap(&des, &w), Err(VaultError::KeyDisabled(_))));
-        v.update_key(&me, &r("k1"), &KeyUpdate { enabled: Some(true), ..Default::default() }).unwrap();
-        v.update_key(&me, &r(&w.kid), &KeyUpdate { enabled: Some(false), ..Default::default() }).unwrap();
-        assert!(matches!(v.unwrap(&des, &w), Err(VaultError::VersionDisabled(_))));
-        v.update_key(&me, &r(&w.kid), &KeyUpdate { enabled: Some(true), ..Default::default() }).unwrap();
+        v.update_key(
+            &me,
+            &r("k1"),
+            &KeyUpdate {
+                enabled: Some(false),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            v.unwrap(&des, &w),
+            Err(VaultError::KeyDisabled(_))
+        ));
+        v.update_key(
+            &me,
+            &r("k1"),
+            &KeyUpdate {
+                enabled: Some(true),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        v.update_key(
+            &me,
+            &r(&w.kid),
+            &KeyUpdate {
+                enabled: Some(false),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            v.unwrap(&des, &w),
+            Err(VaultError::VersionDisabled(_))
+        ));
+        v.update_key(
+            &me,
+            &r(&w.kid),
+            &KeyUpdate {
+                enabled: Some(true),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         // An expired key still unwraps but no longer wraps.
         let past = parse_time("2020-01-01").unwrap();
-        v.update_key(&me, &r("k1"), &KeyUpdate { exp: Some(Some(past)), ..Default::default() }).unwrap();
+        v.update_key(
+            &me,
+            &r("k1"),
+            &KeyUpdate {
+                exp: Some(Some(past)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(v.unwrap(&des, &w).is_ok());
-        assert!(matches!(v.wrap(&des, &r("k1"), &dek), Err(VaultError::Expired(..))));
+        assert!(matches!(
+            v.wrap(&des, &r("k1"), &dek),
+            Err(VaultError::Expired(..))
+        ));
         v.revoke_grant(&me, "k1", &des.object_id).unwrap();
-        assert!(matches!(v.unwrap(&des, &w), Err(VaultError::Forbidden { .. })));
-        assert_eq!(v.verify_audit(), Ok(16), "one audit line per operation, failures included");
+        assert!(matches!(
+            v.unwrap(&des, &w),
+            Err(VaultError::Forbidden { .. })
+        ));
+        assert_eq!(
+            v.verify_audit(),
+            Ok(16),
+            "one audit line per operation, failures included"
+        );
     }
 
     #[test]
     fn versions_soft_delete_and_purge_protection() {
         let (_d, v) = vault();
         let me = Caller::current_user();
-        v.create_key(&me, "K2", &KeyOptions { size: Some(3072), ..Default::default() }).unwrap();
-        assert!(matches!(v.create_key(&me, "k2", &KeyOptions::default()), Err(VaultError::KeyExists(_))));
+        v.create_key(
+            &me,
+            "K2",
+            &KeyOptions {
+                size: Some(3072),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            v.create_key(&me, "k2", &KeyOptions::default()),
+            Err(VaultError::KeyExists(_))
+        ));
         v.rotate_key(&me, "k2", &KeyOptions::default()).unwrap();
         let vers = v.version_ids("k2").unwrap();
         assert_eq!(vers.len(), 2);
         assert!(vers.iter().all(|x| crate::vault::kid::is_version(x)));
         assert_eq!(v.record("k2").unwrap().versions[1].key_size, 3072);
         v.set_props(&me, Some(true), Some(7)).unwrap();
-        assert!(matches!(v.set_props(&me, Some(false), None), Err(VaultError::PurgeProtectionPermanent)));
+        assert!(matches!(
+            v.set_props(&me, Some(false), None),
+            Err(VaultError::PurgeProtectionPermanent)
+        ));
         v.delete_key(&me, "k2").unwrap();
-        assert!(matches!(v.create_key(&me, "k2", &KeyOptions::default()), Err(VaultError::NameHeldByDeletedKey(_))));
-        assert!(matches!(v.purge_key(&me, "k2"), Err(VaultError::PurgeProtected { .. })));
+        assert!(matches!(
+            v.create_key(&me, "k2", &KeyOptions::default()),
+            Err(VaultError::NameHeldByDeletedKey(_))
+        ));
+        assert!(matches!(
+            v.purge_key(&me, "k2"),
+            Err(VaultError::PurgeProtected { .. })
+        ));
         let dir = v.dir().to_path_buf();
         drop(v);
         // State survives a reopen.
@@ -1297,15 +1424,30 @@ mod tests {
         let (_d, v) = vault();
         let me = Caller::current_user();
         assert!(matches!(
-            v.create_key(&me, "k", &KeyOptions { size: Some(1024), ..Default::default() }),
-            Err(VaultError::Crypto(crate::crypto::CryptoError::KeySize(1024)))
+            v.create_key(
+                &me,
+                "k",
+                &KeyOptions {
+                    size: Some(1024),
+                    ..Default::default()
+                }
+            ),
+            Err(VaultError::Crypto(crate::crypto::CryptoError::KeySize(
+                1024
+            )))
         ));
         v.create_key(&me, "k", &KeyOptions::default()).unwrap();
         v.delete_key(&me, "k").unwrap();
         v.purge_key(&me, "k").unwrap();
         assert!(v.deleted_names().is_empty());
-        assert!(fs::read_dir(v.dir().join(DELETED_DIR)).unwrap().next().is_none());
+        assert!(fs::read_dir(v.dir().join(DELETED_DIR))
+            .unwrap()
+            .next()
+            .is_none());
         v.create_key(&me, "k", &KeyOptions::default()).unwrap();
-        assert!(matches!(v.import_key(&me, "x", "junk", &KeyOptions::default()), Err(VaultError::BadImport(_))));
+        assert!(matches!(
+            v.import_key(&me, "x", "junk", &KeyOptions::default()),
+            Err(VaultError::BadImport(_))
+        ));
     }
 }

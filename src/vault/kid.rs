@@ -128,7 +128,11 @@ mod tests {
         let short = KeyRef::parse("k1").unwrap();
         assert_eq!((short.vault, short.version), (None, None));
         assert_eq!(
-            KeyRef::parse(&format!("k1/{v}")).unwrap().version.unwrap().len(),
+            KeyRef::parse(&format!("k1/{v}"))
+                .unwrap()
+                .version
+                .unwrap()
+                .len(),
             32
         );
         assert!(KeyRef::parse("https://vault1.vault.azure.net/keys/k1")

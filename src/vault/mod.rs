@@ -102,14 +102,27 @@ impl VaultError {
     pub fn signature(&self) -> &'static str {
         use VaultError::*;
         match self {
-            Forbidden { .. } | KeyDisabled(_) | VersionDisabled(_) | OperationNotAllowed { .. }
-            | NotYetValid(..) | Expired(..) | PurgeProtected { .. } | PurgeProtectionPermanent
+            Forbidden { .. }
+            | KeyDisabled(_)
+            | VersionDisabled(_)
+            | OperationNotAllowed { .. }
+            | NotYetValid(..)
+            | Expired(..)
+            | PurgeProtected { .. }
+            | PurgeProtectionPermanent
             | RetentionLocked => "Forbidden",
-            KeyNotFound(_) | VersionNotFound(..) | DeletedKeyNotFound(_) | NoSuchGrant { .. }
+            KeyNotFound(_)
+            | VersionNotFound(..)
+            | DeletedKeyNotFound(_)
+            | NoSuchGrant { .. }
             | WrongVault { .. } => "NotFound",
             KeyExists(_) | NameHeldByDeletedKey(_) | KeyDeleted(_) | PurgeActive(_) => "Conflict",
-            InvalidName { .. } | InvalidKeyId { .. } | InvalidArgument(_) | BadImport(_)
-            | UnsupportedAlg(_) | Crypto(_) => "BadRequest",
+            InvalidName { .. }
+            | InvalidKeyId { .. }
+            | InvalidArgument(_)
+            | BadImport(_)
+            | UnsupportedAlg(_)
+            | Crypto(_) => "BadRequest",
             _ => "InternalServerError",
         }
     }
@@ -118,15 +131,29 @@ impl VaultError {
     pub fn errno(&self) -> i32 {
         use VaultError::*;
         match self {
-            Forbidden { .. } | KeyDisabled(_) | VersionDisabled(_) | OperationNotAllowed { .. }
-            | NotYetValid(..) | Expired(..) => libc::EACCES,
+            Forbidden { .. }
+            | KeyDisabled(_)
+            | VersionDisabled(_)
+            | OperationNotAllowed { .. }
+            | NotYetValid(..)
+            | Expired(..) => libc::EACCES,
             PurgeProtected { .. } | PurgeProtectionPermanent | RetentionLocked => libc::EPERM,
-            KeyNotFound(_) | VersionNotFound(..) | DeletedKeyNotFound(_) | NoSuchGrant { .. }
-            | WrongVault { .. } | KeyDeleted(_) | MissingPlatformKey(_) | VaultMissing(_) => libc::ENOENT,
+            KeyNotFound(_)
+            | VersionNotFound(..)
+            | DeletedKeyNotFound(_)
+            | NoSuchGrant { .. }
+            | WrongVault { .. }
+            | KeyDeleted(_)
+            | MissingPlatformKey(_)
+            | VaultMissing(_) => libc::ENOENT,
             KeyExists(_) | NameHeldByDeletedKey(_) => libc::EEXIST,
             PurgeActive(_) | VaultLocked(_) => libc::EBUSY,
-            InvalidName { .. } | InvalidKeyId { .. } | InvalidArgument(_) | BadImport(_)
-            | UnsupportedAlg(_) | Crypto(_) => libc::EINVAL,
+            InvalidName { .. }
+            | InvalidKeyId { .. }
+            | InvalidArgument(_)
+            | BadImport(_)
+            | UnsupportedAlg(_)
+            | Crypto(_) => libc::EINVAL,
             Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             _ => libc::EIO,
         }
@@ -162,7 +189,11 @@ pub fn parse_time(s: &str) -> Result<i64, VaultError> {
         let d = humantime::parse_duration(rest).map_err(|_| bad())?;
         return Ok(now_secs() + d.as_secs() as i64);
     }
-    let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_string() };
+    let full = if s.len() == 10 {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_string()
+    };
     let t = humantime::parse_rfc3339_weak(&full).map_err(|_| bad())?;
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -1,0 +1,150 @@
+//! How a command reaches the store: in-process through the control tree when the
+//! store is not mounted, or through `MOUNT/.vault/` files when a daemon holds it.
+//! Either way the same control-tree operation runs, so both paths behave alike.
+
+use super::CliError;
+use crate::fs::control::Control;
+use crate::store::{Store, StoreError};
+use crate::vault::{Caller, VaultError};
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(clap::Args, Clone)]
+pub struct StoreArg {
+    /// The store directory.
+    #[arg(long, env = "DISKVAULT_STORE")]
+    pub store: PathBuf,
+    /// The key vault directory, if the store keeps it elsewhere (see 'init --vault').
+    #[arg(long, env = "DISKVAULT_VAULT")]
+    pub vault: Option<PathBuf>,
+}
+
+pub enum Access {
+    Direct(Control),
+    Mounted(PathBuf),
+}
+
+/// The message for a path that does not exist, naming what is missing.
+fn missing(path: &str) -> CliError {
+    let p: Vec<&str> = path.split('/').collect();
+    let e: Box<dyn std::fmt::Display> = match p.as_slice() {
+        ["keys", k, "versions", v, ..] => {
+            Box::new(VaultError::VersionNotFound(k.to_string(), v.to_string()))
+        }
+        ["keys", k, ..] => Box::new(VaultError::KeyNotFound(k.to_string())),
+        ["deleted-keys", k, ..] => Box::new(VaultError::DeletedKeyNotFound(k.to_string())),
+        ["disk-encryption-sets", s, ..] => Box::new(StoreError::DesNotFound(s.to_string())),
+        ["disks", d, ..] => Box::new(StoreError::DiskNotFound(d.to_string())),
+        _ => Box::new(format!(".vault/{path} does not exist")),
+    };
+    CliError(e.to_string())
+}
+
+impl Access {
+    pub fn open(arg: &StoreArg) -> Result<Access, CliError> {
+        match Store::open(&arg.store, arg.vault.as_deref()) {
+            Ok(s) => Ok(Access::Direct(Control::new(Arc::new(s), None))),
+            Err(e @ StoreError::Locked { .. }) => match Store::daemon_info(&arg.store) {
+                Some(d) if Path::new(&d.mountpoint).join(".vault").is_dir() => {
+                    Ok(Access::Mounted(d.mountpoint.into()))
+                }
+                _ => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Explains a failed control-file operation with the daemon's own reason.
+    fn mounted_error(mp: &Path, path: &str, e: std::io::Error) -> CliError {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return missing(path);
+        }
+        let reason = std::fs::read_to_string(mp.join(".vault/last-error")).unwrap_or_default();
+        // The line starts with a timestamp and the failed operation; the message follows.
+        match reason
+            .trim()
+            .split_once(' ')
+            .and_then(|(_, m)| m.split_once(": "))
+        {
+            Some((_, msg)) if !msg.is_empty() => CliError(msg.to_string()),
+            _ => CliError(format!("the mounted store refused .vault/{path}: {e}")),
+        }
+    }
+
+    /// The reason a mounted operation outside `.vault/` failed.
+    pub fn mounted_error_pub(&self, path: &str, e: std::io::Error) -> CliError {
+        match self {
+            Access::Mounted(mp) => Self::mounted_error(mp, path, e),
+            Access::Direct(_) => CliError(e.to_string()),
+        }
+    }
+
+    fn check(c: &Control, path: &str) -> Result<Vec<String>, CliError> {
+        let parts: Vec<String> = path.split('/').map(String::from).collect();
+        let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+        if c.kind(&refs).is_none() {
+            return Err(missing(path));
+        }
+        Ok(parts)
+    }
+
+    pub fn read(&self, path: &str) -> Result<Vec<u8>, CliError> {
+        match self {
+            Access::Direct(c) => {
+                let parts = Self::check(c, path)?;
+                let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+                Ok(c.read(&refs, &Caller::current_user())?)
+            }
+            Access::Mounted(mp) => std::fs::read(mp.join(".vault").join(path))
+                .map_err(|e| Self::mounted_error(mp, path, e)),
+        }
+    }
+
+    pub fn read_json(&self, path: &str) -> Result<Value, CliError> {
+        Ok(serde_json::from_slice(&self.read(path)?)?)
+    }
+
+    pub fn read_text(&self, path: &str) -> Result<String, CliError> {
+        Ok(String::from_utf8_lossy(&self.read(path)?)
+            .trim()
+            .to_string())
+    }
+
+    /// One write(2) to a control file: one command.
+    pub fn write(&self, path: &str, data: &[u8]) -> Result<(), CliError> {
+        match self {
+            Access::Direct(c) => {
+                let parts = Self::check(c, path)?;
+                let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+                Ok(c.write(&refs, data, &Caller::current_user())?)
+            }
+            Access::Mounted(mp) => std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(mp.join(".vault").join(path))
+                .and_then(|mut f| f.write_all(data))
+                .map_err(|e| Self::mounted_error(mp, path, e)),
+        }
+    }
+
+    pub fn rmdir(&self, path: &str) -> Result<(), CliError> {
+        match self {
+            Access::Direct(c) => {
+                let parts = Self::check(c, path)?;
+                let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+                Ok(c.rmdir(&refs, &Caller::current_user())?)
+            }
+            Access::Mounted(mp) => std::fs::remove_dir(mp.join(".vault").join(path))
+                .map_err(|e| Self::mounted_error(mp, path, e)),
+        }
+    }
+}
+
+pub fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON serializes")
+    );
+}

@@ -1,0 +1,141 @@
+//! Disk encryption sets (`Microsoft.Compute/diskEncryptionSets`): a key URL, an
+//! encryption type and a system-assigned identity that the vault grants access to.
+//! Each is kept in `STORE/disk-encryption-sets/NAME.json` (0600).
+
+use super::meta::{CMK_TYPE, DOUBLE_TYPE, PLATFORM_KEY_TYPE};
+use super::{Result, StoreError};
+use crate::crypto::{random_bytes, wrap::hex};
+use crate::vault::Caller;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+pub const DES_DIR: &str = "disk-encryption-sets";
+pub const DES_ID_PREFIX: &str = "/diskvault/diskEncryptionSets/";
+/// The tenant all local identities belong to.
+pub const TENANT_ID: &str = "00000000-0000-0000-0000-000000000000";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DesRecord {
+    pub name: String,
+    pub encryption_type: String,
+    /// Versioned key URL that new wraps use.
+    pub active_key: String,
+    /// Keys still wrapping some disk while a key change is in progress.
+    #[serde(default)]
+    pub previous_keys: Vec<String>,
+    pub rotation_to_latest_key_version_enabled: bool,
+    pub principal_id: String,
+    pub provisioning_state: String,
+    #[serde(default)]
+    pub last_key_rotation_timestamp: Option<String>,
+    #[serde(default)]
+    pub auto_key_rotation_error: Option<String>,
+    pub created: String,
+}
+
+/// Parses an encryption type given for a DES.
+pub fn parse_des_type(s: &str) -> Result<&'static str> {
+    match s {
+        _ if s.eq_ignore_ascii_case(CMK_TYPE) => Ok(CMK_TYPE),
+        _ if s.eq_ignore_ascii_case(DOUBLE_TYPE) => Ok(DOUBLE_TYPE),
+        _ if s.eq_ignore_ascii_case(PLATFORM_KEY_TYPE) => Err(StoreError::InvalidArgument(
+            "EncryptionAtRestWithPlatformKey is not a valid encryption type for a disk encryption set; use EncryptionAtRestWithCustomerKey or EncryptionAtRestWithPlatformAndCustomerKeys".into(),
+        )),
+        _ => Err(StoreError::InvalidArgument(format!(
+            "unknown encryption type '{s}'; use EncryptionAtRestWithCustomerKey or EncryptionAtRestWithPlatformAndCustomerKeys"
+        ))),
+    }
+}
+
+/// A DES name from a name or a resource id.
+pub fn des_name(name_or_id: &str) -> &str {
+    let t = name_or_id.trim();
+    if t.len() > DES_ID_PREFIX.len() && t[..DES_ID_PREFIX.len()].eq_ignore_ascii_case(DES_ID_PREFIX)
+    {
+        &t[DES_ID_PREFIX.len()..]
+    } else {
+        t
+    }
+}
+
+pub fn des_id(name: &str) -> String {
+    format!("{DES_ID_PREFIX}{name}")
+}
+
+/// A random version-4 UUID, the form of an Azure AD principal id.
+pub fn new_principal_id() -> Result<String> {
+    let mut b = random_bytes(16)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex(&b);
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
+}
+
+impl DesRecord {
+    pub fn id(&self) -> String {
+        des_id(&self.name)
+    }
+
+    pub fn caller(&self) -> Caller {
+        Caller::des(&self.name, &self.principal_id)
+    }
+
+    pub fn is_double(&self) -> bool {
+        self.encryption_type == DOUBLE_TYPE
+    }
+
+    /// JSON shaped like `az disk-encryption-set show`.
+    pub fn to_json(&self, vault_name: &str) -> Value {
+        json!({
+            "name": self.name,
+            "id": self.id(),
+            "type": "Microsoft.Compute/diskEncryptionSets",
+            "location": "local",
+            "resourceGroup": "diskvault",
+            "encryptionType": self.encryption_type,
+            "activeKey": {
+                "keyUrl": self.active_key,
+                "sourceVault": {"id": format!("/diskvault/vaults/{vault_name}")},
+            },
+            "previousKeys": self.previous_keys.iter().map(|k| json!({"keyUrl": k})).collect::<Vec<_>>(),
+            "identity": {
+                "type": "SystemAssigned",
+                "principalId": self.principal_id,
+                "tenantId": TENANT_ID,
+            },
+            "provisioningState": self.provisioning_state,
+            "rotationToLatestKeyVersionEnabled": self.rotation_to_latest_key_version_enabled,
+            "lastKeyRotationTimestamp": self.last_key_rotation_timestamp,
+            "autoKeyRotationError": self.auto_key_rotation_error,
+            "timeCreated": self.created,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_ids_and_types() {
+        assert_eq!(des_name("/diskvault/diskEncryptionSets/set1"), "set1");
+        assert_eq!(des_name("set1"), "set1");
+        let p = new_principal_id().unwrap();
+        assert_eq!(p.len(), 36);
+        assert_eq!(&p[14..15], "4");
+        assert!(parse_des_type("EncryptionAtRestWithPlatformKey").is_err());
+        assert!(parse_des_type("bogus").is_err());
+        assert_eq!(
+            parse_des_type("encryptionatrestwithcustomerkey").unwrap(),
+            CMK_TYPE
+        );
+    }
+}

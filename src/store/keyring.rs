@@ -1,0 +1,65 @@
+//! Who wraps and unwraps each layer's DEK: the platform key for platform layers, the
+//! vault (as the disk's DES identity) for customer-key layers.
+
+use super::des::{des_name, DesRecord};
+use super::meta::Encryption;
+use super::{Result, StoreError};
+use crate::crypto::Secret;
+use crate::vault::{KeyProvider, KeyRef, KeyVault, PlatformKeys, WrappedKey};
+use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub const PLATFORM_PREFIX: &str = "platform/";
+
+pub struct Keyring {
+    pub platform: PlatformKeys,
+    pub vault: Arc<KeyVault>,
+    /// Disk encryption sets by lower-case name.
+    pub(super) sets: RwLock<BTreeMap<String, DesRecord>>,
+}
+
+pub fn is_platform_kid(kid: &str) -> bool {
+    kid.starts_with(PLATFORM_PREFIX)
+}
+
+impl Keyring {
+    pub fn des(&self, name_or_id: &str) -> Result<DesRecord> {
+        let n = des_name(name_or_id);
+        self.sets
+            .read()
+            .get(&n.to_ascii_lowercase())
+            .cloned()
+            .ok_or_else(|| StoreError::DesNotFound(n.to_string()))
+    }
+
+    pub fn wrap_platform(&self, dek: &Secret) -> Result<WrappedKey> {
+        Ok(self.platform.wrap(dek)?)
+    }
+
+    /// Wraps with the DES's active key, as the DES identity.
+    pub fn wrap_des(&self, des: &DesRecord, dek: &Secret) -> Result<WrappedKey> {
+        self.wrap_with(des, &des.active_key, dek)
+    }
+
+    pub fn wrap_with(&self, des: &DesRecord, key_url: &str, dek: &Secret) -> Result<WrappedKey> {
+        Ok(self
+            .vault
+            .wrap(&des.caller(), &KeyRef::parse(key_url)?, dek)?)
+    }
+
+    /// Unwraps one layer's DEK of a disk with encryption `enc`.
+    pub fn unwrap(&self, enc: &Encryption, w: &WrappedKey) -> Result<Secret> {
+        if is_platform_kid(&w.kid) {
+            return Ok(self.platform.unwrap(w)?);
+        }
+        let id = enc.disk_encryption_set_id.as_deref().ok_or_else(|| {
+            StoreError::InvalidArgument(format!(
+                "layer wrapped by {} but the disk names no disk encryption set",
+                w.kid
+            ))
+        })?;
+        let des = self.des(id)?;
+        Ok(self.vault.unwrap(&des.caller(), w)?)
+    }
+}

@@ -1,0 +1,357 @@
+//! Store operations on disk encryption sets and on a disk's encryption: creating and
+//! changing sets, moving disks to customer keys, re-wrapping DEKs on a key change.
+
+use super::des::{des_id, new_principal_id, DES_DIR};
+use super::*;
+
+/// Loads every `STORE/disk-encryption-sets/NAME.json`.
+pub(super) fn load_sets(dir: &Path) -> Result<BTreeMap<String, DesRecord>> {
+    let mut out = BTreeMap::new();
+    let entries =
+        fs::read_dir(dir).map_err(|e| StoreError::io(format!("reading {}", dir.display()), e))?;
+    for e in entries.filter_map(|e| e.ok()) {
+        let path = e.path();
+        let Some(fname) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if fname.starts_with('.') || !fname.ends_with(".json") {
+            continue;
+        }
+        let rec: DesRecord = fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|reason| StoreError::BadHeader {
+                path: path.display().to_string(),
+                reason,
+            })?;
+        out.insert(rec.name.to_ascii_lowercase(), rec);
+    }
+    Ok(out)
+}
+
+impl Store {
+    fn des_path(&self, name: &str) -> PathBuf {
+        self.root
+            .join(DES_DIR)
+            .join(format!("{}.json", name.to_ascii_lowercase()))
+    }
+
+    fn save_des(&self, rec: &DesRecord) -> Result<()> {
+        let path = self.des_path(&rec.name);
+        let mut b = serde_json::to_vec_pretty(rec).expect("JSON serializes");
+        b.push(b'\n');
+        durable::write_atomic(&path, &b, 0o600)
+            .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))?;
+        self.keys
+            .sets
+            .write()
+            .insert(rec.name.to_ascii_lowercase(), rec.clone());
+        Ok(())
+    }
+
+    /// Resolves a DES key URL to a versioned URL; versionless only with auto-rotation.
+    fn resolve_des_key(&self, url: &str, auto_rotate: bool) -> Result<String> {
+        let r = KeyRef::parse(url)?;
+        if r.version.is_none() && !auto_rotate {
+            return Err(StoreError::VersionlessKeyUrl(url.trim().to_string()));
+        }
+        Ok(self.keys.vault.resolve(&r)?)
+    }
+
+    pub fn des_list(&self) -> Vec<DesRecord> {
+        self.keys.sets.read().values().cloned().collect()
+    }
+
+    pub fn des_show(&self, name: &str) -> Result<Value> {
+        Ok(self.keys.des(name)?.to_json(&self.keys.vault.name()))
+    }
+
+    /// Disks whose encryption names the set.
+    pub fn disks_in_set(&self, name: &str) -> Vec<Arc<Disk>> {
+        let id = des_id(des_name(name)).to_ascii_lowercase();
+        self.list()
+            .into_iter()
+            .filter(|d| {
+                d.meta()
+                    .encryption
+                    .disk_encryption_set_id
+                    .is_some_and(|x| x.to_ascii_lowercase() == id)
+            })
+            .collect()
+    }
+
+    /// `az disk-encryption-set create`. Needs purge protection on the vault; a set
+    /// without a grant is valid but can't be used until the grant exists.
+    pub fn des_create(
+        &self,
+        name: &str,
+        key_url: &str,
+        encryption_type: Option<&str>,
+        auto_rotate: bool,
+    ) -> Result<Value> {
+        validate_name(name)?;
+        let kind = parse_des_type(encryption_type.unwrap_or(CMK_TYPE))?;
+        let _ns = self.ns.lock();
+        if self.keys.des(name).is_ok() {
+            return Err(StoreError::DesExists(name.to_string()));
+        }
+        if !self.keys.vault.props().enable_purge_protection {
+            return Err(StoreError::PurgeProtectionRequired);
+        }
+        let active = self.resolve_des_key(key_url, auto_rotate)?;
+        let rec = DesRecord {
+            name: name.to_string(),
+            encryption_type: kind.to_string(),
+            active_key: active,
+            previous_keys: vec![],
+            rotation_to_latest_key_version_enabled: auto_rotate,
+            principal_id: new_principal_id()?,
+            provisioning_state: "Succeeded".into(),
+            last_key_rotation_timestamp: None,
+            auto_key_rotation_error: None,
+            created: now_rfc3339(),
+        };
+        self.save_des(&rec)?;
+        log::info!(
+            "created disk encryption set '{name}' ({kind}, key {})",
+            rec.active_key
+        );
+        Ok(rec.to_json(&self.keys.vault.name()))
+    }
+
+    /// `az disk-encryption-set update`: a new key (re-wraps every disk of the set)
+    /// and/or the auto-rotation flag. The encryption type never changes.
+    pub fn des_update(
+        &self,
+        name: &str,
+        key_url: Option<&str>,
+        auto_rotate: Option<bool>,
+        encryption_type: Option<&str>,
+    ) -> Result<Value> {
+        let _ns = self.ns.lock();
+        let mut rec = self.keys.des(name)?;
+        if let Some(t) = encryption_type {
+            if parse_des_type(t)? != rec.encryption_type {
+                return Err(StoreError::NotPermitted(format!(
+                    "the encryption type of disk encryption set '{}' cannot change; create a new set",
+                    rec.name
+                )));
+            }
+        }
+        let auto = auto_rotate.unwrap_or(rec.rotation_to_latest_key_version_enabled);
+        let new_key = key_url.map(|u| self.resolve_des_key(u, auto)).transpose()?;
+        rec.rotation_to_latest_key_version_enabled = auto;
+        if let Some(k) = new_key.filter(|k| *k != rec.active_key) {
+            // The new key must be usable before any disk moves to it.
+            self.keys
+                .vault
+                .can_wrap(&rec.caller(), &KeyRef::parse(&k)?)?;
+            rec.previous_keys = vec![rec.active_key.clone()];
+            rec.active_key = k;
+            rec.provisioning_state = "Updating".into();
+            self.save_des(&rec)?;
+            self.finish_key_change(&mut rec)?;
+        } else {
+            self.save_des(&rec)?;
+        }
+        Ok(rec.to_json(&self.keys.vault.name()))
+    }
+
+    /// Re-wraps each disk of the set still on a previous key, then marks the set done.
+    /// Each disk's change is one atomic metadata write, so a crash leaves every disk
+    /// wrapped by the old key or the new one; the next open resumes.
+    fn finish_key_change(&self, rec: &mut DesRecord) -> Result<()> {
+        let id = rec.id().to_ascii_lowercase();
+        for d in self.list() {
+            let m = d.meta();
+            if d.corrupt_reason().is_some()
+                || m.encryption
+                    .disk_encryption_set_id
+                    .as_ref()
+                    .map(|x| x.to_ascii_lowercase())
+                    != Some(id.clone())
+            {
+                continue;
+            }
+            if m.layers[0].kid == rec.active_key {
+                continue;
+            }
+            let enc = m.encryption.clone();
+            let active = rec.active_key.clone();
+            let r = self.rewrap_layer(&d, 0, enc, |dek| self.keys.wrap_with(rec, &active, dek));
+            if let Err(e) = r {
+                return Err(StoreError::NotPermitted(format!(
+                    "disk encryption set '{}' is still moving to key {}: disk '{}' could not be re-wrapped ({e}); fix the cause and run 'diskvault des update {} --key-url {}' again",
+                    rec.name, rec.active_key, d.name(), rec.name, rec.active_key
+                )));
+            }
+        }
+        rec.previous_keys.clear();
+        rec.provisioning_state = "Succeeded".into();
+        rec.last_key_rotation_timestamp = Some(now_rfc3339());
+        self.save_des(rec)?;
+        log::info!(
+            "disk encryption set '{}' now uses key {}",
+            rec.name,
+            rec.active_key
+        );
+        Ok(())
+    }
+
+    /// Finishes key changes interrupted by a crash.
+    pub(super) fn resume_key_changes(&self) {
+        for mut rec in self.des_list() {
+            if rec.provisioning_state == "Updating" {
+                log::info!("resuming key change of disk encryption set '{}'", rec.name);
+                if let Err(e) = self.finish_key_change(&mut rec) {
+                    log::error!("{e}");
+                }
+            }
+        }
+    }
+
+    /// `az disk-encryption-set delete`: refused while any disk uses the set.
+    pub fn des_delete(&self, name: &str) -> Result<()> {
+        let _ns = self.ns.lock();
+        let rec = self.keys.des(name)?;
+        let users: Vec<String> = self
+            .disks_in_set(&rec.name)
+            .iter()
+            .map(|d| d.name())
+            .collect();
+        if !users.is_empty() {
+            return Err(StoreError::DesInUse {
+                name: rec.name,
+                disks: format!("disk(s) {}", users.join(", ")),
+            });
+        }
+        let path = self.des_path(&rec.name);
+        fs::remove_file(&path)
+            .and_then(|()| durable::sync_dir(&self.root.join(DES_DIR)))
+            .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
+        self.keys
+            .sets
+            .write()
+            .remove(&rec.name.to_ascii_lowercase());
+        log::info!("deleted disk encryption set '{}'", rec.name);
+        Ok(())
+    }
+
+    /// Unwraps layer `idx` of `disk`, wraps it again with `wrap`, and writes the new
+    /// wrapped key (and `enc`) in one atomic metadata update. No data is re-encrypted.
+    fn rewrap_layer(
+        &self,
+        disk: &Disk,
+        idx: usize,
+        enc: Encryption,
+        wrap: impl FnOnce(&Secret) -> Result<WrappedKey>,
+    ) -> Result<()> {
+        let m = disk.meta();
+        let layer = &m.layers[idx];
+        let p = layer
+            .parse()
+            .map_err(|r| StoreError::InvalidArgument(r.to_string()))?;
+        let dek = self.keys.unwrap(&m.encryption, &p.wrapped)?;
+        if key_check(&dek, &m.id, idx, p.cipher, &p.nonce) != layer.key_check {
+            return Err(StoreError::Unavailable {
+                disk: m.name.clone(),
+                reason: "its data key does not match its metadata (keyCheck mismatch)".into(),
+            });
+        }
+        let w = wrap(&dek)?;
+        drop(dek);
+        disk.update_meta(|m| {
+            m.encryption = enc;
+            let l = &mut m.layers[idx];
+            l.kid = w.kid;
+            l.alg = w.alg;
+            l.wrapped_key = encode_wrapped(&w.value);
+        })
+    }
+
+    /// `az disk update --encryption-type ... --disk-encryption-set ...`. Only while the
+    /// disk is not open; only the wrapping of the DEK changes.
+    pub fn update_encryption(
+        &self,
+        name: &str,
+        encryption_type: Option<&str>,
+        des: Option<&str>,
+    ) -> Result<Value> {
+        let _ns = self.ns.lock();
+        let disk = self.get_or_err(name)?;
+        if let Some(r) = disk.corrupt_reason() {
+            return Err(StoreError::Unavailable {
+                disk: name.into(),
+                reason: r.into(),
+            });
+        }
+        let target_des = des.map(|d| self.keys.des(d)).transpose()?;
+        let target = match (encryption_type, &target_des) {
+            (Some(t), _) if t.eq_ignore_ascii_case(PLATFORM_KEY_TYPE) => PLATFORM_KEY_TYPE,
+            (Some(t), _) => parse_des_type(t)?,
+            (None, Some(d)) => {
+                if d.is_double() {
+                    DOUBLE_TYPE
+                } else {
+                    CMK_TYPE
+                }
+            }
+            (None, None) => {
+                return Err(StoreError::InvalidArgument(
+                    "give --encryption-type and/or --disk-encryption-set".into(),
+                ))
+            }
+        };
+        let current = disk.meta().encryption;
+        if target == PLATFORM_KEY_TYPE {
+            if current.kind != PLATFORM_KEY_TYPE {
+                return Err(StoreError::CmkCannotBeDisabled);
+            }
+            if target_des.is_some() {
+                return Err(StoreError::InvalidArgument(
+                    "a platform-key disk takes no disk encryption set".into(),
+                ));
+            }
+            return Ok(self.disk_json(&disk));
+        }
+        let Some(des) = target_des else {
+            return Err(StoreError::InvalidArgument(format!(
+                "{target} needs --disk-encryption-set NAME"
+            )));
+        };
+        if des.encryption_type != target {
+            return Err(StoreError::InvalidArgument(format!(
+                "disk encryption set '{}' is of type {}, not {target}",
+                des.name, des.encryption_type
+            )));
+        }
+        let from_platform = current.kind == PLATFORM_KEY_TYPE;
+        if !from_platform && current.kind != target {
+            return Err(StoreError::NotPermitted(format!(
+                "changing a disk from {} to {target} would re-encrypt all its data; create a new disk with --disk-encryption-set {} and copy the data (e.g. qemu-img convert)",
+                current.kind, des.name
+            )));
+        }
+        if from_platform && target == DOUBLE_TYPE {
+            return Err(StoreError::NotPermitted(format!(
+                "adding double encryption to a platform-key disk would re-encrypt all its data; create a new disk with --disk-encryption-set {} and copy the data (e.g. qemu-img convert)",
+                des.name
+            )));
+        }
+        let enc = Encryption {
+            kind: target.to_string(),
+            disk_encryption_set_id: Some(des.id()),
+        };
+        if current == enc {
+            return Ok(self.disk_json(&disk));
+        }
+        disk.while_closed(|| {
+            self.rewrap_layer(&disk, 0, enc, |dek| self.keys.wrap_des(&des, dek))
+        })?;
+        log::info!(
+            "disk '{name}' now uses {target} through disk encryption set '{}'",
+            des.name
+        );
+        Ok(self.disk_json(&disk))
+    }
+}
