@@ -164,9 +164,9 @@ fn print_keys(keys: &[Value]) {
         println!(
             "{:<24} {:<8} {:>6} {:>8}  {}",
             k["name"].as_str().unwrap_or(""),
-            k["enabled"],
-            k["keySize"],
-            k["versions"],
+            k["enabled"].to_string(),
+            k["keySize"].to_string(),
+            k["versions"].to_string(),
             k["kid"].as_str().unwrap_or(""),
         );
     }

@@ -704,6 +704,10 @@ impl Control {
     fn write_grants(&self, k: &str, data: &[u8], caller: &Caller) -> Result<(), StoreError> {
         let usage = "write `grant SET [get,wrapKey,unwrapKey]` or `revoke SET` (SET is a disk encryption set; or object-id=ID)";
         let a = parse(data, GRANT_FIELDS, usage)?;
+        let action = a.str("action").unwrap_or_default();
+        if action != "grant" && action != "revoke" {
+            return Err(invalid(format!("unknown command '{action}'; {usage}")));
+        }
         let (object_id, display) = match (a.str("des"), a.str("object-id")) {
             (Some(s), None) => {
                 let d = self.store.keyring().des(s)?;
@@ -716,7 +720,7 @@ impl Control {
             _ => return Err(invalid(format!("name exactly one identity; {usage}"))),
         };
         let vault = self.store.vault();
-        match a.str("action").unwrap_or_default() {
+        match action {
             "grant" => {
                 let perms: Vec<String> = match a.list("permissions") {
                     Some(p) => p.to_vec(),
@@ -727,13 +731,12 @@ impl Control {
                 };
                 vault.grant(caller, k, &object_id, &display, &perms)?;
             }
-            "revoke" => {
+            _ => {
                 if a.list("permissions").is_some() {
                     return Err(invalid(format!("revoke takes no permissions; {usage}")));
                 }
                 vault.revoke_grant(caller, k, &object_id)?;
             }
-            other => return Err(invalid(format!("unknown command '{other}'; {usage}"))),
         }
         Ok(())
     }

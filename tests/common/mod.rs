@@ -66,6 +66,18 @@ impl Mounted {
         m
     }
 
+    /// Mounts an existing store (which outlives this guard) on `mnt`.
+    pub fn attach(_parent: &Path, store: &Path, mnt: &Path) -> Self {
+        let mut m = Mounted {
+            dir: tempfile::tempdir().expect("tempdir"),
+            store: store.to_path_buf(),
+            mnt: mnt.to_path_buf(),
+            mounted: false,
+        };
+        m.mount();
+        m
+    }
+
     pub fn mount(&mut self) {
         run_ok(&[
             "mount",
