@@ -607,3 +607,838 @@ fn every_operation_through_control_files() {
     };
     scenario(&e, Via::Files, true);
 }
+
+/// A mount with purge protection, key k1 granted to set1 (CMK), and disk c1.
+fn prepared() -> (Mounted, String) {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    run_ok(&["vault", "set", "--purge-protection", "true", "--store", &s]);
+    run_ok(&["key", "create", "k1", "--store", &s]);
+    let kid: Value = serde_json::from_str(&run_ok(&["key", "show", "k1", "--store", &s])).unwrap();
+    let kid = kid["key"]["kid"].as_str().unwrap().to_string();
+    run_ok(&["des", "create", "set1", "--key-url", &kid, "--store", &s]);
+    run_ok(&["key", "grant", "k1", "--des", "set1", "--store", &s]);
+    run_ok(&[
+        "disk",
+        "create",
+        "c1",
+        "--size",
+        "1M",
+        "--disk-encryption-set",
+        "set1",
+        "--store",
+        &s,
+    ]);
+    (m, kid)
+}
+
+/// Everything a bad write could change, as text.
+fn state(m: &Mounted) -> String {
+    let v = m.mnt.join(".vault");
+    let mut out = String::new();
+    for p in [
+        "vault.json",
+        "status.json",
+        "keys/k1/grants",
+        "keys/k1/enabled",
+        "keys/k1/exp",
+        "keys/k1/nbf",
+        "keys/k1/key-ops",
+        "purge-protection",
+        "retention-days",
+    ] {
+        out += &std::fs::read_to_string(v.join(p)).unwrap();
+    }
+    out +=
+        &run_ok(&["key", "show", "k1", "--store", m.s()]).replace(|c: char| c.is_ascii_digit(), "");
+    out
+}
+
+#[test]
+fn bad_control_writes_fail_with_errno_and_change_nothing() {
+    let (m, kid) = prepared();
+    let v = m.mnt.join(".vault");
+    let other_vault = kid
+        .replace(".vault.azure.net", "x.vault.azure.net")
+        .replacen("https://", "https://other", 1);
+    let pub_pem = std::fs::read_to_string(v.join("keys/k1/public.pem")).unwrap();
+    let small = m.dir.path().join("small.pem");
+    assert!(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+            "-out"
+        ])
+        .arg(&small)
+        .status()
+        .unwrap()
+        .success());
+    let small = std::fs::read_to_string(&small).unwrap();
+    let ec = m.dir.path().join("ec.pem");
+    assert!(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out"
+        ])
+        .arg(&ec)
+        .status()
+        .unwrap()
+        .success());
+    let ec = std::fs::read_to_string(&ec).unwrap();
+    let big = "k9 ".to_string() + &"x".repeat(70 * 1024);
+    let cases: Vec<(&str, String, i32, &str)> = vec![
+        // keys/create: unknown option, bad JSON, wrong type, wrong size, too large, exists, reserved
+        ("keys/create", "\n".into(), libc::EINVAL, "name is required"),
+        (
+            "keys/create",
+            "k9 color=red".into(),
+            libc::EINVAL,
+            "unknown option 'color'",
+        ),
+        (
+            "keys/create",
+            "{\"name\":\"k9\"".into(),
+            libc::EINVAL,
+            "malformed JSON",
+        ),
+        (
+            "keys/create",
+            "{\"name\":5}".into(),
+            libc::EINVAL,
+            "must be a string",
+        ),
+        (
+            "keys/create",
+            "{\"name\":\"k9\",\"enabled\":\"yes\"}".into(),
+            libc::EINVAL,
+            "must be true or false",
+        ),
+        (
+            "keys/create",
+            "{\"name\":\"k9\",\"owner\":\"me\"}".into(),
+            libc::EINVAL,
+            "unknown field \"owner\"",
+        ),
+        (
+            "keys/create",
+            "k9 size=1024".into(),
+            libc::EINVAL,
+            "1024 bits is not allowed",
+        ),
+        (
+            "keys/create",
+            "k9 size=big".into(),
+            libc::EINVAL,
+            "not a number",
+        ),
+        (
+            "keys/create",
+            "k9 exp=someday".into(),
+            libc::EINVAL,
+            "invalid time",
+        ),
+        (
+            "keys/create",
+            "k9 ops=fly".into(),
+            libc::EINVAL,
+            "unknown key operation",
+        ),
+        (
+            "keys/create",
+            "bad_name".into(),
+            libc::EINVAL,
+            "invalid key name",
+        ),
+        (
+            "keys/create",
+            "create".into(),
+            libc::EINVAL,
+            "name of a control file",
+        ),
+        ("keys/create", big, libc::EINVAL, "too large"),
+        ("keys/create", "k1".into(), libc::EEXIST, "already exists"),
+        // keys/import: not PEM, public key, wrong size, wrong type
+        ("keys/import", "k9\nhello".into(), libc::EINVAL, "not PEM"),
+        (
+            "keys/import",
+            format!("k9\n{pub_pem}"),
+            libc::EINVAL,
+            "public key",
+        ),
+        (
+            "keys/import",
+            format!("k9\n{small}"),
+            libc::EINVAL,
+            "1024 bits is not allowed",
+        ),
+        (
+            "keys/import",
+            format!("k9\n{ec}"),
+            libc::EINVAL,
+            "not an RSA private key",
+        ),
+        ("keys/import", "k9".into(), libc::EINVAL, "no PEM key"),
+        // per-key files
+        (
+            "keys/k1/enabled",
+            "maybe".into(),
+            libc::EINVAL,
+            "true or false",
+        ),
+        (
+            "keys/k1/exp",
+            "tomorrow-ish".into(),
+            libc::EINVAL,
+            "invalid time",
+        ),
+        (
+            "keys/k1/update",
+            "nbf=2030-01-01 exp=2029-01-01".into(),
+            libc::EINVAL,
+            "earlier than exp",
+        ),
+        (
+            "keys/k1/key-ops",
+            "fly".into(),
+            libc::EINVAL,
+            "unknown key operation",
+        ),
+        (
+            "keys/k1/update",
+            "\n".into(),
+            libc::EINVAL,
+            "nothing to change",
+        ),
+        (
+            "keys/k1/update",
+            "colour=red".into(),
+            libc::EINVAL,
+            "unknown option",
+        ),
+        (
+            "keys/k1/update",
+            "{\"enabled\":1}".into(),
+            libc::EINVAL,
+            "must be true or false",
+        ),
+        (
+            "keys/k1/rotate",
+            "size=1000".into(),
+            libc::EINVAL,
+            "1000 bits is not allowed",
+        ),
+        (
+            "keys/k1/grants",
+            "bogus set1".into(),
+            libc::EINVAL,
+            "unknown command 'bogus'",
+        ),
+        (
+            "keys/k1/grants",
+            "grant nosuch".into(),
+            libc::ENOENT,
+            "no disk encryption set named 'nosuch'",
+        ),
+        (
+            "keys/k1/grants",
+            "grant set1 fly".into(),
+            libc::EINVAL,
+            "unknown permission",
+        ),
+        (
+            "keys/k1/grants",
+            "revoke object-id=abc".into(),
+            libc::ENOENT,
+            "has no grant",
+        ),
+        (
+            "keys/k1/grants",
+            "{\"action\":\"grant\"".into(),
+            libc::EINVAL,
+            "malformed JSON",
+        ),
+        // vault settings
+        (
+            "purge-protection",
+            "maybe".into(),
+            libc::EINVAL,
+            "true or false",
+        ),
+        (
+            "purge-protection",
+            "false".into(),
+            libc::EPERM,
+            "cannot be turned off",
+        ),
+        ("retention-days", "5".into(), libc::EINVAL, "out of range"),
+        (
+            "retention-days",
+            "abc".into(),
+            libc::EINVAL,
+            "number of days",
+        ),
+        (
+            "retention-days",
+            "30".into(),
+            libc::EPERM,
+            "cannot change once purge protection is on",
+        ),
+        // disk encryption sets
+        (
+            "disk-encryption-sets/create",
+            "s2".into(),
+            libc::EINVAL,
+            "key-url is required",
+        ),
+        (
+            "disk-encryption-sets/create",
+            "s2 k1".into(),
+            libc::EINVAL,
+            "has no version",
+        ),
+        (
+            "disk-encryption-sets/create",
+            format!("s2 nokey/{}", "0".repeat(32)),
+            libc::ENOENT,
+            "no key named 'nokey'",
+        ),
+        (
+            "disk-encryption-sets/create",
+            format!("s2 {kid} type=EncryptionAtRestWithPlatformKey"),
+            libc::EINVAL,
+            "not a valid encryption type",
+        ),
+        (
+            "disk-encryption-sets/create",
+            format!("s2 {kid} type=Bogus"),
+            libc::EINVAL,
+            "unknown encryption type",
+        ),
+        (
+            "disk-encryption-sets/create",
+            format!("set1 {kid}"),
+            libc::EEXIST,
+            "already exists",
+        ),
+        (
+            "disk-encryption-sets/create",
+            format!("s2 {other_vault}"),
+            libc::ENOENT,
+            "names vault",
+        ),
+        (
+            "disk-encryption-sets/set1/key-url",
+            "https://example.com/keys/k1".into(),
+            libc::EINVAL,
+            "invalid key identifier",
+        ),
+        (
+            "disk-encryption-sets/set1/auto-rotate",
+            "maybe".into(),
+            libc::EINVAL,
+            "true or false",
+        ),
+        (
+            "disk-encryption-sets/set1/update",
+            "\n".into(),
+            libc::EINVAL,
+            "nothing to change",
+        ),
+        (
+            "disk-encryption-sets/set1/update",
+            format!("type={DOUBLE}"),
+            libc::EPERM,
+            "cannot change",
+        ),
+        // disks
+        (
+            "disks/create",
+            "d9 1G des=nosuch".into(),
+            libc::ENOENT,
+            "no disk encryption set named",
+        ),
+        (
+            "disks/c1/encryption",
+            "EncryptionAtRestWithPlatformKey".into(),
+            libc::EPERM,
+            "cannot be disabled",
+        ),
+        (
+            "disks/c1/encryption",
+            "Bogus set1".into(),
+            libc::EINVAL,
+            "unknown encryption type",
+        ),
+        (
+            "disks/c1/encryption",
+            format!("{DOUBLE} set1"),
+            libc::EINVAL,
+            "is of type",
+        ),
+        ("disks/c1/sku", "Gold".into(), libc::EINVAL, "unknown sku"),
+    ];
+    let before = state(&m);
+    for (path, input, errno, needle) in &cases {
+        let r = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(v.join(path))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, input.as_bytes()));
+        let e = r.expect_err(&format!(
+            "{path} accepted {:?}",
+            &input[..input.len().min(60)]
+        ));
+        assert_eq!(
+            e.raw_os_error(),
+            Some(*errno),
+            "{path} {:?}",
+            &input[..input.len().min(60)]
+        );
+        let why = std::fs::read_to_string(v.join("last-error")).unwrap();
+        assert!(why.contains(needle), "{path}: expected '{needle}' in {why}");
+        assert_eq!(why.trim().lines().count(), 1);
+    }
+    assert_eq!(before, state(&m), "a rejected write changed something");
+    assert!(std::fs::read_dir(v.join("deleted-keys"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert!(!v.join("keys/k9").exists());
+    // The reasons also reach the daemon log.
+    let log = std::fs::read_to_string(m.store.join("daemon.log")).unwrap();
+    assert!(
+        log.contains("unknown command 'bogus'"),
+        "daemon log lacks the reason"
+    );
+
+    // Read-only files refuse writes, write-only files refuse reads, and the tree
+    // refuses what it doesn't support.
+    for p in [
+        "keys/k1/key.json",
+        "audit.log",
+        "status.json",
+        "disk-encryption-sets/set1/identity",
+    ] {
+        let e = std::fs::write(v.join(p), "x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{p}");
+    }
+    for p in ["keys/create", "keys/k1/rotate", "disks/create"] {
+        let e = std::fs::read(v.join(p)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{p}");
+    }
+    let errno = |r: std::io::Result<()>| r.unwrap_err().raw_os_error();
+    assert_eq!(
+        errno(std::fs::create_dir(v.join("disk-encryption-sets/x"))),
+        Some(libc::EPERM)
+    );
+    assert_eq!(
+        errno(std::fs::create_dir(v.join("keys/bad_name"))),
+        Some(libc::EINVAL)
+    );
+    assert_eq!(
+        errno(std::fs::create_dir(v.join("keys/k1"))),
+        Some(libc::EEXIST)
+    );
+    assert_eq!(
+        errno(std::fs::remove_dir(v.join("keys/nosuch"))),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(
+        errno(std::fs::remove_dir(v.join("disk-encryption-sets/set1"))),
+        Some(libc::EBUSY)
+    );
+    assert_eq!(
+        errno(std::fs::remove_file(v.join("keys/create"))),
+        Some(libc::EPERM)
+    );
+    assert_eq!(before, state(&m));
+}
+
+#[test]
+fn moving_a_disk_to_cmk_needs_it_closed_and_rewraps_only() {
+    let (m, kid) = prepared();
+    let s = m.s().to_string();
+    m.create("p1", "2M");
+    let data = pattern(3, 2 << 20);
+    write_disk(&m.mnt, "p1", &data);
+    let backing = m.backing_dir("p1").join("data");
+    let cipher_before = std::fs::read(&backing).unwrap();
+    // Held open: EBUSY through the control file, a clear message through the CLI.
+    let held = std::fs::File::open(m.disk("p1")).unwrap();
+    let e = std::fs::write(
+        m.mnt.join(".vault/disks/p1/encryption"),
+        format!("{CMK} set1"),
+    )
+    .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EBUSY));
+    let msg = run_err(&[
+        "disk",
+        "update",
+        "p1",
+        "--encryption-type",
+        CMK,
+        "--disk-encryption-set",
+        "set1",
+        "--store",
+        &s,
+    ]);
+    assert!(msg.contains("is attached"), "{msg}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&run_ok(&["disk", "show", "p1", "--store", &s])).unwrap()
+            ["encryption"]["type"],
+        "EncryptionAtRestWithPlatformKey"
+    );
+    drop(held);
+    run_ok(&[
+        "disk",
+        "update",
+        "p1",
+        "--encryption-type",
+        CMK,
+        "--disk-encryption-set",
+        "set1",
+        "--store",
+        &s,
+    ]);
+    let show: Value =
+        serde_json::from_str(&run_ok(&["disk", "show", "p1", "--store", &s])).unwrap();
+    assert_eq!(show["encryption"]["type"], CMK);
+    assert_eq!(show["keyId"], kid.as_str());
+    // Not one byte of ciphertext changed: only the wrapping did.
+    assert!(
+        std::fs::read(&backing).unwrap() == cipher_before,
+        "data was re-encrypted"
+    );
+    assert_eq!(read_disk(&m.mnt, "p1").unwrap(), data);
+    // Adding double encryption would re-encrypt, so it is refused.
+    run_ok(&[
+        "des",
+        "create",
+        "dbl",
+        "--key-url",
+        &kid,
+        "--encryption-type",
+        DOUBLE,
+        "--store",
+        &s,
+    ]);
+    m.create("p2", "1M");
+    let msg = run_err(&[
+        "disk",
+        "update",
+        "p2",
+        "--disk-encryption-set",
+        "dbl",
+        "--store",
+        &s,
+    ]);
+    assert!(msg.contains("re-encrypt"), "{msg}");
+    let status: Value =
+        serde_json::from_slice(&std::fs::read(m.mnt.join(".vault/status.json")).unwrap()).unwrap();
+    let p1 = status["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "p1")
+        .unwrap();
+    assert_eq!(
+        p1["encryption"]["diskEncryptionSetId"],
+        "/diskvault/diskEncryptionSets/set1"
+    );
+}
+
+/// openssl unwraps each layer's DEK (customer key or platform key) and the Python
+/// decryptor, written from docs/format.md, decrypts the backing data with them.
+#[test]
+fn cmk_and_double_encryption_decrypt_independently() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    let pem = m.dir.path().join("customer.pem");
+    assert!(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:3072",
+            "-out"
+        ])
+        .arg(&pem)
+        .status()
+        .unwrap()
+        .success());
+    run_ok(&["vault", "set", "--purge-protection", "true", "--store", &s]);
+    run_ok(&[
+        "key",
+        "import",
+        "cust",
+        "--pem",
+        pem.to_str().unwrap(),
+        "--store",
+        &s,
+    ]);
+    for (set, ty) in [("one", CMK), ("two", DOUBLE)] {
+        run_ok(&[
+            "des",
+            "create",
+            set,
+            "--key-url",
+            "cust",
+            "--auto-rotate",
+            "--encryption-type",
+            ty,
+            "--store",
+            &s,
+        ]);
+        run_ok(&["key", "grant", "cust", "--des", set, "--store", &s]);
+    }
+    let data = pattern(99, 3 << 20);
+    for (disk, set, cipher) in [
+        ("x1", "one", "aes-256-xts"),
+        ("x2", "two", "aes-256-xts"),
+        ("x3", "two", "aes-256-ctr"),
+    ] {
+        run_ok(&[
+            "disk",
+            "create",
+            disk,
+            "--size",
+            "3M",
+            "--cipher",
+            cipher,
+            "--disk-encryption-set",
+            set,
+            "--store",
+            &s,
+        ]);
+        write_disk(&m.mnt, disk, &data);
+    }
+    for disk in ["x1", "x2", "x3"] {
+        let meta: Value =
+            serde_json::from_slice(&std::fs::read(m.backing_dir(disk).join("meta.json")).unwrap())
+                .unwrap();
+        let mut deks = Vec::new();
+        for layer in meta["layers"].as_array().unwrap() {
+            let key = if layer["kid"].as_str().unwrap().starts_with("platform/") {
+                m.store.join("keys/platform.pem")
+            } else {
+                pem.clone()
+            };
+            use base64::Engine;
+            let wrapped = base64::engine::general_purpose::STANDARD
+                .decode(layer["wrappedKey"].as_str().unwrap())
+                .unwrap();
+            let dek = openssl_oaep_unwrap(&key, &wrapped, m.dir.path());
+            deks.push(dek.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        }
+        assert_eq!(deks.len(), if disk == "x1" { 1 } else { 2 });
+        assert_ne!(
+            deks.first(),
+            deks.last().filter(|_| deks.len() == 2),
+            "layers share a DEK"
+        );
+        let out = m.dir.path().join(format!("{disk}.plain"));
+        let st = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/independent_decrypt.py"
+            ))
+            .arg(&m.store)
+            .arg(disk)
+            .arg(&out)
+            .args(&deks)
+            .status()
+            .unwrap();
+        assert!(st.success(), "independent decryption of {disk} failed");
+        assert!(
+            std::fs::read(&out).unwrap() == data,
+            "{disk} decrypted wrongly"
+        );
+    }
+    // The customer key is required: the platform key alone can't unwrap a CMK layer.
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(m.backing_dir("x1").join("meta.json")).unwrap())
+            .unwrap();
+    use base64::Engine;
+    let wrapped = base64::engine::general_purpose::STANDARD
+        .decode(meta["layers"][0]["wrappedKey"].as_str().unwrap())
+        .unwrap();
+    std::fs::write(m.dir.path().join("w.bin"), wrapped).unwrap();
+    let st = Command::new("openssl")
+        .args(["pkeyutl", "-decrypt", "-inkey"])
+        .arg(m.store.join("keys/platform.pem"))
+        .arg("-in")
+        .arg(m.dir.path().join("w.bin"))
+        .args([
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-pkeyopt",
+            "rsa_oaep_md:sha256",
+        ])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+}
+
+#[test]
+fn audit_log_edits_and_deletions_are_found() {
+    let (mut m, _) = prepared();
+    let s = m.s().to_string();
+    run_ok(&["key", "rotate", "k1", "--store", &s]);
+    std::fs::read(m.disk("c1")).unwrap();
+    let via_mount = std::fs::read_to_string(m.mnt.join(".vault/verify-audit")).unwrap();
+    assert!(via_mount.starts_with("OK: "), "{via_mount}");
+    m.umount();
+    let log = m.store.join("vault/audit.log");
+    let orig = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = orig.lines().collect();
+    assert!(lines.len() >= 8, "{} lines", lines.len());
+    let put = |ls: Vec<String>| std::fs::write(&log, ls.join("\n") + "\n").unwrap();
+    let owned = || lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+
+    let mut edited = owned();
+    edited[2] = edited[2].replace("\"resultType\":\"Success\"", "\"resultType\":\"Failure\"");
+    assert_ne!(edited[2], lines[2]);
+    put(edited);
+    let e = run_err(&["vault", "verify-audit", "--store", &s]);
+    assert!(e.contains("audit log line 3:"), "{e}");
+
+    let mut deleted = owned();
+    deleted.remove(4);
+    put(deleted);
+    let e = run_err(&["vault", "verify-audit", "--store", &s]);
+    assert!(e.contains("audit log line 5:"), "{e}");
+
+    put(owned()[..lines.len() - 1].to_vec());
+    let e = run_err(&["vault", "verify-audit", "--store", &s]);
+    assert!(
+        e.contains(&format!("audit log line {}:", lines.len())),
+        "{e}"
+    );
+
+    put(owned());
+    assert!(run_ok(&["vault", "verify-audit", "--store", &s]).starts_with("OK: "));
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn separate_vault_directory_and_private_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let vault = dir.path().join("keys-elsewhere");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run_ok(&[
+        "init",
+        store.to_str().unwrap(),
+        "--vault",
+        vault.to_str().unwrap(),
+        "--vault-name",
+        "far-vault",
+    ]);
+    assert!(!store.join("vault").exists());
+    let mut m = Mounted::attach(dir.path(), &store, &mnt);
+    let s = store.to_str().unwrap();
+    run_ok(&["vault", "set", "--purge-protection", "true", "--store", s]);
+    run_ok(&["key", "create", "k1", "--store", s]);
+    let show: Value = serde_json::from_str(&run_ok(&["vault", "show", "--store", s])).unwrap();
+    assert_eq!(
+        show["properties"]["vaultUri"],
+        "https://far-vault.vault.azure.net/"
+    );
+    run_ok(&[
+        "des",
+        "create",
+        "set1",
+        "--key-url",
+        "k1",
+        "--auto-rotate",
+        "--store",
+        s,
+    ]);
+    run_ok(&["key", "grant", "k1", "--des", "set1", "--store", s]);
+    run_ok(&[
+        "disk",
+        "create",
+        "c1",
+        "--size",
+        "1M",
+        "--disk-encryption-set",
+        "set1",
+        "--store",
+        s,
+    ]);
+    // Key and metadata files are 0600, directories 0700.
+    let mut pems = 0;
+    for f in walk(&vault) {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+        pems += f.extension().is_some_and(|e| e == "pem") as usize;
+    }
+    assert_eq!(pems, 1);
+    assert_eq!(mode(&vault), 0o700);
+    assert_eq!(mode(&vault.join("keys/k1")), 0o700);
+    for f in walk(&store.join("disk-encryption-sets")) {
+        assert_eq!(mode(&f), 0o600);
+    }
+    // Without the vault the customer-key disk can't be read, even with the store.
+    m.umount();
+    std::fs::rename(&vault, dir.path().join("hidden")).unwrap();
+    let e = run_err(&["mount", s, mnt.to_str().unwrap()]);
+    assert!(
+        e.contains("key vault") && e.contains("does not exist"),
+        "{e}"
+    );
+    std::fs::rename(dir.path().join("hidden"), &vault).unwrap();
+    m.mount();
+    std::fs::read(mnt.join("disks/c1")).unwrap();
+}
+
+/// Only the mounting user (or root) may enter .vault/, even with --allow-other.
+#[test]
+fn control_tree_is_private_to_the_mounting_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    run_ok(&[
+        "mount",
+        "--allow-other",
+        store.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    let _guard = Mounted::adopt(&store, &mnt);
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok = as_nobody(&["ls", mnt.to_str().unwrap()]);
+    assert!(
+        ok.status.success(),
+        "the mount itself is visible with --allow-other"
+    );
+    for p in [".vault", ".vault/status.json", ".vault/keys"] {
+        let out = as_nobody(&["cat", mnt.join(p).to_str().unwrap()]);
+        assert!(!out.status.success(), "nobody read {p}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{p}"
+        );
+    }
+    let out = as_nobody(&["mkdir", mnt.join(".vault/keys/sneaky").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(!mnt.join(".vault/keys/sneaky").exists());
+}

@@ -78,6 +78,16 @@ impl Mounted {
         m
     }
 
+    /// Takes over unmounting a store that the test mounted itself.
+    pub fn adopt(store: &Path, mnt: &Path) -> Self {
+        Mounted {
+            dir: tempfile::tempdir().expect("tempdir"),
+            store: store.to_path_buf(),
+            mnt: mnt.to_path_buf(),
+            mounted: true,
+        }
+    }
+
     pub fn mount(&mut self) {
         run_ok(&[
             "mount",
