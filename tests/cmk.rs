@@ -211,6 +211,35 @@ fn scenario(e: &Env, via: Via, mounted: bool) {
         libc::EACCES,
         "KeyVaultAccessForbidden: grant get, wrapKey and unwrapKey permissions on key cmk1 to disk encryption set 'set1'",
     );
+    // wrapKey alone is not enough to wrap: the set also needs get.
+    e.ok(
+        via,
+        &[
+            "key",
+            "grant",
+            "cmk1",
+            "--des",
+            "set1",
+            "--permissions",
+            "wrapKey,unwrapKey",
+        ],
+        Ctl::Write("keys/cmk1/grants", "grant set1 wrapKey,unwrapKey".into()),
+    );
+    e.fails(
+        via,
+        &[
+            "disk",
+            "create",
+            "c1",
+            "--size",
+            "1M",
+            "--disk-encryption-set",
+            "set1",
+        ],
+        Ctl::Write("disks/create", "c1 1M des=set1".into()),
+        libc::EACCES,
+        "KeyVaultAccessForbidden",
+    );
     e.ok(
         via,
         &["key", "grant", "cmk1", "--des", "set1"],
@@ -1262,6 +1291,37 @@ fn cmk_and_double_encryption_decrypt_independently() {
             "{disk} decrypted wrongly"
         );
     }
+    // A PKCS#1 key imports too, and the vault's public key is the one openssl derives.
+    let pkcs1 = m.dir.path().join("pkcs1.pem");
+    assert!(Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&pkcs1)
+        .arg("2048")
+        .status()
+        .unwrap()
+        .success());
+    assert!(std::fs::read_to_string(&pkcs1)
+        .unwrap()
+        .contains("BEGIN RSA PRIVATE KEY"));
+    run_ok(&[
+        "key",
+        "import",
+        "legacy",
+        "--pem",
+        pkcs1.to_str().unwrap(),
+        "--store",
+        &s,
+    ]);
+    let pubout = Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&pkcs1)
+        .output()
+        .unwrap();
+    assert!(pubout.status.success());
+    assert_eq!(
+        std::fs::read_to_string(m.mnt.join(".vault/keys/legacy/public.pem")).unwrap(),
+        String::from_utf8(pubout.stdout).unwrap()
+    );
     // The customer key is required: the platform key alone can't unwrap a CMK layer.
     let meta: Value =
         serde_json::from_slice(&std::fs::read(m.backing_dir("x1").join("meta.json")).unwrap())

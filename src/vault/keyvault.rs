@@ -1042,11 +1042,19 @@ impl KeyVault {
             None => e.current(),
         };
         let kid = key_url(&st.props.name, &e.rec.name, Some(&ver.version));
-        if caller.is_service
-            && !e.rec.grants.iter().any(|g| {
-                g.object_id == caller.object_id && g.permissions.iter().any(|p| p == permission)
-            })
-        {
+        // A set reads the key (get) before it wraps with it, as in Azure.
+        let needed: &[&str] = if wrapping {
+            &["get", permission]
+        } else {
+            &[permission]
+        };
+        let granted = |p: &&str| {
+            e.rec
+                .grants
+                .iter()
+                .any(|g| g.object_id == caller.object_id && g.permissions.iter().any(|x| x == p))
+        };
+        if caller.is_service && !needed.iter().all(granted) {
             return Err(VaultError::Forbidden {
                 key: e.rec.name.clone(),
                 caller: caller.name.clone(),
