@@ -47,6 +47,18 @@ pub fn create_dir(path: &Path, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Overwrites a file with zeros and fsyncs it, before it is removed. On copy-on-write
+/// or flash storage old blocks may survive; docs/threat-model.md says so.
+pub fn shred(path: &Path) {
+    use std::os::unix::fs::FileExt;
+    if let Ok(f) = OpenOptions::new().write(true).open(path) {
+        if let Ok(m) = f.metadata() {
+            let _ = f.write_all_at(&vec![0u8; m.len() as usize], 0);
+            let _ = f.sync_all();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,13 +56,33 @@ impl Access {
         }
     }
 
+    fn last_error(mp: &Path) -> String {
+        std::fs::read_to_string(mp.join(".vault/last-error")).unwrap_or_default()
+    }
+
+    /// Runs a mounted operation; on failure explains it with the daemon's own reason,
+    /// if the daemon recorded one for this operation.
+    fn mounted(
+        mp: &Path,
+        path: &str,
+        op: impl FnOnce() -> std::io::Result<()>,
+    ) -> Result<(), CliError> {
+        let before = Self::last_error(mp);
+        op().map_err(|e| {
+            if Self::last_error(mp) == before && e.kind() != std::io::ErrorKind::NotFound {
+                return CliError(format!("the mounted store refused .vault/{path}: {e}"));
+            }
+            Self::mounted_error(mp, path, e)
+        })
+    }
+
     /// Explains a failed control-file operation with the daemon's own reason.
     fn mounted_error(mp: &Path, path: &str, e: std::io::Error) -> CliError {
         if e.kind() == std::io::ErrorKind::NotFound {
             return missing(path);
         }
-        let reason = std::fs::read_to_string(mp.join(".vault/last-error")).unwrap_or_default();
-        // The line starts with a timestamp and the failed operation; the message follows.
+        let reason = Self::last_error(mp);
+        // "TIME [N] OPERATION: MESSAGE"
         match reason
             .trim()
             .split_once(' ')
@@ -120,12 +140,13 @@ impl Access {
                 let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
                 Ok(c.write(&refs, data, &Caller::current_user())?)
             }
-            Access::Mounted(mp) => std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(mp.join(".vault").join(path))
-                .and_then(|mut f| f.write_all(data))
-                .map_err(|e| Self::mounted_error(mp, path, e)),
+            Access::Mounted(mp) => Self::mounted(mp, path, || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(mp.join(".vault").join(path))
+                    .and_then(|mut f| f.write_all(data))
+            }),
         }
     }
 
@@ -136,8 +157,9 @@ impl Access {
                 let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
                 Ok(c.rmdir(&refs, &Caller::current_user())?)
             }
-            Access::Mounted(mp) => std::fs::remove_dir(mp.join(".vault").join(path))
-                .map_err(|e| Self::mounted_error(mp, path, e)),
+            Access::Mounted(mp) => Self::mounted(mp, path, || {
+                std::fs::remove_dir(mp.join(".vault").join(path))
+            }),
         }
     }
 }

@@ -100,7 +100,7 @@ fn lookup(table: &[(&str, Kind)], name: &str) -> Option<Kind> {
 pub struct Control {
     store: Arc<Store>,
     daemon: Option<DaemonInfo>,
-    last_error: Mutex<String>,
+    last_error: Mutex<(String, u64)>,
 }
 
 fn pretty(v: &Value) -> Vec<u8> {
@@ -272,7 +272,7 @@ impl Control {
         Control {
             store,
             daemon,
-            last_error: Mutex::new(String::new()),
+            last_error: Mutex::new((String::new(), 0)),
         }
     }
 
@@ -284,7 +284,10 @@ impl Control {
     pub fn record_failure(&self, what: &str, e: &StoreError) {
         let msg = format!("{what}: {e}");
         log::warn!("{msg}");
-        *self.last_error.lock() = format!("{} {msg}\n", crate::store::now_rfc3339());
+        let mut last = self.last_error.lock();
+        // The counter tells two identical failures in the same second apart.
+        last.1 += 1;
+        last.0 = format!("{} [{}] {msg}\n", crate::store::now_rfc3339(), last.1);
     }
 
     fn key_exists(&self, name: &str) -> bool {
@@ -429,7 +432,7 @@ impl Control {
                 Some(d) => pretty(&serde_json::to_value(d).expect("serializes")),
                 None => return Err(not_found(path)),
             },
-            ["last-error"] => self.last_error.lock().clone().into_bytes(),
+            ["last-error"] => self.last_error.lock().0.clone().into_bytes(),
             ["audit.log"] => vault.audit_text(),
             ["verify-audit"] => match vault.verify_audit() {
                 Ok(n) => line(format!("OK: {n} audit records, hash chain intact")),

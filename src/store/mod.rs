@@ -533,7 +533,7 @@ impl Store {
         disk.mark_deleted();
         disk.set_dir(doomed.clone());
         self.disks.write().remove(name);
-        shred(&doomed.join(disk::META_FILE));
+        durable::shred(&doomed.join(disk::META_FILE));
         fs::remove_dir_all(&doomed).map_err(io)?;
         log::info!("deleted disk '{name}' (wrapped key destroyed)");
         Ok(())
@@ -636,17 +636,5 @@ impl Store {
             }
         }
         self.disks.write().clear();
-    }
-}
-
-/// Overwrites a file with zeros and fsyncs it before it is removed. On copy-on-write
-/// or flash storage old blocks may survive; docs/threat-model.md says so.
-fn shred(path: &Path) {
-    if let Ok(f) = fs::OpenOptions::new().write(true).open(path) {
-        if let Ok(m) = f.metadata() {
-            use std::os::unix::fs::FileExt;
-            let _ = f.write_all_at(&vec![0u8; m.len() as usize], 0);
-            let _ = f.sync_all();
-        }
     }
 }

@@ -947,7 +947,7 @@ impl KeyVault {
                 durable::sync_dir(&self.dir.join(DELETED_DIR))?;
                 st.deleted.remove(&l);
                 for f in fs::read_dir(&doomed)?.filter_map(|e| e.ok()) {
-                    shred(&f.path());
+                    durable::shred(&f.path());
                 }
                 fs::remove_dir_all(&doomed)?;
                 Ok(())
@@ -1256,17 +1256,6 @@ fn parse_import(pem: &str) -> Result<RsaKey, VaultError> {
         }
         _ => bad("not an RSA private key in PKCS#1 or PKCS#8 PEM"),
     })
-}
-
-/// Overwrites a file with zeros and syncs it before removal.
-fn shred(path: &Path) {
-    use std::os::unix::fs::FileExt;
-    if let Ok(f) = fs::OpenOptions::new().write(true).open(path) {
-        if let Ok(m) = f.metadata() {
-            let _ = f.write_all_at(&vec![0u8; m.len() as usize], 0);
-            let _ = f.sync_all();
-        }
-    }
 }
 
 #[cfg(test)]
