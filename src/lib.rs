@@ -6,6 +6,8 @@
 pub mod cli;
 pub mod crypto;
 pub mod durable;
+#[doc(hidden)]
+pub mod fault;
 pub mod fs;
 pub mod lock;
 pub mod store;

@@ -32,12 +32,24 @@ pub struct MountArgs {
     /// The key vault directory, if the store keeps it elsewhere (see 'init --vault').
     #[arg(long, env = "DISKVAULT_VAULT")]
     vault: Option<PathBuf>,
+    /// Delay from a key becoming unusable (disabled, deleted, grant removed) to its
+    /// disks failing, e.g. 0s (default), 30s, 1h (Azure takes up to an hour).
+    #[arg(long, default_value = "0s", value_parser = parse_delay)]
+    revocation_delay: std::time::Duration,
+    /// Delay from a new key version to the re-wrap of sets with auto-rotation.
+    #[arg(long, default_value = "0s", value_parser = parse_delay)]
+    auto_rotate_delay: std::time::Duration,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
     /// Internal: fd on which a background daemon reports readiness.
     #[arg(long, hide = true)]
     ready_fd: Option<i32>,
+}
+
+fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration like 0s, 30s or 1h: {e}"))
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -117,7 +129,11 @@ pub fn mount(args: MountArgs) -> Result<(), CliError> {
         .arg("--ready-fd")
         .arg(wr_raw.to_string())
         .arg("--threads")
-        .arg(args.threads.to_string());
+        .arg(args.threads.to_string())
+        .arg("--revocation-delay")
+        .arg(format!("{}ms", args.revocation_delay.as_millis()))
+        .arg("--auto-rotate-delay")
+        .arg(format!("{}ms", args.auto_rotate_delay.as_millis()));
     if let Some(v) = &args.vault {
         cmd.arg("--vault").arg(absolute(v));
     }
@@ -201,6 +217,10 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
         }
         init_logging(ready.as_ref().map(|_| store_path.join(LOG_FILE)).as_deref());
         let store = Arc::new(Store::open(store_path, args.vault.as_deref())?);
+        store.set_delays(crate::store::Delays {
+            revocation: args.revocation_delay,
+            auto_rotation: args.auto_rotate_delay,
+        });
         let info = DaemonInfo {
             pid: std::process::id(),
             store: store_path.display().to_string(),
@@ -228,6 +248,7 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
             log::info!("signal {sig}: unmounting");
             let _ = unmounter.unmount();
         });
+        store.spawn_reconciler();
         log::info!("serving {} on {}", store_path.display(), mp.display());
         Ok::<_, CliError>((session, store))
     })();

@@ -52,6 +52,25 @@ pub enum KeyCmd {
         name: String,
         #[arg(long)]
         size: Option<usize>,
+        /// Not valid before (for the new version): a time, a date or +1d.
+        #[arg(long)]
+        nbf: Option<String>,
+        /// Expiry of the new version.
+        #[arg(long)]
+        exp: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Show or set a key's rotation policy (Key Vault's lifetimeActions), e.g.
+    /// --set '{"lifetimeActions":[{"trigger":{"timeAfterCreate":"P90D"},"action":{"type":"Rotate"}}]}'.
+    RotationPolicy {
+        name: String,
+        /// The policy as JSON, or @FILE.
+        #[arg(long, conflicts_with = "clear")]
+        set: Option<String>,
+        /// Remove the policy.
+        #[arg(long)]
+        clear: bool,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -244,14 +263,51 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             };
             print_json(&a.read_json(&path)?);
         }
-        KeyCmd::Rotate { name, size, store } => {
+        KeyCmd::Rotate {
+            name,
+            size,
+            nbf,
+            exp,
+            store,
+        } => {
             let a = Access::open(&store)?;
-            let line = match size {
-                Some(s) => format!("size={s}"),
-                None => "1".into(),
+            let mut line = String::new();
+            if let Some(s) = size {
+                line += &format!("size={s} ");
+            }
+            if let Some(t) = &nbf {
+                line += &format!("nbf={} ", word(t)?);
+            }
+            if let Some(t) = &exp {
+                line += &format!("exp={} ", word(t)?);
+            }
+            let line = if line.is_empty() {
+                "1".to_string()
+            } else {
+                line.trim().to_string()
             };
             a.write(&format!("keys/{name}/rotate"), line.as_bytes())?;
             print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
+        }
+        KeyCmd::RotationPolicy {
+            name,
+            set,
+            clear,
+            store,
+        } => {
+            let a = Access::open(&store)?;
+            let path = format!("keys/{name}/rotation-policy");
+            if let Some(p) = set {
+                let text = match p.strip_prefix('@') {
+                    Some(f) => std::fs::read_to_string(f)
+                        .map_err(|e| CliError(format!("cannot read {f}: {e}")))?,
+                    None => p,
+                };
+                a.write(&path, text.as_bytes())?;
+            } else if clear {
+                a.write(&path, b"none")?;
+            }
+            print_json(&a.read_json(&path)?);
         }
         KeyCmd::Set {
             name,

@@ -62,7 +62,11 @@ const KEY_FILES: &[(&str, Kind)] = &[
     ("update", Kind::W),
 ];
 /// Files only at key level.
-const KEY_ONLY_FILES: &[(&str, Kind)] = &[("rotate", Kind::W), ("grants", Kind::RW)];
+const KEY_ONLY_FILES: &[(&str, Kind)] = &[
+    ("rotate", Kind::W),
+    ("grants", Kind::RW),
+    ("rotation-policy", Kind::RW),
+];
 const SET_FILES: &[(&str, Kind)] = &[
     ("status.json", Kind::R),
     ("key-url", Kind::RW),
@@ -511,12 +515,44 @@ impl Control {
             "exp" => time(attrs.exp),
             "key-ops" => line(ops.join(" ")),
             "grants" => pretty(&json!(rec.grants)),
+            "rotation-policy" => pretty(&json!(rec.rotation_policy)),
             _ => return Err(not_found(&["keys", k, file])),
         })
     }
 
+    /// After a change: the daemon's reconciler acts on it at once (revocation,
+    /// auto-rotation); without a daemon it runs here.
+    fn after_change(&self) {
+        if self.daemon.is_some() {
+            self.store.nudge();
+        } else {
+            self.store.reconcile();
+        }
+    }
+
     /// Carries out one write to a control file.
     pub fn write(&self, path: &[&str], data: &[u8], caller: &Caller) -> Result<(), StoreError> {
+        self.write_inner(path, data, caller)?;
+        self.after_change();
+        Ok(())
+    }
+
+    /// mkdir: `keys/NAME` creates an RSA-2048 key.
+    pub fn mkdir(&self, path: &[&str], caller: &Caller) -> Result<(), StoreError> {
+        self.mkdir_inner(path, caller)?;
+        self.after_change();
+        Ok(())
+    }
+
+    /// rmdir: `keys/NAME` soft-deletes a key, `deleted-keys/NAME` purges it,
+    /// `disk-encryption-sets/NAME` deletes the set.
+    pub fn rmdir(&self, path: &[&str], caller: &Caller) -> Result<(), StoreError> {
+        self.rmdir_inner(path, caller)?;
+        self.after_change();
+        Ok(())
+    }
+
+    fn write_inner(&self, path: &[&str], data: &[u8], caller: &Caller) -> Result<(), StoreError> {
         let vault = self.store.vault();
         match path {
             ["purge-protection"] => {
@@ -699,6 +735,20 @@ impl Control {
                 Ok(())
             }
             "grants" if v.is_none() => self.write_grants(k, data, caller),
+            "rotation-policy" if v.is_none() => {
+                let t = args::text(data)?;
+                let policy = if t.is_empty() || t == "none" || t == "null" {
+                    None
+                } else {
+                    Some(serde_json::from_str::<crate::vault::RotationPolicy>(t).map_err(|e| {
+                        invalid(format!(
+                            "malformed rotation policy: {e}; expected {{\"lifetimeActions\":[{{\"trigger\":{{\"timeAfterCreate\":\"P90D\"}},\"action\":{{\"type\":\"Rotate\"}}}}],\"attributes\":{{\"expiryTime\":\"P1Y\"}}}}, or none"
+                        ))
+                    })?)
+                };
+                vault.set_rotation_policy(caller, k, policy)?;
+                Ok(())
+            }
             _ => Err(read_only(&["keys", k, file])),
         }
     }
@@ -744,8 +794,7 @@ impl Control {
         Ok(())
     }
 
-    /// mkdir: `keys/NAME` creates an RSA-2048 key.
-    pub fn mkdir(&self, path: &[&str], caller: &Caller) -> Result<(), StoreError> {
+    fn mkdir_inner(&self, path: &[&str], caller: &Caller) -> Result<(), StoreError> {
         match path {
             ["keys", k] => {
                 check_reserved(k)?;
@@ -759,9 +808,7 @@ impl Control {
         }
     }
 
-    /// rmdir: `keys/NAME` soft-deletes a key, `deleted-keys/NAME` purges it,
-    /// `disk-encryption-sets/NAME` deletes the set.
-    pub fn rmdir(&self, path: &[&str], caller: &Caller) -> Result<(), StoreError> {
+    fn rmdir_inner(&self, path: &[&str], caller: &Caller) -> Result<(), StoreError> {
         match path {
             ["keys", k] => {
                 self.store.vault().delete_key(caller, k)?;

@@ -146,13 +146,6 @@ impl DiskVaultFs {
         self.notifier.clone()
     }
 
-    /// Drops the kernel's cached pages and attributes of a disk.
-    pub fn invalidate(&self, disk: &Disk) {
-        if let Some(n) = self.notifier.get() {
-            let _ = n.inval_inode(INodeNo(disk_ino(disk)), 0, 0);
-        }
-    }
-
     /// Records and logs a failure; returns its errno.
     fn fail(&self, what: &str, e: StoreError) -> Errno {
         self.control.record_failure(what, &e);
@@ -625,10 +618,14 @@ impl Filesystem for DiskVaultFs {
         reply: ReplyData,
     ) {
         match self.handle(fh).as_deref() {
-            Some(Handle::Disk(d)) => match d.read(offset, size as usize) {
-                Ok(buf) => reply.data(&buf),
-                Err(e) => reply.error(self.fail(&format!("read '{}'", d.name()), e)),
-            },
+            Some(Handle::Disk(d)) => {
+                // Counted until replied, so revocation can drop cached pages after it.
+                let _inflight = d.inflight();
+                match d.read(offset, size as usize) {
+                    Ok(buf) => reply.data(&buf),
+                    Err(e) => reply.error(self.fail(&format!("read '{}'", d.name()), e)),
+                }
+            }
             Some(Handle::Control { content, .. }) => {
                 let start = (offset as usize).min(content.len());
                 let end = (start + size as usize).min(content.len());
@@ -651,10 +648,13 @@ impl Filesystem for DiskVaultFs {
         reply: ReplyWrite,
     ) {
         match self.handle(fh).as_deref() {
-            Some(Handle::Disk(d)) => match d.write(offset, data) {
-                Ok(n) => reply.written(n as u32),
-                Err(e) => reply.error(self.fail(&format!("write '{}'", d.name()), e)),
-            },
+            Some(Handle::Disk(d)) => {
+                let _inflight = d.inflight();
+                match d.write(offset, data) {
+                    Ok(n) => reply.written(n as u32),
+                    Err(e) => reply.error(self.fail(&format!("write '{}'", d.name()), e)),
+                }
+            }
             // Each write(2) to a control file is one complete command, as in sysfs.
             Some(Handle::Control { path, .. }) => {
                 match self
@@ -863,5 +863,18 @@ pub fn mount(
     config.clone_fd = true;
     let session = fuser::Session::new(fs, mountpoint, &config)?;
     let _ = slot.set(session.notifier());
+    store.set_invalidator(Box::new(move |d: &Disk| {
+        // Requests that passed the key check before the revocation are answered first,
+        // so no late reply can put plaintext back into the page cache.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while d.inflight_count() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if let Some(n) = slot.get() {
+            if let Err(e) = n.inval_inode(INodeNo(disk_ino(d)), 0, 0) {
+                log::warn!("cannot drop cached pages of '{}': {e}", d.name());
+            }
+        }
+    }));
     Ok(session)
 }

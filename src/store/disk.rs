@@ -42,6 +42,23 @@ fn is_zero(buf: &[u8]) -> bool {
     pre.iter().all(|&b| b == 0) && mid.iter().all(|&w| w == 0) && post.iter().all(|&b| b == 0)
 }
 
+/// A revoked disk: why, and whether handles already open keep working (Ultra and
+/// Premium SSD v2, as in Azure) or fail at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    pub reason: String,
+    pub keep_open: bool,
+}
+
+/// Counts one FUSE request on a disk from its start until it has been answered.
+pub struct InflightGuard<'a>(&'a AtomicU64);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Whence for `Disk::seek`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeekKind {
@@ -84,6 +101,11 @@ pub struct Disk {
     deleted: AtomicBool,
     mtime: Mutex<SystemTime>,
     unlocked: RwLock<Option<Arc<Unlocked>>>,
+    /// Set while the disk's customer key is revoked (see Store::reconcile).
+    revoked: RwLock<Option<Revocation>>,
+    /// FUSE requests on this disk between their start and their reply; revocation
+    /// waits for them before it drops cached pages.
+    inflight: AtomicU64,
     open_count: Mutex<u32>,
     /// Shared by reads and writes, exclusive for size changes.
     resize: RwLock<()>,
@@ -120,6 +142,8 @@ impl Disk {
             deleted: AtomicBool::new(false),
             mtime: Mutex::new(mtime),
             unlocked: RwLock::new(None),
+            revoked: RwLock::new(None),
+            inflight: AtomicU64::new(0),
             open_count: Mutex::new(0),
             resize: RwLock::new(()),
             extend: Mutex::new(()),
@@ -207,6 +231,9 @@ impl Disk {
 
     /// The unlocked state, unwrapping temporarily if no handle has the disk open.
     fn unlocked(&self) -> Result<Arc<Unlocked>> {
+        if let Some(r) = self.revoked.read().as_ref().filter(|r| !r.keep_open) {
+            return Err(self.unavailable(r.reason.clone()));
+        }
         if let Some(u) = self.unlocked.read().as_ref() {
             return Ok(u.clone());
         }
@@ -224,9 +251,51 @@ impl Disk {
         r
     }
 
+    /// Marks the start of a FUSE request on this disk; the guard marks its reply.
+    pub fn inflight(&self) -> InflightGuard<'_> {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(&self.inflight)
+    }
+
+    /// Requests between their start and their reply.
+    pub fn inflight_count(&self) -> u64 {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    pub fn revocation(&self) -> Option<Revocation> {
+        self.revoked.read().clone()
+    }
+
+    /// Revokes the disk. Unless `keep_open`, the keys are dropped (and zeroized) once
+    /// requests already past the check have finished, and every later request fails.
+    pub(super) fn revoke(&self, r: Revocation) {
+        let _n = self.open_count.lock();
+        let keep = r.keep_open;
+        *self.revoked.write() = Some(r);
+        if !keep {
+            // Reads and writes hold `resize` shared for their whole run.
+            let _quiesce = self.resize.write();
+            *self.unlocked.write() = None;
+        }
+    }
+
+    /// Lifts a revocation: open handles get their keys back (an audited unwrap).
+    pub(super) fn restore(&self) -> Result<()> {
+        let n = self.open_count.lock();
+        if *n > 0 && self.unlocked.read().is_none() {
+            let u = self.unlock()?;
+            *self.unlocked.write() = Some(Arc::new(u));
+        }
+        *self.revoked.write() = None;
+        Ok(())
+    }
+
     /// Registers an open handle; the first one unwraps the DEK.
     pub fn open(&self) -> Result<()> {
         let mut n = self.open_count.lock();
+        if let Some(r) = self.revoked.read().as_ref() {
+            return Err(self.unavailable(r.reason.clone()));
+        }
         if *n == 0 {
             let u = self.unlock()?;
             *self.unlocked.write() = Some(Arc::new(u));

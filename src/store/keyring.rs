@@ -33,6 +33,28 @@ impl Keyring {
             .ok_or_else(|| StoreError::DesNotFound(n.to_string()))
     }
 
+    /// Why key `name` (or one version of it) must stay usable: a set is still moving its
+    /// disks off or onto it.
+    pub fn rotation_needs(&self, name: &str, version: Option<&str>) -> Option<String> {
+        let sets = self.sets.read();
+        for d in sets.values().filter(|d| d.provisioning_state == "Updating") {
+            for kid in d.previous_keys.iter().chain(std::iter::once(&d.active_key)) {
+                let Ok(r) = KeyRef::parse(kid) else { continue };
+                let same_version = match version {
+                    None => true,
+                    Some(v) => r.version.as_deref() == Some(&v.to_ascii_lowercase()),
+                };
+                if r.name.eq_ignore_ascii_case(name) && same_version {
+                    return Some(format!(
+                        "key {kid} is still needed by disk encryption set '{}', which is re-wrapping its disks (provisioningState Updating); let it finish ('diskvault des update {}' retries it), then disable or delete the key",
+                        d.name, d.name
+                    ));
+                }
+            }
+        }
+        None
+    }
+
     pub fn wrap_platform(&self, dek: &Secret) -> Result<WrappedKey> {
         Ok(self.platform.wrap(dek)?)
     }

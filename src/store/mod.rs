@@ -17,14 +17,16 @@ pub mod des;
 mod disk;
 mod error;
 pub mod keyring;
+mod reconcile;
 mod sets;
 
 pub mod meta;
 pub mod spec;
 
 pub use crate::lock::StoreLock;
-pub use disk::{Disk, SeekKind};
+pub use disk::{Disk, Revocation, SeekKind};
 pub use error::{Result, StoreError};
+pub use reconcile::{Delays, Invalidator};
 pub use spec::{parse_size, validate_name, Sku, MAX_DISK_SIZE};
 
 use crate::crypto::wrap::hex;
@@ -110,6 +112,12 @@ pub struct Store {
     /// Serializes namespace changes (create, rename, delete).
     ns: Mutex<()>,
     next_serial: AtomicU64,
+    reconcile: reconcile::ReconcileState,
+}
+
+/// The resource id of a disk, as `az disk show` prints it.
+pub fn disk_resource_id(name: &str) -> String {
+    format!("/diskvault/disks/{name}")
 }
 
 impl Store {
@@ -261,6 +269,10 @@ impl Store {
             vault,
             sets: RwLock::new(load_sets(&des_dir)?),
         });
+        let weak = Arc::downgrade(&keys);
+        keys.vault.set_guard(Box::new(move |name, version| {
+            weak.upgrade()?.rotation_needs(name, version)
+        }));
         let store = Store {
             root: root.to_path_buf(),
             _lock: lock,
@@ -268,6 +280,7 @@ impl Store {
             disks: RwLock::new(BTreeMap::new()),
             ns: Mutex::new(()),
             next_serial: AtomicU64::new(1),
+            reconcile: Default::default(),
         };
         store.scan()?;
         store.resume_key_changes();
@@ -586,13 +599,14 @@ impl Store {
             .map(|l| (l.cipher.clone(), l.kid.clone()))
             .unwrap_or_default();
         let key_ids: Vec<&str> = m.layers.iter().map(|l| l.kid.as_str()).collect();
-        let state = match disk.corrupt_reason() {
-            Some(r) => format!("Unavailable: {r}"),
-            None => "Available".to_string(),
+        let state = match (disk.corrupt_reason(), disk.revocation()) {
+            (Some(r), _) => format!("Unavailable: {r}"),
+            (None, Some(r)) => r.reason,
+            (None, None) => "Available".to_string(),
         };
         json!({
             "name": m.name,
-            "id": format!("/diskvault/disks/{}", m.name),
+            "id": disk_resource_id(&m.name),
             "type": "Microsoft.Compute/disks",
             "location": "local",
             "uniqueId": m.id,
@@ -618,6 +632,7 @@ impl Store {
             "store": self.root.display().to_string(),
             "formatVersion": STORE_VERSION,
             "platformKeyId": crate::vault::KeyProvider::current_kid(&self.keys.platform),
+            "reconcilerPasses": self.reconcile_passes(),
             "keyVault": self.keys.vault.show(),
             "diskEncryptionSets": self
                 .des_list()
@@ -630,6 +645,7 @@ impl Store {
 
     /// Persists sizes and drops every key (clean shutdown).
     pub fn shutdown(&self) {
+        self.stop_reconciler();
         for d in self.list() {
             if let Err(e) = d.persist_size() {
                 log::error!("{e}");

@@ -36,7 +36,7 @@ impl Store {
             .join(format!("{}.json", name.to_ascii_lowercase()))
     }
 
-    fn save_des(&self, rec: &DesRecord) -> Result<()> {
+    pub(super) fn save_des(&self, rec: &DesRecord) -> Result<()> {
         let path = self.des_path(&rec.name);
         let mut b = serde_json::to_vec_pretty(rec).expect("JSON serializes");
         b.push(b'\n');
@@ -120,13 +120,25 @@ impl Store {
     }
 
     /// `az disk-encryption-set update`: a new key (re-wraps every disk of the set)
-    /// and/or the auto-rotation flag. The encryption type never changes.
+    /// and/or the auto-rotation flag. The encryption type never changes. A user's update
+    /// also clears `autoKeyRotationError`, which resumes auto-rotation.
     pub fn des_update(
         &self,
         name: &str,
         key_url: Option<&str>,
         auto_rotate: Option<bool>,
         encryption_type: Option<&str>,
+    ) -> Result<Value> {
+        self.des_update_inner(name, key_url, auto_rotate, encryption_type, true)
+    }
+
+    pub(super) fn des_update_inner(
+        &self,
+        name: &str,
+        key_url: Option<&str>,
+        auto_rotate: Option<bool>,
+        encryption_type: Option<&str>,
+        by_user: bool,
     ) -> Result<Value> {
         let _ns = self.ns.lock();
         let mut rec = self.keys.des(name)?;
@@ -141,18 +153,32 @@ impl Store {
         let auto = auto_rotate.unwrap_or(rec.rotation_to_latest_key_version_enabled);
         let new_key = key_url.map(|u| self.resolve_des_key(u, auto)).transpose()?;
         rec.rotation_to_latest_key_version_enabled = auto;
-        if let Some(k) = new_key.filter(|k| *k != rec.active_key) {
-            // The new key must be usable before any disk moves to it.
-            self.keys
-                .vault
-                .can_wrap(&rec.caller(), &KeyRef::parse(&k)?)?;
-            rec.previous_keys = vec![rec.active_key.clone()];
-            rec.active_key = k;
-            rec.provisioning_state = "Updating".into();
-            self.save_des(&rec)?;
-            self.finish_key_change(&mut rec)?;
-        } else {
-            self.save_des(&rec)?;
+        if by_user {
+            rec.auto_key_rotation_error = None;
+        }
+        match new_key {
+            Some(k) if k != rec.active_key => {
+                // The new key must be usable before any disk moves to it.
+                self.keys
+                    .vault
+                    .can_wrap(&rec.caller(), &KeyRef::parse(&k)?)?;
+                // Keys of an unfinished earlier change stay listed until no disk uses them.
+                let mut prev = std::mem::take(&mut rec.previous_keys);
+                prev.push(rec.active_key.clone());
+                prev.retain(|p| *p != k);
+                prev.dedup();
+                rec.previous_keys = prev;
+                rec.active_key = k;
+                rec.provisioning_state = "Updating".into();
+                self.save_des(&rec)?;
+                crate::fault::point("rotate.begin");
+                self.finish_key_change(&mut rec)?;
+            }
+            _ if rec.provisioning_state == "Updating" => {
+                self.save_des(&rec)?;
+                self.finish_key_change(&mut rec)?;
+            }
+            _ => self.save_des(&rec)?,
         }
         Ok(rec.to_json(&self.keys.vault.name()))
     }
@@ -160,7 +186,7 @@ impl Store {
     /// Re-wraps each disk of the set still on a previous key, then marks the set done.
     /// Each disk's change is one atomic metadata write, so a crash leaves every disk
     /// wrapped by the old key or the new one; the next open resumes.
-    fn finish_key_change(&self, rec: &mut DesRecord) -> Result<()> {
+    pub(super) fn finish_key_change(&self, rec: &mut DesRecord) -> Result<()> {
         let id = rec.id().to_ascii_lowercase();
         for d in self.list() {
             let m = d.meta();
@@ -179,6 +205,7 @@ impl Store {
             let enc = m.encryption.clone();
             let active = rec.active_key.clone();
             let r = self.rewrap_layer(&d, 0, enc, |dek| self.keys.wrap_with(rec, &active, dek));
+            crate::fault::point("rotate.disk");
             if let Err(e) = r {
                 return Err(StoreError::NotPermitted(format!(
                     "disk encryption set '{}' is still moving to key {}: disk '{}' could not be re-wrapped ({e}); fix the cause and run 'diskvault des update {} --key-url {}' again",
@@ -186,6 +213,7 @@ impl Store {
                 )));
             }
         }
+        crate::fault::point("rotate.end");
         rec.previous_keys.clear();
         rec.provisioning_state = "Succeeded".into();
         rec.last_key_rotation_timestamp = Some(now_rfc3339());

@@ -49,6 +49,15 @@ impl Caller {
         Caller::user(unsafe { libc::getuid() })
     }
 
+    /// The vault's own rotation-policy engine.
+    pub fn policy() -> Caller {
+        Caller {
+            object_id: "key-rotation-policy".into(),
+            name: "Key Vault rotation policy".into(),
+            is_service: false,
+        }
+    }
+
     /// A disk encryption set's system-assigned identity.
     pub fn des(name: &str, principal_id: &str) -> Caller {
         Caller {
@@ -158,7 +167,8 @@ impl AuditLog {
         Ok(log)
     }
 
-    /// Appends one event and makes it durable before returning.
+    /// Appends one event and makes it durable before returning. `failure` is the
+    /// resultSignature and reason; a signature of "OK" records a success with a note.
     pub fn append(
         &mut self,
         operation: &str,
@@ -168,6 +178,7 @@ impl AuditLog {
     ) -> io::Result<()> {
         let (result_type, signature, description) = match failure {
             None => ("Success", "OK", ""),
+            Some(("OK", why)) => ("Success", "OK", why),
             Some((sig, why)) => ("Failure", sig, why),
         };
         let seq = self.seq + 1;

@@ -92,6 +92,140 @@ pub struct VersionRecord {
     pub key_ops: Vec<String>,
     pub key_size: usize,
     pub imported: bool,
+    /// A near-expiry notification was logged for this version.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub near_expiry_notified: bool,
+}
+
+/// Key Vault's key rotation policy: `lifetimeActions` and the expiry of new versions.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RotationPolicy {
+    pub lifetime_actions: Vec<LifetimeAction>,
+    #[serde(default)]
+    pub attributes: PolicyAttributes,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyAttributes {
+    /// ISO 8601 duration: new versions expire this long after they are created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry_time: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LifetimeAction {
+    pub trigger: Trigger,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Trigger {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_after_create: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_before_expiry: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// Parses an ISO 8601 duration (`P90D`, `PT10S`, `P1Y2M`; a year is 365 days and a
+/// month 30, as Key Vault counts them) or a plain one (`90d`, `10s`).
+pub fn parse_duration(s: &str) -> Result<i64, VaultError> {
+    let bad = || {
+        VaultError::InvalidArgument(format!(
+            "invalid duration '{s}'; use ISO 8601 like P90D or PT30S"
+        ))
+    };
+    let t = s.trim();
+    let Some(rest) = t.strip_prefix('P').or_else(|| t.strip_prefix('p')) else {
+        return humantime::parse_duration(t)
+            .map(|d| d.as_secs() as i64)
+            .map_err(|_| bad());
+    };
+    let (date, time) = match rest.split_once(['T', 't']) {
+        Some((d, t)) => (d, Some(t)),
+        None => (rest, None),
+    };
+    let mut total: i64 = 0;
+    let mut seen = false;
+    let mut add = |part: &str, units: &[(char, i64)]| -> Result<(), VaultError> {
+        let mut num = String::new();
+        for c in part.chars() {
+            if c.is_ascii_digit() {
+                num.push(c);
+                continue;
+            }
+            let mult = units
+                .iter()
+                .find(|(u, _)| u.eq_ignore_ascii_case(&c))
+                .ok_or_else(bad)?
+                .1;
+            let n: i64 = num.parse().map_err(|_| bad())?;
+            total = total
+                .checked_add(n.checked_mul(mult).ok_or_else(bad)?)
+                .ok_or_else(bad)?;
+            num.clear();
+            seen = true;
+        }
+        if num.is_empty() {
+            Ok(())
+        } else {
+            Err(bad())
+        }
+    };
+    add(
+        date,
+        &[
+            ('Y', 365 * DAY),
+            ('M', 30 * DAY),
+            ('W', 7 * DAY),
+            ('D', DAY),
+        ],
+    )?;
+    if let Some(time) = time {
+        add(time, &[('H', 3600), ('M', 60), ('S', 1)])?;
+    }
+    if !seen {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+impl RotationPolicy {
+    pub fn validate(&self) -> Result<(), VaultError> {
+        let bad = |m: &str| Err(VaultError::InvalidArgument(m.to_string()));
+        for a in &self.lifetime_actions {
+            match (&a.trigger.time_after_create, &a.trigger.time_before_expiry) {
+                (Some(d), None) | (None, Some(d)) => {
+                    parse_duration(d)?;
+                }
+                _ => return bad("each lifetime action needs exactly one trigger: timeAfterCreate or timeBeforeExpiry"),
+            }
+            match a.action.kind.as_str() {
+                "Rotate" => {}
+                "Notify" if a.trigger.time_before_expiry.is_some() => {}
+                "Notify" => return bad("a Notify action needs a timeBeforeExpiry trigger"),
+                other => {
+                    return Err(VaultError::InvalidArgument(format!(
+                        "unknown action type '{other}'; use Rotate or Notify"
+                    )))
+                }
+            }
+        }
+        if let Some(e) = &self.attributes.expiry_time {
+            parse_duration(e)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -111,6 +245,8 @@ pub struct KeyRecord {
     /// Oldest first; the last one is the current version.
     pub versions: Vec<VersionRecord>,
     pub grants: Vec<Grant>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_policy: Option<RotationPolicy>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -164,7 +300,11 @@ struct State {
     audit: AuditLog,
 }
 
+/// Says why a key (version `None`: any version) must stay usable, if it must.
+pub type Guard = Box<dyn Fn(&str, Option<&str>) -> Option<String> + Send + Sync>;
+
 pub struct KeyVault {
+    guard: std::sync::OnceLock<Guard>,
     dir: PathBuf,
     _lock: StoreLock,
     state: Mutex<State>,
@@ -309,6 +449,7 @@ impl KeyVault {
         }
         let audit = AuditLog::open(dir)?;
         Ok(KeyVault {
+            guard: std::sync::OnceLock::new(),
             dir: dir.to_path_buf(),
             _lock: lock,
             state: Mutex::new(State {
@@ -341,6 +482,132 @@ impl KeyVault {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Sets (or with `None` clears) a key's rotation policy.
+    pub fn set_rotation_policy(
+        &self,
+        caller: &Caller,
+        name: &str,
+        policy: Option<RotationPolicy>,
+    ) -> Result<(), VaultError> {
+        self.audited(
+            "KeyRotationPolicySet",
+            caller,
+            |st| Self::kid_of(st, name, None),
+            |st| {
+                if let Some(p) = &policy {
+                    p.validate()?;
+                }
+                let mut rec = Self::entry(st, name)?.rec.clone();
+                rec.rotation_policy = policy;
+                rec.attributes.updated = now_secs();
+                write_json(
+                    &self.key_dir(&name.to_ascii_lowercase()).join(KEY_FILE),
+                    &rec,
+                )?;
+                Self::entry_mut(st, name)?.rec = rec;
+                Ok(())
+            },
+        )
+    }
+
+    /// Carries out due rotation-policy actions: rotations, and near-expiry notices
+    /// (logged once per version). Called by the daemon's reconciler.
+    pub fn run_policies(&self) {
+        let now = now_secs();
+        let mut rotate = Vec::new();
+        {
+            let mut st = self.state.lock();
+            let mut notices = Vec::new();
+            for (l, e) in st.keys.iter() {
+                let Some(p) = &e.rec.rotation_policy else {
+                    continue;
+                };
+                let cur = e.current();
+                for a in &p.lifetime_actions {
+                    let due = match (&a.trigger.time_after_create, &a.trigger.time_before_expiry) {
+                        (Some(d), _) => {
+                            parse_duration(d).is_ok_and(|d| now >= cur.attributes.created + d)
+                        }
+                        (_, Some(d)) => cur
+                            .attributes
+                            .exp
+                            .is_some_and(|x| parse_duration(d).is_ok_and(|d| now >= x - d)),
+                        _ => false,
+                    };
+                    if !due {
+                        continue;
+                    }
+                    if a.action.kind == "Rotate" {
+                        let exp = p
+                            .attributes
+                            .expiry_time
+                            .as_deref()
+                            .and_then(|x| parse_duration(x).ok())
+                            .map(|x| now + x);
+                        rotate.push((e.rec.name.clone(), exp));
+                        break;
+                    } else if !cur.near_expiry_notified {
+                        notices.push((l.clone(), cur.version.clone()));
+                    }
+                }
+            }
+            let policy = Caller::policy();
+            for (l, v) in notices {
+                let mut rec = st.keys[&l].rec.clone();
+                if let Some(x) = rec.versions.iter_mut().find(|x| x.version == v) {
+                    x.near_expiry_notified = true;
+                }
+                if let Err(e) = write_json(&self.key_dir(&l).join(KEY_FILE), &rec) {
+                    log::error!("cannot record a near-expiry notice: {e}");
+                    continue;
+                }
+                let kid = key_url(&st.props.name, &rec.name, Some(&v));
+                st.keys.get_mut(&l).expect("present").rec = rec;
+                if let Err(e) = st.audit.append(
+                    "KeyNearExpiryEventGridNotification",
+                    &policy,
+                    &kid,
+                    Some(("OK", "the key version is near its expiry")),
+                ) {
+                    log::error!("cannot append to the audit log: {e}");
+                }
+            }
+        }
+        for (name, exp) in rotate {
+            let opts = KeyOptions {
+                exp,
+                ..Default::default()
+            };
+            match self.rotate_key(&Caller::policy(), &name, &opts) {
+                Ok(_) => log::info!("rotation policy rotated key '{name}'"),
+                Err(e) => log::error!("rotation policy could not rotate key '{name}': {e}"),
+            }
+        }
+    }
+
+    /// Installs the check that refuses disabling or deleting keys a rotation needs.
+    pub fn set_guard(&self, g: Guard) {
+        let _ = self.guard.set(g);
+    }
+
+    fn check_guard(&self, name: &str, version: Option<&str>) -> Result<(), VaultError> {
+        match self.guard.get().and_then(|g| g(name, version)) {
+            Some(why) => Err(VaultError::NeededByRotation(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// How long ago the version named by `kid` was created.
+    pub fn version_age(&self, kid: &str) -> Option<std::time::Duration> {
+        let r = KeyRef::parse(kid).ok()?;
+        let st = self.state.lock();
+        let e = Self::entry(&st, &r.name).ok()?;
+        let v = e.version(r.version.as_deref()?)?;
+        Some(std::time::Duration::from_secs(
+            (now_secs() - v.attributes.created).max(0) as u64,
+        ))
     }
 
     pub fn generation(&self) -> u64 {
@@ -467,6 +734,7 @@ impl KeyVault {
                 key_ops,
                 key_size: key.bits(),
                 imported,
+                near_expiry_notified: false,
             },
             key,
         ))
@@ -519,6 +787,7 @@ impl KeyVault {
                 key_ops,
                 versions: vec![ver],
                 grants: vec![],
+                rotation_policy: None,
             };
             write_json(&staging.join(KEY_FILE), &rec)?;
             fs::rename(&staging, &kd)?;
@@ -790,6 +1059,9 @@ impl KeyVault {
             |st| Self::kid_of(st, &r.name, r.version.as_deref()),
             |st| {
                 Self::check_vault(st, r)?;
+                if u.enabled == Some(false) {
+                    self.check_guard(&r.name, r.version.as_deref())?;
+                }
                 let key_ops = u.key_ops.as_deref().map(parse_key_ops).transpose()?;
                 let e = Self::entry(st, &r.name)?;
                 let mut rec = e.rec.clone();
@@ -844,6 +1116,7 @@ impl KeyVault {
             |st| Self::kid_of(st, name, None),
             |st| {
                 Self::entry(st, name)?;
+                self.check_guard(name, None)?;
                 let l = name.to_ascii_lowercase();
                 let now = now_secs();
                 let del = Deletion {

@@ -9,7 +9,7 @@ pub mod kid;
 mod platform;
 
 pub use audit::Caller;
-pub use keyvault::{KeyOptions, KeyUpdate, KeyVault};
+pub use keyvault::{KeyOptions, KeyUpdate, KeyVault, RotationPolicy};
 pub use kid::KeyRef;
 pub use platform::PlatformKeys;
 
@@ -87,6 +87,8 @@ pub enum VaultError {
     RetentionLocked,
     #[error("key '{key}' has no grant for identity {object_id}; see 'diskvault key show {key}'")]
     NoSuchGrant { key: String, object_id: String },
+    #[error("{0}")]
+    NeededByRotation(String),
     #[error("cannot import key: {0}")]
     BadImport(String),
     #[error("key vault {0} does not exist; initialize the store with 'diskvault init' or pass the right --vault")]
@@ -116,7 +118,11 @@ impl VaultError {
             | DeletedKeyNotFound(_)
             | NoSuchGrant { .. }
             | WrongVault { .. } => "NotFound",
-            KeyExists(_) | NameHeldByDeletedKey(_) | KeyDeleted(_) | PurgeActive(_) => "Conflict",
+            KeyExists(_)
+            | NameHeldByDeletedKey(_)
+            | KeyDeleted(_)
+            | PurgeActive(_)
+            | NeededByRotation(_) => "Conflict",
             InvalidName { .. }
             | InvalidKeyId { .. }
             | InvalidArgument(_)
@@ -147,7 +153,7 @@ impl VaultError {
             | MissingPlatformKey(_)
             | VaultMissing(_) => libc::ENOENT,
             KeyExists(_) | NameHeldByDeletedKey(_) => libc::EEXIST,
-            PurgeActive(_) | VaultLocked(_) => libc::EBUSY,
+            PurgeActive(_) | VaultLocked(_) | NeededByRotation(_) => libc::EBUSY,
             InvalidName { .. }
             | InvalidKeyId { .. }
             | InvalidArgument(_)

@@ -1,0 +1,271 @@
+//! Keeping disks in step with the vault: revocation and restore of customer-key disks,
+//! auto-rotation of disk encryption sets to a key's latest version, and finishing
+//! interrupted key changes. `Store::reconcile` is one pass; the daemon runs it on a
+//! thread, woken by every vault change and at least every 100 ms.
+
+use super::keyring::is_platform_kid;
+use super::*;
+use crate::vault::{Caller, VaultError};
+use parking_lot::Condvar;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How long the emulation waits before acting, as Azure does (up to an hour there).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delays {
+    /// From a key becoming unusable to its disks failing.
+    pub revocation: Duration,
+    /// From a new key version to the re-wrap of auto-rotating sets.
+    pub auto_rotation: Duration,
+}
+
+/// Called with a disk whose cached plaintext pages must go (set by the FUSE layer).
+pub type Invalidator = Box<dyn Fn(&Disk) + Send + Sync>;
+
+#[derive(Default)]
+pub(super) struct ReconcileState {
+    pub delays: Mutex<Delays>,
+    /// Disks whose key became unusable, and since when (for the revocation delay).
+    pending: Mutex<HashMap<u64, Instant>>,
+    pub invalidator: std::sync::OnceLock<Invalidator>,
+    wake: Mutex<bool>,
+    cond: Condvar,
+    stop: std::sync::atomic::AtomicBool,
+    /// Vault generation at the last retry of an unfinished key change.
+    retried_at: AtomicU64,
+    /// Completed passes, shown in status.json so callers can wait for one.
+    pub passes: AtomicU64,
+}
+
+/// A short phrase for why a key no longer unwraps, for `keyState`.
+fn revocation_phrase(e: &StoreError) -> String {
+    match e {
+        StoreError::Vault(v) => match v {
+            VaultError::KeyDisabled(k) => format!("key {k} disabled"),
+            VaultError::VersionDisabled(kid) => format!("key version {kid} disabled"),
+            VaultError::KeyDeleted(k) => format!("key {k} deleted"),
+            VaultError::KeyNotFound(k) => format!("key {k} not found (purged)"),
+            VaultError::VersionNotFound(k, v) => format!("key {k} version {v} not found"),
+            VaultError::Forbidden { key, caller } => {
+                format!("access of {caller} to key {key} revoked")
+            }
+            VaultError::OperationNotAllowed { op, kid } => {
+                format!("{op} no longer permitted on {kid}")
+            }
+            other => other.to_string(),
+        },
+        StoreError::DesNotFound(d) => format!("disk encryption set {d} deleted"),
+        other => other.to_string(),
+    }
+}
+
+impl Store {
+    pub fn set_delays(&self, d: Delays) {
+        *self.reconcile.delays.lock() = d;
+    }
+
+    /// Where revoked disks' cached pages are dropped (the FUSE notifier).
+    pub fn set_invalidator(&self, f: Invalidator) {
+        let _ = self.reconcile.invalidator.set(f);
+    }
+
+    /// Asks the reconciler thread for a pass now.
+    pub fn nudge(&self) {
+        *self.reconcile.wake.lock() = true;
+        self.reconcile.cond.notify_all();
+    }
+
+    /// Runs `reconcile` until the store shuts down.
+    pub fn spawn_reconciler(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("reconcile".into())
+            .spawn(move || loop {
+                let Some(store) = weak.upgrade() else { return };
+                if store.reconcile.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                store.reconcile();
+                let mut woken = store.reconcile.wake.lock();
+                if !*woken {
+                    store
+                        .reconcile
+                        .cond
+                        .wait_for(&mut woken, Duration::from_millis(100));
+                }
+                *woken = false;
+            })
+            .expect("spawn reconciler thread")
+    }
+
+    pub(super) fn stop_reconciler(&self) {
+        self.reconcile.stop.store(true, Ordering::Release);
+        self.nudge();
+    }
+
+    /// Whether every customer-key layer of a disk can be unwrapped right now.
+    fn key_access(&self, m: &DiskMeta) -> std::result::Result<(), (String, Caller)> {
+        let id = m.encryption.disk_encryption_set_id.as_deref().unwrap_or("");
+        let des = match self.keys.des(id) {
+            Ok(d) => d,
+            Err(e) => return Err((revocation_phrase(&e), Caller::current_user())),
+        };
+        for l in m.layers.iter().filter(|l| !is_platform_kid(&l.kid)) {
+            if let Err(e) = self.keys.vault.can_unwrap(&des.caller(), &l.kid) {
+                return Err((revocation_phrase(&StoreError::Vault(e)), des.caller()));
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass: revocations and restores, auto-rotation, unfinished key changes.
+    pub fn reconcile(&self) {
+        self.reconcile_access();
+        self.auto_rotate();
+        self.retry_key_changes();
+        self.keys.vault.run_policies();
+        self.reconcile.passes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Reconciler passes completed so far.
+    pub fn reconcile_passes(&self) -> u64 {
+        self.reconcile.passes.load(Ordering::Acquire)
+    }
+
+    fn reconcile_access(&self) {
+        let delay = self.reconcile.delays.lock().revocation;
+        let now = Instant::now();
+        for d in self.list() {
+            if d.corrupt_reason().is_some() {
+                continue;
+            }
+            let m = d.meta();
+            if m.encryption.kind == PLATFORM_KEY_TYPE {
+                continue;
+            }
+            let kid = m.layers[0].kid.clone();
+            match self.key_access(&m) {
+                Err((why, caller)) => {
+                    if d.revocation().is_some() {
+                        continue;
+                    }
+                    let since = *self.reconcile.pending.lock().entry(d.serial).or_insert(now);
+                    if now.duration_since(since) < delay {
+                        continue;
+                    }
+                    self.reconcile.pending.lock().remove(&d.serial);
+                    let sku: Sku = m.sku.parse().unwrap_or_default();
+                    let keep_open = matches!(sku, Sku::UltraSsdLrs | Sku::PremiumV2Lrs);
+                    let mut reason = format!("Revoked: {why} at {}", now_rfc3339());
+                    if keep_open {
+                        reason +=
+                            &format!("; open handles keep working until closed ({})", sku.name());
+                    }
+                    d.revoke(Revocation {
+                        reason: reason.clone(),
+                        keep_open,
+                    });
+                    if !keep_open {
+                        if let Some(inv) = self.reconcile.invalidator.get() {
+                            inv(&d);
+                        }
+                    }
+                    log::warn!("disk '{}': {reason}", m.name);
+                    self.keys.vault.audit_event(
+                        "DiskAccessRevoked",
+                        &caller,
+                        &format!("{} ({kid})", disk_resource_id(&m.name)),
+                        Some(("OK", &reason)),
+                    );
+                }
+                Ok(()) => {
+                    self.reconcile.pending.lock().remove(&d.serial);
+                    if d.revocation().is_none() {
+                        continue;
+                    }
+                    let caller = self
+                        .keys
+                        .des(m.encryption.disk_encryption_set_id.as_deref().unwrap_or(""))
+                        .map(|s| s.caller())
+                        .unwrap_or_else(|_| Caller::current_user());
+                    match d.restore() {
+                        Ok(()) => {
+                            log::info!("disk '{}': key access restored", m.name);
+                            self.keys.vault.audit_event(
+                                "DiskAccessRestored",
+                                &caller,
+                                &format!("{} ({kid})", disk_resource_id(&m.name)),
+                                Some(("OK", "the key unwraps again")),
+                            );
+                        }
+                        Err(e) => log::warn!("disk '{}': cannot restore yet: {e}", m.name),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves auto-rotating sets to their key's latest version.
+    fn auto_rotate(&self) {
+        let delay = self.reconcile.delays.lock().auto_rotation;
+        for rec in self.des_list() {
+            if !rec.rotation_to_latest_key_version_enabled
+                || rec.auto_key_rotation_error.is_some()
+                || rec.provisioning_state != "Succeeded"
+            {
+                continue;
+            }
+            let Ok(mut r) = KeyRef::parse(&rec.active_key) else {
+                continue;
+            };
+            r.version = None;
+            // A deleted key is a revocation, not a rotation failure.
+            let Ok(latest) = self.keys.vault.resolve(&r) else {
+                continue;
+            };
+            if latest == rec.active_key {
+                continue;
+            }
+            let age = self.keys.vault.version_age(&latest).unwrap_or_default();
+            if age < delay {
+                continue;
+            }
+            log::info!(
+                "auto-rotating disk encryption set '{}' to {latest}",
+                rec.name
+            );
+            if let Err(e) = self.des_update_inner(&rec.name, Some(&latest), None, None, false) {
+                log::error!(
+                    "auto-rotation of disk encryption set '{}' failed: {e}",
+                    rec.name
+                );
+                if let Ok(mut cur) = self.keys.des(&rec.name) {
+                    cur.auto_key_rotation_error = Some(format!(
+                        "Auto-key rotation was disabled for DiskEncryptionSet '{}' because re-wrapping with {latest} failed: {e}. Fix the cause, then run 'diskvault des update {} --auto-rotate true' to resume it.",
+                        rec.name, rec.name
+                    ));
+                    if let Err(e) = self.save_des(&cur) {
+                        log::error!("{e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Retries key changes left unfinished (e.g. the old key was unusable) whenever
+    /// the vault has changed since the last try.
+    fn retry_key_changes(&self) {
+        let generation = self.keys.vault.generation();
+        if self.reconcile.retried_at.swap(generation, Ordering::AcqRel) == generation {
+            return;
+        }
+        for mut rec in self.des_list() {
+            if rec.provisioning_state == "Updating" {
+                let _ns = self.ns.lock();
+                if let Err(e) = self.finish_key_change(&mut rec) {
+                    log::warn!("{e}");
+                }
+            }
+        }
+    }
+}
