@@ -89,12 +89,64 @@ impl Mounted {
     }
 
     pub fn mount(&mut self) {
-        run_ok(&[
-            "mount",
-            self.store.to_str().unwrap(),
-            self.mnt.to_str().unwrap(),
-        ]);
+        self.mount_with(&[], &[]);
+    }
+
+    /// Mounts with extra `mount` arguments and environment (e.g. DISKVAULT_FAULT).
+    pub fn mount_with(&mut self, args: &[&str], env: &[(&str, &str)]) {
+        let out = Command::new(bin())
+            .arg("mount")
+            .args(args)
+            .arg(&self.store)
+            .arg(&self.mnt)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run diskvault mount");
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.mounted = true;
+    }
+
+    /// The daemon's pid.
+    pub fn daemon_pid(&self) -> i32 {
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.mnt.join(".vault/daemon.json")).unwrap())
+                .unwrap();
+        info["pid"].as_i64().unwrap() as i32
+    }
+
+    /// After the daemon was killed: waits until it is gone (its store lock is free),
+    /// then detaches the dead mount.
+    pub fn reap_dead_daemon(&mut self) {
+        use std::os::fd::AsRawFd;
+        let lock = std::fs::File::open(self.store.join("lock")).unwrap();
+        // Safe because: the fd is open for the duration of the call.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        drop(lock);
+        let c = std::ffi::CString::new(self.mnt.to_str().unwrap()).unwrap();
+        // Safe because: `c` is a valid NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        self.mounted = false;
+    }
+
+    /// Polls `cond` until it holds or `limit` passes; returns the time it took.
+    pub fn wait_for(
+        limit: std::time::Duration,
+        mut cond: impl FnMut() -> bool,
+    ) -> Option<std::time::Duration> {
+        let start = std::time::Instant::now();
+        loop {
+            if cond() {
+                return Some(start.elapsed());
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 
     pub fn umount(&mut self) {

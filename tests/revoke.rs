@@ -1,0 +1,683 @@
+//! Rotation and revocation on real mounts: revocation of open disks within a second
+//! (page cache included), Ultra semantics, restore, delays, auto-rotation, rotation
+//! policies, rotation under fio load, and kill -9 at every step of a rotation.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(5);
+
+fn js(s: &str) -> Value {
+    serde_json::from_str(s).unwrap()
+}
+
+/// A mounted store with purge protection, key k1 granted to set1, and the given disks
+/// (name, sku) in set1.
+fn setup(extra_mount_args: &[&str], disks: &[(&str, &str)]) -> Mounted {
+    let mut m = Mounted::new();
+    if !extra_mount_args.is_empty() {
+        m.umount();
+        m.mount_with(extra_mount_args, &[]);
+    }
+    let s = m.s().to_string();
+    run_ok(&["vault", "set", "--purge-protection", "true", "--store", &s]);
+    run_ok(&["key", "create", "k1", "--store", &s]);
+    run_ok(&[
+        "des",
+        "create",
+        "set1",
+        "--key-url",
+        "k1",
+        "--auto-rotate",
+        "--store",
+        &s,
+    ]);
+    run_ok(&[
+        "des",
+        "update",
+        "set1",
+        "--auto-rotate",
+        "false",
+        "--store",
+        &s,
+    ]);
+    run_ok(&["key", "grant", "k1", "--des", "set1", "--store", &s]);
+    for (d, sku) in disks {
+        run_ok(&[
+            "disk",
+            "create",
+            d,
+            "--size",
+            "4M",
+            "--sku",
+            sku,
+            "--disk-encryption-set",
+            "set1",
+            "--store",
+            &s,
+        ]);
+    }
+    m
+}
+
+fn ctl(m: &Mounted, path: &str, data: &str) {
+    std::fs::write(m.mnt.join(".vault").join(path), data)
+        .unwrap_or_else(|e| panic!("{path} <- {data}: {e}"));
+}
+
+fn key_state(m: &Mounted, disk: &str) -> String {
+    js(&run_ok(&["disk", "show", disk, "--store", m.s()]))["keyState"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn eio(r: std::io::Result<usize>) -> bool {
+    r.is_err_and(|e| e.raw_os_error() == Some(libc::EIO))
+}
+
+struct Trigger {
+    name: &'static str,
+    revoke: &'static str,
+    revoke_data: &'static str,
+    restore: &'static str,
+    restore_data: &'static str,
+    state: &'static str,
+}
+
+/// Each trigger: revoke through a control file, check open handles, cache and new
+/// opens fail within the bound, restore, check the data comes back intact.
+#[test]
+fn revocation_and_restore_for_every_trigger() {
+    let m = setup(&[], &[("d1", "Premium_LRS")]);
+    let s = m.s().to_string();
+    let data = pattern(5, 4 << 20);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.disk("d1"))
+        .unwrap();
+    f.write_all_at(&data, 0).unwrap();
+    f.sync_all().unwrap();
+    let kid = js(&run_ok(&["key", "show", "k1", "--store", &s]))["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let version = kid.rsplit('/').next().unwrap().to_string();
+    let version_enabled = format!("keys/k1/versions/{version}/enabled");
+    let triggers = [
+        Trigger {
+            name: "key disabled",
+            revoke: "keys/k1/enabled",
+            revoke_data: "false",
+            restore: "keys/k1/enabled",
+            restore_data: "true",
+            state: "Revoked: key k1 disabled at ",
+        },
+        Trigger {
+            name: "version disabled",
+            revoke: Box::leak(version_enabled.clone().into_boxed_str()),
+            revoke_data: "false",
+            restore: Box::leak(version_enabled.into_boxed_str()),
+            restore_data: "true",
+            state: "Revoked: key version https://",
+        },
+        Trigger {
+            name: "grant removed",
+            revoke: "keys/k1/grants",
+            revoke_data: "revoke set1",
+            restore: "keys/k1/grants",
+            restore_data: "grant set1",
+            state: "Revoked: access of disk encryption set 'set1' to key k1 revoked at ",
+        },
+        Trigger {
+            name: "key deleted",
+            revoke: "",
+            revoke_data: "",
+            restore: "deleted-keys/k1/recover",
+            restore_data: "1",
+            state: "Revoked: key k1 deleted at ",
+        },
+    ];
+    let mut buf = vec![0u8; 65536];
+    for t in &triggers {
+        // Fill the page cache with plaintext through the open handle.
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..], &data[..65536]);
+        let audit_before = std::fs::read_to_string(m.mnt.join(".vault/audit.log"))
+            .unwrap()
+            .lines()
+            .count();
+        if t.revoke.is_empty() {
+            std::fs::remove_dir(m.mnt.join(".vault/keys/k1")).unwrap();
+        } else {
+            ctl(&m, t.revoke, t.revoke_data);
+        }
+        // Reads (also of cached pages) and writes on the open handle fail.
+        let took = Mounted::wait_for(LIMIT, || eio(f.read_at(&mut buf, 0)))
+            .unwrap_or_else(|| panic!("{}: reads still served after {LIMIT:?}", t.name));
+        eprintln!("{}: revocation-to-EIO {took:?}", t.name);
+        assert!(
+            eio(f.read_at(&mut buf, 0)),
+            "{}: cached data re-read",
+            t.name
+        );
+        assert!(eio(f.read_at(&mut buf, 3 << 20)), "{}", t.name);
+        assert!(eio(f.write_at(b"x", 100)), "{}: write served", t.name);
+        let e = File::open(m.disk("d1")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{}: new open", t.name);
+        let state = key_state(&m, "d1");
+        assert!(state.starts_with(t.state), "{}: keyState {state}", t.name);
+        let status = std::fs::read_to_string(m.mnt.join(".vault/status.json")).unwrap();
+        assert!(status.contains(t.state), "{}", t.name);
+        // Restore: the same open handle reads the same data again.
+        ctl(&m, t.restore, t.restore_data);
+        let took = Mounted::wait_for(LIMIT, || f.read_at(&mut buf, 0).is_ok())
+            .unwrap_or_else(|| panic!("{}: not restored after {LIMIT:?}", t.name));
+        eprintln!("{}: restore {took:?}", t.name);
+        let mut all = vec![0u8; data.len()];
+        f.read_exact_at(&mut all, 0).unwrap();
+        assert!(all == data, "{}: data changed", t.name);
+        assert_eq!(key_state(&m, "d1"), "Available");
+        File::open(m.disk("d1")).unwrap();
+        // Trigger, effect and restore are in the audit log.
+        let audit = std::fs::read_to_string(m.mnt.join(".vault/audit.log")).unwrap();
+        let new: Vec<&str> = audit.lines().skip(audit_before).collect();
+        assert!(
+            new.iter()
+                .any(|l| l.contains("\"operationName\":\"DiskAccessRevoked\"")
+                    && l.contains(t.state.trim_end_matches(" at "))),
+            "{}: no revocation record",
+            t.name
+        );
+        assert!(
+            new.iter()
+                .any(|l| l.contains("\"operationName\":\"DiskAccessRestored\"")),
+            "{}: no restore record",
+            t.name
+        );
+    }
+    assert!(run_ok(&["vault", "verify-audit", "--store", &s]).starts_with("OK"));
+}
+
+/// Ultra and Premium SSD v2: open handles keep working; once closed, no new open.
+#[test]
+fn ultra_disks_keep_open_handles_until_closed() {
+    let m = setup(
+        &[],
+        &[
+            ("u1", "UltraSSD_LRS"),
+            ("v2", "PremiumV2_LRS"),
+            ("p1", "Premium_LRS"),
+        ],
+    );
+    let data = pattern(8, 1 << 20);
+    let handles: Vec<File> = ["u1", "v2", "p1"]
+        .iter()
+        .map(|d| {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(m.disk(d))
+                .unwrap();
+            f.write_all_at(&data, 0).unwrap();
+            f
+        })
+        .collect();
+    ctl(&m, "keys/k1/enabled", "false");
+    let mut buf = vec![0u8; 4096];
+    Mounted::wait_for(LIMIT, || eio(handles[2].read_at(&mut buf, 0)))
+        .expect("Premium disk revoked");
+    for (i, d) in ["u1", "v2"].iter().enumerate() {
+        let f = &handles[i];
+        f.write_all_at(b"still here", 0).unwrap();
+        f.sync_all().unwrap();
+        let mut got = vec![0u8; data.len()];
+        f.read_exact_at(&mut got, 0).unwrap();
+        assert_eq!(&got[..10], b"still here");
+        assert_eq!(&got[10..], &data[10..]);
+        assert_eq!(
+            File::open(m.disk(d)).unwrap_err().raw_os_error(),
+            Some(libc::EIO),
+            "{d}: new open"
+        );
+        assert!(
+            key_state(&m, d).contains("open handles keep working until closed"),
+            "{d}"
+        );
+    }
+    drop(handles);
+    for d in ["u1", "v2"] {
+        assert_eq!(
+            File::open(m.disk(d)).unwrap_err().raw_os_error(),
+            Some(libc::EIO),
+            "{d}: reopen after close"
+        );
+    }
+    ctl(&m, "keys/k1/enabled", "true");
+    for d in ["u1", "v2", "p1"] {
+        Mounted::wait_for(LIMIT, || File::open(m.disk(d)).is_ok())
+            .unwrap_or_else(|| panic!("{d} not restored"));
+    }
+    assert_eq!(&std::fs::read(m.disk("u1")).unwrap()[..10], b"still here");
+}
+
+/// With --revocation-delay the disk keeps working for the delay, then fails.
+#[test]
+fn revocation_delay_is_honoured() {
+    let m = setup(&["--revocation-delay", "3s"], &[("d1", "Premium_LRS")]);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.disk("d1"))
+        .unwrap();
+    f.write_all_at(b"abc", 0).unwrap();
+    let start = std::time::Instant::now();
+    ctl(&m, "keys/k1/enabled", "false");
+    let mut buf = [0u8; 3];
+    // Wait for at least one reconciler pass after the change, then check it still works.
+    let passes = |m: &Mounted| {
+        js(&std::fs::read_to_string(m.mnt.join(".vault/status.json")).unwrap())["reconcilerPasses"]
+            .as_u64()
+            .unwrap()
+    };
+    let p0 = passes(&m);
+    Mounted::wait_for(LIMIT, || passes(&m) > p0 + 1).expect("reconciler runs");
+    if start.elapsed() < Duration::from_secs(3) {
+        f.read_exact_at(&mut buf, 0)
+            .expect("served during the delay");
+        assert_eq!(key_state(&m, "d1"), "Available");
+    }
+    let took = Mounted::wait_for(Duration::from_secs(10), || eio(f.read_at(&mut buf, 0)))
+        .expect("revoked after the delay");
+    assert!(
+        start.elapsed() >= Duration::from_secs(3),
+        "revoked before the delay: {:?}",
+        start.elapsed()
+    );
+    eprintln!("revoked {took:?} after the check");
+}
+
+/// A rotation that can't finish keeps previousKeys; disabling them is refused until
+/// the old key unwraps again, then the rotation completes by itself.
+#[test]
+fn rotation_needs_the_old_key_until_done() {
+    let m = setup(&[], &[("d1", "Premium_LRS"), ("d2", "Premium_LRS")]);
+    let s = m.s().to_string();
+    let data = pattern(21, 1 << 20);
+    for d in ["d1", "d2"] {
+        std::fs::write(m.disk(d), &data).unwrap();
+    }
+    run_ok(&["key", "create", "k2", "--store", &s]);
+    run_ok(&["key", "grant", "k2", "--des", "set1", "--store", &s]);
+    let k1 = js(&run_ok(&["key", "show", "k1", "--store", &s]))["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let k2 = js(&run_ok(&["key", "show", "k2", "--store", &s]))["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The old key stops unwrapping: the move to k2 can't finish, and says why.
+    run_ok(&["key", "revoke-grant", "k1", "--des", "set1", "--store", &s]);
+    let e = run_err(&["des", "update", "set1", "--key-url", &k2, "--store", &s]);
+    assert!(
+        e.contains("still moving to key") && e.contains("KeyVaultAccessForbidden"),
+        "{e}"
+    );
+    let set = js(&run_ok(&["des", "show", "set1", "--store", &s]));
+    assert_eq!(set["provisioningState"], "Updating");
+    assert_eq!(set["previousKeys"][0]["keyUrl"], k1.as_str());
+    assert_eq!(set["activeKey"]["keyUrl"], k2.as_str());
+    // Disabling or deleting the key the rotation still needs is refused.
+    let e = std::fs::write(m.mnt.join(".vault/keys/k1/enabled"), "false").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EBUSY));
+    let e = run_err(&["key", "delete", "k1", "--store", &s]);
+    assert!(
+        e.contains("still needed by disk encryption set 'set1'"),
+        "{e}"
+    );
+    // Restoring access lets the rotation finish on its own.
+    run_ok(&["key", "grant", "k1", "--des", "set1", "--store", &s]);
+    Mounted::wait_for(LIMIT, || {
+        js(&run_ok(&["des", "show", "set1", "--store", &s]))["provisioningState"] == "Succeeded"
+    })
+    .expect("rotation completes");
+    let set = js(&run_ok(&["des", "show", "set1", "--store", &s]));
+    assert_eq!(set["previousKeys"], serde_json::json!([]));
+    assert!(set["lastKeyRotationTimestamp"].is_string());
+    for d in ["d1", "d2"] {
+        assert_eq!(
+            js(&run_ok(&["disk", "show", d, "--store", &s]))["keyId"],
+            k2.as_str()
+        );
+        assert!(std::fs::read(m.disk(d)).unwrap()[..data.len()] == data[..]);
+    }
+    run_ok(&["key", "set", "k1", "--enabled", "false", "--store", &s]);
+    assert!(std::fs::read(m.disk("d1")).is_ok(), "d1 no longer needs k1");
+}
+
+#[test]
+fn auto_rotation_follows_new_versions_and_latches_errors() {
+    let m = setup(&[], &[("d1", "Premium_LRS")]);
+    let s = m.s().to_string();
+    run_ok(&[
+        "des",
+        "update",
+        "set1",
+        "--auto-rotate",
+        "true",
+        "--store",
+        &s,
+    ]);
+    std::fs::write(m.disk("d1"), b"payload").unwrap();
+    let show = |what: &str| {
+        js(&run_ok(&[
+            what,
+            "show",
+            if what == "des" { "set1" } else { "d1" },
+            "--store",
+            &s,
+        ]))
+    };
+    // A new version from the rotate control file moves the set and its disk.
+    ctl(&m, "keys/k1/rotate", "1");
+    let v2 = js(&run_ok(&["key", "show", "k1", "--store", &s]))["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Mounted::wait_for(LIMIT, || show("des")["activeKey"]["keyUrl"] == v2.as_str())
+        .expect("auto-rotated");
+    Mounted::wait_for(LIMIT, || show("disk")["keyId"] == v2.as_str()).expect("disk re-wrapped");
+    // A version that can't wrap yet (nbf in the future) makes auto-rotation fail and stop.
+    run_ok(&["key", "rotate", "k1", "--nbf", "+1d", "--store", &s]);
+    Mounted::wait_for(LIMIT, || show("des")["autoKeyRotationError"].is_string())
+        .expect("error recorded");
+    let err = show("des")["autoKeyRotationError"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not valid before"), "{err}");
+    assert_eq!(show("des")["activeKey"]["keyUrl"], v2.as_str());
+    // Even a usable newer version is not picked up while the error stands.
+    run_ok(&["key", "rotate", "k1", "--store", &s]);
+    let v4 = js(&run_ok(&["key", "show", "k1", "--store", &s]))["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let passes = || {
+        js(&std::fs::read_to_string(m.mnt.join(".vault/status.json")).unwrap())["reconcilerPasses"]
+            .as_u64()
+            .unwrap()
+    };
+    let p0 = passes();
+    Mounted::wait_for(LIMIT, || passes() > p0 + 2).expect("reconciler runs");
+    assert_eq!(
+        show("des")["activeKey"]["keyUrl"],
+        v2.as_str(),
+        "auto-rotation should stay stopped"
+    );
+    // A user update clears the error and auto-rotation resumes.
+    run_ok(&[
+        "des",
+        "update",
+        "set1",
+        "--auto-rotate",
+        "true",
+        "--store",
+        &s,
+    ]);
+    Mounted::wait_for(LIMIT, || show("des")["activeKey"]["keyUrl"] == v4.as_str())
+        .expect("resumed");
+    assert!(show("des")["autoKeyRotationError"].is_null());
+    assert_eq!(&std::fs::read(m.disk("d1")).unwrap()[..7], b"payload");
+}
+
+#[test]
+fn rotation_policy_rotates_and_notifies() {
+    let m = setup(&[], &[]);
+    let s = m.s().to_string();
+    run_ok(&["key", "create", "pk", "--exp", "+1h", "--store", &s]);
+    // Notify 2 hours before expiry: due at once, logged once per version.
+    run_ok(&[
+        "key",
+        "rotation-policy",
+        "pk",
+        "--set",
+        r#"{"lifetimeActions":[{"trigger":{"timeBeforeExpiry":"PT2H"},"action":{"type":"Notify"}}]}"#,
+        "--store",
+        &s,
+    ]);
+    let audit = || std::fs::read_to_string(m.mnt.join(".vault/audit.log")).unwrap();
+    let notices = || {
+        audit()
+            .matches("KeyNearExpiryEventGridNotification")
+            .count()
+    };
+    Mounted::wait_for(LIMIT, || notices() == 1).expect("notified");
+    // Rotate one second after creation; new versions expire in 30 days.
+    ctl(
+        &m,
+        "keys/pk/rotation-policy",
+        r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"PT1S"},"action":{"type":"Rotate"}}],"attributes":{"expiryTime":"P30D"}}"#,
+    );
+    Mounted::wait_for(Duration::from_secs(10), || {
+        js(&run_ok(&["key", "show", "pk", "--store", &s]))["versions"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2
+    })
+    .expect("rotated by policy");
+    assert!(audit()
+        .lines()
+        .any(|l| l.contains("\"operationName\":\"KeyRotate\"") && l.contains("rotation policy")));
+    let cur = js(&run_ok(&["key", "show", "pk", "--store", &s]));
+    assert!(
+        cur["attributes"]["expires"].is_string(),
+        "new version has the policy's expiry"
+    );
+    assert_eq!(notices(), 1, "one notice per version");
+    // Bad policies are refused.
+    for bad in [
+        r#"{"lifetimeActions":[{"trigger":{},"action":{"type":"Rotate"}}]}"#,
+        r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"P1D"},"action":{"type":"Notify"}}]}"#,
+        r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"soon"},"action":{"type":"Rotate"}}]}"#,
+        "{",
+    ] {
+        let e = std::fs::write(m.mnt.join(".vault/keys/pk/rotation-policy"), bad).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{bad}");
+    }
+    run_ok(&["key", "rotation-policy", "pk", "--clear", "--store", &s]);
+}
+
+/// fio writes and verifies (crc32c) on three disks while the set's key changes six
+/// times, to new versions and to another key: no I/O error, no verify error.
+#[test]
+fn rotation_under_fio_load() {
+    let m = setup(
+        &[],
+        &[
+            ("f1", "Premium_LRS"),
+            ("f2", "StandardSSD_LRS"),
+            ("f3", "Standard_LRS"),
+        ],
+    );
+    let s = m.s().to_string();
+    for d in ["f1", "f2", "f3"] {
+        run_ok(&[
+            "disk",
+            "create",
+            &format!("{d}x"),
+            "--size",
+            "1M",
+            "--store",
+            &s,
+        ]);
+        std::fs::remove_file(m.disk(&format!("{d}x"))).unwrap();
+        let f = OpenOptions::new().write(true).open(m.disk(d)).unwrap();
+        f.set_len(24 << 20).unwrap();
+    }
+    run_ok(&["key", "create", "k2", "--store", &s]);
+    run_ok(&["key", "grant", "k2", "--des", "set1", "--store", &s]);
+    let mut fio = Command::new("fio");
+    fio.args([
+        "--output-format=terse",
+        "--ioengine=psync",
+        "--bs=4k",
+        "--size=24M",
+        "--rw=randwrite",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--do_verify=1",
+        "--loops=4",
+        "--randseed=42",
+    ]);
+    for d in ["f1", "f2", "f3"] {
+        fio.arg(format!("--name={d}"))
+            .arg(format!("--filename={}", m.disk(d).display()));
+    }
+    let child = fio
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("fio");
+    let mut rotations = 0;
+    for i in 0..6 {
+        let target = if i % 3 == 2 {
+            let k = if i == 2 { "k2" } else { "k1" };
+            js(&run_ok(&["key", "show", k, "--store", &s]))["key"]["kid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        } else {
+            let k = if i < 3 { "k1" } else { "k2" };
+            js(&run_ok(&["key", "rotate", k, "--store", &s]))["key"]["kid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        ctl(&m, "disk-encryption-sets/set1/key-url", &target);
+        let set = js(&run_ok(&["des", "show", "set1", "--store", &s]));
+        assert_eq!(set["activeKey"]["keyUrl"], target.as_str());
+        assert_eq!(set["provisioningState"], "Succeeded");
+        for d in ["f1", "f2", "f3"] {
+            assert_eq!(
+                js(&run_ok(&["disk", "show", d, "--store", &s]))["keyId"],
+                target.as_str()
+            );
+        }
+        rotations += 1;
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fio failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Terse v3: field 5 is the job's error code.
+    for line in stdout.lines().filter(|l| l.starts_with("3;")) {
+        assert_eq!(line.split(';').nth(4), Some("0"), "fio job error: {line}");
+    }
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("3;")).count(), 3);
+    assert_eq!(rotations, 6);
+}
+
+/// kill -9 at every step of a rotation of six disks, then remount: every disk reads
+/// back intact and the rotation has completed.
+#[test]
+fn kill_9_at_every_step_of_a_rotation() {
+    let names = ["r1", "r2", "r3", "r4", "r5", "r6"];
+    let disks: Vec<(&str, &str)> = names.iter().map(|n| (*n, "Premium_LRS")).collect();
+    let mut m = setup(&[], &disks);
+    let s = m.s().to_string();
+    for (i, d) in names.iter().enumerate() {
+        std::fs::write(m.disk(d), pattern(i as u64, 200_000)).unwrap();
+    }
+    let mut points: Vec<String> = vec!["rotate.begin=1".into(), "rotate.end=1".into()];
+    points.extend((1..=names.len()).map(|n| format!("rotate.disk={n}")));
+    for (iter, point) in points.iter().enumerate() {
+        m.umount();
+        m.mount_with(&[], &[("DISKVAULT_FAULT", point)]);
+        let target = js(&run_ok(&["key", "rotate", "k1", "--store", &s]))["key"]["kid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // The write dies with the daemon.
+        let r = std::fs::write(
+            m.mnt.join(".vault/disk-encryption-sets/set1/key-url"),
+            &target,
+        );
+        assert!(r.is_err(), "{point}: the daemon should have died");
+        m.reap_dead_daemon();
+        m.mount();
+        let set = js(&run_ok(&["des", "show", "set1", "--store", &s]));
+        assert_eq!(set["provisioningState"], "Succeeded", "{point}");
+        assert_eq!(set["activeKey"]["keyUrl"], target.as_str(), "{point}");
+        for (i, d) in names.iter().enumerate() {
+            assert_eq!(
+                js(&run_ok(&["disk", "show", d, "--store", &s]))["keyId"],
+                target.as_str(),
+                "{point} {d}"
+            );
+            let got = std::fs::read(m.disk(d)).unwrap();
+            assert!(
+                got[..200_000] == pattern(i as u64, 200_000)[..],
+                "{point}: {d} damaged (iteration {iter})"
+            );
+        }
+    }
+}
+
+/// Seeded random moments: kill -9 from outside while a rotation of many disks runs.
+#[test]
+fn kill_9_at_random_moments_of_a_rotation() {
+    let names: Vec<String> = (0..16).map(|i| format!("q{i}")).collect();
+    let disks: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "Premium_LRS")).collect();
+    let mut m = setup(&[], &disks);
+    let s = m.s().to_string();
+    for (i, d) in names.iter().enumerate() {
+        std::fs::write(m.disk(d), pattern(100 + i as u64, 65536)).unwrap();
+    }
+    let delays = pattern(2026, 8);
+    for (iter, b) in delays.iter().enumerate() {
+        let target = js(&run_ok(&["key", "rotate", "k1", "--store", &s]))["key"]["kid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let pid = m.daemon_pid();
+        let path = m.mnt.join(".vault/disk-encryption-sets/set1/key-url");
+        let writer = std::thread::spawn(move || std::fs::write(path, target));
+        // Seeded delay: 0 to ~50 ms into the rotation.
+        std::thread::sleep(Duration::from_micros(*b as u64 * 200));
+        // Safe because: kill takes plain integers.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = writer.join();
+        m.reap_dead_daemon();
+        m.mount();
+        let set = js(&run_ok(&["des", "show", "set1", "--store", &s]));
+        assert_eq!(set["provisioningState"], "Succeeded", "iteration {iter}");
+        let active = set["activeKey"]["keyUrl"].as_str().unwrap().to_string();
+        for (i, d) in names.iter().enumerate() {
+            assert_eq!(
+                js(&run_ok(&["disk", "show", d, "--store", &s]))["keyId"],
+                active.as_str(),
+                "iteration {iter}: {d}"
+            );
+            assert!(
+                std::fs::read(m.disk(d)).unwrap()[..65536] == pattern(100 + i as u64, 65536)[..],
+                "iteration {iter}: {d}"
+            );
+        }
+    }
+    let _ = Path::new("");
+}
