@@ -236,6 +236,12 @@ fn ultra_disks_keep_open_handles_until_closed() {
     let mut buf = vec![0u8; 4096];
     Mounted::wait_for(LIMIT, || eio(handles[2].read_at(&mut buf, 0)))
         .expect("Premium disk revoked");
+    Mounted::wait_for(LIMIT, || {
+        ["u1", "v2"]
+            .iter()
+            .all(|d| key_state(&m, d).starts_with("Revoked: "))
+    })
+    .expect("Ultra disks marked revoked");
     for (i, d) in ["u1", "v2"].iter().enumerate() {
         let f = &handles[i];
         f.write_all_at(b"still here", 0).unwrap();
