@@ -249,6 +249,7 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
             let _ = unmounter.unmount();
         });
         store.spawn_reconciler();
+        store.resume_rekeys();
         log::info!("serving {} on {}", store_path.display(), mp.display());
         Ok::<_, CliError>((session, store))
     })();

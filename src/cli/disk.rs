@@ -38,6 +38,16 @@ pub enum DiskCmd {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Re-encrypt a disk's data under fresh data keys (online, crash-safe, resumable),
+    /// as cryptsetup reencrypt does. Use it when a DEK itself may have leaked.
+    Rekey {
+        name: String,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
     /// List disks.
     List {
         /// Print JSON like `az disk list` instead of a table.
@@ -140,6 +150,54 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
                 a.write(&format!("disks/{name}/sku"), word(s)?.as_bytes())?;
             }
             print_json(&a.read_json(&format!("disks/{name}/disk.json"))?);
+        }
+        DiskCmd::Rekey { name, quiet, store } => {
+            let a = Access::open(&store)?;
+            let bar = indicatif::ProgressBar::new(0);
+            if quiet {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "rekey {msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_message(name.clone());
+            match &a {
+                Access::Direct(c) => {
+                    c.store().rekey(&name, &|done, total| {
+                        bar.set_length(total);
+                        bar.set_position(done);
+                    })?;
+                }
+                Access::Mounted(_) => {
+                    let path = format!("disks/{name}/rekey");
+                    a.write(&path, b"start")?;
+                    loop {
+                        let st = a.read_json(&path)?;
+                        bar.set_length(st["totalBytes"].as_u64().unwrap_or(0));
+                        bar.set_position(st["doneBytes"].as_u64().unwrap_or(0));
+                        match st["state"].as_str() {
+                            Some("done") => break,
+                            Some("running") => {}
+                            _ => {
+                                return Err(CliError(format!(
+                                    "rekey of disk '{name}' stopped: {}; run 'diskvault disk rekey {name}' again to resume",
+                                    st["error"].as_str().unwrap_or("interrupted")
+                                )))
+                            }
+                        }
+                        // The daemon reports progress per chunk; poll it a few times a second.
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                }
+            }
+            bar.finish();
+            println!(
+                "rekeyed disk {name}: its data is under new data keys; the old ones are destroyed"
+            );
         }
         DiskCmd::List { json, store } => {
             let a = Access::open(&store)?;

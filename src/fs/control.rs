@@ -79,6 +79,7 @@ const DISK_FILES: &[(&str, Kind)] = &[
     ("disk.json", Kind::R),
     ("encryption", Kind::RW),
     ("sku", Kind::RW),
+    ("rekey", Kind::RW),
 ];
 const ROOT_FILES: &[(&str, Kind)] = &[
     ("README", Kind::R),
@@ -472,6 +473,9 @@ impl Control {
                         pretty(&serde_json::to_value(disk.meta().encryption).expect("serializes"))
                     }
                     "sku" => line(disk.meta().sku),
+                    "rekey" => pretty(
+                        &serde_json::to_value(self.store.rekey_status(&disk)).expect("serializes"),
+                    ),
                     _ => return Err(not_found(path)),
                 }
             }
@@ -658,6 +662,17 @@ impl Control {
                 let a = parse(data, ENCRYPTION_FIELDS, "write `TYPE [DES]`, e.g. `EncryptionAtRestWithCustomerKey set1`, or {\"type\":..., \"diskEncryptionSetId\":...}")?;
                 self.store
                     .update_encryption(d, a.str("type"), a.str("des"))?;
+            }
+            ["disks", d, "rekey"] => {
+                let t = args::text(data)?;
+                if t != "start" && t != "1" {
+                    return Err(invalid(format!("unknown command '{}'; write `start` to re-encrypt the disk under fresh data keys", t.chars().take(40).collect::<String>())));
+                }
+                if self.daemon.is_some() {
+                    self.store.rekey_spawn(d)?;
+                } else {
+                    self.store.rekey(d, &|_, _| {})?;
+                }
             }
             ["disks", d, "sku"] => {
                 let a = parse(

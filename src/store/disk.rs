@@ -7,7 +7,7 @@
 
 use super::error::{Result, StoreError};
 use super::keyring::Keyring;
-use super::meta::{key_check, DiskMeta};
+use super::meta::{key_check, DiskMeta, Layer, Rekey};
 use super::spec::MAX_DISK_SIZE;
 use crate::crypto::{DataCipher, DATA_UNIT};
 use crate::durable;
@@ -71,21 +71,47 @@ pub enum SeekKind {
 struct Unlocked {
     file: File,
     layers: Vec<DataCipher>,
+    /// During a rekey: the new layers, used for units below the boundary.
+    next: Option<Vec<DataCipher>>,
 }
 
 impl Unlocked {
-    fn encrypt(&self, first_unit: u64, buf: &mut [u8]) {
-        for l in &self.layers {
-            l.encrypt_units(first_unit, buf);
+    fn stack(&self, unit: u64, boundary: u64) -> &[DataCipher] {
+        match &self.next {
+            Some(n) if unit < boundary => n,
+            _ => &self.layers,
         }
     }
 
-    fn decrypt_unit(&self, unit: u64, buf: &mut [u8]) {
-        for l in self.layers.iter().rev() {
+    /// Encrypts whole units starting at `first_unit`; `boundary` splits new from old keys.
+    fn encrypt(&self, first_unit: u64, buf: &mut [u8], boundary: u64) {
+        let units = (buf.len() / DATA_UNIT) as u64;
+        let split = match &self.next {
+            Some(_) => boundary.clamp(first_unit, first_unit + units),
+            None => first_unit,
+        };
+        let (new, old) = buf.split_at_mut(((split - first_unit) * U) as usize);
+        if let Some(n) = &self.next {
+            for l in n {
+                l.encrypt_units(first_unit, new);
+            }
+        }
+        for l in &self.layers {
+            l.encrypt_units(split, old);
+        }
+    }
+
+    fn decrypt_unit(&self, unit: u64, buf: &mut [u8], boundary: u64) {
+        for l in self.stack(unit, boundary).iter().rev() {
             l.decrypt_units(unit, buf);
         }
     }
 }
+
+pub const JOURNAL_FILE: &str = "rekey.journal";
+/// Units re-encrypted per step of a rekey (1 MiB): 16 lock granules, so I/O elsewhere
+/// on the disk goes on.
+const REKEY_CHUNK: u64 = 256;
 
 pub struct Disk {
     pub id: String,
@@ -106,6 +132,8 @@ pub struct Disk {
     /// FUSE requests on this disk between their start and their reply; revocation
     /// waits for them before it drops cached pages.
     inflight: AtomicU64,
+    /// Rekey progress: units below it are under the new DEKs (see meta `rekey`).
+    boundary: AtomicU64,
     open_count: Mutex<u32>,
     /// Shared by reads and writes, exclusive for size changes.
     resize: RwLock<()>,
@@ -130,6 +158,7 @@ impl Disk {
         let mtime = std::fs::metadata(dir.join(DATA_FILE))
             .and_then(|m| m.modified())
             .unwrap_or_else(|_| SystemTime::now());
+        let boundary = meta.rekey.as_ref().map_or(0, |r| r.boundary);
         Disk {
             id: meta.id.clone(),
             serial,
@@ -144,6 +173,7 @@ impl Disk {
             unlocked: RwLock::new(None),
             revoked: RwLock::new(None),
             inflight: AtomicU64::new(0),
+            boundary: AtomicU64::new(boundary),
             open_count: Mutex::new(0),
             resize: RwLock::new(()),
             extend: Mutex::new(()),
@@ -199,14 +229,10 @@ impl Disk {
         }
     }
 
-    /// Unwraps every layer's DEK and opens the backing file.
-    fn unlock(&self) -> Result<Unlocked> {
-        if let Some(reason) = &self.corrupt {
-            return Err(self.unavailable(reason.clone()));
-        }
-        let meta = self.meta.lock().clone();
-        let mut layers = Vec::with_capacity(meta.layers.len());
-        for (i, layer) in meta.layers.iter().enumerate() {
+    /// Unwraps and checks the DEKs of `layers` (the disk's, or a rekey's new ones).
+    fn unlock_layers(&self, meta: &DiskMeta, layers: &[Layer]) -> Result<Vec<DataCipher>> {
+        let mut out = Vec::with_capacity(layers.len());
+        for (i, layer) in layers.iter().enumerate() {
             let p = layer.parse().map_err(|r| self.unavailable(r))?;
             let dek = self
                 .keys
@@ -217,8 +243,22 @@ impl Disk {
                     "its data key does not match its metadata (keyCheck mismatch: tampered or mixed-up meta.json); restore meta.json from a backup",
                 ));
             }
-            layers.push(DataCipher::new(p.cipher, &dek, &p.nonce)?);
+            out.push(DataCipher::new(p.cipher, &dek, &p.nonce)?);
         }
+        Ok(out)
+    }
+
+    /// Unwraps every layer's DEK and opens the backing file.
+    fn unlock(&self) -> Result<Unlocked> {
+        if let Some(reason) = &self.corrupt {
+            return Err(self.unavailable(reason.clone()));
+        }
+        let meta = self.meta.lock().clone();
+        let layers = self.unlock_layers(&meta, &meta.layers)?;
+        let next = match &meta.rekey {
+            Some(rk) => Some(self.unlock_layers(&meta, &rk.layers)?),
+            None => None,
+        };
         let path = self.dir().join(DATA_FILE);
         let file = OpenOptions::new()
             .read(true)
@@ -226,7 +266,7 @@ impl Disk {
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| self.unavailable(format!("cannot open {}: {e}", path.display())))?;
-        Ok(Unlocked { file, layers })
+        Ok(Unlocked { file, layers, next })
     }
 
     /// The unlocked state, unwrapping temporarily if no handle has the disk open.
@@ -349,9 +389,10 @@ impl Disk {
         {
             let _g = self.lock_units(first, last, false);
             read_full(&u.file, &mut buf, first * U).map_err(|e| self.io_err("read", e))?;
+            let b = self.boundary.load(Ordering::Acquire);
             for (i, unit) in buf.chunks_exact_mut(DATA_UNIT).enumerate() {
                 if !is_zero(unit) {
-                    u.decrypt_unit(first + i as u64, unit);
+                    u.decrypt_unit(first + i as u64, unit, b);
                 }
             }
         }
@@ -377,11 +418,12 @@ impl Disk {
         let mut buf = vec![0u8; ((last - first) * U) as usize];
         let head = (off - first * U) as usize;
         let _g = self.lock_units(first, last, true);
+        let b = self.boundary.load(Ordering::Acquire);
         let fill_unit = |unit: u64, buf: &mut [u8]| -> Result<()> {
             let slot = &mut buf[((unit - first) * U) as usize..][..DATA_UNIT];
             read_full(&u.file, slot, unit * U).map_err(|e| self.io_err("read", e))?;
             if !is_zero(slot) {
-                u.decrypt_unit(unit, slot);
+                u.decrypt_unit(unit, slot, b);
             }
             Ok(())
         };
@@ -392,7 +434,7 @@ impl Disk {
             fill_unit(last - 1, &mut buf)?;
         }
         buf[head..head + data.len()].copy_from_slice(data);
-        u.encrypt(first, &mut buf);
+        u.encrypt(first, &mut buf, b);
         u.file
             .write_all_at(&buf, first * U)
             .map_err(|e| self.io_err("write", e))
@@ -597,11 +639,142 @@ impl Disk {
         Ok(())
     }
 
+    /// Starts a rekey: records the new layers (boundary 0) and gives open handles
+    /// the new ciphers too.
+    pub(super) fn begin_rekey(&self, rk: Rekey) -> Result<()> {
+        let n = self.open_count.lock();
+        let _w = self.resize.write();
+        self.boundary.store(rk.boundary, Ordering::Release);
+        self.update_meta(|m| m.rekey = Some(rk))?;
+        if *n > 0 {
+            let u = self.unlock()?;
+            *self.unlocked.write() = Some(Arc::new(u));
+        }
+        Ok(())
+    }
+
+    pub fn rekey_state(&self) -> Option<(u64, u64)> {
+        let m = self.meta.lock();
+        m.rekey
+            .as_ref()
+            .map(|r| (r.boundary, self.size().div_ceil(U)))
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.dir().join(JOURNAL_FILE)
+    }
+
+    /// Re-encrypts the disk from the recorded boundary to the end, chunk by chunk,
+    /// while I/O goes on elsewhere; then makes the new layers the disk's layers.
+    /// Each chunk: old ciphertext to the journal (fsync), new ciphertext in place
+    /// (fdatasync), boundary in metadata (atomic). A crash mid-chunk is undone from
+    /// the journal at the next open; `progress(done, total)` is called per chunk.
+    pub(super) fn run_rekey(&self, progress: &dyn Fn(u64, u64), stop: &AtomicBool) -> Result<()> {
+        let journal = self.journal_path();
+        // One unwrap for the whole run (not one audited unwrap per chunk).
+        let u = self.unlocked()?;
+        loop {
+            if stop.load(Ordering::Acquire) || self.deleted.load(Ordering::Acquire) {
+                return Err(StoreError::Busy(self.name()));
+            }
+            if let Some(r) = self.revocation().filter(|r| !r.keep_open) {
+                return Err(self.unavailable(r.reason));
+            }
+            let _r = self.resize.read();
+            let units = self.size().div_ceil(U);
+            let b = self.boundary.load(Ordering::Acquire);
+            progress(b.min(units), units);
+            if b >= units || u.next.is_none() {
+                break;
+            }
+            let e = (b + REKEY_CHUNK).min(units);
+            let _g = self.lock_units(b, e, true);
+            let mut buf = vec![0u8; ((e - b) * U) as usize];
+            read_full(&u.file, &mut buf, b * U).map_err(|e| self.io_err("rekey read", e))?;
+            write_journal(&journal, b, &buf).map_err(|e| self.io_err("rekey journal", e))?;
+            crate::fault::point("rekey.journal");
+            for (i, unit) in buf.chunks_exact_mut(DATA_UNIT).enumerate() {
+                if !is_zero(unit) {
+                    let n = b + i as u64;
+                    u.decrypt_unit(n, unit, 0);
+                    // Boundary past `n`: encrypt with the new layers.
+                    u.encrypt(n, unit, u64::MAX);
+                }
+            }
+            u.file
+                .write_all_at(&buf, b * U)
+                .and_then(|()| u.file.sync_data())
+                .map_err(|e| self.io_err("rekey write", e))?;
+            crate::fault::point("rekey.data");
+            self.update_meta(|m| {
+                if let Some(r) = m.rekey.as_mut() {
+                    r.boundary = e;
+                }
+            })?;
+            self.boundary.store(e, Ordering::Release);
+            crate::fault::point("rekey.chunk");
+        }
+        drop(u);
+        // Finish: the new layers become the disk's layers, atomically.
+        let n = self.open_count.lock();
+        let _w = self.resize.write();
+        self.update_meta(|m| {
+            if let Some(r) = m.rekey.take() {
+                m.layers = r.layers;
+            }
+        })?;
+        // Until the keys are reloaded every unit is under the new layers.
+        self.boundary.store(u64::MAX, Ordering::Release);
+        let _ = std::fs::remove_file(&journal);
+        if *n > 0 {
+            match self.unlock() {
+                Ok(u) => {
+                    *self.unlocked.write() = Some(Arc::new(u));
+                    self.boundary.store(0, Ordering::Release);
+                }
+                Err(e) => log::warn!("disk '{}': keys not reloaded after rekey: {e}", self.name()),
+            }
+        } else {
+            self.boundary.store(0, Ordering::Release);
+        }
+        progress(1, 1);
+        Ok(())
+    }
+
+    /// Undoes a rekey chunk interrupted by a crash, from the journal.
+    fn recover_rekey_journal(&self) -> io::Result<()> {
+        let journal = self.journal_path();
+        let Some(boundary) = self.meta.lock().rekey.as_ref().map(|r| r.boundary) else {
+            let _ = std::fs::remove_file(&journal);
+            return Ok(());
+        };
+        let bytes = match std::fs::read(&journal) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if let Some((first, data)) = parse_journal(&bytes) {
+            if first == boundary {
+                log::info!(
+                    "disk '{}': undoing an interrupted rekey step at unit {first}",
+                    self.name()
+                );
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(self.dir().join(DATA_FILE))?;
+                f.write_all_at(data, first * U)?;
+                f.sync_data()?;
+            }
+        }
+        std::fs::remove_file(&journal)
+    }
+
     /// Reconciles the backing file with the recorded size after a crash.
     pub(super) fn reconcile(&self) -> io::Result<()> {
         if self.corrupt.is_some() {
             return Ok(());
         }
+        self.recover_rekey_journal()?;
         let path = self.dir().join(DATA_FILE);
         let f = OpenOptions::new().write(true).open(&path)?;
         let want = round_up(self.size());
@@ -623,6 +796,46 @@ impl Disk {
     pub(super) fn data_path(dir: &Path) -> PathBuf {
         dir.join(DATA_FILE)
     }
+}
+
+/// Journal record: first unit (u64 LE), unit count (u64 LE), the old ciphertext, and
+/// SHA-256 of all that, so a torn journal write is recognised and ignored.
+fn write_journal(path: &Path, first: u64, data: &[u8]) -> io::Result<()> {
+    use sha2::{Digest, Sha256};
+    let mut rec = Vec::with_capacity(16 + data.len() + 32);
+    rec.extend_from_slice(&first.to_le_bytes());
+    rec.extend_from_slice(&((data.len() / DATA_UNIT) as u64).to_le_bytes());
+    rec.extend_from_slice(data);
+    let h = Sha256::digest(&rec);
+    rec.extend_from_slice(&h);
+    let existed = path.exists();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    std::io::Write::write_all(&mut f, &rec)?;
+    f.sync_data()?;
+    if !existed {
+        durable::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
+}
+
+fn parse_journal(b: &[u8]) -> Option<(u64, &[u8])> {
+    use sha2::{Digest, Sha256};
+    if b.len() < 48 {
+        return None;
+    }
+    let (body, hash) = b.split_at(b.len() - 32);
+    if Sha256::digest(body).as_slice() != hash {
+        return None;
+    }
+    let first = u64::from_le_bytes(body[..8].try_into().ok()?);
+    let count = u64::from_le_bytes(body[8..16].try_into().ok()?);
+    let data = &body[16..];
+    (data.len() as u64 == count * U).then_some((first, data))
 }
 
 /// pread that fills `buf`, leaving zeros past the end of the file.

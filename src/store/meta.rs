@@ -55,6 +55,19 @@ pub struct DiskMeta {
     pub encryption: Encryption,
     pub data_unit_size: u64,
     pub layers: Vec<Layer>,
+    /// A re-encryption under fresh DEKs in progress (`disk rekey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekey: Option<Rekey>,
+}
+
+/// Rekey state: data units below `boundary` are encrypted with `layers` (new DEKs),
+/// the rest with the disk's current layers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rekey {
+    pub layers: Vec<Layer>,
+    pub boundary: u64,
+    pub started_at: String,
 }
 
 /// A layer after validation: parsed cipher, nonce and wrapped key.
@@ -189,6 +202,24 @@ impl DiskMeta {
                 }
             }
         }
+        if let Some(rk) = &self.rekey {
+            if rk.layers.len() != self.layers.len() {
+                return Err("rekey.layers must match layers".into());
+            }
+            for (new, old) in rk.layers.iter().zip(&self.layers) {
+                new.parse()?;
+                if new.cipher != old.cipher
+                    || is_platform_kid(&new.kid) != is_platform_kid(&old.kid)
+                {
+                    return Err(
+                        "rekey.layers must use the same ciphers and key kinds as layers".into(),
+                    );
+                }
+            }
+            if rk.boundary > self.size_bytes.div_ceil(DATA_UNIT as u64) {
+                return Err("rekey.boundary lies past the end of the disk".into());
+            }
+        }
         Ok(())
     }
 }
@@ -218,6 +249,7 @@ mod tests {
                 wrapped_key: encode_wrapped(&[7u8; 256]),
                 key_check: "00".repeat(32),
             }],
+            rekey: None,
         }
     }
 

@@ -18,6 +18,7 @@ mod disk;
 mod error;
 pub mod keyring;
 mod reconcile;
+mod rekey;
 mod sets;
 
 pub mod meta;
@@ -27,6 +28,7 @@ pub use crate::lock::StoreLock;
 pub use disk::{Disk, Revocation, SeekKind};
 pub use error::{Result, StoreError};
 pub use reconcile::{Delays, Invalidator};
+pub use rekey::RekeyStatus;
 pub use spec::{parse_size, validate_name, Sku, MAX_DISK_SIZE};
 
 use crate::crypto::wrap::hex;
@@ -113,6 +115,7 @@ pub struct Store {
     ns: Mutex<()>,
     next_serial: AtomicU64,
     reconcile: reconcile::ReconcileState,
+    rekeys: rekey::Rekeys,
 }
 
 /// The resource id of a disk, as `az disk show` prints it.
@@ -281,6 +284,7 @@ impl Store {
             ns: Mutex::new(()),
             next_serial: AtomicU64::new(1),
             reconcile: Default::default(),
+            rekeys: Default::default(),
         };
         store.scan()?;
         store.resume_key_changes();
@@ -401,6 +405,7 @@ impl Store {
                     },
                     data_unit_size: crate::crypto::DATA_UNIT as u64,
                     layers: vec![],
+                    rekey: None,
                 };
                 Disk::new(
                     path.to_path_buf(),
@@ -490,6 +495,7 @@ impl Store {
             },
             data_unit_size: crate::crypto::DATA_UNIT as u64,
             layers,
+            rekey: None,
         };
         let dir = self.disks_dir();
         let staging = dir.join(format!("{id}.creating"));
@@ -646,6 +652,7 @@ impl Store {
     /// Persists sizes and drops every key (clean shutdown).
     pub fn shutdown(&self) {
         self.stop_reconciler();
+        self.stop_rekeys();
         for d in self.list() {
             if let Err(e) = d.persist_size() {
                 log::error!("{e}");

@@ -110,7 +110,13 @@ impl Store {
             Ok(d) => d,
             Err(e) => return Err((revocation_phrase(&e), Caller::current_user())),
         };
-        for l in m.layers.iter().filter(|l| !is_platform_kid(&l.kid)) {
+        let rekey_layers = m.rekey.iter().flat_map(|r| r.layers.iter());
+        for l in m
+            .layers
+            .iter()
+            .chain(rekey_layers)
+            .filter(|l| !is_platform_kid(&l.kid))
+        {
             if let Err(e) = self.keys.vault.can_unwrap(&des.caller(), &l.kid) {
                 return Err((revocation_phrase(&StoreError::Vault(e)), des.caller()));
             }

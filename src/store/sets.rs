@@ -199,7 +199,11 @@ impl Store {
             {
                 continue;
             }
-            if m.layers[0].kid == rec.active_key {
+            let on_active = m.layers[0].kid == rec.active_key
+                && m.rekey
+                    .as_ref()
+                    .is_none_or(|r| r.layers[0].kid == rec.active_key);
+            if on_active {
                 continue;
             }
             let enc = m.encryption.clone();
@@ -272,28 +276,39 @@ impl Store {
         disk: &Disk,
         idx: usize,
         enc: Encryption,
-        wrap: impl FnOnce(&Secret) -> Result<WrappedKey>,
+        wrap: impl Fn(&Secret) -> Result<WrappedKey>,
     ) -> Result<()> {
         let m = disk.meta();
-        let layer = &m.layers[idx];
-        let p = layer
-            .parse()
-            .map_err(|r| StoreError::InvalidArgument(r.to_string()))?;
-        let dek = self.keys.unwrap(&m.encryption, &p.wrapped)?;
-        if key_check(&dek, &m.id, idx, p.cipher, &p.nonce) != layer.key_check {
-            return Err(StoreError::Unavailable {
-                disk: m.name.clone(),
-                reason: "its data key does not match its metadata (keyCheck mismatch)".into(),
-            });
+        // The layer, and its successor if a rekey is in progress.
+        let mut layers = vec![m.layers[idx].clone()];
+        if let Some(rk) = &m.rekey {
+            layers.push(rk.layers[idx].clone());
         }
-        let w = wrap(&dek)?;
-        drop(dek);
+        let mut wrapped = Vec::new();
+        for layer in &layers {
+            let p = layer
+                .parse()
+                .map_err(|r| StoreError::InvalidArgument(r.to_string()))?;
+            let dek = self.keys.unwrap(&m.encryption, &p.wrapped)?;
+            if key_check(&dek, &m.id, idx, p.cipher, &p.nonce) != layer.key_check {
+                return Err(StoreError::Unavailable {
+                    disk: m.name.clone(),
+                    reason: "its data key does not match its metadata (keyCheck mismatch)".into(),
+                });
+            }
+            wrapped.push(wrap(&dek)?);
+        }
         disk.update_meta(|m| {
             m.encryption = enc;
-            let l = &mut m.layers[idx];
-            l.kid = w.kid;
-            l.alg = w.alg;
-            l.wrapped_key = encode_wrapped(&w.value);
+            let set = |l: &mut Layer, w: &WrappedKey| {
+                l.kid = w.kid.clone();
+                l.alg = w.alg.clone();
+                l.wrapped_key = encode_wrapped(&w.value);
+            };
+            set(&mut m.layers[idx], &wrapped[0]);
+            if let (Some(rk), Some(w)) = (m.rekey.as_mut(), wrapped.get(1)) {
+                set(&mut rk.layers[idx], w);
+            }
         })
     }
 
@@ -330,6 +345,11 @@ impl Store {
                 ))
             }
         };
+        if disk.rekey_state().is_some() {
+            return Err(StoreError::NotPermitted(format!(
+                "disk '{name}' is being rekeyed; change its encryption once the rekey is done"
+            )));
+        }
         let current = disk.meta().encryption;
         if target == PLATFORM_KEY_TYPE {
             if current.kind != PLATFORM_KEY_TYPE {

@@ -1,0 +1,195 @@
+//! `disk rekey`: re-encrypting a disk's data under fresh DEKs, online, crash-safe and
+//! resumable (the data path is in disk.rs). Beyond Azure, which only re-wraps.
+
+use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+
+/// What `disks/NAME/rekey` shows.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RekeyStatus {
+    /// idle, running, done, failed, or interrupted (resumable).
+    pub state: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+pub(super) struct Rekeys {
+    status: Mutex<HashMap<String, RekeyStatus>>,
+    pub stop: AtomicBool,
+}
+
+impl Store {
+    /// New layers for `disk`: fresh DEKs and nonces, same ciphers, wrapped like the
+    /// current ones (platform key, or the set's active customer key).
+    fn new_layers(&self, m: &DiskMeta) -> Result<Vec<Layer>> {
+        let des = match &m.encryption.disk_encryption_set_id {
+            Some(id) => Some(self.keys.des(id)?),
+            None => None,
+        };
+        let mut out = Vec::new();
+        for (i, old) in m.layers.iter().enumerate() {
+            let p = old
+                .parse()
+                .map_err(|r| StoreError::InvalidArgument(r.to_string()))?;
+            let dek = Secret::random(p.cipher.key_len())?;
+            let nonce = random_bytes(p.cipher.nonce_len())?;
+            let w = match &des {
+                Some(d) if !keyring::is_platform_kid(&old.kid) => self.keys.wrap_des(d, &dek)?,
+                _ => self.keys.wrap_platform(&dek)?,
+            };
+            out.push(Layer {
+                cipher: old.cipher.clone(),
+                nonce: hex(&nonce),
+                kid: w.kid,
+                alg: w.alg,
+                wrapped_key: encode_wrapped(&w.value),
+                key_check: key_check(&dek, &m.id, i, p.cipher, &nonce),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Starts a rekey, or picks up an interrupted one.
+    fn rekey_prepare(&self, name: &str) -> Result<Arc<Disk>> {
+        let _ns = self.ns.lock();
+        let disk = self.get_or_err(name)?;
+        if let Some(r) = disk.corrupt_reason() {
+            return Err(StoreError::Unavailable {
+                disk: name.into(),
+                reason: r.into(),
+            });
+        }
+        let m = disk.meta();
+        if m.rekey.is_none() {
+            let layers = self.new_layers(&m)?;
+            disk.begin_rekey(meta::Rekey {
+                layers,
+                boundary: 0,
+                started_at: now_rfc3339(),
+            })?;
+            log::info!("disk '{name}': rekey started");
+        } else {
+            log::info!("disk '{name}': resuming rekey");
+        }
+        Ok(disk)
+    }
+
+    fn set_rekey_status(&self, id: &str, st: RekeyStatus) {
+        self.rekeys.status.lock().insert(id.to_string(), st);
+    }
+
+    /// Rekeys `name` in this thread; `progress(done_bytes, total_bytes)`.
+    pub fn rekey(&self, name: &str, progress: &dyn Fn(u64, u64)) -> Result<()> {
+        let disk = self.rekey_prepare(name)?;
+        let id = disk.id.clone();
+        let report = |done: u64, total: u64| {
+            let (d, t) = (done * U64, total * U64);
+            self.set_rekey_status(
+                &id,
+                RekeyStatus {
+                    state: "running".into(),
+                    done_bytes: d,
+                    total_bytes: t,
+                    error: None,
+                },
+            );
+            progress(d, t);
+        };
+        let r = disk.run_rekey(&report, &self.rekeys.stop);
+        let total = disk.size();
+        self.set_rekey_status(
+            &id,
+            match &r {
+                Ok(()) => RekeyStatus {
+                    state: "done".into(),
+                    done_bytes: total,
+                    total_bytes: total,
+                    error: None,
+                },
+                Err(e) => RekeyStatus {
+                    state: "failed".into(),
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                },
+            },
+        );
+        match &r {
+            Ok(()) => log::info!("disk '{name}': rekey done; the old data keys are gone"),
+            Err(e) => log::error!("disk '{name}': rekey stopped: {e}"),
+        }
+        r
+    }
+
+    /// Starts a rekey on a background thread (the daemon's `disks/NAME/rekey`).
+    pub fn rekey_spawn(self: &Arc<Self>, name: &str) -> Result<()> {
+        let disk = self.get_or_err(name)?;
+        {
+            let mut st = self.rekeys.status.lock();
+            if st.get(&disk.id).is_some_and(|s| s.state == "running") {
+                return Err(StoreError::Busy(name.to_string()));
+            }
+            st.insert(
+                disk.id.clone(),
+                RekeyStatus {
+                    state: "running".into(),
+                    ..Default::default()
+                },
+            );
+        }
+        // Prepare here so a refusal (e.g. a revoked key) reaches the caller.
+        if let Err(e) = self.rekey_prepare(name) {
+            self.rekeys.status.lock().remove(&disk.id);
+            return Err(e);
+        }
+        let store = self.clone();
+        let name = name.to_string();
+        std::thread::Builder::new()
+            .name(format!("rekey-{name}"))
+            .spawn(move || {
+                let _ = store.rekey(&name, &|_, _| {});
+            })
+            .map_err(|e| StoreError::io("starting the rekey thread", e))?;
+        Ok(())
+    }
+
+    /// Resumes every rekey a crash interrupted (daemon start).
+    pub fn resume_rekeys(self: &Arc<Self>) {
+        for d in self.list() {
+            if d.rekey_state().is_some() {
+                if let Err(e) = self.rekey_spawn(&d.name()) {
+                    log::error!("cannot resume the rekey of '{}': {e}", d.name());
+                }
+            }
+        }
+    }
+
+    pub fn rekey_status(&self, disk: &Disk) -> RekeyStatus {
+        if let Some(s) = self.rekeys.status.lock().get(&disk.id) {
+            return s.clone();
+        }
+        match disk.rekey_state() {
+            Some((b, _)) => RekeyStatus {
+                state: "interrupted".into(),
+                done_bytes: (b * U64).min(disk.size()),
+                total_bytes: disk.size(),
+                error: None,
+            },
+            None => RekeyStatus {
+                state: "idle".into(),
+                total_bytes: disk.size(),
+                ..Default::default()
+            },
+        }
+    }
+
+    pub(super) fn stop_rekeys(&self) {
+        self.rekeys.stop.store(true, Ordering::Release);
+    }
+}
+
+const U64: u64 = crate::crypto::DATA_UNIT as u64;
