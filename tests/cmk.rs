@@ -539,6 +539,7 @@ fn scenario(e: &Env, via: Via, mounted: bool) {
     assert!(Command::new("openssl")
         .args([
             "genpkey",
+            "-quiet",
             "-algorithm",
             "RSA",
             "-pkeyopt",
@@ -676,7 +677,13 @@ fn state(m: &Mounted) -> String {
         "purge-protection",
         "retention-days",
     ] {
-        out += &std::fs::read_to_string(v.join(p)).unwrap();
+        let text = std::fs::read_to_string(v.join(p)).unwrap();
+        // The reconciler's pass counter moves on its own.
+        out += &text
+            .lines()
+            .filter(|l| !l.contains("\"reconcilerPasses\""))
+            .collect::<Vec<_>>()
+            .join("\n");
     }
     out +=
         &run_ok(&["key", "show", "k1", "--store", m.s()]).replace(|c: char| c.is_ascii_digit(), "");
@@ -695,6 +702,7 @@ fn bad_control_writes_fail_with_errno_and_change_nothing() {
     assert!(Command::new("openssl")
         .args([
             "genpkey",
+            "-quiet",
             "-algorithm",
             "RSA",
             "-pkeyopt",
@@ -710,6 +718,7 @@ fn bad_control_writes_fail_with_errno_and_change_nothing() {
     assert!(Command::new("openssl")
         .args([
             "genpkey",
+            "-quiet",
             "-algorithm",
             "EC",
             "-pkeyopt",
@@ -1193,6 +1202,7 @@ fn cmk_and_double_encryption_decrypt_independently() {
     assert!(Command::new("openssl")
         .args([
             "genpkey",
+            "-quiet",
             "-algorithm",
             "RSA",
             "-pkeyopt",
@@ -1294,7 +1304,7 @@ fn cmk_and_double_encryption_decrypt_independently() {
     // A PKCS#1 key imports too, and the vault's public key is the one openssl derives.
     let pkcs1 = m.dir.path().join("pkcs1.pem");
     assert!(Command::new("openssl")
-        .args(["genrsa", "-traditional", "-out"])
+        .args(["genrsa", "-quiet", "-traditional", "-out"])
         .arg(&pkcs1)
         .arg("2048")
         .status()
