@@ -300,7 +300,11 @@ fn revocation_delay_is_honoured() {
     if start.elapsed() < Duration::from_secs(3) {
         f.read_exact_at(&mut buf, 0)
             .expect("served during the delay");
-        assert_eq!(key_state(&m, "d1"), "Available");
+        let state = key_state(&m, "d1");
+        assert!(
+            state.starts_with("Available (revocation pending: key k1 disabled"),
+            "{state}"
+        );
     }
     let took = Mounted::wait_for(Duration::from_secs(10), || eio(f.read_at(&mut buf, 0)))
         .expect("revoked after the delay");

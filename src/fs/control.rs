@@ -530,7 +530,7 @@ impl Control {
         if self.daemon.is_some() {
             self.store.nudge();
         } else {
-            self.store.reconcile();
+            self.store.reconcile_offline();
         }
     }
 

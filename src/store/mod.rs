@@ -608,6 +608,14 @@ impl Store {
         let state = match (disk.corrupt_reason(), disk.revocation()) {
             (Some(r), _) => format!("Unavailable: {r}"),
             (None, Some(r)) => r.reason,
+            // Not (yet) acted on, e.g. no daemon runs or a revocation delay is pending.
+            (None, None) if m.encryption.kind != PLATFORM_KEY_TYPE => match self.key_access(&m) {
+                Ok(()) => "Available".to_string(),
+                Err((why, _)) if self.revocation_pending(disk) => {
+                    format!("Available (revocation pending: {why})")
+                }
+                Err((why, _)) => format!("Revoked: {why}"),
+            },
             (None, None) => "Available".to_string(),
         };
         json!({

@@ -104,7 +104,7 @@ impl Store {
     }
 
     /// Whether every customer-key layer of a disk can be unwrapped right now.
-    fn key_access(&self, m: &DiskMeta) -> std::result::Result<(), (String, Caller)> {
+    pub(super) fn key_access(&self, m: &DiskMeta) -> std::result::Result<(), (String, Caller)> {
         let id = m.encryption.disk_encryption_set_id.as_deref().unwrap_or("");
         let des = match self.keys.des(id) {
             Ok(d) => d,
@@ -124,6 +124,14 @@ impl Store {
         Ok(())
     }
 
+    /// Without a daemon (a CLI command on an unmounted store): auto-rotation and
+    /// unfinished key changes only. Nothing is open, so there is nothing to revoke, and
+    /// rotation policies run only while mounted.
+    pub fn reconcile_offline(&self) {
+        self.auto_rotate();
+        self.retry_key_changes();
+    }
+
     /// One pass: revocations and restores, auto-rotation, unfinished key changes.
     pub fn reconcile(&self) {
         self.reconcile_access();
@@ -131,6 +139,11 @@ impl Store {
         self.retry_key_changes();
         self.keys.vault.run_policies();
         self.reconcile.passes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether the disk's key is unusable but the revocation delay has not passed yet.
+    pub(super) fn revocation_pending(&self, d: &Disk) -> bool {
+        self.reconcile.pending.lock().contains_key(&d.serial)
     }
 
     /// Reconciler passes completed so far.
