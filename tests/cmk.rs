@@ -641,24 +641,7 @@ fn every_operation_through_control_files() {
 /// A mount with purge protection, key k1 granted to set1 (CMK), and disk c1.
 fn prepared() -> (Mounted, String) {
     let m = Mounted::new();
-    let s = m.s().to_string();
-    run_ok(&["vault", "set", "--purge-protection", "true", "--store", &s]);
-    run_ok(&["key", "create", "k1", "--store", &s]);
-    let kid: Value = serde_json::from_str(&run_ok(&["key", "show", "k1", "--store", &s])).unwrap();
-    let kid = kid["key"]["kid"].as_str().unwrap().to_string();
-    run_ok(&["des", "create", "set1", "--key-url", &kid, "--store", &s]);
-    run_ok(&["key", "grant", "k1", "--des", "set1", "--store", &s]);
-    run_ok(&[
-        "disk",
-        "create",
-        "c1",
-        "--size",
-        "1M",
-        "--disk-encryption-set",
-        "set1",
-        "--store",
-        &s,
-    ]);
+    let kid = cmk_setup(&m, &[("c1", "1M", "Premium_LRS")]);
     (m, kid)
 }
 

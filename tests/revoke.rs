@@ -26,44 +26,8 @@ fn setup(extra_mount_args: &[&str], disks: &[(&str, &str)]) -> Mounted {
         m.umount();
         m.mount_with(extra_mount_args, &[]);
     }
-    let s = m.s().to_string();
-    run_ok(&["vault", "set", "--purge-protection", "true", "--store", &s]);
-    run_ok(&["key", "create", "k1", "--store", &s]);
-    run_ok(&[
-        "des",
-        "create",
-        "set1",
-        "--key-url",
-        "k1",
-        "--auto-rotate",
-        "--store",
-        &s,
-    ]);
-    run_ok(&[
-        "des",
-        "update",
-        "set1",
-        "--auto-rotate",
-        "false",
-        "--store",
-        &s,
-    ]);
-    run_ok(&["key", "grant", "k1", "--des", "set1", "--store", &s]);
-    for (d, sku) in disks {
-        run_ok(&[
-            "disk",
-            "create",
-            d,
-            "--size",
-            "4M",
-            "--sku",
-            sku,
-            "--disk-encryption-set",
-            "set1",
-            "--store",
-            &s,
-        ]);
-    }
+    let disks: Vec<(&str, &str, &str)> = disks.iter().map(|(d, sku)| (*d, "4M", *sku)).collect();
+    cmk_setup(&m, &disks);
     m
 }
 

@@ -440,6 +440,18 @@ impl Store {
             .ok_or_else(|| StoreError::DiskNotFound(name.to_string()))
     }
 
+    /// A disk that exists and whose metadata is sound.
+    pub fn get_usable(&self, name: &str) -> Result<Arc<Disk>> {
+        let disk = self.get_or_err(name)?;
+        match disk.corrupt_reason() {
+            Some(r) => Err(StoreError::Unavailable {
+                disk: name.into(),
+                reason: r.into(),
+            }),
+            None => Ok(disk),
+        }
+    }
+
     /// Creates a platform-key disk: fresh DEK from the OS CSPRNG, wrapped with RSA-OAEP-256.
     pub fn create_disk(&self, name: &str, opts: &CreateOptions) -> Result<Arc<Disk>> {
         validate_name(name)?;
@@ -585,13 +597,7 @@ impl Store {
 
     /// Changes a disk's SKU (`az disk update --sku`).
     pub fn set_sku(&self, name: &str, sku: Sku) -> Result<()> {
-        let disk = self.get_or_err(name)?;
-        if let Some(r) = disk.corrupt_reason() {
-            return Err(StoreError::Unavailable {
-                disk: name.into(),
-                reason: r.into(),
-            });
-        }
+        let disk = self.get_usable(name)?;
         disk.update_meta(|m| m.sku = sku.name().to_string())
     }
 

@@ -57,13 +57,7 @@ impl Store {
     /// Starts a rekey, or picks up an interrupted one.
     fn rekey_prepare(&self, name: &str) -> Result<Arc<Disk>> {
         let _ns = self.ns.lock();
-        let disk = self.get_or_err(name)?;
-        if let Some(r) = disk.corrupt_reason() {
-            return Err(StoreError::Unavailable {
-                disk: name.into(),
-                reason: r.into(),
-            });
-        }
+        let disk = self.get_usable(name)?;
         let m = disk.meta();
         if m.rekey.is_none() {
             let layers = self.new_layers(&m)?;

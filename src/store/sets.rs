@@ -321,13 +321,7 @@ impl Store {
         des: Option<&str>,
     ) -> Result<Value> {
         let _ns = self.ns.lock();
-        let disk = self.get_or_err(name)?;
-        if let Some(r) = disk.corrupt_reason() {
-            return Err(StoreError::Unavailable {
-                disk: name.into(),
-                reason: r.into(),
-            });
-        }
+        let disk = self.get_usable(name)?;
         let target_des = des.map(|d| self.keys.des(d)).transpose()?;
         let target = match (encryption_type, &target_des) {
             (Some(t), _) if t.eq_ignore_ascii_case(PLATFORM_KEY_TYPE) => PLATFORM_KEY_TYPE,

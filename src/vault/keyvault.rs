@@ -1548,6 +1548,14 @@ mod tests {
         KeyRef::parse(s).unwrap()
     }
 
+    fn set_enabled(v: &KeyVault, r: &KeyRef, on: bool) {
+        let u = KeyUpdate {
+            enabled: Some(on),
+            ..Default::default()
+        };
+        v.update_key(&Caller::current_user(), r, &u).unwrap();
+    }
+
     #[test]
     fn grants_gate_wrap_and_unwrap() {
         let (_d, v) = vault();
@@ -1571,50 +1579,18 @@ mod tests {
             .starts_with("https://testvault.vault.azure.net/keys/k1/"));
         assert_eq!(v.unwrap(&des, &w).unwrap().expose(), dek.expose());
         // Disabling the key, then the version, stops unwrap; enabling restores it.
-        v.update_key(
-            &me,
-            &r("k1"),
-            &KeyUpdate {
-                enabled: Some(false),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        set_enabled(&v, &r("k1"), false);
         assert!(matches!(
             v.unwrap(&des, &w),
             Err(VaultError::KeyDisabled(_))
         ));
-        v.update_key(
-            &me,
-            &r("k1"),
-            &KeyUpdate {
-                enabled: Some(true),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        v.update_key(
-            &me,
-            &r(&w.kid),
-            &KeyUpdate {
-                enabled: Some(false),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        set_enabled(&v, &r("k1"), true);
+        set_enabled(&v, &r(&w.kid), false);
         assert!(matches!(
             v.unwrap(&des, &w),
             Err(VaultError::VersionDisabled(_))
         ));
-        v.update_key(
-            &me,
-            &r(&w.kid),
-            &KeyUpdate {
-                enabled: Some(true),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        set_enabled(&v, &r(&w.kid), true);
         // An expired key still unwraps but no longer wraps.
         let past = parse_time("2020-01-01").unwrap();
         v.update_key(

@@ -197,6 +197,35 @@ impl Drop for Mounted {
     }
 }
 
+/// Customer keys on a mounted store: purge protection, key k1, set `set1` on k1's
+/// current version with a grant, and `disks` (name, size, sku) in set1. Returns k1's
+/// versioned key URL.
+pub fn cmk_setup(m: &Mounted, disks: &[(&str, &str, &str)]) -> String {
+    let s = m.s();
+    run_ok(&["vault", "set", "--purge-protection", "true", "--store", s]);
+    let key: serde_json::Value =
+        serde_json::from_str(&run_ok(&["key", "create", "k1", "--store", s])).unwrap();
+    let kid = key["key"]["kid"].as_str().unwrap().to_string();
+    run_ok(&["des", "create", "set1", "--key-url", &kid, "--store", s]);
+    run_ok(&["key", "grant", "k1", "--des", "set1", "--store", s]);
+    for (d, size, sku) in disks {
+        run_ok(&[
+            "disk",
+            "create",
+            d,
+            "--size",
+            size,
+            "--sku",
+            sku,
+            "--disk-encryption-set",
+            "set1",
+            "--store",
+            s,
+        ]);
+    }
+    kid
+}
+
 #[allow(unused_imports)] // each test crate uses a different subset
 pub use diskvault::testkit::{openssl_oaep_unwrap, pattern};
 
