@@ -502,11 +502,7 @@ impl KeyVault {
                 let mut rec = Self::entry(st, name)?.rec.clone();
                 rec.rotation_policy = policy;
                 rec.attributes.updated = now_secs();
-                write_json(
-                    &self.key_dir(&name.to_ascii_lowercase()).join(KEY_FILE),
-                    &rec,
-                )?;
-                Self::entry_mut(st, name)?.rec = rec;
+                self.save_record(st, rec)?;
                 Ok(())
             },
         )
@@ -680,6 +676,14 @@ impl KeyVault {
                 VaultError::KeyNotFound(name.to_string())
             }
         })
+    }
+
+    /// Writes a key's record (atomically) and makes it the live one.
+    fn save_record(&self, st: &mut State, rec: KeyRecord) -> Result<(), VaultError> {
+        let l = rec.name.to_ascii_lowercase();
+        write_json(&self.key_dir(&l).join(KEY_FILE), &rec)?;
+        Self::entry_mut(st, &l)?.rec = rec;
+        Ok(())
     }
 
     fn entry_mut<'a>(st: &'a mut State, name: &str) -> Result<&'a mut KeyEntry, VaultError> {
@@ -1099,9 +1103,7 @@ impl KeyVault {
                         apply(&mut ver.attributes, &mut ver.key_ops)?;
                     }
                 }
-                let l = r.name.to_ascii_lowercase();
-                write_json(&self.key_dir(&l).join(KEY_FILE), &rec)?;
-                Self::entry_mut(st, &r.name)?.rec = rec;
+                self.save_record(st, rec)?;
                 let e = Self::entry(st, &r.name)?;
                 Ok(self.key_json(st, e, r.version.as_deref()))
             },
@@ -1252,12 +1254,8 @@ impl KeyVault {
                     permissions: perms,
                 });
                 rec.attributes.updated = now_secs();
-                write_json(
-                    &self.key_dir(&name.to_ascii_lowercase()).join(KEY_FILE),
-                    &rec,
-                )?;
                 let v = json!(rec.grants);
-                Self::entry_mut(st, name)?.rec = rec;
+                self.save_record(st, rec)?;
                 Ok(v)
             },
         )
@@ -1286,12 +1284,8 @@ impl KeyVault {
                     });
                 }
                 rec.attributes.updated = now_secs();
-                write_json(
-                    &self.key_dir(&name.to_ascii_lowercase()).join(KEY_FILE),
-                    &rec,
-                )?;
                 let v = json!(rec.grants);
-                Self::entry_mut(st, name)?.rec = rec;
+                self.save_record(st, rec)?;
                 Ok(v)
             },
         )
