@@ -437,6 +437,19 @@ fn rotation_policy_rotates_and_notifies() {
             .count()
     };
     Mounted::wait_for(LIMIT, || notices() == 1).expect("notified");
+    // A set that follows pk's latest version picks up policy rotations.
+    run_ok(&[
+        "des",
+        "create",
+        "ps",
+        "--key-url",
+        "pk",
+        "--auto-rotate",
+        "--store",
+        &s,
+    ]);
+    run_ok(&["key", "grant", "pk", "--des", "ps", "--store", &s]);
+    let first = js(&run_ok(&["des", "show", "ps", "--store", &s]))["activeKey"]["keyUrl"].clone();
     // Rotate one second after creation; new versions expire in 30 days.
     ctl(
         &m,
@@ -454,6 +467,10 @@ fn rotation_policy_rotates_and_notifies() {
     assert!(audit()
         .lines()
         .any(|l| l.contains("\"operationName\":\"KeyRotate\"") && l.contains("rotation policy")));
+    Mounted::wait_for(LIMIT, || {
+        js(&run_ok(&["des", "show", "ps", "--store", &s]))["activeKey"]["keyUrl"] != first
+    })
+    .expect("the auto-rotating set follows the policy's new version");
     let cur = js(&run_ok(&["key", "show", "pk", "--store", &s]));
     assert!(
         cur["attributes"]["expires"].is_string(),
@@ -655,4 +672,50 @@ fn kill_9_at_random_moments_of_a_rotation() {
         }
     }
     let _ = Path::new("");
+}
+
+/// With --auto-rotate-delay a new version is picked up only after the delay.
+#[test]
+fn auto_rotation_delay_is_honoured() {
+    let m = setup(&["--auto-rotate-delay", "3s"], &[("d1", "Premium_LRS")]);
+    let s = m.s().to_string();
+    run_ok(&[
+        "des",
+        "update",
+        "set1",
+        "--auto-rotate",
+        "true",
+        "--store",
+        &s,
+    ]);
+    let active = || {
+        js(&run_ok(&["des", "show", "set1", "--store", &s]))["activeKey"]["keyUrl"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let old = active();
+    let start = std::time::Instant::now();
+    let new = js(&run_ok(&["key", "rotate", "k1", "--store", &s]))["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let passes = || {
+        js(&std::fs::read_to_string(m.mnt.join(".vault/status.json")).unwrap())["reconcilerPasses"]
+            .as_u64()
+            .unwrap()
+    };
+    let p0 = passes();
+    Mounted::wait_for(LIMIT, || passes() > p0 + 1).expect("reconciler runs");
+    // Version ages count whole seconds, so allow one second of rounding.
+    if start.elapsed() < Duration::from_secs(2) {
+        assert_eq!(active(), old, "rotated before the delay");
+    }
+    Mounted::wait_for(Duration::from_secs(10), || active() == new)
+        .expect("rotated after the delay");
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "rotated after {:?}",
+        start.elapsed()
+    );
 }
