@@ -683,14 +683,8 @@ fn fsynced_data_survives_kill_9() {
     let pid = info["pid"].as_i64().unwrap() as i32;
     // Safe because: kill takes plain integers.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    // The store lock is released only when the daemon is gone: wait on it.
-    let lock = File::open(m.store.join("lock")).unwrap();
-    // Safe because: the fd is open for the duration of the call.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    drop(lock);
-    let c = std::ffi::CString::new(m.mnt.to_str().unwrap()).unwrap();
-    // Safe because: `c` is a valid NUL-terminated path.
-    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    // The locks are released only when the daemon is gone: wait on them.
+    m.reap_dead_daemon();
     m.mount();
     let got = std::fs::read(m.disk("k9")).unwrap();
     assert_eq!(got.len(), 5000 + data.len());

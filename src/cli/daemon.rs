@@ -224,6 +224,7 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
         let info = DaemonInfo {
             pid: std::process::id(),
             store: store_path.display().to_string(),
+            vault: store.vault().dir().display().to_string(),
             mountpoint: mp.display().to_string(),
             started_at: now_rfc3339(),
         };
@@ -308,9 +309,13 @@ pub fn umount(mp: &Path) -> Result<(), CliError> {
             _ => return Err(CliError(format!("cannot unmount {shown}: {e}"))),
         }
     }
-    // The daemon holds the store lock until it has flushed and exited.
+    // The daemon holds the store and vault locks until it has flushed and exited.
     if let Some(info) = info {
         StoreLock::wait_released(&Path::new(&info.store).join(LOCK_FILE))?;
+        if !info.vault.is_empty() {
+            let vault_lock = Path::new(&info.vault).join(crate::vault::keyvault::LOCK_FILE);
+            StoreLock::wait_released(&vault_lock)?;
+        }
     }
     Ok(())
 }

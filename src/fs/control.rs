@@ -528,7 +528,7 @@ impl Control {
     /// auto-rotation); without a daemon it runs here.
     fn after_change(&self) {
         if self.daemon.is_some() {
-            self.store.nudge();
+            self.store.reconcile_now(std::time::Duration::from_secs(1));
         } else {
             self.store.reconcile_offline();
         }

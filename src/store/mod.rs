@@ -88,6 +88,9 @@ pub struct InitOptions {
 pub struct DaemonInfo {
     pub pid: u32,
     pub store: String,
+    /// The key vault directory the daemon holds (locked like the store).
+    #[serde(default)]
+    pub vault: String,
     pub mountpoint: String,
     pub started_at: String,
 }
@@ -108,7 +111,6 @@ pub fn now_rfc3339() -> String {
 
 pub struct Store {
     root: PathBuf,
-    _lock: StoreLock,
     keys: Arc<Keyring>,
     disks: RwLock<BTreeMap<String, Arc<Disk>>>,
     /// Serializes namespace changes (create, rename, delete).
@@ -116,6 +118,9 @@ pub struct Store {
     next_serial: AtomicU64,
     reconcile: reconcile::ReconcileState,
     rekeys: rekey::Rekeys,
+    /// Declared last so it is released last: whoever waits for it finds everything
+    /// else (the vault included, unless a disk still holds it) released.
+    _lock: StoreLock,
 }
 
 /// The resource id of a disk, as `az disk show` prints it.

@@ -35,6 +35,10 @@ pub(super) struct ReconcileState {
     retried_at: AtomicU64,
     /// Completed passes, shown in status.json so callers can wait for one.
     pub passes: AtomicU64,
+    /// Passes started; a pass numbered above a change's snapshot saw the change.
+    started: AtomicU64,
+    done: Mutex<()>,
+    done_cond: Condvar,
 }
 
 /// A short phrase for why a key no longer unwraps, for `keyState`.
@@ -132,13 +136,38 @@ impl Store {
         self.retry_key_changes();
     }
 
+    /// Runs a pass that starts after this call, on the reconciler thread, and waits up
+    /// to `limit` for it: after a control write returns, its revocations, restores and
+    /// auto-rotations have happened. The wait is bounded so that a pass stuck behind
+    /// busy FUSE threads can't hold the writer forever.
+    pub fn reconcile_now(&self, limit: Duration) {
+        let target = self.reconcile.started.load(Ordering::Acquire) + 1;
+        self.nudge();
+        let deadline = Instant::now() + limit;
+        let mut g = self.reconcile.done.lock();
+        while self.reconcile.passes.load(Ordering::Acquire) < target {
+            if self
+                .reconcile
+                .done_cond
+                .wait_until(&mut g, deadline)
+                .timed_out()
+            {
+                log::warn!("reconciler pass took longer than {limit:?}; not waiting for it");
+                return;
+            }
+        }
+    }
+
     /// One pass: revocations and restores, auto-rotation, unfinished key changes.
     pub fn reconcile(&self) {
+        self.reconcile.started.fetch_add(1, Ordering::AcqRel);
         self.reconcile_access();
         self.auto_rotate();
         self.retry_key_changes();
         self.keys.vault.run_policies();
+        let _g = self.reconcile.done.lock();
         self.reconcile.passes.fetch_add(1, Ordering::AcqRel);
+        self.reconcile.done_cond.notify_all();
     }
 
     /// Whether the disk's key is unusable but the revocation delay has not passed yet.

@@ -35,7 +35,7 @@ const KEYS_DIR: &str = "keys";
 const DELETED_DIR: &str = "deleted-keys";
 const KEY_FILE: &str = "key.json";
 const DELETED_FILE: &str = "deleted.json";
-const LOCK_FILE: &str = "lock";
+pub const LOCK_FILE: &str = "lock";
 pub const DEFAULT_RETENTION_DAYS: u32 = 90;
 const DAY: i64 = 86_400;
 

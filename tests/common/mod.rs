@@ -122,10 +122,12 @@ impl Mounted {
     /// then detaches the dead mount.
     pub fn reap_dead_daemon(&mut self) {
         use std::os::fd::AsRawFd;
-        let lock = std::fs::File::open(self.store.join("lock")).unwrap();
-        // Safe because: the fd is open for the duration of the call.
-        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-        drop(lock);
+        // The kernel closes a dead process's files one by one: wait for both locks.
+        for l in [self.store.join("lock"), self.store.join("vault/lock")] {
+            let lock = std::fs::File::open(&l).unwrap();
+            // Safe because: the fd is open for the duration of the call.
+            assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        }
         let c = std::ffi::CString::new(self.mnt.to_str().unwrap()).unwrap();
         // Safe because: `c` is a valid NUL-terminated path.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
