@@ -674,18 +674,18 @@ impl Disk {
         // One unwrap for the whole run (not one audited unwrap per chunk).
         let u = self.unlocked()?;
         loop {
-            if stop.load(Ordering::Acquire) || self.deleted.load(Ordering::Acquire) {
-                return Err(StoreError::Busy(self.name()));
-            }
-            if let Some(r) = self.revocation().filter(|r| !r.keep_open) {
-                return Err(self.unavailable(r.reason));
-            }
             let _r = self.resize.read();
             let units = self.size().div_ceil(U);
             let b = self.boundary.load(Ordering::Acquire);
             progress(b.min(units), units);
             if b >= units || u.next.is_none() {
                 break;
+            }
+            if stop.load(Ordering::Acquire) || self.deleted.load(Ordering::Acquire) {
+                return Err(StoreError::Busy(self.name()));
+            }
+            if let Some(r) = self.revocation().filter(|r| !r.keep_open) {
+                return Err(self.unavailable(r.reason));
             }
             let e = (b + REKEY_CHUNK).min(units);
             let _g = self.lock_units(b, e, true);

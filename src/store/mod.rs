@@ -20,6 +20,8 @@ pub mod keyring;
 mod reconcile;
 mod rekey;
 mod sets;
+#[cfg(test)]
+mod tests;
 
 pub mod meta;
 pub mod spec;

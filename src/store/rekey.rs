@@ -55,7 +55,7 @@ impl Store {
     }
 
     /// Starts a rekey, or picks up an interrupted one.
-    fn rekey_prepare(&self, name: &str) -> Result<Arc<Disk>> {
+    pub(super) fn rekey_prepare(&self, name: &str) -> Result<Arc<Disk>> {
         let _ns = self.ns.lock();
         let disk = self.get_usable(name)?;
         let m = disk.meta();
