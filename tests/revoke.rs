@@ -31,6 +31,13 @@ fn setup(extra_mount_args: &[&str], disks: &[(&str, &str)]) -> Mounted {
     m
 }
 
+/// Completed reconciler passes of the mount's daemon.
+fn passes(m: &Mounted) -> u64 {
+    js(&std::fs::read_to_string(m.mnt.join(".vault/status.json")).unwrap())["reconcilerPasses"]
+        .as_u64()
+        .unwrap()
+}
+
 fn ctl(m: &Mounted, path: &str, data: &str) {
     std::fs::write(m.mnt.join(".vault").join(path), data)
         .unwrap_or_else(|e| panic!("{path} <- {data}: {e}"));
@@ -254,11 +261,7 @@ fn revocation_delay_is_honoured() {
     ctl(&m, "keys/k1/enabled", "false");
     let mut buf = [0u8; 3];
     // Wait for at least one reconciler pass after the change, then check it still works.
-    let passes = |m: &Mounted| {
-        js(&std::fs::read_to_string(m.mnt.join(".vault/status.json")).unwrap())["reconcilerPasses"]
-            .as_u64()
-            .unwrap()
-    };
+
     let p0 = passes(&m);
     Mounted::wait_for(LIMIT, || passes(&m) > p0 + 1).expect("reconciler runs");
     if start.elapsed() < Duration::from_secs(3) {
@@ -387,13 +390,9 @@ fn auto_rotation_follows_new_versions_and_latches_errors() {
         .as_str()
         .unwrap()
         .to_string();
-    let passes = || {
-        js(&std::fs::read_to_string(m.mnt.join(".vault/status.json")).unwrap())["reconcilerPasses"]
-            .as_u64()
-            .unwrap()
-    };
-    let p0 = passes();
-    Mounted::wait_for(LIMIT, || passes() > p0 + 2).expect("reconciler runs");
+
+    let p0 = passes(&m);
+    Mounted::wait_for(LIMIT, || passes(&m) > p0 + 2).expect("reconciler runs");
     assert_eq!(
         show("des")["activeKey"]["keyUrl"],
         v2.as_str(),
@@ -700,13 +699,9 @@ fn auto_rotation_delay_is_honoured() {
         .as_str()
         .unwrap()
         .to_string();
-    let passes = || {
-        js(&std::fs::read_to_string(m.mnt.join(".vault/status.json")).unwrap())["reconcilerPasses"]
-            .as_u64()
-            .unwrap()
-    };
-    let p0 = passes();
-    Mounted::wait_for(LIMIT, || passes() > p0 + 1).expect("reconciler runs");
+
+    let p0 = passes(&m);
+    Mounted::wait_for(LIMIT, || passes(&m) > p0 + 1).expect("reconciler runs");
     // Version ages count whole seconds, so allow one second of rounding.
     if start.elapsed() < Duration::from_secs(2) {
         assert_eq!(active(), old, "rotated before the delay");

@@ -170,3 +170,11 @@ pub fn print_json(v: &Value) {
         serde_json::to_string_pretty(v).expect("JSON serializes")
     );
 }
+
+/// A value for one word of a control-file command: no spaces, no `=`.
+pub fn word(v: &str) -> Result<&str, CliError> {
+    if v.is_empty() || v.contains(char::is_whitespace) || v.contains('=') {
+        return Err(CliError(format!("'{v}' is not a valid value here")));
+    }
+    Ok(v)
+}

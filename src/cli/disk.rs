@@ -1,6 +1,6 @@
 //! `diskvault disk ...`.
 
-use super::access::{print_json, Access, StoreArg};
+use super::access::{print_json, word, Access, StoreArg};
 use super::CliError;
 use clap::Subcommand;
 use serde_json::Value;
@@ -87,14 +87,6 @@ fn print_table(disks: &[Value]) {
             s("keyState"),
         );
     }
-}
-
-/// `word` for a control-file write: values never contain spaces.
-fn word(v: &str) -> Result<&str, CliError> {
-    if v.is_empty() || v.contains(char::is_whitespace) || v.contains('=') {
-        return Err(CliError(format!("'{v}' is not a valid value here")));
-    }
-    Ok(v)
 }
 
 pub fn run(cmd: DiskCmd) -> Result<(), CliError> {

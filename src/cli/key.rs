@@ -1,6 +1,6 @@
 //! `diskvault key ...`, `diskvault vault ...` and `diskvault des ...`.
 
-use super::access::{print_json, Access, StoreArg};
+use super::access::{print_json, word, Access, StoreArg};
 use super::CliError;
 use clap::Subcommand;
 use serde_json::Value;
@@ -165,13 +165,6 @@ impl AttrArgs {
         }
         Ok(s)
     }
-}
-
-fn word(v: &str) -> Result<&str, CliError> {
-    if v.is_empty() || v.contains(char::is_whitespace) || v.contains('=') {
-        return Err(CliError(format!("'{v}' is not a valid value here")));
-    }
-    Ok(v)
 }
 
 fn print_keys(keys: &[Value]) {
