@@ -11,6 +11,7 @@ pub mod fault;
 pub mod fs;
 pub mod lock;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testkit;
 pub mod vault;

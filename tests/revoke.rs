@@ -489,6 +489,24 @@ fn rotation_policy_rotates_and_notifies() {
     run_ok(&["key", "rotation-policy", "pk", "--clear", "--store", &s]);
 }
 
+/// A child process that is killed and reaped if the test fails before waiting for it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn wait_with_output(mut self) -> std::process::Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// fio writes and verifies (crc32c) on three disks while the set's key changes six
 /// times, to new versions and to another key: no I/O error, no verify error.
 #[test]
@@ -530,16 +548,21 @@ fn rotation_under_fio_load() {
         "--do_verify=1",
         "--loops=4",
         "--randseed=42",
+        "--verify_state_save=0",
     ]);
     for d in ["f1", "f2", "f3"] {
         fio.arg(format!("--name={d}"))
             .arg(format!("--filename={}", m.disk(d).display()));
     }
-    let child = fio
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("fio");
+    // fio runs in the temp dir (any state file stays there) and is killed if an
+    // assertion below fails.
+    let child = KillOnDrop(Some(
+        fio.current_dir(m.dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("fio"),
+    ));
     let mut rotations = 0;
     for i in 0..6 {
         let target = if i % 3 == 2 {
@@ -567,7 +590,7 @@ fn rotation_under_fio_load() {
         }
         rotations += 1;
     }
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

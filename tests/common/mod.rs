@@ -2,6 +2,9 @@
 //! unmounted on drop even when the test panics.
 #![allow(dead_code)]
 
+#[cfg(not(feature = "testing"))]
+compile_error!("the integration tests need fault injection: run `cargo test --release --features testing`");
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
