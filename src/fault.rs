@@ -4,7 +4,8 @@
 //! `DISKVAULT_FAULT=POINT=N` makes the process kill itself with SIGKILL the N-th time
 //! it reaches `point(POINT)`; `POINT=N:panic` panics the calling thread instead (to
 //! test that a dying background thread is noticed), and `POINT=N+:panic` panics every
-//! time from the N-th on. Unset, a point costs one relaxed load.
+//! time from the N-th on; `POINT=1+:panic-if=PATH` panics at every hit while PATH
+//! exists, so a test decides when. Unset, a point costs one relaxed load.
 
 #[cfg(feature = "testing")]
 mod imp {
@@ -19,6 +20,7 @@ mod imp {
         n: u64,
         panic: bool,
         repeat: bool,
+        only_if: Option<std::path::PathBuf>,
     }
 
     fn plan() -> &'static Option<Plan> {
@@ -34,8 +36,9 @@ mod imp {
             Some(Plan {
                 name: name.to_string(),
                 n: count.parse().ok()?,
-                panic: action == "panic",
+                panic: action.starts_with("panic"),
                 repeat,
+                only_if: action.strip_prefix("panic-if=").map(Into::into),
             })
         })
     }
@@ -61,6 +64,9 @@ mod imp {
             *c += 1;
             *c
         };
+        if p.only_if.as_ref().is_some_and(|f| !f.exists()) {
+            return;
+        }
         if c == p.n || (p.repeat && c > p.n) {
             if p.panic {
                 panic!("fault injection: panic at {name} #{c}");

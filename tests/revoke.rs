@@ -314,14 +314,24 @@ fn rotation_needs_the_old_key_until_done() {
     assert_eq!(set["provisioningState"], "Updating");
     assert_eq!(set["previousKeys"][0]["keyUrl"], k1.as_str());
     assert_eq!(set["activeKey"]["keyUrl"], k2.as_str());
-    // Disabling or deleting the key the rotation still needs is refused.
-    let e = std::fs::write(m.mnt.join(".vault/keys/k1/enabled"), "false").unwrap_err();
+    // Disabling the one old version the rotation still needs is refused, naming --force.
+    let v1 = k1.rsplit('/').next().unwrap().to_string();
+    let e = std::fs::write(
+        m.mnt.join(format!(".vault/keys/k1/versions/{v1}/enabled")),
+        "false",
+    )
+    .unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EBUSY));
-    let e = run_err(&["key", "delete", "k1", "--store", &s]);
+    let e = std::fs::read_to_string(m.mnt.join(".vault/last-error")).unwrap();
     assert!(
-        e.contains("still needed by disk encryption set 'set1'"),
+        e.contains("still needed by disk encryption set 'set1'") && e.contains("--force"),
         "{e}"
     );
+    // Disabling or deleting the whole key is a revocation, never refused.
+    run_ok(&["key", "set", "k1", "--enabled", "false", "--store", &s]);
+    run_ok(&["key", "set", "k1", "--enabled", "true", "--store", &s]);
+    run_ok(&["key", "delete", "k1", "--store", &s]);
+    run_ok(&["key", "recover", "k1", "--store", &s]);
     // Restoring access lets the rotation finish on its own.
     run_ok(&["key", "grant", "k1", "--des", "set1", "--store", &s]);
     Mounted::wait_for(LIMIT, || {

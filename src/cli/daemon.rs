@@ -188,6 +188,30 @@ fn init_logging(to_file: Option<&Path>) {
     let _ = b.try_init();
 }
 
+/// Sends every panic's message and location to the log (daemon.log in the background,
+/// where stderr is /dev/null), then to the default hook.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let t = std::thread::current();
+        log::error!(
+            "panic in thread '{}' at {at}: {msg}",
+            t.name().unwrap_or("unnamed")
+        );
+        default(info);
+    }));
+}
+
 /// Blocks SIGINT/SIGTERM/SIGHUP in every thread and returns the set, so that one
 /// thread can take them with sigwait and unmount cleanly.
 fn block_signals() -> libc::sigset_t {
@@ -216,6 +240,7 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
             Store::init(store_path, &init_options(args))?;
         }
         init_logging(ready.as_ref().map(|_| store_path.join(LOG_FILE)).as_deref());
+        install_panic_hook();
         let store = Arc::new(Store::open(store_path, args.vault.as_deref())?);
         store.set_delays(crate::store::Delays {
             revocation: args.revocation_delay,
@@ -249,7 +274,7 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
             log::info!("signal {sig}: unmounting");
             let _ = unmounter.unmount();
         });
-        store.spawn_reconciler();
+        store.spawn_reconciler()?;
         store.resume_rekeys();
         log::info!("serving {} on {}", store_path.display(), mp.display());
         Ok::<_, CliError>((session, store))

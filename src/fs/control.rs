@@ -149,6 +149,7 @@ const KEY_UPDATE_FIELDS: &[args::Field] = &[
     f(&["nbf", "notBefore"], false, false, Ty::Str),
     f(&["exp", "expires"], false, false, Ty::Str),
     f(&["ops", "keyOps", "key_ops"], false, false, Ty::List),
+    f(&["force"], false, false, Ty::Bool),
 ];
 const ROTATE_FIELDS: &[args::Field] = &[
     f(&["size", "keySize"], false, false, Ty::NumOrStr),
@@ -252,8 +253,13 @@ fn key_update(a: &Args) -> Result<KeyUpdate, StoreError> {
         nbf: opt_time(a.get("nbf"), "nbf")?,
         exp: opt_time(a.get("exp"), "exp")?,
         key_ops: a.list("ops").map(|l| l.to_vec()),
+        force: a.bool("force").unwrap_or(false),
     };
-    if u == KeyUpdate::default() {
+    if (KeyUpdate {
+        force: false,
+        ..u.clone()
+    }) == KeyUpdate::default()
+    {
         return Err(invalid(
             "nothing to change; give enabled=, nbf=, exp= or ops=",
         ));
@@ -440,7 +446,7 @@ impl Control {
             ["last-error"] => self.last_error.lock().0.clone().into_bytes(),
             ["audit.log"] => vault.audit_text(),
             ["verify-audit"] => match vault.verify_audit() {
-                Ok(n) => line(format!("OK: {n} audit records, hash chain intact")),
+                Ok(v) => line(format!("OK: {v}")),
                 Err(fault) => line(format!("FAILED: {fault}")),
             },
             ["vault.json"] => {
@@ -526,34 +532,44 @@ impl Control {
 
     /// After a change: the daemon's reconciler acts on it at once (revocation,
     /// auto-rotation); without a daemon it runs here.
-    fn after_change(&self) {
+    /// After a change: the daemon's reconciler acts on it at once (revocation,
+    /// auto-rotation); without a daemon it runs here. Fails if the reconciler can't
+    /// run, so that a change it must enforce is never reported as done.
+    fn after_change(&self) -> Result<(), StoreError> {
         if self.daemon.is_some() {
-            self.store.reconcile_now(std::time::Duration::from_secs(1));
+            // The change itself is saved (a revocation is never refused); only its
+            // enforcement is in doubt, and the data path fails closed meanwhile.
+            self.store
+                .reconcile_now(std::time::Duration::from_secs(1))
+                .map_err(|e| match e {
+                    StoreError::EnforcementDown(why) => {
+                        StoreError::EnforcementDown(format!("the change was saved, but {why}"))
+                    }
+                    e => e,
+                })
         } else {
             self.store.reconcile_offline();
+            Ok(())
         }
     }
 
     /// Carries out one write to a control file.
     pub fn write(&self, path: &[&str], data: &[u8], caller: &Caller) -> Result<(), StoreError> {
         self.write_inner(path, data, caller)?;
-        self.after_change();
-        Ok(())
+        self.after_change()
     }
 
     /// mkdir: `keys/NAME` creates an RSA-2048 key.
     pub fn mkdir(&self, path: &[&str], caller: &Caller) -> Result<(), StoreError> {
         self.mkdir_inner(path, caller)?;
-        self.after_change();
-        Ok(())
+        self.after_change()
     }
 
     /// rmdir: `keys/NAME` soft-deletes a key, `deleted-keys/NAME` purges it,
     /// `disk-encryption-sets/NAME` deletes the set.
     pub fn rmdir(&self, path: &[&str], caller: &Caller) -> Result<(), StoreError> {
         self.rmdir_inner(path, caller)?;
-        self.after_change();
-        Ok(())
+        self.after_change()
     }
 
     fn write_inner(&self, path: &[&str], data: &[u8], caller: &Caller) -> Result<(), StoreError> {

@@ -95,6 +95,7 @@ pub fn errno(e: &StoreError) -> Errno {
         | Crypto(_) => Errno::EINVAL,
         TooLarge => Errno::EFBIG,
         Busy(_) | Locked { .. } | Attached(_) | DesInUse { .. } => Errno::EBUSY,
+        EnforcementDown(_) => Errno::EIO,
         DesNotFound(_) => Errno::ENOENT,
         DesExists(_) => Errno::EEXIST,
         VersionlessKeyUrl(_) => Errno::EINVAL,

@@ -122,6 +122,8 @@ pub struct Disk {
     /// Why the disk can't be served (corrupt metadata), if so.
     corrupt: Option<String>,
     keys: Arc<Keyring>,
+    /// The reconciler's health: customer-key disks fail closed while it is down.
+    health: Arc<super::reconcile::Health>,
     size: AtomicU64,
     size_dirty: AtomicBool,
     deleted: AtomicBool,
@@ -153,6 +155,7 @@ impl Disk {
         meta: DiskMeta,
         corrupt: Option<String>,
         keys: Arc<Keyring>,
+        health: Arc<super::reconcile::Health>,
         serial: u64,
     ) -> Self {
         let mtime = std::fs::metadata(dir.join(DATA_FILE))
@@ -167,6 +170,7 @@ impl Disk {
             meta: Mutex::new(meta),
             corrupt,
             keys,
+            health,
             size_dirty: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
             mtime: Mutex::new(mtime),
@@ -269,11 +273,22 @@ impl Disk {
         Ok(Unlocked { file, layers, next })
     }
 
+    /// Fails closed for a customer-key disk while revocations can't be enforced.
+    fn check_enforced(&self) -> Result<()> {
+        if let Some(why) = self.health.down() {
+            if self.meta.lock().encryption.kind != super::meta::PLATFORM_KEY_TYPE {
+                return Err(StoreError::EnforcementDown(why));
+            }
+        }
+        Ok(())
+    }
+
     /// The unlocked state, unwrapping temporarily if no handle has the disk open.
     fn unlocked(&self) -> Result<Arc<Unlocked>> {
         if let Some(r) = self.revoked.read().as_ref().filter(|r| !r.keep_open) {
             return Err(self.unavailable(r.reason.clone()));
         }
+        self.check_enforced()?;
         if let Some(u) = self.unlocked.read().as_ref() {
             return Ok(u.clone());
         }
@@ -336,6 +351,7 @@ impl Disk {
         if let Some(r) = self.revoked.read().as_ref() {
             return Err(self.unavailable(r.reason.clone()));
         }
+        self.check_enforced()?;
         if *n == 0 {
             let u = self.unlock()?;
             *self.unlocked.write() = Some(Arc::new(u));

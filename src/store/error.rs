@@ -60,6 +60,8 @@ pub enum StoreError {
     NotPermitted(String),
     #[error("disk '{0}' is attached (a program holds it open); close it, the analogue of deallocating the VM, and retry")]
     Attached(String),
+    #[error("{0}; key state is not being enforced, so customer-key disks refuse I/O until the reconciler runs again (details in STORE/daemon.log; remount to restart it)")]
+    EnforcementDown(String),
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]

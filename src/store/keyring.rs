@@ -33,20 +33,18 @@ impl Keyring {
             .ok_or_else(|| StoreError::DesNotFound(n.to_string()))
     }
 
-    /// Why key `name` (or one version of it) must stay usable: a set is still moving its
-    /// disks off or onto it.
+    /// Why one version of key `name` must stay usable: a set is still moving its disks
+    /// off or onto it. Disabling or deleting a whole key is a revocation and is never
+    /// refused (the rotation stops and resumes after a restore).
     pub fn rotation_needs(&self, name: &str, version: Option<&str>) -> Option<String> {
+        let version = version?.to_ascii_lowercase();
         let sets = self.sets.read();
         for d in sets.values().filter(|d| d.provisioning_state == "Updating") {
             for kid in d.previous_keys.iter().chain(std::iter::once(&d.active_key)) {
                 let Ok(r) = KeyRef::parse(kid) else { continue };
-                let same_version = match version {
-                    None => true,
-                    Some(v) => r.version.as_deref() == Some(&v.to_ascii_lowercase()),
-                };
-                if r.name.eq_ignore_ascii_case(name) && same_version {
+                if r.name.eq_ignore_ascii_case(name) && r.version.as_deref() == Some(&version) {
                     return Some(format!(
-                        "key {kid} is still needed by disk encryption set '{}', which is re-wrapping its disks (provisioningState Updating); let it finish ('diskvault des update {}' retries it), then disable or delete the key",
+                        "key version {kid} is still needed by disk encryption set '{}', which is re-wrapping its disks (provisioningState Updating); let it finish ('diskvault des update {}' retries it), or disable it anyway with --force (force=true), which revokes the disks still on it",
                         d.name, d.name
                     ));
                 }

@@ -390,6 +390,7 @@ impl Store {
                 meta,
                 None,
                 self.keys.clone(),
+                self.reconcile.health.clone(),
                 self.serial(),
             ),
             Err((name, reason)) => {
@@ -419,6 +420,7 @@ impl Store {
                     placeholder,
                     Some(reason),
                     self.keys.clone(),
+                    self.reconcile.health.clone(),
                     self.serial(),
                 )
             }
@@ -542,6 +544,7 @@ impl Store {
             meta,
             None,
             self.keys.clone(),
+            self.reconcile.health.clone(),
             self.serial(),
         ));
         self.disks.write().insert(name.to_string(), disk.clone());
@@ -660,6 +663,7 @@ impl Store {
             "formatVersion": STORE_VERSION,
             "platformKeyId": crate::vault::KeyProvider::current_kid(&self.keys.platform),
             "reconcilerPasses": self.reconcile_passes(),
+            "reconciler": self.reconcile.health.to_json(),
             "keyVault": self.keys.vault.show(),
             "diskEncryptionSets": self
                 .des_list()

@@ -39,6 +39,112 @@ pub(super) struct ReconcileState {
     started: AtomicU64,
     done: Mutex<()>,
     done_cond: Condvar,
+    /// Whether the thread that enforces key state is alive and well.
+    pub health: Arc<Health>,
+}
+
+/// A pass that has not moved on for this long counts as stuck.
+const STALL: Duration = Duration::from_secs(10);
+
+/// The reconciler's health, which the data path consults: while the thread that
+/// enforces revocations can't run, customer-key disks fail closed rather than keep
+/// serving under a key that may have been revoked.
+#[derive(Default)]
+pub struct Health {
+    /// Set once a daemon runs the reconciler; offline commands never enforce.
+    enforcing: std::sync::atomic::AtomicBool,
+    /// The reconciler thread has ended while the store is still open.
+    exited: std::sync::atomic::AtomicBool,
+    /// Why the last pass failed (a panic), until a pass succeeds.
+    failure: Mutex<Option<String>>,
+    failed: std::sync::atomic::AtomicBool,
+    panics: AtomicU64,
+    /// Milliseconds since `epoch` at the last sign of progress, while a pass runs.
+    in_pass: std::sync::atomic::AtomicBool,
+    beat: AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
+}
+
+impl Health {
+    fn now_ms(&self) -> u64 {
+        self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
+
+    /// Marks progress of the current pass.
+    pub fn beat(&self) {
+        self.beat.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// Why key state can't be enforced right now, if it can't.
+    pub fn down(&self) -> Option<String> {
+        if !self.enforcing.load(Ordering::Acquire) {
+            return None;
+        }
+        if self.exited.load(Ordering::Acquire) {
+            return Some("the reconciler thread has stopped".into());
+        }
+        if self.failed.load(Ordering::Acquire) {
+            let why = self.failure.lock().clone().unwrap_or_default();
+            return Some(format!("the reconciler failed: {why}"));
+        }
+        if self.in_pass.load(Ordering::Acquire) {
+            let idle = self
+                .now_ms()
+                .saturating_sub(self.beat.load(Ordering::Acquire));
+            if idle > STALL.as_millis() as u64 {
+                return Some(format!(
+                    "the reconciler has made no progress for {} s",
+                    idle / 1000
+                ));
+            }
+        }
+        None
+    }
+
+    /// For status.json.
+    pub fn to_json(&self) -> Value {
+        let state = match self.down() {
+            None if self.enforcing.load(Ordering::Acquire) => "Running",
+            None => "NotRunning",
+            Some(_) if self.exited.load(Ordering::Acquire) => "Stopped",
+            Some(_) if self.failed.load(Ordering::Acquire) => "Failing",
+            Some(_) => "Stalled",
+        };
+        json!({
+            "state": state,
+            "error": self.down(),
+            "panics": self.panics.load(Ordering::Acquire),
+        })
+    }
+}
+
+/// The text of a caught panic.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Marks the reconciler thread as gone when it ends for any reason but shutdown.
+struct ExitGuard(Arc<Health>, std::sync::Weak<Store>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let stopping = self
+            .1
+            .upgrade()
+            .is_none_or(|s| s.reconcile.stop.load(Ordering::Acquire));
+        if !stopping {
+            log::error!(
+                "the reconciler thread ended; customer-key disks fail closed until remount"
+            );
+            self.0.exited.store(true, Ordering::Release);
+            if let Some(s) = self.1.upgrade() {
+                s.drop_customer_key_caches();
+            }
+        }
+    }
 }
 
 /// A short phrase for why a key no longer unwraps, for `keyState`.
@@ -79,27 +185,68 @@ impl Store {
         self.reconcile.cond.notify_all();
     }
 
-    /// Runs `reconcile` until the store shuts down.
-    pub fn spawn_reconciler(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+    /// Runs `reconcile` until the store shuts down. A panicking pass is caught, logged
+    /// and retried; until a pass succeeds, customer-key disks fail closed (`Health`).
+    pub fn spawn_reconciler(self: &Arc<Self>) -> Result<std::thread::JoinHandle<()>> {
         let weak = Arc::downgrade(self);
+        let health = self.reconcile.health.clone();
+        health.beat();
+        health.enforcing.store(true, Ordering::Release);
         std::thread::Builder::new()
             .name("reconcile".into())
-            .spawn(move || loop {
-                let Some(store) = weak.upgrade() else { return };
-                if store.reconcile.stop.load(Ordering::Acquire) {
-                    return;
+            .spawn(move || {
+                let _exit = ExitGuard(health.clone(), weak.clone());
+                loop {
+                    let Some(store) = weak.upgrade() else { return };
+                    if store.reconcile.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    store.supervised_pass();
+                    let mut woken = store.reconcile.wake.lock();
+                    if !*woken {
+                        let wait = if health.failed.load(Ordering::Acquire) {
+                            // Back off a little while passes keep failing.
+                            Duration::from_millis(500)
+                        } else {
+                            Duration::from_millis(100)
+                        };
+                        store.reconcile.cond.wait_for(&mut woken, wait);
+                    }
+                    *woken = false;
                 }
-                store.reconcile();
-                let mut woken = store.reconcile.wake.lock();
-                if !*woken {
-                    store
-                        .reconcile
-                        .cond
-                        .wait_for(&mut woken, Duration::from_millis(100));
-                }
-                *woken = false;
             })
-            .expect("spawn reconciler thread")
+            .map_err(|e| StoreError::io("starting the reconciler thread", e))
+    }
+
+    /// One pass, with a panic caught and recorded instead of ending the thread.
+    fn supervised_pass(&self) {
+        let h = &self.reconcile.health;
+        h.beat();
+        h.in_pass.store(true, Ordering::Release);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reconcile()));
+        h.in_pass.store(false, Ordering::Release);
+        match r {
+            Ok(()) => {
+                if h.failed.swap(false, Ordering::AcqRel) {
+                    log::warn!("reconciler recovered; key state is enforced again");
+                }
+                *h.failure.lock() = None;
+            }
+            Err(p) => {
+                let msg = panic_text(&*p);
+                h.panics.fetch_add(1, Ordering::AcqRel);
+                log::error!(
+                    "reconciler pass panicked: {msg}; restarting it (customer-key disks fail closed until a pass succeeds)"
+                );
+                *h.failure.lock() = Some(format!("{msg} at {}", now_rfc3339()));
+                if !h.failed.swap(true, Ordering::AcqRel) {
+                    self.drop_customer_key_caches();
+                }
+                // Wake anyone waiting for this pass: it is over, unsuccessfully.
+                let _g = self.reconcile.done.lock();
+                self.reconcile.done_cond.notify_all();
+            }
+        }
     }
 
     pub(super) fn stop_reconciler(&self) {
@@ -139,23 +286,61 @@ impl Store {
     /// Runs a pass that starts after this call, on the reconciler thread, and waits up
     /// to `limit` for it: after a control write returns, its revocations, restores and
     /// auto-rotations have happened. The wait is bounded so that a pass stuck behind
-    /// busy FUSE threads can't hold the writer forever.
-    pub fn reconcile_now(&self, limit: Duration) {
+    /// busy FUSE threads can't hold the writer forever. Fails (closed) if the
+    /// reconciler can't run: the caller's change may then not be enforced by it, and
+    /// customer-key disks refuse I/O until it runs again.
+    pub fn reconcile_now(&self, limit: Duration) -> Result<()> {
+        let h = &self.reconcile.health;
+        let down = |why: String| Err(StoreError::EnforcementDown(why));
+        if let Some(why) = h.down() {
+            return down(why);
+        }
         let target = self.reconcile.started.load(Ordering::Acquire) + 1;
+        let panics = h.panics.load(Ordering::Acquire);
         self.nudge();
         let deadline = Instant::now() + limit;
         let mut g = self.reconcile.done.lock();
         while self.reconcile.passes.load(Ordering::Acquire) < target {
+            if h.panics.load(Ordering::Acquire) != panics {
+                drop(g);
+                return down(
+                    h.down()
+                        .unwrap_or_else(|| "a reconciler pass panicked".into()),
+                );
+            }
             if self
                 .reconcile
                 .done_cond
                 .wait_until(&mut g, deadline)
                 .timed_out()
             {
+                drop(g);
+                if let Some(why) = h.down() {
+                    return down(why);
+                }
                 log::warn!("reconciler pass took longer than {limit:?}; not waiting for it");
-                return;
+                return Ok(());
             }
         }
+        Ok(())
+    }
+
+    /// Drops the cached pages of every customer-key disk, so that failing closed
+    /// covers what the kernel already holds.
+    fn drop_customer_key_caches(&self) {
+        let Some(inv) = self.reconcile.invalidator.get() else {
+            return;
+        };
+        for d in self.list() {
+            if d.meta().encryption.kind != PLATFORM_KEY_TYPE {
+                inv(&d);
+            }
+        }
+    }
+
+    /// Why customer-key disks can't be served now, if the reconciler is down.
+    pub fn enforcement_down(&self) -> Option<String> {
+        self.reconcile.health.down()
     }
 
     /// One pass: revocations and restores, auto-rotation, unfinished key changes.
@@ -180,10 +365,12 @@ impl Store {
         self.reconcile.passes.load(Ordering::Acquire)
     }
 
-    fn reconcile_access(&self) {
+    pub(super) fn reconcile_access(&self) {
+        crate::fault::point("reconcile.access");
         let delay = self.reconcile.delays.lock().revocation;
         let now = Instant::now();
         for d in self.list() {
+            self.reconcile.health.beat();
             if d.corrupt_reason().is_some() {
                 continue;
             }

@@ -188,7 +188,18 @@ impl Store {
     /// wrapped by the old key or the new one; the next open resumes.
     pub(super) fn finish_key_change(&self, rec: &mut DesRecord) -> Result<()> {
         let id = rec.id().to_ascii_lowercase();
+        let on_reconciler = std::thread::current().name() == Some("reconcile");
+        let mut last_check = std::time::Instant::now();
         for d in self.list() {
+            if on_reconciler {
+                // A long re-wrap must not hold up revocations: enforce key state
+                // between disks, and show the reconciler is making progress.
+                self.reconcile.health.beat();
+                if last_check.elapsed() > std::time::Duration::from_millis(100) {
+                    self.reconcile_access();
+                    last_check = std::time::Instant::now();
+                }
+            }
             let m = d.meta();
             if d.corrupt_reason().is_some()
                 || m.encryption
@@ -220,6 +231,8 @@ impl Store {
         crate::fault::point("rotate.end");
         rec.previous_keys.clear();
         rec.provisioning_state = "Succeeded".into();
+        // A rotation stopped by a revocation has now finished: its error is resolved.
+        rec.auto_key_rotation_error = None;
         rec.last_key_rotation_timestamp = Some(now_rfc3339());
         self.save_des(rec)?;
         log::info!(

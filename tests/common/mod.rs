@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 #[cfg(not(feature = "testing"))]
-compile_error!("the integration tests need fault injection: run `cargo test --release --features testing`");
+compile_error!(
+    "the integration tests need fault injection: run `cargo test --release --features testing`"
+);
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
