@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
@@ -182,4 +182,125 @@ fn disabling_a_needed_version_takes_force() {
     assert!(std::fs::read_to_string(ver.join("enabled"))
         .unwrap()
         .starts_with("false"));
+}
+
+/// A tmpfs of `size` mounted on `dir`, unmounted on drop (after anything on it).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn new(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // Safe because: `c` is a valid NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Bytes allocated by every file under `dir`.
+fn allocated(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    walk(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0))
+        .sum()
+}
+
+fn seek(f: &File, off: i64, whence: i32) -> i64 {
+    use std::os::fd::AsRawFd;
+    // Safe because: the fd is valid while `f` lives; lseek takes no pointers.
+    unsafe { libc::lseek(f.as_raw_fd(), off, whence) }
+}
+
+/// A store on a small tmpfs, mounted; the tmpfs outlives the mount.
+fn small_store(size: &str) -> (tempfile::TempDir, Tmpfs, Mounted) {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::new(&dir.path().join("t"), size);
+    let store = dir.path().join("t/store");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = Mounted::attach(dir.path(), &store, &mnt);
+    (dir, fs, m)
+}
+
+/// Rekey keeps a sparse disk sparse: a 1 GiB disk with 4 MiB written stays under
+/// 16 MiB in a 64 MiB store, its data is intact and SEEK_HOLE still finds the holes.
+#[test]
+fn rekey_keeps_disks_sparse() {
+    let (_d, _fs, m) = small_store("64M");
+    let s = m.s().to_string();
+    m.create("sp", "1G");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.disk("sp"))
+        .unwrap();
+    for i in 0..64u64 {
+        f.write_all_at(&pattern(i, 64 << 10), i * (16 << 20))
+            .unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    run_ok(&["disk", "rekey", "sp", "--quiet", "--store", &s]);
+    let used = allocated(&m.store);
+    assert!(used < 16 << 20, "store uses {used} bytes after rekey");
+    let f = File::open(m.disk("sp")).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    for i in 0..64u64 {
+        f.read_exact_at(&mut buf, i * (16 << 20)).unwrap();
+        assert!(buf == pattern(i, 64 << 10), "chunk {i}");
+    }
+    assert_eq!(seek(&f, 0, libc::SEEK_HOLE), 64 << 10);
+    assert_eq!(seek(&f, 64 << 10, libc::SEEK_DATA), 16 << 20);
+    let st = js(&std::fs::read_to_string(m.mnt.join(".vault/disks/sp/rekey")).unwrap());
+    assert_eq!(st["state"], "done");
+}
+
+/// Without room for its journal a rekey is refused up front, with the numbers, and
+/// nothing changes.
+#[test]
+fn rekey_refuses_without_space() {
+    let (d, _fs, m) = small_store("16M");
+    let s = m.s().to_string();
+    m.create("sp", "8M");
+    std::fs::write(m.disk("sp"), pattern(1, 1 << 20)).unwrap();
+    // Leave less than a journal's worth free.
+    let filler = d.path().join("t/filler");
+    let mut f = File::create(&filler).unwrap();
+    let chunk = vec![1u8; 64 << 10];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    let meta_before = std::fs::read(m.backing_dir("sp").join("meta.json")).unwrap();
+    let e = run_err(&["disk", "rekey", "sp", "--quiet", "--store", &s]);
+    assert!(
+        e.contains("not enough free space") && e.contains("needs"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(m.backing_dir("sp").join("meta.json")).unwrap(),
+        meta_before
+    );
+    std::fs::remove_file(&filler).unwrap();
+    run_ok(&["disk", "rekey", "sp", "--quiet", "--store", &s]);
+    assert_eq!(
+        std::fs::read(m.disk("sp")).unwrap()[..1 << 20],
+        pattern(1, 1 << 20)[..]
+    );
 }

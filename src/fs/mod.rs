@@ -96,6 +96,7 @@ pub fn errno(e: &StoreError) -> Errno {
         TooLarge => Errno::EFBIG,
         Busy(_) | Locked { .. } | Attached(_) | DesInUse { .. } => Errno::EBUSY,
         EnforcementDown(_) => Errno::EIO,
+        NoSpace { .. } => Errno::ENOSPC,
         DesNotFound(_) => Errno::ENOENT,
         DesExists(_) => Errno::EEXIST,
         VersionlessKeyUrl(_) => Errno::EINVAL,

@@ -112,6 +112,8 @@ pub const JOURNAL_FILE: &str = "rekey.journal";
 /// Units re-encrypted per step of a rekey (1 MiB): 16 lock granules, so I/O elsewhere
 /// on the disk goes on.
 const REKEY_CHUNK: u64 = 256;
+/// Size of a rekey journal record: header, one chunk, hash.
+pub(super) const REKEY_JOURNAL_BYTES: u64 = 16 + REKEY_CHUNK * U + 32;
 
 pub struct Disk {
     pub id: String,
@@ -703,6 +705,27 @@ impl Disk {
             if let Some(r) = self.revocation().filter(|r| !r.keep_open) {
                 return Err(self.unavailable(r.reason));
             }
+            // Holes hold no ciphertext under any key: skip to the next data, and
+            // record the skip before journaling there (recovery matches the journal
+            // against the recorded boundary). The gap is locked so no write lands in
+            // it under the old keys while the boundary moves past it.
+            let b = {
+                let _gap = self.lock_units(b, units, true);
+                let next =
+                    next_data_unit(&u.file, b, units).map_err(|e| self.io_err("rekey seek", e))?;
+                if next > b {
+                    self.update_meta(|m| {
+                        if let Some(r) = m.rekey.as_mut() {
+                            r.boundary = next;
+                        }
+                    })?;
+                    self.boundary.store(next, Ordering::Release);
+                }
+                next
+            };
+            if b >= units {
+                continue;
+            }
             let e = (b + REKEY_CHUNK).min(units);
             let _g = self.lock_units(b, e, true);
             let mut buf = vec![0u8; ((e - b) * U) as usize];
@@ -717,8 +740,7 @@ impl Disk {
                     u.encrypt(n, unit, u64::MAX);
                 }
             }
-            u.file
-                .write_all_at(&buf, b * U)
+            write_sparse(&u.file, &buf, b * U)
                 .and_then(|()| u.file.sync_data())
                 .map_err(|e| self.io_err("rekey write", e))?;
             crate::fault::point("rekey.data");
@@ -778,7 +800,7 @@ impl Disk {
                 let f = OpenOptions::new()
                     .write(true)
                     .open(self.dir().join(DATA_FILE))?;
-                f.write_all_at(data, first * U)?;
+                write_sparse(&f, data, first * U)?;
                 f.sync_data()?;
             }
         }
@@ -852,6 +874,44 @@ fn parse_journal(b: &[u8]) -> Option<(u64, &[u8])> {
     let count = u64::from_le_bytes(body[8..16].try_into().ok()?);
     let data = &body[16..];
     (data.len() as u64 == count * U).then_some((first, data))
+}
+
+/// The first unit at or after `unit` (below `units`) that holds data, or `units`.
+fn next_data_unit(f: &File, unit: u64, units: u64) -> io::Result<u64> {
+    // Safe because: the fd is valid while `f` lives; lseek takes no pointers.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), (unit * U) as i64, libc::SEEK_DATA) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(units),
+            // No SEEK_DATA here: treat everything as data.
+            Some(libc::EINVAL) => Ok(unit),
+            _ => Err(e),
+        };
+    }
+    Ok((r as u64 / U).clamp(unit, units))
+}
+
+/// Writes whole units at `off`, keeping all-zero units as holes (punched, not
+/// written), so rewriting a chunk never allocates what was sparse.
+fn write_sparse(f: &File, buf: &[u8], off: u64) -> io::Result<()> {
+    let units: Vec<bool> = buf.chunks(DATA_UNIT).map(|u| !is_zero(u)).collect();
+    let mut i = 0;
+    while i < units.len() {
+        let data = units[i];
+        let mut j = i;
+        while j < units.len() && units[j] == data {
+            j += 1;
+        }
+        let (a, z) = (i * DATA_UNIT, (j * DATA_UNIT).min(buf.len()));
+        if data {
+            f.write_all_at(&buf[a..z], off + a as u64)?;
+        } else {
+            punch_file(f, off + a as u64, (z - a) as u64)?;
+        }
+        i = j;
+    }
+    Ok(())
 }
 
 /// pread that fills `buf`, leaving zeros past the end of the file.

@@ -62,6 +62,14 @@ pub enum StoreError {
     Attached(String),
     #[error("{0}; key state is not being enforced, so customer-key disks refuse I/O until the reconciler runs again (details in STORE/daemon.log; remount to restart it)")]
     EnforcementDown(String),
+    #[error("not enough free space for {what}: it needs {need} bytes ({detail}) but only {free} are free in {path}; free some space and retry")]
+    NoSpace {
+        what: String,
+        need: u64,
+        detail: String,
+        free: u64,
+        path: String,
+    },
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]

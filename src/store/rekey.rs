@@ -59,6 +59,7 @@ impl Store {
         let _ns = self.ns.lock();
         let disk = self.get_usable(name)?;
         let m = disk.meta();
+        self.check_rekey_space(&disk)?;
         if m.rekey.is_none() {
             let layers = self.new_layers(&m)?;
             disk.begin_rekey(meta::Rekey {
@@ -71,6 +72,33 @@ impl Store {
             log::info!("disk '{name}': resuming rekey");
         }
         Ok(disk)
+    }
+
+    /// Refuses a rekey that would run out of space part-way. In place, a rekey needs
+    /// room for its journal (one chunk) and metadata updates; on copy-on-write
+    /// filesystems every rewritten allocated unit needs a fresh block too.
+    fn check_rekey_space(&self, disk: &Disk) -> Result<()> {
+        let dir = disk.dir();
+        let (free, cow) = fs_space(&dir)
+            .map_err(|e| StoreError::io(format!("checking free space in {}", dir.display()), e))?;
+        let journal = disk::REKEY_JOURNAL_BYTES;
+        let meta = 1 << 20;
+        let rewrite = if cow { disk.allocated_bytes() } else { 0 };
+        let need = journal + meta + rewrite;
+        if free < need {
+            return Err(StoreError::NoSpace {
+                what: format!("the rekey of disk '{}'", disk.name()),
+                need,
+                detail: if cow {
+                    format!("journal {journal}, metadata {meta}, copy-on-write rewrite of {rewrite} allocated")
+                } else {
+                    format!("journal {journal}, metadata {meta}")
+                },
+                free,
+                path: dir.display().to_string(),
+            });
+        }
+        Ok(())
     }
 
     fn set_rekey_status(&self, id: &str, st: RekeyStatus) {
@@ -187,3 +215,21 @@ impl Store {
 }
 
 const U64: u64 = crate::crypto::DATA_UNIT as u64;
+
+/// Free bytes (for an unprivileged writer) of the filesystem holding `path`, and
+/// whether it is copy-on-write (btrfs, ZFS, bcachefs), where overwrites allocate.
+fn fs_space(path: &Path) -> std::io::Result<(u64, bool)> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // Safe because: statfs is plain old data; all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // Safe because: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    const BTRFS: i64 = 0x9123_683e;
+    const ZFS: i64 = 0x2fc1_2fc1;
+    const BCACHEFS: i64 = 0xca45_1a4e;
+    let cow = matches!(st.f_type as i64, BTRFS | ZFS | BCACHEFS);
+    Ok((st.f_bavail as u64 * st.f_bsize as u64, cow))
+}
