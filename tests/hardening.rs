@@ -304,3 +304,79 @@ fn rekey_refuses_without_space() {
         pattern(1, 1 << 20)[..]
     );
 }
+
+fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    // Safe because: the fd is valid while `f` lives; fallocate takes no pointers.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) };
+    (rc != 0).then(|| std::io::Error::last_os_error().raw_os_error().unwrap())
+}
+
+/// A fallocate that fails (64 TiB, or more than the store holds) leaves the size,
+/// the metadata and the store's allocation as they were, across a remount.
+#[test]
+fn failed_fallocate_changes_nothing() {
+    let (_d, _fs, mut m) = small_store("64M");
+    let s = m.s().to_string();
+    m.create("fa", "1M");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.disk("fa"))
+        .unwrap();
+    f.write_all_at(b"keep me", 0).unwrap();
+    for len in [64u64 << 40, 100 << 20] {
+        let e = fallocate(&f, 0, 0, len);
+        assert!(
+            matches!(e, Some(libc::ENOSPC | libc::EFBIG)),
+            "{len}: {e:?}"
+        );
+        assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+        let show = js(&run_ok(&["disk", "show", "fa", "--store", &s]));
+        assert_eq!(show["diskSizeBytes"], 1 << 20);
+        assert!(allocated(&m.store) < 8 << 20, "{}", allocated(&m.store));
+    }
+    // A fallocate that fits still grows the disk.
+    assert_eq!(fallocate(&f, 0, 0, 2 << 20), None);
+    assert_eq!(f.metadata().unwrap().len(), 2 << 20);
+    drop(f);
+    m.umount();
+    m.mount();
+    assert_eq!(std::fs::metadata(m.disk("fa")).unwrap().len(), 2 << 20);
+    assert_eq!(&std::fs::read(m.disk("fa")).unwrap()[..7], b"keep me");
+}
+
+/// A disk unlinked while open keeps working through its fd until the last close, as
+/// POSIX says: reads, writes, fstat and ftruncate. Then nothing of it remains.
+#[test]
+fn unlinked_open_disk_lives_until_closed() {
+    let m = Mounted::new();
+    m.create("ul", "1M");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.disk("ul"))
+        .unwrap();
+    f.write_all_at(b"still here", 0).unwrap();
+    std::fs::remove_file(m.disk("ul")).unwrap();
+    assert!(!m.disk("ul").exists());
+    let mut buf = [0u8; 10];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"still here");
+    f.write_all_at(b"and still", 4096).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+    f.set_len(2 << 20).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 2 << 20);
+    f.read_exact_at(&mut buf[..9], 4096).unwrap();
+    assert_eq!(&buf[..9], b"and still");
+    f.sync_all().unwrap();
+    // A new disk may take the name meanwhile.
+    m.create("ul", "1M");
+    assert_eq!(std::fs::read(m.disk("ul")).unwrap(), vec![0u8; 1 << 20]);
+    drop(f);
+    assert_eq!(
+        walk(&m.store.join("disks")).len(),
+        2,
+        "only the new disk's files"
+    );
+}

@@ -188,9 +188,22 @@ impl DiskVaultFs {
                 let kind = self.control.kind(&split(&path))?;
                 Some(Node::Ctl(path, kind))
             }
-            i if i >= DISK_BASE => self.store.get_by_serial(i - DISK_BASE).map(Node::DiskFile),
+            i if i >= DISK_BASE => self
+                .store
+                .get_by_serial(i - DISK_BASE)
+                .or_else(|| self.unlinked_disk(i - DISK_BASE))
+                .map(Node::DiskFile),
             _ => None,
         }
+    }
+
+    /// A disk unlinked while open: it lives on through its handles until the last
+    /// close, as POSIX says (fstat and ftruncate on the fd keep working).
+    fn unlinked_disk(&self, serial: u64) -> Option<Arc<Disk>> {
+        self.handles.read().values().find_map(|h| match &**h {
+            Handle::Disk(d) if d.serial == serial => Some(d.clone()),
+            _ => None,
+        })
     }
 
     fn attr(&self, ino: u64, kind: FileType, perm: u16, size: u64, mtime: SystemTime) -> FileAttr {

@@ -506,19 +506,49 @@ impl Disk {
             let u = self.unlocked()?;
             self.zero_tail(&u, old, new)?;
         }
-        // Metadata first: after a crash the file is reconciled to the recorded size.
-        self.update_meta(|m| m.size_bytes = new)?;
+        // The file grows before the metadata records it, and shrinks after: a crash in
+        // between is reconciled to the recorded size at the next open, and a failure
+        // leaves both as they were.
+        let f = self
+            .backing_file()
+            .map_err(|e| self.io_err("truncate", e))?;
+        if new > old {
+            f.set_len(round_up(new))
+                .map_err(|e| self.io_err("truncate", e))?;
+        }
+        // An unlinked disk kept alive by open handles has no metadata left to update.
+        let deleted = self.deleted.load(Ordering::Acquire);
+        if let Err(e) = (!deleted)
+            .then(|| self.update_meta(|m| m.size_bytes = new))
+            .unwrap_or(Ok(()))
+        {
+            if new > old {
+                let _ = f.set_len(round_up(old));
+            }
+            return Err(e);
+        }
         self.size.store(new, Ordering::Release);
         self.size_dirty.store(false, Ordering::Release);
-        let path = self.dir().join(DATA_FILE);
-        let f = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| self.io_err("truncate", e))?;
-        f.set_len(round_up(new))
-            .map_err(|e| self.io_err("truncate", e))?;
+        if new < old {
+            f.set_len(round_up(new))
+                .map_err(|e| self.io_err("truncate", e))?;
+        }
         self.set_mtime(SystemTime::now());
         Ok(())
+    }
+
+    /// The backing file for a size change: the open one (all an unlinked disk has
+    /// left), or opened by path.
+    fn backing_file(&self) -> io::Result<File> {
+        if let Some(u) = self.unlocked.read().as_ref() {
+            return u.file.try_clone();
+        }
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        OpenOptions::new()
+            .write(true)
+            .open(self.dir().join(DATA_FILE))
     }
 
     /// Returns `[off, off+len)` to zeros without changing the size (fallocate PUNCH_HOLE).
@@ -562,34 +592,37 @@ impl Disk {
         self.punch(off, len)
     }
 
-    /// fallocate mode 0: reserve backing space (it reads as zeros) and grow unless `keep_size`.
+    /// fallocate mode 0: reserve backing space (it reads as zeros) and grow unless
+    /// `keep_size`. The size changes only once the space is reserved, so a failed
+    /// fallocate (ENOSPC) leaves the disk as it was.
     pub fn allocate(&self, off: u64, len: u64, keep_size: bool) -> Result<()> {
         let end = off.checked_add(len).ok_or(StoreError::TooLarge)?;
         if end > MAX_DISK_SIZE {
             return Err(StoreError::TooLarge);
         }
-        if !keep_size && end > self.size() {
-            self.set_size(end)?;
-        }
-        let _r = self.resize.read();
-        let u = self.unlocked()?;
-        let (a, b) = (off / U * U, round_up(end.min(round_up(self.size()))));
-        if a < b {
-            // Safe because: fd is valid while `u` lives; fallocate takes no pointers.
-            let rc = unsafe {
-                libc::fallocate(
-                    u.file.as_raw_fd(),
-                    libc::FALLOC_FL_KEEP_SIZE,
-                    a as i64,
-                    (b - a) as i64,
-                )
-            };
-            if rc != 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        let grow = {
+            let _r = self.resize.read();
+            let u = self.unlocked()?;
+            let size = self.size();
+            let grow = !keep_size && end > size;
+            let target = if grow { end } else { size };
+            let (a, b) = (off / U * U, round_up(end.min(target)));
+            if a < b {
+                if let Err(e) = fallocate_keep_size(&u.file, a, b - a) {
+                    if grow {
+                        // Give back what was reserved past the old end before failing.
+                        let tail = round_up(size).max(a);
+                        if tail < b {
+                            let _ = punch_file(&u.file, tail, b - tail);
+                        }
+                    }
                     return Err(self.io_err("allocate", e));
                 }
             }
+            grow
+        };
+        if grow {
+            self.set_size(end)?;
         }
         Ok(())
     }
@@ -926,6 +959,27 @@ fn read_full(f: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
         }
     }
     buf[done..].fill(0);
+    Ok(())
+}
+
+/// Reserves `[off, off+len)` of the backing file without changing its size; a
+/// filesystem that can't is not an error (holes read as zeros all the same).
+fn fallocate_keep_size(f: &File, off: u64, len: u64) -> io::Result<()> {
+    // Safe because: the fd is valid while `f` lives; fallocate takes no pointers.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            off as i64,
+            len as i64,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(e);
+        }
+    }
     Ok(())
 }
 
