@@ -96,6 +96,8 @@ pub fn errno(e: &StoreError) -> Errno {
         TooLarge => Errno::EFBIG,
         Busy(_) | Locked { .. } | Attached(_) | DesInUse { .. } => Errno::EBUSY,
         DesNotFound(_) => Errno::ENOENT,
+        InvalidSetName { .. } => Errno::EINVAL,
+        DesCorrupt { .. } => Errno::EIO,
         DesExists(_) => Errno::EEXIST,
         VersionlessKeyUrl(_) => Errno::EINVAL,
         PurgeProtectionRequired | CmkCannotBeDisabled | NotPermitted(_) => Errno::EPERM,
