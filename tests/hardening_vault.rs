@@ -508,6 +508,16 @@ fn one_corrupt_key_or_set_file_does_not_stop_the_mount() {
     let file = pem.file_name().unwrap().to_str().unwrap().to_string();
     assert!(reason_logged(&m, &file), "the message names {file}");
     assert!(read(&m, "status.json").is_ok());
+    // A deleted key with a corrupt file is listed too, and says why it can't be used.
+    run_ok(&["key", "create", "k3", "--store", &s]);
+    run_ok(&["key", "delete", "k3", "--store", &s]);
+    m.umount();
+    let dfile = m.store.join("vault/deleted-keys/k3/deleted.json");
+    std::fs::write(&dfile, b"{").unwrap();
+    m.mount();
+    assert!(m.mnt.join(".vault/deleted-keys/k3").is_dir());
+    let e = read(&m, "deleted-keys/k3/deleted.json").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
     m.umount();
 
     // The same for a corrupt set file.

@@ -312,7 +312,11 @@ impl Control {
     }
 
     fn deleted_exists(&self, name: &str) -> bool {
-        self.store.vault().deleted_key(name).is_ok()
+        // A deleted key whose files are corrupt is listed too; using it says why.
+        !matches!(
+            self.store.vault().deleted_key(name),
+            Err(VaultError::DeletedKeyNotFound(_))
+        )
     }
 
     fn set_exists(&self, name: &str) -> bool {
