@@ -552,6 +552,7 @@ fn closed_pipe_is_quiet() {
         &["disk", "list"][..],
         &["key", "list", "-o", "json"],
         &["vault", "show"],
+        &["disk", "list", "--help"],
     ] {
         let mut fds = [0i32; 2];
         // Safe because: `fds` is a valid two-element array for pipe to fill.

@@ -34,7 +34,7 @@ pub enum KeyCmd {
     },
     /// List keys (or soft-deleted keys).
     List {
-        /// List soft-deleted keys instead (recoverable until their purge date).
+        /// List soft-deleted keys instead (as JSON unless -o table or tsv).
         #[arg(long)]
         deleted: bool,
         #[command(flatten)]

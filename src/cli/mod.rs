@@ -254,12 +254,15 @@ fn init(store: &Path, vault: Option<&Path>, vault_name: Option<String>) -> Resul
 }
 
 pub fn main() -> ExitCode {
+    // Die quietly when stdout is a closed pipe (`disk list | head`, also `--help`)
+    // instead of panicking in println!. The daemon keeps ignoring SIGPIPE, as Rust
+    // programs do.
+    // Safe because: setting a signal disposition has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
-    if !matches!(cli.cmd, Cmd::Mount(_)) {
-        // Die quietly when stdout is a closed pipe (`disk list | head`) instead of
-        // panicking in println!. The daemon keeps ignoring SIGPIPE.
-        // Safe because: setting a signal disposition to SIG_DFL has no preconditions.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    if matches!(cli.cmd, Cmd::Mount(_)) {
+        // Safe because: as above.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     }
     let result = match cli.cmd {
         Cmd::Init {
