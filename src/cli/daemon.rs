@@ -301,13 +301,99 @@ fn daemon_of(mp: &Path) -> Option<DaemonInfo> {
     serde_json::from_slice(&std::fs::read(mp.join(".vault").join("daemon.json")).ok()?).ok()
 }
 
-pub fn umount(mp: &Path) -> Result<(), CliError> {
-    let abs = absolute(mp);
-    let shown = mp.display();
-    let info = daemon_of(&abs);
-    if info.is_none() && !is_mountpoint(&abs) {
-        return Err(CliError(format!("{shown} is not mounted; nothing to do")));
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
     }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The filesystem type and source of what is mounted on `path` (the topmost mount
+/// there), from /proc/self/mountinfo.
+fn mount_entry(path: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    // Later lines are mounted on top of earlier ones.
+    info.lines().rev().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if unescape_mountinfo(left.split(' ').nth(4)?) != want {
+            return None;
+        }
+        let mut r = right.split(' ');
+        let fstype = r.next()?.to_string();
+        Some((fstype, unescape_mountinfo(r.next()?)))
+    })
+}
+
+/// True for a diskvault FUSE mount: type `fuse.diskvault`, or plain `fuse` with the
+/// source `diskvault:STORE` that the daemon gives it.
+fn is_diskvault_mount(fstype: &str, source: &str) -> bool {
+    fstype == "fuse.diskvault"
+        || (matches!(fstype, "fuse" | "fuseblk") && source.starts_with("diskvault:"))
+}
+
+/// The path as mountinfo shows it: symlinks resolved in the parent, and the last
+/// component kept, since stat on a dead FUSE mount fails (ENOTCONN).
+fn mountinfo_path(mp: &Path) -> PathBuf {
+    let abs = absolute(mp);
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map(|p| p.join(name))
+            .unwrap_or(abs),
+        _ => abs,
+    }
+}
+
+/// Loop devices whose backing file lies under `mp`: (`/dev/loop3`, `MP/disks/data1`).
+fn loop_devices_under(mp: &Path) -> Vec<(String, String)> {
+    let Ok(dir) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    let mut found: Vec<(String, String)> = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let dev = e.file_name().to_string_lossy().into_owned();
+            let file = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            let file = file.trim_end_matches('\n');
+            let file = file.strip_suffix(" (deleted)").unwrap_or(file);
+            Path::new(file)
+                .starts_with(mp)
+                .then(|| (format!("/dev/{dev}"), file.to_string()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+pub fn umount(mp: &Path) -> Result<(), CliError> {
+    let abs = mountinfo_path(mp);
+    let shown = mp.display();
+    // Only ever unmount diskvault's own mounts, never what else is mounted there.
+    let Some((fstype, source)) = mount_entry(&abs) else {
+        return Err(CliError(format!("{shown} is not mounted; nothing to do")));
+    };
+    if !is_diskvault_mount(&fstype, &source) {
+        return Err(CliError(format!(
+            "{shown} is not a diskvault mount (it is {fstype} from {source}); left it mounted, use umount(8) if you mean it"
+        )));
+    }
+    let info = daemon_of(&abs);
     let c = std::ffi::CString::new(abs.as_os_str().as_encoded_bytes())
         .map_err(|_| CliError("mountpoint path contains a NUL byte".into()))?;
     // Safe because: `c` is a valid NUL-terminated path.
@@ -315,9 +401,22 @@ pub fn umount(mp: &Path) -> Result<(), CliError> {
         let e = std::io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::EBUSY) => {
+                let loops = loop_devices_under(&abs);
+                if !loops.is_empty() {
+                    let devs: Vec<&str> = loops.iter().map(|(d, _)| d.as_str()).collect();
+                    let held: Vec<String> = loops
+                        .iter()
+                        .map(|(d, f)| format!("{d} holds {f}"))
+                        .collect();
+                    return Err(CliError(format!(
+                        "{shown} is busy: {}; detach with 'losetup -d {}' and retry",
+                        held.join(", "),
+                        devs.join(" ")
+                    )));
+                }
                 return Err(CliError(format!(
                     "{shown} is busy: a program still uses it (see 'fuser -vm {shown}'); close it and retry"
-                )))
+                )));
             }
             Some(libc::EPERM) => {
                 let ok = ["fusermount3", "fusermount"].iter().any(|bin| {
@@ -328,7 +427,9 @@ pub fn umount(mp: &Path) -> Result<(), CliError> {
                         .is_ok_and(|s| s.success())
                 });
                 if !ok {
-                    return Err(CliError(format!("not allowed to unmount {shown}: {e}; run as the user who mounted it")));
+                    return Err(CliError(format!(
+                        "not allowed to unmount {shown}: {e}; run as the user who mounted it"
+                    )));
                 }
             }
             _ => return Err(CliError(format!("cannot unmount {shown}: {e}"))),

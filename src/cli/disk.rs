@@ -1,18 +1,26 @@
 //! `diskvault disk ...`.
 
-use super::access::{print_json, word, Access, StoreArg};
-use super::CliError;
+use super::access::{word, Access, StoreArg};
+use super::{cell, human, print_object, print_rows, CliError, DiskName, Format, OutputArg};
 use clap::Subcommand;
 use serde_json::Value;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+const PLATFORM_KEY_TYPE: &str = "EncryptionAtRestWithPlatformKey";
 
 #[derive(Subcommand)]
 pub enum DiskCmd {
     /// Create a disk: platform key by default, customer key with --disk-encryption-set.
     Create {
-        name: String,
+        #[command(flatten)]
+        name: DiskName,
         /// Size, e.g. 30G, 512M, 1T or bytes (binary units).
+        #[arg(long, required_unless_present = "size_gb", conflicts_with = "size_gb")]
+        size: Option<String>,
+        /// Size in GiB, as in az (instead of --size).
         #[arg(long)]
-        size: String,
+        size_gb: Option<u64>,
         /// Premium_LRS, StandardSSD_LRS, Standard_LRS, UltraSSD_LRS or PremiumV2_LRS.
         #[arg(long, default_value = "Premium_LRS")]
         sku: String,
@@ -22,17 +30,24 @@ pub enum DiskCmd {
         /// Disk encryption set (name or id) whose key wraps the disk's key.
         #[arg(long)]
         disk_encryption_set: Option<String>,
+        /// As in az: EncryptionAtRestWithPlatformKey (no set), or the type of the
+        /// --disk-encryption-set; checked, since the set decides it.
+        #[arg(long)]
+        encryption_type: Option<String>,
         #[command(flatten)]
         store: StoreArg,
     },
     /// Change a disk: move it to a customer key (only while nothing has it open), or its SKU.
     Update {
-        name: String,
+        #[command(flatten)]
+        name: DiskName,
         /// EncryptionAtRestWithCustomerKey or EncryptionAtRestWithPlatformAndCustomerKeys.
         #[arg(long)]
         encryption_type: Option<String>,
+        /// The disk encryption set (name or id) whose key will wrap the disk's key.
         #[arg(long)]
         disk_encryption_set: Option<String>,
+        /// The new SKU, e.g. Standard_LRS.
         #[arg(long)]
         sku: Option<String>,
         #[command(flatten)]
@@ -41,52 +56,270 @@ pub enum DiskCmd {
     /// Re-encrypt a disk's data under fresh data keys (online, crash-safe, resumable),
     /// as cryptsetup reencrypt does. Use it when a DEK itself may have leaked.
     Rekey {
-        name: String,
-        /// No progress bar.
+        #[command(flatten)]
+        name: DiskName,
+        /// No progress bar or progress lines.
         #[arg(long)]
         quiet: bool,
         #[command(flatten)]
         store: StoreArg,
     },
-    /// List disks.
+    /// List disks: size, SKU, encryption, set and key, key state, rekey state.
     List {
-        /// Print JSON like `az disk list` instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArg,
         #[command(flatten)]
         store: StoreArg,
     },
     /// Show one disk as JSON, like `az disk show`.
     Show {
-        name: String,
+        #[command(flatten)]
+        name: DiskName,
+        #[command(flatten)]
+        output: OutputArg,
         #[command(flatten)]
         store: StoreArg,
     },
     /// Delete a disk and destroy its wrapped key (crypto-shred).
     Delete {
-        name: String,
+        #[command(flatten)]
+        name: DiskName,
         #[command(flatten)]
         store: StoreArg,
     },
 }
 
-fn print_table(disks: &[Value]) {
-    println!(
-        "{:<24} {:>12} {:<16} {:<12} {:<44} STATE",
-        "NAME", "SIZE", "SKU", "CIPHER", "ENCRYPTION"
-    );
-    for d in disks {
-        let s = |k: &str| d[k].as_str().unwrap_or("").to_string();
-        println!(
-            "{:<24} {:>12} {:<16} {:<12} {:<44} {}",
-            s("name"),
-            d["diskSizeBytes"].as_u64().unwrap_or(0),
-            d["sku"]["name"].as_str().unwrap_or(""),
-            s("cipher"),
-            d["encryption"]["type"].as_str().unwrap_or(""),
-            s("keyState"),
-        );
+/// `name/version` (version shortened) of a key URL; "platform key" for the platform's.
+fn short_kid(kid: &str) -> String {
+    if crate::store::keyring::is_platform_kid(kid) {
+        return "platform key".into();
     }
+    match kid.split_once("/keys/") {
+        Some((_, rest)) => match rest.split_once('/') {
+            Some((name, ver)) => format!("{name}/{}", &ver[..ver.len().min(8)]),
+            None => rest.to_string(),
+        },
+        None => kid.to_string(),
+    }
+}
+
+/// The set and the customer key of a disk, e.g. `set1 cmk1/6f0e1a2b`.
+fn set_and_key(d: &Value) -> String {
+    let set = d["encryption"]["diskEncryptionSetId"]
+        .as_str()
+        .map(|id| id.rsplit('/').next().unwrap_or(id));
+    let kids: Vec<&str> = d["layerKeyIds"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|k| k.as_str()).collect())
+        .unwrap_or_default();
+    let key = kids
+        .iter()
+        .find(|k| !crate::store::keyring::is_platform_kid(k))
+        .or(kids.first())
+        .map(|k| short_kid(k))
+        .unwrap_or_default();
+    match set {
+        Some(s) => format!("{s} {key}"),
+        None => key,
+    }
+}
+
+/// The rekey state for the table: `-` when none ran, else the state and how far.
+fn rekey_cell(a: &Access, name: &str) -> String {
+    let Ok(st) = a.read_json(&format!("disks/{name}/rekey")) else {
+        return "?".into();
+    };
+    let state = st["state"].as_str().unwrap_or("");
+    let (done, total) = (
+        st["doneBytes"].as_u64().unwrap_or(0),
+        st["totalBytes"].as_u64().unwrap_or(0),
+    );
+    match state {
+        "" | "idle" => "-".into(),
+        "done" => "done".into(),
+        s if total > 0 => format!("{s} {}%", done * 100 / total),
+        s => s.into(),
+    }
+}
+
+fn print_disks(a: &Access, disks: &[Value], fmt: Format) {
+    let header = [
+        "NAME",
+        "SIZE",
+        "SKU",
+        "ENCRYPTION",
+        "SET/KEY",
+        "KEY STATE",
+        "REKEY",
+    ];
+    let rows = disks
+        .iter()
+        .map(|d| {
+            let name = d["name"].as_str().unwrap_or("");
+            let size = d["diskSizeBytes"].as_u64().unwrap_or(0);
+            let enc = cell(&d["encryption"]["type"]);
+            vec![
+                name.to_string(),
+                match fmt {
+                    Format::Tsv => size.to_string(),
+                    _ => human(size),
+                },
+                cell(&d["sku"]["name"]),
+                match fmt {
+                    Format::Tsv => enc,
+                    // The common prefix only widens the table.
+                    _ => enc
+                        .strip_prefix("EncryptionAtRestWith")
+                        .map(String::from)
+                        .unwrap_or(enc),
+                },
+                set_and_key(d),
+                cell(&d["keyState"]),
+                rekey_cell(a, name),
+            ]
+        })
+        .collect();
+    print_rows(header.map(String::from).to_vec(), rows, fmt);
+}
+
+/// Checks az's `--encryption-type` on create against what the set (or its absence)
+/// gives the disk.
+fn check_create_type(a: &Access, ty: &str, set: Option<&str>) -> Result<(), CliError> {
+    match set {
+        None if ty == PLATFORM_KEY_TYPE => Ok(()),
+        None => Err(CliError(format!(
+            "--encryption-type {ty} needs --disk-encryption-set SET (a set of that type)"
+        ))),
+        Some(s) => {
+            let name = s.rsplit('/').next().unwrap_or(s);
+            let st = a.read_json(&format!("disk-encryption-sets/{name}/status.json"))?;
+            let set_ty = st["encryptionType"].as_str().unwrap_or("");
+            if set_ty.eq_ignore_ascii_case(ty) {
+                Ok(())
+            } else {
+                Err(CliError(format!(
+                    "--encryption-type {ty} does not match disk encryption set '{name}', which is {set_ty}; use --encryption-type {set_ty} or leave it out"
+                )))
+            }
+        }
+    }
+}
+
+/// Rekey progress: a bar on a terminal; otherwise a line at every 5% and at least every
+/// few seconds, so logs and pipes see it too.
+struct Progress {
+    name: String,
+    quiet: bool,
+    tty: bool,
+    bar: Option<indicatif::ProgressBar>,
+    last_pct: Option<u64>,
+    last_line: Instant,
+}
+
+const LINE_EVERY: Duration = Duration::from_secs(5);
+
+impl Progress {
+    fn new(name: &str, quiet: bool) -> Self {
+        Progress {
+            name: name.to_string(),
+            quiet,
+            tty: std::io::stderr().is_terminal(),
+            bar: None,
+            last_pct: None,
+            last_line: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        self.show(done, total, false);
+    }
+
+    fn show(&mut self, done: u64, total: u64, last: bool) {
+        // Nothing is known until the total is: never draw `0 B/0 B`.
+        if self.quiet || total == 0 {
+            return;
+        }
+        if self.tty {
+            let bar = self.bar.get_or_insert_with(|| {
+                let b = indicatif::ProgressBar::new(total);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "rekey {msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                b.set_message(self.name.clone());
+                b
+            });
+            bar.set_length(total);
+            bar.set_position(done);
+            return;
+        }
+        let pct = done.min(total) * 100 / total;
+        let due = match self.last_pct {
+            None => true,
+            Some(prev) if last => prev < 100,
+            Some(prev) => pct >= prev + 5 || self.last_line.elapsed() >= LINE_EVERY,
+        };
+        if due {
+            eprintln!(
+                "rekey {}: {pct}% ({} of {})",
+                self.name,
+                human(done),
+                human(total)
+            );
+            self.last_pct = Some(pct);
+            self.last_line = Instant::now();
+        }
+    }
+
+    fn finish(&mut self, total: u64) {
+        self.show(total, total, true);
+        if let Some(b) = &self.bar {
+            b.finish();
+        }
+    }
+}
+
+fn rekey(a: &Access, name: &str, quiet: bool) -> Result<(), CliError> {
+    let progress = std::cell::RefCell::new(Progress::new(name, quiet));
+    let total = match a {
+        Access::Direct(c) => {
+            let total = std::cell::Cell::new(0);
+            c.store().rekey(name, &|done, t| {
+                total.set(t);
+                progress.borrow_mut().update(done, t);
+            })?;
+            total.get()
+        }
+        Access::Mounted(_) => {
+            let path = format!("disks/{name}/rekey");
+            a.write(&path, b"start")?;
+            loop {
+                let st = a.read_json(&path)?;
+                let total = st["totalBytes"].as_u64().unwrap_or(0);
+                progress
+                    .borrow_mut()
+                    .update(st["doneBytes"].as_u64().unwrap_or(0), total);
+                match st["state"].as_str() {
+                    Some("done") => break total,
+                    Some("running") => {}
+                    _ => {
+                        return Err(CliError(format!(
+                            "rekey of disk '{name}' stopped: {}; run 'diskvault disk rekey {name}' again to resume",
+                            st["error"].as_str().unwrap_or("interrupted")
+                        )))
+                    }
+                }
+                // The daemon reports progress per chunk; poll it a few times a second.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    progress.borrow_mut().finish(total);
+    println!("rekeyed disk {name}: its data is under new data keys; the old ones are destroyed");
+    Ok(())
 }
 
 pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
@@ -94,16 +327,27 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
         DiskCmd::Create {
             name,
             size,
+            size_gb,
             sku,
             cipher,
             disk_encryption_set,
+            encryption_type,
             store,
         } => {
-            crate::store::validate_name(&name)?;
+            let name = name.get();
+            crate::store::validate_name(name)?;
+            let size = match (size, size_gb) {
+                (Some(s), _) => s,
+                (None, Some(g)) => format!("{g}G"),
+                (None, None) => unreachable!("clap requires --size or --size-gb"),
+            };
             let a = Access::open(&store)?;
+            if let Some(t) = &encryption_type {
+                check_create_type(&a, t, disk_encryption_set.as_deref())?;
+            }
             let mut line = format!(
                 "{} {} sku={} cipher={}",
-                word(&name)?,
+                word(name)?,
                 word(&size)?,
                 word(&sku)?,
                 word(&cipher)?
@@ -112,7 +356,7 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
                 line += &format!(" des={}", word(d)?);
             }
             a.write("disks/create", line.as_bytes())?;
-            print_json(&a.read_json(&format!("disks/{name}/disk.json"))?);
+            super::access::print_json(&a.read_json(&format!("disks/{name}/disk.json"))?);
         }
         DiskCmd::Update {
             name,
@@ -121,6 +365,7 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
             sku,
             store,
         } => {
+            let name = name.get();
             if encryption_type.is_none() && disk_encryption_set.is_none() && sku.is_none() {
                 return Err(CliError(
                     "nothing to change; give --encryption-type, --disk-encryption-set or --sku"
@@ -141,84 +386,59 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
             if let Some(s) = &sku {
                 a.write(&format!("disks/{name}/sku"), word(s)?.as_bytes())?;
             }
-            print_json(&a.read_json(&format!("disks/{name}/disk.json"))?);
+            super::access::print_json(&a.read_json(&format!("disks/{name}/disk.json"))?);
         }
         DiskCmd::Rekey { name, quiet, store } => {
             let a = Access::open(&store)?;
-            let bar = indicatif::ProgressBar::new(0);
-            if quiet {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "rekey {msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            bar.set_message(name.clone());
-            match &a {
-                Access::Direct(c) => {
-                    c.store().rekey(&name, &|done, total| {
-                        bar.set_length(total);
-                        bar.set_position(done);
-                    })?;
-                }
-                Access::Mounted(_) => {
-                    let path = format!("disks/{name}/rekey");
-                    a.write(&path, b"start")?;
-                    loop {
-                        let st = a.read_json(&path)?;
-                        bar.set_length(st["totalBytes"].as_u64().unwrap_or(0));
-                        bar.set_position(st["doneBytes"].as_u64().unwrap_or(0));
-                        match st["state"].as_str() {
-                            Some("done") => break,
-                            Some("running") => {}
-                            _ => {
-                                return Err(CliError(format!(
-                                    "rekey of disk '{name}' stopped: {}; run 'diskvault disk rekey {name}' again to resume",
-                                    st["error"].as_str().unwrap_or("interrupted")
-                                )))
-                            }
-                        }
-                        // The daemon reports progress per chunk; poll it a few times a second.
-                        std::thread::sleep(std::time::Duration::from_millis(100));
-                    }
-                }
-            }
-            bar.finish();
-            println!(
-                "rekeyed disk {name}: its data is under new data keys; the old ones are destroyed"
-            );
+            rekey(&a, name.get(), quiet)?;
         }
-        DiskCmd::List { json, store } => {
+        DiskCmd::List { output, store } => {
             let a = Access::open(&store)?;
             let status = a.read_json("status.json")?;
             let disks = status["disks"].as_array().cloned().unwrap_or_default();
-            if json {
-                print_json(&Value::Array(disks));
-            } else {
-                print_table(&disks);
+            match output.format(Format::Table) {
+                Format::Json => super::access::print_json(&Value::Array(disks)),
+                fmt => print_disks(&a, &disks, fmt),
             }
         }
-        DiskCmd::Show { name, store } => {
+        DiskCmd::Show {
+            name,
+            output,
+            store,
+        } => {
             let a = Access::open(&store)?;
-            print_json(&a.read_json(&format!("disks/{name}/disk.json"))?);
+            let d = a.read_json(&format!("disks/{}/disk.json", name.get()))?;
+            print_object(&d, output.format(Format::Json));
         }
         DiskCmd::Delete { name, store } => {
+            let name = name.get();
             let a = Access::open(&store)?;
+            // What is about to be destroyed, for the message.
+            let what = a
+                .read_json(&format!("disks/{name}/disk.json"))
+                .map(|d| {
+                    format!(
+                        " ({}, {}, {})",
+                        human(d["diskSizeBytes"].as_u64().unwrap_or(0)),
+                        cell(&d["encryption"]["type"]),
+                        set_and_key(&d)
+                    )
+                })
+                .unwrap_or_default();
             match &a {
-                Access::Direct(c) => c.store().delete_disk(&name)?,
+                Access::Direct(c) => c.store().delete_disk(name)?,
                 Access::Mounted(mp) => {
-                    if let Err(e) = std::fs::remove_file(mp.join("disks").join(&name)) {
+                    if let Err(e) = std::fs::remove_file(mp.join("disks").join(name)) {
                         if e.kind() == std::io::ErrorKind::NotFound {
-                            return Err(crate::store::StoreError::DiskNotFound(name).into());
+                            return Err(
+                                crate::store::StoreError::DiskNotFound(name.to_string()).into()
+                            );
                         }
                         return Err(a.mounted_error_pub(&format!("disks/{name}"), e));
                     }
                 }
             }
-            println!("deleted disk {name}");
+            println!("deleted disk {name}{what}; its data key is destroyed");
         }
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! `diskvault key ...`, `diskvault vault ...` and `diskvault des ...`.
 
 use super::access::{print_json, word, Access, StoreArg};
-use super::CliError;
+use super::{cell, print_object, print_rows, CliError, Format, KeyName, OutputArg, SetName};
 use clap::Subcommand;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -10,7 +10,8 @@ use std::path::PathBuf;
 pub enum KeyCmd {
     /// Generate an RSA key in the vault.
     Create {
-        name: String,
+        #[command(flatten)]
+        name: KeyName,
         /// 2048 (default), 3072 or 4096 bits.
         #[arg(long)]
         size: Option<usize>,
@@ -21,7 +22,8 @@ pub enum KeyCmd {
     },
     /// Import an RSA private key from PEM (PKCS#1 or PKCS#8): bring your own key.
     Import {
-        name: String,
+        #[command(flatten)]
+        name: KeyName,
         /// PEM file with the private key.
         #[arg(long)]
         pem: PathBuf,
@@ -32,31 +34,38 @@ pub enum KeyCmd {
     },
     /// List keys (or soft-deleted keys).
     List {
+        /// List soft-deleted keys instead (as JSON unless -o table or tsv).
         #[arg(long)]
         deleted: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArg,
         #[command(flatten)]
         store: StoreArg,
     },
     /// Show a key (its current version, or --version), like `az keyvault key show`.
     Show {
-        name: String,
+        #[command(flatten)]
+        name: KeyName,
+        /// Show this version (the last part of a versioned key URL) instead of the current one.
         #[arg(long)]
         version: Option<String>,
+        #[command(flatten)]
+        output: OutputArg,
         #[command(flatten)]
         store: StoreArg,
     },
     /// Add a new version to a key.
     Rotate {
-        name: String,
+        #[command(flatten)]
+        name: KeyName,
+        /// Key size of the new version in bits: 2048, 3072 or 4096 (default: the current one's).
         #[arg(long)]
         size: Option<usize>,
         /// Not valid before (for the new version): a time, a date or +1d.
-        #[arg(long)]
+        #[arg(long, visible_alias = "not-before")]
         nbf: Option<String>,
         /// Expiry of the new version.
-        #[arg(long)]
+        #[arg(long, visible_alias = "expires")]
         exp: Option<String>,
         #[command(flatten)]
         store: StoreArg,
@@ -64,7 +73,8 @@ pub enum KeyCmd {
     /// Show or set a key's rotation policy (Key Vault's lifetimeActions), e.g.
     /// --set '{"lifetimeActions":[{"trigger":{"timeAfterCreate":"P90D"},"action":{"type":"Rotate"}}]}'.
     RotationPolicy {
-        name: String,
+        #[command(flatten)]
+        name: KeyName,
         /// The policy as JSON, or @FILE.
         #[arg(long, conflicts_with = "clear")]
         set: Option<String>,
@@ -76,7 +86,9 @@ pub enum KeyCmd {
     },
     /// Change attributes of a key, or of one version with --version.
     Set {
-        name: String,
+        #[command(flatten)]
+        name: KeyName,
+        /// Change only this version (the last part of a versioned key URL).
         #[arg(long)]
         version: Option<String>,
         #[command(flatten)]
@@ -86,25 +98,29 @@ pub enum KeyCmd {
     },
     /// Soft-delete a key (recoverable for the vault's retention period).
     Delete {
-        name: String,
+        #[command(flatten)]
+        name: KeyName,
         #[command(flatten)]
         store: StoreArg,
     },
     /// Recover a soft-deleted key.
     Recover {
-        name: String,
+        #[command(flatten)]
+        name: KeyName,
         #[command(flatten)]
         store: StoreArg,
     },
     /// Permanently destroy a soft-deleted key (refused under purge protection).
     Purge {
-        name: String,
+        #[command(flatten)]
+        name: KeyName,
         #[command(flatten)]
         store: StoreArg,
     },
     /// Grant a disk encryption set's identity access to a key.
     Grant {
-        name: String,
+        #[command(flatten)]
+        name: KeyName,
         #[command(flatten)]
         who: Identity,
         /// Comma-separated: get, wrapKey, unwrapKey (default: all three).
@@ -115,7 +131,8 @@ pub enum KeyCmd {
     },
     /// Remove an identity's grant on a key.
     RevokeGrant {
-        name: String,
+        #[command(flatten)]
+        name: KeyName,
         #[command(flatten)]
         who: Identity,
         #[command(flatten)]
@@ -136,14 +153,17 @@ pub struct Identity {
 
 #[derive(clap::Args, Default)]
 pub struct AttrArgs {
-    /// true or false.
-    #[arg(long)]
+    /// true or false. false stops wraps and unwraps: the key's disks are revoked.
+    #[arg(long, conflicts_with = "disabled")]
     enabled: Option<String>,
+    /// As in az: --disabled (or --disabled true) is --enabled false.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    disabled: Option<bool>,
     /// Not valid before: RFC 3339, a date (2027-01-31), +30d, or none.
-    #[arg(long)]
+    #[arg(long, visible_alias = "not-before")]
     nbf: Option<String>,
     /// Expires: RFC 3339, a date, +90d, or none. Expired keys still unwrap.
-    #[arg(long)]
+    #[arg(long, visible_alias = "expires")]
     exp: Option<String>,
     /// Permitted operations, comma-separated (e.g. wrapKey,unwrapKey).
     #[arg(long)]
@@ -151,10 +171,17 @@ pub struct AttrArgs {
 }
 
 impl AttrArgs {
+    /// The `enabled` value asked for, from --enabled or --disabled.
+    fn enabled(&self) -> Option<String> {
+        self.enabled
+            .clone()
+            .or(self.disabled.map(|d| (!d).to_string()))
+    }
+
     fn words(&self) -> Result<String, CliError> {
         let mut s = String::new();
         for (k, v) in [
-            ("enabled", &self.enabled),
+            ("enabled", &self.enabled()),
             ("nbf", &self.nbf),
             ("exp", &self.exp),
             ("ops", &self.ops),
@@ -167,21 +194,38 @@ impl AttrArgs {
     }
 }
 
-fn print_keys(keys: &[Value]) {
-    println!(
-        "{:<24} {:<8} {:>6} {:>8}  KID",
-        "NAME", "ENABLED", "SIZE", "VERSIONS"
-    );
-    for k in keys {
-        println!(
-            "{:<24} {:<8} {:>6} {:>8}  {}",
-            k["name"].as_str().unwrap_or(""),
-            k["enabled"].to_string(),
-            k["keySize"].to_string(),
-            k["versions"].to_string(),
-            k["kid"].as_str().unwrap_or(""),
-        );
-    }
+fn print_keys(keys: &[Value], fmt: Format) {
+    let header = ["NAME", "ENABLED", "SIZE", "VERSIONS", "KID"];
+    let rows = keys
+        .iter()
+        .map(|k| {
+            ["name", "enabled", "keySize", "versions", "kid"]
+                .iter()
+                .map(|f| cell(&k[*f]))
+                .collect()
+        })
+        .collect();
+    print_rows(header.map(String::from).to_vec(), rows, fmt);
+}
+
+fn print_deleted_keys(keys: &[Value], fmt: Format) {
+    let header = ["NAME", "DELETED", "PURGE DATE", "VERSIONS", "RECOVERY ID"];
+    let rows = keys
+        .iter()
+        .map(|k| {
+            [
+                "name",
+                "deletedDate",
+                "scheduledPurgeDate",
+                "versions",
+                "recoveryId",
+            ]
+            .iter()
+            .map(|f| cell(&k[*f]))
+            .collect()
+        })
+        .collect();
+    print_rows(header.map(String::from).to_vec(), rows, fmt);
 }
 
 fn identity_words(who: &Identity) -> Result<String, CliError> {
@@ -192,6 +236,83 @@ fn identity_words(who: &Identity) -> Result<String, CliError> {
     })
 }
 
+/// `NAME` and `VERSION` of a key URL `https://VAULT.vault.azure.net/keys/NAME/VERSION`.
+fn kid_parts(kid: &str) -> Option<(&str, Option<&str>)> {
+    let rest = kid.split_once("/keys/")?.1;
+    Some(match rest.split_once('/') {
+        Some((n, v)) => (n, Some(v)),
+        None => (rest, None),
+    })
+}
+
+/// Names of the disks wrapped (in any layer) by key `key`, or by its `version` only.
+fn disks_on_key(a: &Access, key: &str, version: Option<&str>) -> Vec<String> {
+    let Ok(status) = a.read_json("status.json") else {
+        return Vec::new();
+    };
+    let uses = |kid: &str| match kid_parts(kid) {
+        Some((n, v)) => n.eq_ignore_ascii_case(key) && version.is_none_or(|want| v == Some(want)),
+        None => false,
+    };
+    status["disks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| {
+            d["layerKeyIds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|k| k.as_str().is_some_and(uses))
+        })
+        .filter_map(|d| d["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// Tells (on stderr, stdout stays JSON) which disks a key change reached, and their
+/// state now, e.g. `disks on key k1: data1 (Revoked: key k1 is disabled)`.
+fn report_disks(a: &Access, what: &str, disks: &[String]) {
+    if disks.is_empty() {
+        eprintln!("no disk uses {what}");
+        return;
+    }
+    let list: Vec<String> = disks
+        .iter()
+        .map(|d| match a.read_json(&format!("disks/{d}/disk.json")) {
+            Ok(j) => format!("{d} ({})", cell(&j["keyState"])),
+            Err(_) => d.clone(),
+        })
+        .collect();
+    eprintln!("disks on {what}: {}", list.join(", "));
+}
+
+/// The vault's name as az's `--source-vault` gives it: a name, a resource id ending
+/// in `/vaults/NAME`, or the vault URI.
+fn source_vault_name(s: &str) -> &str {
+    let s = s.trim().trim_end_matches('/');
+    match s.strip_prefix("https://") {
+        Some(host) => host.split(['.', '/']).next().unwrap_or(host),
+        None => s.rsplit('/').next().unwrap_or(s),
+    }
+}
+
+/// Refuses a `--source-vault` that is not this store's key vault.
+fn check_source_vault(a: &Access, given: Option<&str>) -> Result<(), CliError> {
+    let Some(given) = given else {
+        return Ok(());
+    };
+    let ours = a.read_json("vault.json")?["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if source_vault_name(given).eq_ignore_ascii_case(&ours) {
+        return Ok(());
+    }
+    Err(CliError(format!(
+        "--source-vault '{given}' is not this store's key vault '{ours}'; give --source-vault {ours} or leave it out"
+    )))
+}
+
 pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
     match cmd {
         KeyCmd::Create {
@@ -200,9 +321,10 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             attrs,
             store,
         } => {
-            crate::vault::kid::validate_key_name(&name)?;
+            let name = name.get();
+            crate::vault::kid::validate_key_name(name)?;
             let a = Access::open(&store)?;
-            let mut line = word(&name)?.to_string();
+            let mut line = word(name)?.to_string();
             if let Some(s) = size {
                 line += &format!(" size={s}");
             }
@@ -216,20 +338,21 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             attrs,
             store,
         } => {
+            let name = name.get();
             let text = zeroize::Zeroizing::new(
                 std::fs::read_to_string(&pem)
                     .map_err(|e| CliError(format!("cannot read {}: {e}", pem.display())))?,
             );
-            crate::vault::kid::validate_key_name(&name)?;
+            crate::vault::kid::validate_key_name(name)?;
             let a = Access::open(&store)?;
-            let mut data = zeroize::Zeroizing::new(format!("{}{}\n", word(&name)?, attrs.words()?));
+            let mut data = zeroize::Zeroizing::new(format!("{}{}\n", word(name)?, attrs.words()?));
             data.push_str(&text);
             a.write("keys/import", data.as_bytes())?;
             print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
         }
         KeyCmd::List {
             deleted,
-            json,
+            output,
             store,
         } => {
             let a = Access::open(&store)?;
@@ -238,23 +361,26 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            if json || deleted {
-                print_json(&Value::Array(list));
-            } else {
-                print_keys(&list);
+            // Deleted keys have always printed as JSON; keep that the default.
+            match output.format(if deleted { Format::Json } else { Format::Table }) {
+                Format::Json => print_json(&Value::Array(list)),
+                fmt if deleted => print_deleted_keys(&list, fmt),
+                fmt => print_keys(&list, fmt),
             }
         }
         KeyCmd::Show {
             name,
             version,
+            output,
             store,
         } => {
+            let name = name.get();
             let a = Access::open(&store)?;
             let path = match &version {
                 Some(v) => format!("keys/{name}/versions/{v}/key.json"),
                 None => format!("keys/{name}/key.json"),
             };
-            print_json(&a.read_json(&path)?);
+            print_object(&a.read_json(&path)?, output.format(Format::Json));
         }
         KeyCmd::Rotate {
             name,
@@ -263,6 +389,7 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             exp,
             store,
         } => {
+            let name = name.get();
             let a = Access::open(&store)?;
             let mut line = String::new();
             if let Some(s) = size {
@@ -288,6 +415,7 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             clear,
             store,
         } => {
+            let name = name.get();
             let a = Access::open(&store)?;
             let path = format!("keys/{name}/rotation-policy");
             if let Some(p) = set {
@@ -308,10 +436,11 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             attrs,
             store,
         } => {
+            let name = name.get();
             let words = attrs.words()?;
             if words.is_empty() {
                 return Err(CliError(
-                    "nothing to change; give --enabled, --nbf, --exp or --ops".into(),
+                    "nothing to change; give --enabled, --disabled, --nbf, --exp or --ops".into(),
                 ));
             }
             let a = Access::open(&store)?;
@@ -321,18 +450,31 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             };
             a.write(&format!("{dir}/update"), words.trim().as_bytes())?;
             print_json(&a.read_json(&format!("{dir}/key.json"))?);
+            // Enabling or disabling reaches every disk the key (version) wraps.
+            if attrs.enabled().is_some() {
+                let what = match &version {
+                    Some(v) => format!("key {name} version {v}"),
+                    None => format!("key {name}"),
+                };
+                report_disks(&a, &what, &disks_on_key(&a, name, version.as_deref()));
+            }
         }
         KeyCmd::Delete { name, store } => {
+            let name = name.get();
             let a = Access::open(&store)?;
+            let disks = disks_on_key(&a, name, None);
             a.rmdir(&format!("keys/{name}"))?;
             print_json(&a.read_json(&format!("deleted-keys/{name}/deleted.json"))?);
+            report_disks(&a, &format!("deleted key {name}"), &disks);
         }
         KeyCmd::Recover { name, store } => {
+            let name = name.get();
             let a = Access::open(&store)?;
             a.write(&format!("deleted-keys/{name}/recover"), b"1")?;
             print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
         }
         KeyCmd::Purge { name, store } => {
+            let name = name.get();
             let a = Access::open(&store)?;
             a.rmdir(&format!("deleted-keys/{name}"))?;
             println!("purged key {name}");
@@ -343,6 +485,7 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             permissions,
             store,
         } => {
+            let name = name.get();
             let a = Access::open(&store)?;
             let line = format!(
                 "grant {} permissions={}",
@@ -353,6 +496,7 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             print_json(&a.read_json(&format!("keys/{name}/grants"))?);
         }
         KeyCmd::RevokeGrant { name, who, store } => {
+            let name = name.get();
             let a = Access::open(&store)?;
             let line = format!("revoke {}", identity_words(&who)?);
             a.write(&format!("keys/{name}/grants"), line.as_bytes())?;
@@ -367,11 +511,14 @@ pub enum VaultCmd {
     /// Show the key vault, like `az keyvault show`.
     Show {
         #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
         store: StoreArg,
     },
     /// Turn on purge protection (permanent) and/or set the soft-delete retention.
     Set {
-        #[arg(long)]
+        /// true turns on purge protection, permanently (disk encryption sets need it).
+        #[arg(long, value_name = "BOOL")]
         purge_protection: Option<String>,
         /// 7 to 90 days.
         #[arg(long)]
@@ -386,16 +533,21 @@ pub enum VaultCmd {
     },
 }
 
+/// vault.json without the key lists (those are `key list`).
+fn vault_json(a: &Access) -> Result<Value, CliError> {
+    let mut v = a.read_json("vault.json")?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("keyList");
+        o.remove("deletedKeyList");
+    }
+    Ok(v)
+}
+
 pub fn run_vault(cmd: VaultCmd) -> Result<(), CliError> {
     match cmd {
-        VaultCmd::Show { store } => {
+        VaultCmd::Show { output, store } => {
             let a = Access::open(&store)?;
-            let mut v = a.read_json("vault.json")?;
-            if let Some(o) = v.as_object_mut() {
-                o.remove("keyList");
-                o.remove("deletedKeyList");
-            }
-            print_json(&v);
+            print_object(&vault_json(&a)?, output.format(Format::Json));
         }
         VaultCmd::Set {
             purge_protection,
@@ -415,12 +567,7 @@ pub fn run_vault(cmd: VaultCmd) -> Result<(), CliError> {
             if let Some(p) = &purge_protection {
                 a.write("purge-protection", word(p)?.as_bytes())?;
             }
-            let mut v = a.read_json("vault.json")?;
-            if let Some(o) = v.as_object_mut() {
-                o.remove("keyList");
-                o.remove("deletedKeyList");
-            }
-            print_json(&v);
+            print_json(&vault_json(&a)?);
         }
         VaultCmd::VerifyAudit { store } => {
             let a = Access::open(&store)?;
@@ -442,7 +589,8 @@ pub fn run_vault(cmd: VaultCmd) -> Result<(), CliError> {
 pub enum DesCmd {
     /// Create a disk encryption set (needs purge protection on the vault).
     Create {
-        name: String,
+        #[command(flatten)]
+        name: SetName,
         /// Versioned key URL (NAME/VERSION or https://VAULT.vault.azure.net/keys/NAME/VERSION);
         /// versionless only with --auto-rotate.
         #[arg(long)]
@@ -450,31 +598,47 @@ pub enum DesCmd {
         /// EncryptionAtRestWithCustomerKey (default) or EncryptionAtRestWithPlatformAndCustomerKeys.
         #[arg(long)]
         encryption_type: Option<String>,
-        /// Follow the key's latest version (rotationToLatestKeyVersionEnabled).
+        /// Follow the key's latest version (rotationToLatestKeyVersionEnabled):
+        /// --auto-rotate, --auto-rotate true or --auto-rotate false.
+        #[arg(long, visible_alias = "enable-auto-key-rotation", num_args = 0..=1,
+              default_missing_value = "true", value_name = "BOOL")]
+        auto_rotate: Option<bool>,
+        /// As in az: the key's vault (name, id or URL); must be this store's vault.
         #[arg(long)]
-        auto_rotate: bool,
+        source_vault: Option<String>,
         #[command(flatten)]
         store: StoreArg,
     },
     /// Show a set, like `az disk-encryption-set show`.
     Show {
-        name: String,
+        #[command(flatten)]
+        name: SetName,
+        #[command(flatten)]
+        output: OutputArg,
         #[command(flatten)]
         store: StoreArg,
     },
+    /// List disk encryption sets: type, state, active key.
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArg,
         #[command(flatten)]
         store: StoreArg,
     },
     /// Change the key (re-wraps every disk of the set) or the auto-rotation flag.
     Update {
-        name: String,
+        #[command(flatten)]
+        name: SetName,
+        /// The new key: a versioned URL (NAME/VERSION or the full URL); re-wraps every disk.
         #[arg(long)]
         key_url: Option<String>,
+        /// Follow the key's latest version: --auto-rotate, --auto-rotate true or false.
+        #[arg(long, visible_alias = "enable-auto-key-rotation", num_args = 0..=1,
+              default_missing_value = "true", value_name = "BOOL")]
+        auto_rotate: Option<bool>,
+        /// As in az: the key's vault (name, id or URL); must be this store's vault.
         #[arg(long)]
-        auto_rotate: Option<String>,
+        source_vault: Option<String>,
         /// Refused unless unchanged: the encryption type is fixed at creation.
         #[arg(long)]
         encryption_type: Option<String>,
@@ -483,7 +647,8 @@ pub enum DesCmd {
     },
     /// Delete a set that no disk uses.
     Delete {
-        name: String,
+        #[command(flatten)]
+        name: SetName,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -496,45 +661,61 @@ pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
             key_url,
             encryption_type,
             auto_rotate,
+            source_vault,
             store,
         } => {
-            crate::store::validate_name(&name)?;
+            let name = name.get();
+            crate::store::validate_name(name)?;
             let a = Access::open(&store)?;
-            let mut line = format!("{} {}", word(&name)?, word(&key_url)?);
+            check_source_vault(&a, source_vault.as_deref())?;
+            let mut line = format!("{} {}", word(name)?, word(&key_url)?);
             if let Some(t) = &encryption_type {
                 line += &format!(" type={}", word(t)?);
             }
-            if auto_rotate {
-                line += " auto-rotate=true";
+            if let Some(on) = auto_rotate {
+                line += &format!(" auto-rotate={on}");
             }
             a.write("disk-encryption-sets/create", line.as_bytes())?;
             print_json(&a.read_json(&format!("disk-encryption-sets/{name}/status.json"))?);
         }
-        DesCmd::Show { name, store } => {
+        DesCmd::Show {
+            name,
+            output,
+            store,
+        } => {
             let a = Access::open(&store)?;
-            print_json(&a.read_json(&format!("disk-encryption-sets/{name}/status.json"))?);
+            let path = format!("disk-encryption-sets/{}/status.json", name.get());
+            print_object(&a.read_json(&path)?, output.format(Format::Json));
         }
-        DesCmd::List { json, store } => {
+        DesCmd::List { output, store } => {
             let a = Access::open(&store)?;
             let sets = a.read_json("status.json")?["diskEncryptionSets"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            if json {
-                print_json(&Value::Array(sets));
-            } else {
-                println!(
-                    "{:<24} {:<44} {:<11} ACTIVE KEY",
-                    "NAME", "ENCRYPTION TYPE", "STATE"
-                );
-                for s in &sets {
-                    println!(
-                        "{:<24} {:<44} {:<11} {}",
-                        s["name"].as_str().unwrap_or(""),
-                        s["encryptionType"].as_str().unwrap_or(""),
-                        s["provisioningState"].as_str().unwrap_or(""),
-                        s["activeKey"]["keyUrl"].as_str().unwrap_or(""),
-                    );
+            match output.format(Format::Table) {
+                Format::Json => print_json(&Value::Array(sets)),
+                fmt => {
+                    let header = [
+                        "NAME",
+                        "ENCRYPTION TYPE",
+                        "STATE",
+                        "AUTO-ROTATE",
+                        "ACTIVE KEY",
+                    ];
+                    let rows = sets
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                cell(&s["name"]),
+                                cell(&s["encryptionType"]),
+                                cell(&s["provisioningState"]),
+                                cell(&s["rotationToLatestKeyVersionEnabled"]),
+                                cell(&s["activeKey"]["keyUrl"]),
+                            ]
+                        })
+                        .collect();
+                    print_rows(header.map(String::from).to_vec(), rows, fmt);
                 }
             }
         }
@@ -542,10 +723,13 @@ pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
             name,
             key_url,
             auto_rotate,
+            source_vault,
             encryption_type,
             store,
         } => {
+            let name = name.get();
             let mut line = String::new();
+            let auto_rotate = auto_rotate.map(|b| b.to_string());
             for (k, v) in [
                 ("key-url", &key_url),
                 ("auto-rotate", &auto_rotate),
@@ -561,6 +745,7 @@ pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
                 ));
             }
             let a = Access::open(&store)?;
+            check_source_vault(&a, source_vault.as_deref())?;
             a.write(
                 &format!("disk-encryption-sets/{name}/update"),
                 line.trim().as_bytes(),
@@ -568,6 +753,7 @@ pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
             print_json(&a.read_json(&format!("disk-encryption-sets/{name}/status.json"))?);
         }
         DesCmd::Delete { name, store } => {
+            let name = name.get();
             let a = Access::open(&store)?;
             a.rmdir(&format!("disk-encryption-sets/{name}"))?;
             println!("deleted disk encryption set {name}");

@@ -6,8 +6,9 @@ mod daemon;
 mod disk;
 mod key;
 
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use clap::{CommandFactory, Parser, Subcommand};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -64,6 +65,157 @@ enum Cmd {
     },
 }
 
+/// The whole command line, for tests that walk every subcommand's help.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// `-o/--output`, as in az: json, table or tsv.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Format {
+    Json,
+    Table,
+    Tsv,
+}
+
+#[derive(clap::Args, Clone, Copy)]
+pub struct OutputArg {
+    /// Output format: json, table or tsv (as in az).
+    #[arg(short, long, value_enum)]
+    output: Option<Format>,
+    /// Same as -o json.
+    #[arg(long, conflicts_with = "output")]
+    json: bool,
+}
+
+impl OutputArg {
+    /// The chosen format; `default` when none was given.
+    pub fn format(&self, default: Format) -> Format {
+        match (self.json, self.output) {
+            (true, _) => Format::Json,
+            (false, Some(f)) => f,
+            (false, None) => default,
+        }
+    }
+}
+
+/// A JSON scalar as one table or tsv cell.
+pub fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        v => v.to_string(),
+    }
+}
+
+/// Prints one object (a `show`) as az does for table and tsv: its top-level scalar
+/// fields, nested ones left out.
+pub fn print_object(v: &Value, fmt: Format) {
+    let fields: Vec<(&String, &Value)> = v
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(_, v)| !v.is_object() && !v.is_array())
+                .collect()
+        })
+        .unwrap_or_default();
+    match fmt {
+        Format::Json => access::print_json(v),
+        Format::Tsv => {
+            let row: Vec<String> = fields.iter().map(|(_, v)| cell(v)).collect();
+            println!("{}", row.join("\t"));
+        }
+        Format::Table => {
+            let rows = vec![fields.iter().map(|(_, v)| cell(v)).collect()];
+            let header = fields.iter().map(|(k, _)| k.to_string()).collect();
+            print_rows(header, rows, Format::Table);
+        }
+    }
+}
+
+/// Prints rows as an aligned table with a header, or as tab-separated values without one.
+pub fn print_rows(header: Vec<String>, rows: Vec<Vec<String>>, fmt: Format) {
+    if fmt == Format::Tsv {
+        for r in rows {
+            println!("{}", r.join("\t"));
+        }
+        return;
+    }
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |r: &[String]| {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    };
+    line(&header);
+    for r in &rows {
+        line(r);
+    }
+}
+
+/// A name given as the positional NAME or as az's `-n/--name`.
+macro_rules! name_arg {
+    ($ty:ident, $doc:tt, $doc_opt:tt) => {
+        #[derive(clap::Args)]
+        #[group(required = true, multiple = false)]
+        pub struct $ty {
+            #[doc = $doc]
+            #[arg(value_name = "NAME")]
+            name: Option<String>,
+            #[doc = $doc_opt]
+            #[arg(short = 'n', long = "name", value_name = "NAME")]
+            name_opt: Option<String>,
+        }
+        impl $ty {
+            pub fn get(&self) -> &str {
+                self.name
+                    .as_deref()
+                    .or(self.name_opt.as_deref())
+                    .expect("clap requires one")
+            }
+        }
+    };
+}
+name_arg!(
+    DiskName,
+    "The disk's name.",
+    "The disk's name, as in az (instead of the positional NAME)."
+);
+name_arg!(
+    KeyName,
+    "The key's name.",
+    "The key's name, as in az (instead of the positional NAME)."
+);
+name_arg!(
+    SetName,
+    "The disk encryption set's name.",
+    "The set's name, as in az (instead of the positional NAME)."
+);
+
+/// A size in binary units, e.g. 30 GiB, 512 MiB, 1.5 GiB.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 || v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 /// A user-facing failure: one line naming the cause and the fix.
 pub struct CliError(pub String);
 
@@ -73,22 +225,51 @@ impl<E: std::fmt::Display> From<E> for CliError {
     }
 }
 
+/// `init`, with relative paths made absolute, and the directories it created removed
+/// again if it fails.
+fn init(store: &Path, vault: Option<&Path>, vault_name: Option<String>) -> Result<(), CliError> {
+    let store = std::path::absolute(store)?;
+    let vault = vault.map(std::path::absolute).transpose()?;
+    let new_dirs: Vec<PathBuf> = std::iter::once(&store)
+        .chain(vault.as_ref())
+        .filter(|d| !d.exists())
+        .cloned()
+        .collect();
+    let opts = crate::store::InitOptions {
+        vault_dir: vault,
+        vault_name,
+    };
+    match crate::store::Store::init(&store, &opts) {
+        Ok(()) => {
+            println!("initialized store {}", store.display());
+            Ok(())
+        }
+        Err(e) => {
+            for d in &new_dirs {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            Err(e.into())
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
+    // Die quietly when stdout is a closed pipe (`disk list | head`, also `--help`)
+    // instead of panicking in println!. The daemon keeps ignoring SIGPIPE, as Rust
+    // programs do.
+    // Safe because: setting a signal disposition has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Mount(_)) {
+        // Safe because: as above.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    }
     let result = match cli.cmd {
         Cmd::Init {
             store,
             vault,
             vault_name,
-        } => {
-            let opts = crate::store::InitOptions {
-                vault_dir: vault,
-                vault_name,
-            };
-            crate::store::Store::init(&store, &opts)
-                .map(|()| println!("initialized store {}", store.display()))
-                .map_err(CliError::from)
-        }
+        } => init(&store, vault.as_deref(), vault_name),
         Cmd::Mount(args) => daemon::mount(args),
         Cmd::Umount { mountpoint } => daemon::umount(&mountpoint),
         Cmd::Disk { cmd } => disk::run(cmd),

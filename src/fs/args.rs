@@ -3,7 +3,8 @@
 //! same clear error either way.
 
 use crate::store::StoreError;
-use serde_json::{Map, Value};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Largest write a control file accepts.
@@ -143,7 +144,49 @@ impl Args {
     }
 }
 
-/// Parses a write against `fields`; `usage` goes into error messages.
+/// A JSON object's members in order, duplicates kept (serde_json's `Map` keeps only the
+/// last of a repeated key, which would let `{"exp":"+1d","exp":"none"}` slip through).
+struct Members(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Members, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, val)) = m.next_entry::<String, Value>()? {
+                    v.push((k, val));
+                }
+                Ok(Members(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Sets a field once; a second value for it (by any of its names) is refused.
+fn put(out: &mut Args, field: &Field, given: &str, v: Val) -> Result<(), StoreError> {
+    let key = field.names[0];
+    if out.0.contains_key(key) {
+        let names = if field.names.len() > 1 {
+            format!(" (also named {})", field.names[1..].join(", "))
+        } else {
+            String::new()
+        };
+        return Err(invalid(format!(
+            "{key}{names} is given more than once ('{given}'); give it once"
+        )));
+    }
+    out.0.insert(key, v);
+    Ok(())
+}
+
+/// Parses a write against `fields`; `usage` goes into error messages. A field given
+/// twice, under the same name or two of its names, is refused.
 pub fn parse(input: &[u8], fields: &[Field], usage: &str) -> Result<Args, StoreError> {
     let t = text(input)?;
     let mut out = Args::default();
@@ -153,12 +196,12 @@ pub fn parse(input: &[u8], fields: &[Field], usage: &str) -> Result<Args, StoreE
             .find(|f| f.names.iter().any(|n| n.eq_ignore_ascii_case(k)))
     };
     if t.starts_with('{') {
-        let obj: Map<String, Value> =
+        let obj: Members =
             serde_json::from_str(t).map_err(|e| invalid(format!("malformed JSON: {e}")))?;
-        for (k, v) in &obj {
+        for (k, v) in &obj.0 {
             let field =
                 find(k).ok_or_else(|| invalid(format!("unknown field \"{k}\"; {usage}")))?;
-            out.0.insert(field.names[0], json_value(field, k, v)?);
+            put(&mut out, field, k, json_value(field, k, v)?)?;
         }
     } else if t.starts_with('[') || t.starts_with('"') {
         return Err(invalid(format!("expected a JSON object or words; {usage}")));
@@ -169,14 +212,14 @@ pub fn parse(input: &[u8], fields: &[Field], usage: &str) -> Result<Args, StoreE
                 Some((k, v)) => {
                     let field =
                         find(k).ok_or_else(|| invalid(format!("unknown option '{k}'; {usage}")))?;
-                    out.0.insert(field.names[0], word_value(field, k, v)?);
+                    put(&mut out, field, k, word_value(field, k, v)?)?;
                 }
                 None => {
+                    // The next positional field not already given as key=value.
                     let field = positional
-                        .next()
+                        .find(|f| !out.0.contains_key(f.names[0]))
                         .ok_or_else(|| invalid(format!("unexpected word '{w}'; {usage}")))?;
-                    out.0
-                        .insert(field.names[0], word_value(field, field.names[0], w)?);
+                    put(&mut out, field, w, word_value(field, field.names[0], w)?)?;
                 }
             }
         }
@@ -216,6 +259,30 @@ mod tests {
         .unwrap();
         assert_eq!(a.0, b.0);
         assert_eq!(a.list("ops").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_field_given_twice_is_refused() {
+        for bad in [
+            &br#"{"name":"k1","size":1,"size":2}"#[..],
+            br#"{"name":"k1","size":1,"keySize":2}"#,
+            br#"{"name":"k1","Size":1,"size":1}"#,
+            br#"{"name":"k1","name":"k2"}"#,
+            b"k1 size=1 size=2",
+            b"k1 size=1 keySize=2",
+            b"k1 2048 size=3072",
+            b"k1 enabled=true enabled=false",
+        ] {
+            let e = parse(bad, FIELDS, "u").unwrap_err().to_string();
+            assert!(
+                e.contains("more than once") || e.contains("unexpected word"),
+                "{}: {e}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let a = parse(b"size=3072 k1", FIELDS, "u").unwrap();
+        assert_eq!(a.str("name"), Some("k1"));
+        assert_eq!(a.str("size"), Some("3072"));
     }
 
     #[test]

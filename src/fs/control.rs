@@ -129,7 +129,12 @@ fn opt_time(v: Option<&Val>, what: &str) -> Result<Option<Option<i64>>, StoreErr
     Ok(match v {
         None => None,
         Some(Val::Null) => Some(None),
-        Some(Val::Str(s)) if s.is_empty() || s.eq_ignore_ascii_case("none") => Some(None),
+        Some(Val::Str(s)) if s.trim().is_empty() => {
+            return Err(invalid(format!(
+                "{what} is empty; give a time (2027-01-31, +90d) or `none` to clear it"
+            )))
+        }
+        Some(Val::Str(s)) if s.trim().eq_ignore_ascii_case("none") => Some(None),
         Some(Val::Str(s)) => Some(Some(parse_time(s)?)),
         Some(_) => return Err(invalid(format!("{what} must be a time string"))),
     })
@@ -313,11 +318,19 @@ impl Control {
     }
 
     fn deleted_exists(&self, name: &str) -> bool {
-        self.store.vault().deleted_key(name).is_ok()
+        // A deleted key whose files are corrupt is listed too; using it says why.
+        !matches!(
+            self.store.vault().deleted_key(name),
+            Err(VaultError::DeletedKeyNotFound(_))
+        )
     }
 
     fn set_exists(&self, name: &str) -> bool {
-        self.store.keyring().des(name).is_ok()
+        // A set whose file is corrupt still exists: reading it says why it can't be used.
+        !matches!(
+            self.store.keyring().des(name),
+            Err(StoreError::DesNotFound(_))
+        )
     }
 
     fn disk_exists(&self, name: &str) -> bool {
@@ -630,9 +643,13 @@ impl Control {
                 self.write_key_file(k, Some(v), file, data, caller)?
             }
             ["deleted-keys", k, "recover"] => {
+                confirm_name(data, k, "recover")?;
                 vault.recover_key(caller, k)?;
             }
-            ["deleted-keys", k, "purge"] => vault.purge_key(caller, k)?,
+            ["deleted-keys", k, "purge"] => {
+                confirm_name(data, k, "purge")?;
+                vault.purge_key(caller, k)?
+            }
             ["disk-encryption-sets", "create"] => {
                 let a = parse(data, DES_CREATE_FIELDS, "write `NAME KEY-URL [type=EncryptionAtRestWithCustomerKey|EncryptionAtRestWithPlatformAndCustomerKeys] [auto-rotate=true]` or a JSON object")?;
                 let name = a.str("name").unwrap_or_default();
@@ -744,6 +761,7 @@ impl Control {
                     .filter(|s| !s.is_empty())
                     .map(String::from)
                     .collect();
+                // An empty list is refused by the vault (it would stop every use).
                 update(KeyUpdate {
                     key_ops: Some(ops),
                     ..Default::default()
@@ -755,13 +773,7 @@ impl Control {
                 "write `enabled=true|false nbf=TIME exp=TIME ops=LIST` (any of them)",
             )?)?),
             "rotate" if v.is_none() => {
-                let t = args::text(data)?;
-                // `echo 1 > rotate` (or any bare word) rotates with the current settings.
-                let a = if t.contains('=') || t.starts_with('{') {
-                    parse(data, ROTATE_FIELDS, "write `1`, or `size=N exp=TIME`")?
-                } else {
-                    Args::default()
-                };
+                let a = parse_rotate(data)?;
                 vault.rotate_key(caller, k, &key_options(&a)?)?;
                 Ok(())
             }
@@ -792,7 +804,22 @@ impl Control {
         if action != "grant" && action != "revoke" {
             return Err(invalid(format!("unknown command '{action}'; {usage}")));
         }
-        let (object_id, display) = match (a.str("des"), a.str("object-id")) {
+        // `grant object-id=ID get`: with object-id, the second word is the permissions.
+        let perms_word = match (a.str("des"), a.str("object-id"), a.list("permissions")) {
+            (Some(p), Some(_), None) => Some(
+                p.split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|x| !x.is_empty())
+                    .map(String::from)
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        };
+        let des = if perms_word.is_some() {
+            None
+        } else {
+            a.str("des")
+        };
+        let (object_id, display) = match (des, a.str("object-id")) {
             (Some(s), None) => {
                 let d = self.store.keyring().des(s)?;
                 (
@@ -806,7 +833,7 @@ impl Control {
         let vault = self.store.vault();
         match action {
             "grant" => {
-                let perms: Vec<String> = match a.list("permissions") {
+                let perms: Vec<String> = match a.list("permissions").or(perms_word.as_deref()) {
                     Some(p) => p.to_vec(),
                     None => ["get", "wrapKey", "unwrapKey"]
                         .iter()
@@ -816,7 +843,7 @@ impl Control {
                 vault.grant(caller, k, &object_id, &display, &perms)?;
             }
             _ => {
-                if a.list("permissions").is_some() {
+                if a.list("permissions").is_some() || perms_word.is_some() {
                     return Err(invalid(format!("revoke takes no permissions; {usage}")));
                 }
                 vault.revoke_grant(caller, k, &object_id)?;
@@ -859,6 +886,43 @@ impl Control {
         }
         Ok(())
     }
+}
+
+/// A write to `keys/NAME/rotate`: `1`, `1` plus options (`size=N nbf=TIME exp=TIME`),
+/// the options alone, or a JSON object of them. Anything else is refused.
+fn parse_rotate(data: &[u8]) -> Result<Args, StoreError> {
+    let usage =
+        "write `1`, or `1 size=N nbf=TIME exp=TIME` (any of the options), to add a new version";
+    let t = args::text(data)?;
+    if t.starts_with('{') {
+        return parse(data, ROTATE_FIELDS, usage);
+    }
+    let rest = match t.split_once(char::is_whitespace) {
+        _ if t == "1" => return Ok(Args::default()),
+        Some(("1", rest)) => rest.trim(),
+        _ if t.contains('=') => t,
+        _ => {
+            return Err(invalid(format!(
+                "unknown command '{}'; {usage}",
+                t.chars().take(40).collect::<String>()
+            )))
+        }
+    };
+    // Options only: any bare word is refused by `parse` (the fields are not positional).
+    parse(rest.as_bytes(), ROTATE_FIELDS, usage)
+}
+
+/// A write to `deleted-keys/NAME/recover` or `purge`: `1` or the key's name, so that a
+/// stray write does not purge a key irreversibly.
+fn confirm_name(data: &[u8], name: &str, what: &str) -> Result<(), StoreError> {
+    let t = args::text(data)?;
+    if t == "1" || t.eq_ignore_ascii_case(name) {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "{what} takes `1` or the key's name ('{name}'), not '{}'",
+        t.chars().take(40).collect::<String>()
+    )))
 }
 
 fn read_only(path: &[&str]) -> StoreError {
@@ -913,6 +977,58 @@ pub fn parse_disk_create(data: &[u8]) -> Result<(String, CreateOptions), StoreEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotate_purge_and_recover_take_only_documented_input() {
+        assert!(parse_rotate(b"1\n").unwrap().0.is_empty());
+        let a = parse_rotate(b"1 size=3072 exp=+30d").unwrap();
+        assert_eq!(a.str("size"), Some("3072"));
+        assert!(parse_rotate(b"size=3072").is_ok());
+        assert!(parse_rotate(br#"{"keySize":3072}"#).is_ok());
+        for bad in [
+            &b""[..],
+            b"please do not rotate",
+            b"yes",
+            b"true",
+            b"0",
+            b"11",
+            b"1 now",
+            b"1 1",
+            b"foo size=3072",
+            b"1 size=2048 size=3072",
+            b"1 colour=red",
+        ] {
+            let e = parse_rotate(bad).unwrap_err();
+            assert!(
+                matches!(e, StoreError::InvalidArgument(_)),
+                "{:?}: {e}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(confirm_name(b"1\n", "k1", "purge").is_ok());
+        assert!(confirm_name(b"K1", "k1", "purge").is_ok());
+        for bad in [&b"no thanks"[..], b"", b"k2", b"yes", b"1 1"] {
+            let e = confirm_name(bad, "k1", "purge").unwrap_err().to_string();
+            assert!(e.contains("purge takes `1` or the key's name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn empty_times_are_refused_and_none_clears() {
+        let e = opt_time(Some(&Val::Str(String::new())), "nbf").unwrap_err();
+        assert!(e.to_string().contains("`none`"), "{e}");
+        assert_eq!(
+            opt_time(Some(&Val::Str("none".into())), "nbf").unwrap(),
+            Some(None)
+        );
+        assert_eq!(opt_time(Some(&Val::Null), "nbf").unwrap(), Some(None));
+        let a = parse(br#"{"nbf":""}"#, KEY_UPDATE_FIELDS, "u").unwrap();
+        assert!(key_update(&a).is_err());
+        let a = parse(b"exp=", KEY_UPDATE_FIELDS, "u").unwrap();
+        assert!(key_update(&a).is_err());
+        let a = parse(b"exp=+3000000d", KEY_UPDATE_FIELDS, "u").unwrap();
+        assert!(key_update(&a).is_err());
+    }
 
     #[test]
     fn disk_create_words_and_json() {

@@ -98,6 +98,8 @@ pub fn errno(e: &StoreError) -> Errno {
         EnforcementDown(_) => Errno::EIO,
         NoSpace { .. } => Errno::ENOSPC,
         DesNotFound(_) => Errno::ENOENT,
+        InvalidSetName { .. } => Errno::EINVAL,
+        DesCorrupt { .. } => Errno::EIO,
         DesExists(_) => Errno::EEXIST,
         VersionlessKeyUrl(_) => Errno::EINVAL,
         PurgeProtectionRequired | CmkCannotBeDisabled | NotPermitted(_) => Errno::EPERM,

@@ -32,6 +32,10 @@ pub struct DesRecord {
     #[serde(default)]
     pub auto_key_rotation_error: Option<String>,
     pub created: String,
+    /// Set for a set whose file could not be loaded (which file, and how): it stays
+    /// listed, and every use of it fails with `StoreError::DesCorrupt`. Never saved.
+    #[serde(skip)]
+    pub corrupt: Option<String>,
 }
 
 /// Parses an encryption type given for a DES.
@@ -63,6 +67,33 @@ pub fn des_id(name: &str) -> String {
     format!("{DES_ID_PREFIX}{name}")
 }
 
+/// Validates the name of a disk encryption set (the same rule as disk names: Azure's
+/// 1-80 letters, digits, '_', '.' and '-'), with a message that says "disk encryption
+/// set".
+pub fn validate_set_name(name: &str) -> Result<()> {
+    super::validate_name(name).map_err(|e| match e {
+        StoreError::InvalidName { name, reason } => StoreError::InvalidSetName { name, reason },
+        other => other,
+    })
+}
+
+/// A stand-in for a set whose file `path` is corrupt, named after the file.
+pub fn corrupt_placeholder(name: &str, reason: String) -> DesRecord {
+    DesRecord {
+        name: name.to_string(),
+        encryption_type: CMK_TYPE.to_string(),
+        active_key: String::new(),
+        previous_keys: vec![],
+        rotation_to_latest_key_version_enabled: false,
+        principal_id: String::new(),
+        provisioning_state: "Failed".into(),
+        last_key_rotation_timestamp: None,
+        auto_key_rotation_error: None,
+        created: String::new(),
+        corrupt: Some(reason),
+    }
+}
+
 /// A random version-4 UUID, the form of an Azure AD principal id.
 pub fn new_principal_id() -> Result<String> {
     let mut b = random_bytes(16)?;
@@ -92,8 +123,25 @@ impl DesRecord {
         self.encryption_type == DOUBLE_TYPE
     }
 
+    /// Why the set can't be used, if its file is corrupt.
+    pub fn corrupt_error(&self) -> Option<StoreError> {
+        self.corrupt.as_ref().map(|reason| StoreError::DesCorrupt {
+            name: self.name.clone(),
+            reason: reason.clone(),
+        })
+    }
+
     /// JSON shaped like `az disk-encryption-set show`.
     pub fn to_json(&self, vault_name: &str) -> Value {
+        if let Some(e) = self.corrupt_error() {
+            return json!({
+                "name": self.name,
+                "id": self.id(),
+                "type": "Microsoft.Compute/diskEncryptionSets",
+                "provisioningState": self.provisioning_state,
+                "error": e.to_string(),
+            });
+        }
         json!({
             "name": self.name,
             "id": self.id(),
@@ -131,6 +179,13 @@ mod tests {
         let p = new_principal_id().unwrap();
         assert_eq!(p.len(), 36);
         assert_eq!(&p[14..15], "4");
+        crate::vault::keyvault::validate_principal_id(&p).unwrap();
+        let e = validate_set_name("bad/name").unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid disk encryption set name 'bad/name'"),
+            "{e}"
+        );
+        validate_set_name("set-1").unwrap();
         assert!(parse_des_type("EncryptionAtRestWithPlatformKey").is_err());
         assert!(parse_des_type("bogus").is_err());
         assert_eq!(

@@ -46,6 +46,10 @@ pub enum StoreError {
     Busy(String),
     #[error("no disk encryption set named '{0}'; see 'diskvault des list'")]
     DesNotFound(String),
+    #[error("invalid disk encryption set name '{name}': {reason}")]
+    InvalidSetName { name: String, reason: String },
+    #[error("disk encryption set '{name}' is unusable: {reason}; restore that file from a backup of the store")]
+    DesCorrupt { name: String, reason: String },
     #[error("a disk encryption set named '{0}' already exists; choose another name")]
     DesExists(String),
     #[error("disk encryption set '{name}' is used by {disks}; delete those disks or move them to another set first")]

@@ -26,11 +26,16 @@ pub fn is_platform_kid(kid: &str) -> bool {
 impl Keyring {
     pub fn des(&self, name_or_id: &str) -> Result<DesRecord> {
         let n = des_name(name_or_id);
-        self.sets
+        let rec = self
+            .sets
             .read()
             .get(&n.to_ascii_lowercase())
             .cloned()
-            .ok_or_else(|| StoreError::DesNotFound(n.to_string()))
+            .ok_or_else(|| StoreError::DesNotFound(n.to_string()))?;
+        match rec.corrupt_error() {
+            Some(e) => Err(e),
+            None => Ok(rec),
+        }
     }
 
     /// Why one version of key `name` must stay usable: a set is still moving its disks

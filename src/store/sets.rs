@@ -1,7 +1,7 @@
 //! Store operations on disk encryption sets and on a disk's encryption: creating and
 //! changing sets, moving disks to customer keys, re-wrapping DEKs on a key change.
 
-use super::des::{des_id, new_principal_id, DES_DIR};
+use super::des::{corrupt_placeholder, des_id, new_principal_id, validate_set_name, DES_DIR};
 use super::*;
 
 /// Loads every `STORE/disk-encryption-sets/NAME.json`.
@@ -17,14 +17,25 @@ pub(super) fn load_sets(dir: &Path) -> Result<BTreeMap<String, DesRecord>> {
         if fname.starts_with('.') || !fname.ends_with(".json") {
             continue;
         }
-        let rec: DesRecord = fs::read(&path)
+        let stem = fname.trim_end_matches(".json").to_ascii_lowercase();
+        let loaded = fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .map_err(|reason| StoreError::BadHeader {
-                path: path.display().to_string(),
-                reason,
-            })?;
-        out.insert(rec.name.to_ascii_lowercase(), rec);
+            .and_then(|b| serde_json::from_slice::<DesRecord>(&b).map_err(|e| e.to_string()))
+            .and_then(|rec| {
+                if rec.name.to_ascii_lowercase() == stem {
+                    Ok(rec)
+                } else {
+                    Err(format!("it names set '{}', not '{stem}'", rec.name))
+                }
+            });
+        // One bad file costs only its set: it stays listed, and each use of it (and of
+        // its disks) fails with DesCorrupt, while everything else mounts and serves.
+        let rec = loaded.unwrap_or_else(|reason| {
+            let rec = corrupt_placeholder(&stem, format!("{}: {reason}", path.display()));
+            log::error!("{}", rec.corrupt_error().expect("corrupt"));
+            rec
+        });
+        out.insert(stem, rec);
     }
     Ok(out)
 }
@@ -89,11 +100,14 @@ impl Store {
         encryption_type: Option<&str>,
         auto_rotate: bool,
     ) -> Result<Value> {
-        validate_name(name)?;
+        validate_set_name(name)?;
         let kind = parse_des_type(encryption_type.unwrap_or(CMK_TYPE))?;
         let _ns = self.ns.lock();
-        if self.keys.des(name).is_ok() {
-            return Err(StoreError::DesExists(name.to_string()));
+        match self.keys.des(name) {
+            Err(StoreError::DesNotFound(_)) => {}
+            Ok(_) => return Err(StoreError::DesExists(name.to_string())),
+            // A corrupt set's file is not overwritten.
+            Err(e) => return Err(e),
         }
         if !self.keys.vault.props().enable_purge_protection {
             return Err(StoreError::PurgeProtectionRequired);
@@ -110,6 +124,7 @@ impl Store {
             last_key_rotation_timestamp: None,
             auto_key_rotation_error: None,
             created: now_rfc3339(),
+            corrupt: None,
         };
         self.save_des(&rec)?;
         log::info!(

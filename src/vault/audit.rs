@@ -93,11 +93,47 @@ struct Head {
 }
 
 /// The writer side of the log; the vault serializes calls.
+///
+/// Records are whole lines written with one `write_all` and made durable before the
+/// call returns; a failed write or fsync truncates the file back to the last complete
+/// record, so a later record is never appended onto a torn one.
 pub struct AuditLog {
     path: PathBuf,
     head_path: PathBuf,
     seq: u64,
     last: String,
+    /// `audit.head` could not be updated after the last append: it lags by one record
+    /// (which `verify` accepts). It is brought up to date before anything else is
+    /// appended, so it never lags by more.
+    head_stale: bool,
+}
+
+/// Space `reserve` preallocates past the end of the log for the next records.
+const RESERVE_BYTES: u64 = 64 * 1024;
+/// Free space `reserve` wants on the vault's file system besides, for the change's own
+/// files (a key version's PEM, key.json, audit.head).
+const MARGIN_BYTES: u64 = 64 * 1024;
+
+/// What `verify` found: complete records, and the bytes of a torn last line (a crash
+/// during an append), which the next open drops.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct Verified {
+    pub records: u64,
+    pub torn_tail: u64,
+}
+
+impl std::fmt::Display for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} audit records, hash chain intact", self.records)?;
+        if self.torn_tail > 0 {
+            write!(
+                f,
+                "; a torn tail of {} bytes (a crash during an append, not an edit) will be dropped at the next open",
+                self.torn_tail
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// What `verify` found wrong: the first bad line (1-based) and why.
@@ -136,6 +172,7 @@ impl AuditLog {
             path,
             seq: 0,
             last: GENESIS.to_string(),
+            head_stale: false,
         };
         let text = match fs::read(&log.path) {
             Ok(b) => b,
@@ -199,22 +236,146 @@ impl AuditLog {
         let body = serde_json::to_string(&body).expect("JSON serializes");
         let hash = digest(&body);
         let line = format!("{},\"hash\":\"{hash}\"}}\n", &body[..body.len() - 1]);
+        if self.head_stale {
+            self.write_head()?;
+        }
         let mut f = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
             .open(&self.path)?;
-        f.write_all(line.as_bytes())?;
-        f.sync_data()?;
+        let base = self.drop_torn_fragment(&f)?;
+        // One write of the whole line; on any failure the file goes back to `base`.
+        if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.sync_data()) {
+            if let Err(t) = f.set_len(base).and_then(|()| f.sync_data()) {
+                log::error!(
+                    "cannot truncate the audit log {} back to its last record ({t}); the torn record is dropped at the next append or open",
+                    self.path.display()
+                );
+            }
+            return Err(e);
+        }
         self.seq = seq;
-        self.last = hash.clone();
-        let head = serde_json::to_vec(&Head { seq, hash }).expect("JSON serializes");
-        durable::write_atomic(&self.head_path, &head, 0o600)
+        self.last = hash;
+        if let Err(e) = self.write_head() {
+            // The record is durable and the chain intact; the head lags by one, which
+            // verify accepts, and is caught up before the next append.
+            log::error!(
+                "cannot update {}: {e}; it is retried before the next audit record",
+                self.head_path.display()
+            );
+            self.head_stale = true;
+        }
+        Ok(())
+    }
+
+    fn write_head(&mut self) -> io::Result<()> {
+        let head = serde_json::to_vec(&Head {
+            seq: self.seq,
+            hash: self.last.clone(),
+        })
+        .expect("JSON serializes");
+        durable::write_atomic(&self.head_path, &head, 0o600)?;
+        self.head_stale = false;
+        Ok(())
+    }
+
+    /// The log's length up to its last complete line. A fragment after it (an append
+    /// whose truncation failed) is cut off; other extra content is left for `verify`.
+    fn drop_torn_fragment(&self, f: &fs::File) -> io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let size = f.metadata()?.len();
+        if size == 0 {
+            return Ok(0);
+        }
+        let mut last = [0u8];
+        f.read_exact_at(&mut last, size - 1)?;
+        if last[0] == b'\n' {
+            return Ok(size);
+        }
+        // Find the last newline, reading backwards in blocks.
+        let mut end = size;
+        let mut buf = vec![0u8; 4096];
+        while end > 0 {
+            let start = end.saturating_sub(buf.len() as u64);
+            let chunk = &mut buf[..(end - start) as usize];
+            f.read_exact_at(chunk, start)?;
+            if let Some(p) = chunk.iter().rposition(|&b| b == b'\n') {
+                end = start + p as u64 + 1;
+                break;
+            }
+            end = start;
+        }
+        log::warn!(
+            "audit log {} ends in a torn line of {} bytes; dropping it",
+            self.path.display(),
+            size - end
+        );
+        f.set_len(end)?;
+        f.sync_data()?;
+        Ok(end)
+    }
+
+    /// Before a change: makes sure its record can be written afterwards. Preallocates
+    /// space past the end of the log (`fallocate` with `KEEP_SIZE`, so the file's
+    /// content is unchanged) and checks that the file system keeps some room for the
+    /// change's own files. Fails (e.g. `ENOSPC`) before anything has changed.
+    pub fn reserve(&mut self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        if self.head_stale {
+            self.write_head()?;
+        }
+        let f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        let len = f.metadata()?.len();
+        // Safe because: the fd is open for the duration of the call; the range is checked
+        // by the kernel.
+        let r = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_KEEP_SIZE,
+                len as libc::off_t,
+                RESERVE_BYTES as libc::off_t,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            // A file system without fallocate: the free-space check below must do.
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+            ) {
+                return Err(e);
+            }
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // Safe because: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+        if free < MARGIN_BYTES {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
     }
 }
 
-/// Checks the chain; returns the number of lines, or the first bad line.
-pub fn verify(dir: &Path) -> Result<u64, AuditFault> {
+/// Checks the chain; returns the number of records (and the size of a torn final
+/// line), or the first bad line.
+///
+/// A final line with no newline is what a crash during an append leaves (records are
+/// written whole, newline last): it is reported as a torn tail, not as tampering.
+/// Every complete line must still verify, and `audit.head` must not name a record
+/// beyond them, so cutting off a record and its newline is still found.
+pub fn verify(dir: &Path) -> Result<Verified, AuditFault> {
     let path = dir.join(AUDIT_FILE);
     let text = match fs::read(&path) {
         Ok(b) => b,
@@ -226,6 +387,10 @@ pub fn verify(dir: &Path) -> Result<u64, AuditFault> {
             })
         }
     };
+    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    let torn_tail = (text.len() - complete) as u64;
+    let mut text = text;
+    text.truncate(complete);
     let text = String::from_utf8(text).map_err(|e| {
         let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
             .iter()
@@ -294,7 +459,10 @@ pub fn verify(dir: &Path) -> Result<u64, AuditFault> {
             });
         }
     }
-    Ok(n)
+    Ok(Verified {
+        records: n,
+        torn_tail,
+    })
 }
 
 #[cfg(test)]
@@ -316,7 +484,50 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         sample(d.path(), 4);
         sample(d.path(), 3);
-        assert_eq!(verify(d.path()), Ok(7));
+        assert_eq!(verify(d.path()).map(|v| v.records), Ok(7));
+    }
+
+    #[test]
+    fn a_torn_tail_is_not_an_edit() {
+        let d = tempfile::tempdir().unwrap();
+        sample(d.path(), 3);
+        let path = d.path().join(AUDIT_FILE);
+        let orig = fs::read(&path).unwrap();
+        // A crash part-way through appending record 4.
+        let mut torn = orig.clone();
+        let fragment = b"{\"time\":\"2026-01-01T00:00:00Z\",\"se";
+        torn.extend_from_slice(fragment);
+        fs::write(&path, &torn).unwrap();
+        let v = verify(d.path()).unwrap();
+        let n = fragment.len() as u64;
+        assert_eq!((v.records, v.torn_tail), (3, n));
+        assert!(
+            v.to_string().contains(&format!("torn tail of {n} bytes")),
+            "{v}"
+        );
+        // An edit of a complete line is still an edit, torn tail or not.
+        let text = String::from_utf8(torn.clone()).unwrap();
+        fs::write(&path, text.replacen("KeyUnwrap", "KeyWrap", 1)).unwrap();
+        assert_eq!(verify(d.path()).unwrap_err().line, 1);
+        // Cutting off the last record's newline (or the whole record) is not a
+        // crash: audit.head names the record.
+        fs::write(&path, &orig[..orig.len() - 1]).unwrap();
+        assert!(verify(d.path()).is_err());
+        // A writer that finds a torn fragment drops it before appending.
+        fs::write(&path, &torn).unwrap();
+        let mut log = AuditLog::open(d.path()).unwrap();
+        fs::write(&path, &torn).unwrap();
+        let c = Caller::current_user();
+        log.append("KeyGet", &c, "k", None).unwrap();
+        assert_eq!(
+            verify(d.path()).unwrap(),
+            Verified {
+                records: 4,
+                torn_tail: 0
+            }
+        );
+        log.reserve().unwrap();
+        assert_eq!(verify(d.path()).unwrap().records, 4);
     }
 
     #[test]
@@ -348,6 +559,6 @@ mod tests {
         assert_eq!(verify(d.path()).unwrap_err().line, 2);
 
         write(&owned);
-        assert_eq!(verify(d.path()), Ok(6));
+        assert_eq!(verify(d.path()).map(|v| v.records), Ok(6));
     }
 }

@@ -14,7 +14,7 @@
 
 use super::audit::{self, AuditFault, AuditLog, Caller};
 use super::kid::{key_url, validate_key_name, validate_vault_name, KeyRef};
-use super::{now_secs, secs_to_iso, VaultError, WrappedKey};
+use super::{now_secs, secs_to_iso, VaultError, WrappedKey, MAX_TIME};
 use crate::crypto::wrap::{hex, RsaKey, ALLOWED_BITS, WRAP_ALG};
 use crate::crypto::{random_bytes, Secret};
 use crate::durable;
@@ -139,7 +139,17 @@ pub struct Action {
 
 /// Parses an ISO 8601 duration (`P90D`, `PT10S`, `P1Y2M`; a year is 365 days and a
 /// month 30, as Key Vault counts them) or a plain one (`90d`, `10s`).
+/// Durations that, counted from now, reach past 9999-12-31T23:59:59Z are refused.
 pub fn parse_duration(s: &str) -> Result<i64, VaultError> {
+    parse_duration_raw(s).and_then(|d| check_duration(s, d))
+}
+
+/// A stored duration, for the reconciler: no range check (callers saturate).
+fn parse_duration_lenient(s: &str) -> Option<i64> {
+    parse_duration_raw(s).ok()
+}
+
+fn parse_duration_raw(s: &str) -> Result<i64, VaultError> {
     let bad = || {
         VaultError::InvalidArgument(format!(
             "invalid duration '{s}'; use ISO 8601 like P90D or PT30S"
@@ -147,9 +157,8 @@ pub fn parse_duration(s: &str) -> Result<i64, VaultError> {
     };
     let t = s.trim();
     let Some(rest) = t.strip_prefix('P').or_else(|| t.strip_prefix('p')) else {
-        return humantime::parse_duration(t)
-            .map(|d| d.as_secs() as i64)
-            .map_err(|_| bad());
+        let d = humantime::parse_duration(t).map_err(|_| bad())?;
+        return Ok(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     };
     let (date, time) = match rest.split_once(['T', 't']) {
         Some((d, t)) => (d, Some(t)),
@@ -198,6 +207,18 @@ pub fn parse_duration(s: &str) -> Result<i64, VaultError> {
         return Err(bad());
     }
     Ok(total)
+}
+
+/// Refuses a duration that, counted from now, reaches past 9999-12-31T23:59:59Z: it
+/// could never fire, and the times derived from it could not be shown.
+fn check_duration(s: &str, secs: i64) -> Result<i64, VaultError> {
+    match now_secs().checked_add(secs) {
+        Some(t) if t <= MAX_TIME => Ok(secs),
+        _ => Err(VaultError::InvalidArgument(format!(
+            "duration '{}' is too long: counted from now it reaches past 9999-12-31T23:59:59Z",
+            s.trim().chars().take(60).collect::<String>()
+        ))),
+    }
 }
 
 impl RotationPolicy {
@@ -299,7 +320,27 @@ struct State {
     props: VaultProps,
     keys: BTreeMap<String, KeyEntry>,
     deleted: BTreeMap<String, (KeyEntry, Deletion)>,
+    /// Keys whose files could not be loaded, by lower-case name. They stay listed, and
+    /// every use of them fails with `KeyCorrupt`, so one bad file costs only its key.
+    broken: BTreeMap<String, BrokenKey>,
     audit: AuditLog,
+}
+
+struct BrokenKey {
+    /// The key's name as recorded, or its directory name if key.json is unreadable.
+    name: String,
+    /// Which file is bad and how.
+    reason: String,
+    deleted: bool,
+}
+
+impl BrokenKey {
+    fn error(&self) -> VaultError {
+        VaultError::KeyCorrupt {
+            name: self.name.clone(),
+            reason: self.reason.clone(),
+        }
+    }
 }
 
 /// Says why a key (version `None`: any version) must stay usable, if it must.
@@ -320,6 +361,12 @@ fn canon(list: &[&'static str], s: &str) -> Option<&'static str> {
 }
 
 pub fn parse_key_ops(items: &[String]) -> Result<Vec<String>, VaultError> {
+    if items.is_empty() {
+        return Err(VaultError::InvalidArgument(format!(
+            "an empty key_ops list would stop every use of the key; list the operations to keep (e.g. wrapKey unwrapKey, from {}), or disable the key with enabled=false",
+            KEY_OPS.join(", ")
+        )));
+    }
     items
         .iter()
         .map(|s| {
@@ -351,6 +398,29 @@ pub fn parse_permissions(items: &[String]) -> Result<Vec<String>, VaultError> {
         ));
     }
     Ok(out)
+}
+
+/// A grantee: the principal id of a disk encryption set's identity, a version-4 UUID
+/// in lower case as sets generate them (`e776e117-7f5b-469e-a98c-77e19781f08a`). Only
+/// such identities are checked against grants; users (`local-uid-N`) manage the vault
+/// and need none.
+pub fn validate_principal_id(id: &str) -> Result<(), VaultError> {
+    let b = id.as_bytes();
+    let ok = b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            14 => c == b'4',
+            19 => matches!(c, b'8' | b'9' | b'a' | b'b'),
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(VaultError::InvalidArgument(format!(
+            "invalid principal id '{}'; give a disk encryption set's identity, a lower-case UUID like e776e117-7f5b-469e-a98c-77e19781f08a (see disk-encryption-sets/SET/identity), or grant by set name",
+            id.chars().take(60).collect::<String>()
+        )))
+    }
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
@@ -422,6 +492,7 @@ impl KeyVault {
             .ok_or_else(|| VaultError::VaultLocked(dir.display().to_string()))?;
         let mut keys = BTreeMap::new();
         let mut deleted = BTreeMap::new();
+        let mut broken = BTreeMap::new();
         for (sub, is_deleted) in [(KEYS_DIR, false), (DELETED_DIR, true)] {
             let sd = dir.join(sub);
             let mut names: Vec<_> = fs::read_dir(&sd)?
@@ -436,16 +507,34 @@ impl KeyVault {
                     // An interrupted delete (or recover): the key stays active.
                     fs::remove_file(kd.join(DELETED_FILE))?;
                 }
-                let entry = Self::load_key(&kd).map_err(|r| corrupt(&kd, r))?;
-                if is_deleted {
+                let loaded = Self::load_key(&kd).and_then(|entry| {
+                    if !is_deleted {
+                        return Ok((entry, None));
+                    }
                     let p = kd.join(DELETED_FILE);
-                    let del: Deletion = fs::read(&p)
+                    fs::read(&p)
                         .map_err(|e| e.to_string())
                         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-                        .map_err(|r| corrupt(&p, r))?;
-                    deleted.insert(n, (entry, del));
-                } else {
-                    keys.insert(n, entry);
+                        .map(|del: Deletion| (entry, Some(del)))
+                        .map_err(|r| format!("{}: {r}", p.display()))
+                });
+                match loaded {
+                    Ok((entry, Some(del))) => {
+                        deleted.insert(n, (entry, del));
+                    }
+                    Ok((entry, None)) => {
+                        keys.insert(n, entry);
+                    }
+                    Err(reason) => {
+                        let name = Self::recorded_name(&kd).unwrap_or_else(|| n.clone());
+                        let b = BrokenKey {
+                            name,
+                            reason,
+                            deleted: is_deleted,
+                        };
+                        log::error!("{}", b.error());
+                        broken.insert(n.to_ascii_lowercase(), b);
+                    }
                 }
             }
         }
@@ -458,28 +547,39 @@ impl KeyVault {
                 props,
                 keys,
                 deleted,
+                broken,
                 audit,
             }),
             generation: AtomicU64::new(1),
         })
     }
 
+    /// Loads a key's record and private keys; the error names the bad file.
     fn load_key(kd: &Path) -> Result<KeyEntry, String> {
-        let b = fs::read(kd.join(KEY_FILE)).map_err(|e| format!("cannot read {KEY_FILE}: {e}"))?;
-        let rec: KeyRecord = serde_json::from_slice(&b).map_err(|e| format!("{KEY_FILE}: {e}"))?;
+        let kf = kd.join(KEY_FILE);
+        let b = fs::read(&kf).map_err(|e| format!("cannot read {}: {e}", kf.display()))?;
+        let rec: KeyRecord =
+            serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", kf.display()))?;
         if rec.versions.is_empty() {
-            return Err("the key has no versions".into());
+            return Err(format!("{}: the key has no versions", kf.display()));
         }
         let mut privs = BTreeMap::new();
         for v in &rec.versions {
+            let pf = kd.join(format!("{}.pem", v.version));
             let pem = Zeroizing::new(
-                fs::read_to_string(kd.join(format!("{}.pem", v.version)))
-                    .map_err(|e| format!("version {}: {e}", v.version))?,
+                fs::read_to_string(&pf).map_err(|e| format!("{}: {e}", pf.display()))?,
             );
-            let k = RsaKey::from_pem(&pem).map_err(|e| format!("version {}: {e}", v.version))?;
+            let k = RsaKey::from_pem(&pem).map_err(|e| format!("{}: {e}", pf.display()))?;
             privs.insert(v.version.clone(), k);
         }
         Ok(KeyEntry { rec, privs })
+    }
+
+    /// The name in a key's key.json, if that much of it is readable.
+    fn recorded_name(kd: &Path) -> Option<String> {
+        let v: Value = serde_json::from_slice(&fs::read(kd.join(KEY_FILE)).ok()?).ok()?;
+        let name = v.get("name")?.as_str()?.to_string();
+        validate_key_name(&name).ok().map(|()| name)
     }
 
     pub fn dir(&self) -> &Path {
@@ -525,13 +625,13 @@ impl KeyVault {
                 let cur = e.current();
                 for a in &p.lifetime_actions {
                     let due = match (&a.trigger.time_after_create, &a.trigger.time_before_expiry) {
-                        (Some(d), _) => {
-                            parse_duration(d).is_ok_and(|d| now >= cur.attributes.created + d)
-                        }
-                        (_, Some(d)) => cur
-                            .attributes
-                            .exp
-                            .is_some_and(|x| parse_duration(d).is_ok_and(|d| now >= x - d)),
+                        // Saturating: a stored policy may hold a duration that today's
+                        // parser refuses; it must not panic the reconciler.
+                        (Some(d), _) => parse_duration_lenient(d)
+                            .is_some_and(|d| now >= cur.attributes.created.saturating_add(d)),
+                        (_, Some(d)) => cur.attributes.exp.is_some_and(|x| {
+                            parse_duration_lenient(d).is_some_and(|d| now >= x.saturating_sub(d))
+                        }),
                         _ => false,
                     };
                     if !due {
@@ -542,8 +642,8 @@ impl KeyVault {
                             .attributes
                             .expiry_time
                             .as_deref()
-                            .and_then(|x| parse_duration(x).ok())
-                            .map(|x| now + x);
+                            .and_then(parse_duration_lenient)
+                            .map(|x| now.saturating_add(x).min(MAX_TIME));
                         rotate.push((e.rec.name.clone(), exp));
                         break;
                     } else if !cur.near_expiry_notified {
@@ -604,7 +704,7 @@ impl KeyVault {
         let e = Self::entry(&st, &r.name).ok()?;
         let v = e.version(r.version.as_deref()?)?;
         Some(std::time::Duration::from_secs(
-            (now_secs() - v.attributes.created).max(0) as u64,
+            now_secs().saturating_sub(v.attributes.created).max(0) as u64,
         ))
     }
 
@@ -633,6 +733,17 @@ impl KeyVault {
     }
 
     /// Runs `f` under the vault lock and records the outcome in the audit log.
+    ///
+    /// No operation goes unrecorded (the log survives a full file system):
+    /// - A change first reserves room for its record (`AuditLog::reserve`: space
+    ///   preallocated past the end of the log, plus some free space for the change's
+    ///   own files). If that fails the change is refused before anything happened.
+    ///   A record can't be written before the change, as its outcome isn't known yet.
+    /// - A read (get, wrap, unwrap) changes nothing, so if its record can't be written
+    ///   it fails closed: the key material it produced is dropped.
+    /// - Should a change's record still fail after the reservation, the change stands
+    ///   (reporting it as failed would invite a second rotate or create); the log is
+    ///   back at its last whole record and the daemon log says what happened.
     fn audited<T>(
         &self,
         op: &str,
@@ -640,7 +751,14 @@ impl KeyVault {
         id: impl Fn(&State) -> String,
         f: impl FnOnce(&mut State) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
+        let mutating = !matches!(op, "KeyGet" | "KeyWrap" | "KeyUnwrap" | "KeyList");
         let mut st = self.state.lock();
+        if mutating {
+            if let Err(e) = st.audit.reserve() {
+                log::error!("refusing {op}: no room for its audit record: {e}");
+                return Err(self.audit_unavailable(e));
+            }
+        }
         let r = f(&mut st);
         let kid = id(&st);
         let failure = r.as_ref().err().map(|e| (e.signature(), e.to_string()));
@@ -650,13 +768,31 @@ impl KeyVault {
             &kid,
             failure.as_ref().map(|(s, m)| (*s, m.as_str())),
         ) {
-            log::error!("cannot append to the audit log: {e}");
+            match (&r, mutating) {
+                (Err(_), _) => {
+                    log::error!("cannot record the failed {op} in the audit log: {e}")
+                }
+                (Ok(_), false) => {
+                    log::error!("refusing {op} on {kid}: cannot write its audit record: {e}");
+                    return Err(self.audit_unavailable(e));
+                }
+                (Ok(_), true) => log::error!(
+                    "{op} on {kid} was carried out, but its audit record could not be written: {e}"
+                ),
+            }
         }
         drop(st);
-        if r.is_ok() && !matches!(op, "KeyGet" | "KeyWrap" | "KeyUnwrap" | "KeyList") {
+        if r.is_ok() && mutating {
             self.changed();
         }
         r
+    }
+
+    fn audit_unavailable(&self, source: std::io::Error) -> VaultError {
+        VaultError::AuditUnavailable {
+            path: self.dir.join(audit::AUDIT_FILE).display().to_string(),
+            source,
+        }
     }
 
     fn check_vault(st: &State, r: &KeyRef) -> Result<(), VaultError> {
@@ -672,7 +808,9 @@ impl KeyVault {
     fn entry<'a>(st: &'a State, name: &str) -> Result<&'a KeyEntry, VaultError> {
         let l = name.to_ascii_lowercase();
         st.keys.get(&l).ok_or_else(|| {
-            if st.deleted.contains_key(&l) {
+            if let Some(b) = st.broken.get(&l) {
+                b.error()
+            } else if st.deleted.contains_key(&l) {
                 VaultError::KeyDeleted(name.to_string())
             } else {
                 VaultError::KeyNotFound(name.to_string())
@@ -746,6 +884,16 @@ impl KeyVault {
         ))
     }
 
+    /// Refuses new times past year 9999 (the parsers already do; this guards the API).
+    /// Only values being set are checked, so a key holding such a value from an older
+    /// store can still be disabled.
+    fn check_range(nbf: Option<i64>, exp: Option<i64>) -> Result<(), VaultError> {
+        for t in [nbf, exp].into_iter().flatten() {
+            super::check_time_range(t, &t.to_string())?;
+        }
+        Ok(())
+    }
+
     fn check_times(nbf: Option<i64>, exp: Option<i64>) -> Result<(), VaultError> {
         if let (Some(n), Some(x)) = (nbf, exp) {
             if n >= x {
@@ -766,8 +914,12 @@ impl KeyVault {
         imported: bool,
     ) -> Result<Value, VaultError> {
         validate_key_name(name)?;
+        Self::check_range(opts.nbf, opts.exp)?;
         Self::check_times(opts.nbf, opts.exp)?;
         let l = name.to_ascii_lowercase();
+        if let Some(b) = st.broken.get(&l) {
+            return Err(b.error());
+        }
         if st.keys.contains_key(&l) {
             return Err(VaultError::KeyExists(name.to_string()));
         }
@@ -868,6 +1020,7 @@ impl KeyVault {
             caller,
             |st| Self::kid_of(st, name, None),
             |st| {
+                Self::check_range(opts.nbf, opts.exp)?;
                 Self::check_times(opts.nbf, opts.exp)?;
                 let l = name.to_ascii_lowercase();
                 let e = Self::entry(st, name)?;
@@ -1007,26 +1160,43 @@ impl KeyVault {
                     "created": secs_to_iso(e.rec.attributes.created),
                 })
             })
+            .chain(st.broken.values().filter(|b| !b.deleted).map(|b| {
+                json!({
+                    "name": b.name,
+                    "enabled": false,
+                    "error": b.error().to_string(),
+                })
+            }))
             .collect()
     }
 
     /// Names of keys, deleted keys, or a key's versions (for directory listings).
     pub fn key_names(&self) -> Vec<String> {
-        self.state
-            .lock()
-            .keys
-            .values()
-            .map(|e| e.rec.name.clone())
-            .collect()
+        let st = self.state.lock();
+        let mut v: Vec<String> = st.keys.values().map(|e| e.rec.name.clone()).collect();
+        v.extend(
+            st.broken
+                .values()
+                .filter(|b| !b.deleted)
+                .map(|b| b.name.clone()),
+        );
+        v
     }
 
     pub fn deleted_names(&self) -> Vec<String> {
-        self.state
-            .lock()
+        let st = self.state.lock();
+        let mut v: Vec<String> = st
             .deleted
             .values()
             .map(|(e, _)| e.rec.name.clone())
-            .collect()
+            .collect();
+        v.extend(
+            st.broken
+                .values()
+                .filter(|b| b.deleted)
+                .map(|b| b.name.clone()),
+        );
+        v
     }
 
     pub fn version_ids(&self, name: &str) -> Result<Vec<String>, VaultError> {
@@ -1045,11 +1215,12 @@ impl KeyVault {
         Ok(Self::entry(&st, name)?.rec.clone())
     }
 
+    /// Whether an active key of this name exists (a corrupt one counts: it is listed,
+    /// and using it says what is wrong).
     pub fn exists(&self, name: &str) -> bool {
-        self.state
-            .lock()
-            .keys
-            .contains_key(&name.to_ascii_lowercase())
+        let st = self.state.lock();
+        let l = name.to_ascii_lowercase();
+        st.keys.contains_key(&l) || st.broken.get(&l).is_some_and(|b| !b.deleted)
     }
 
     /// Changes attributes of the key (versionless `r`) or of one version.
@@ -1068,6 +1239,7 @@ impl KeyVault {
                 if u.enabled == Some(false) && !u.force {
                     self.check_guard(&r.name, r.version.as_deref())?;
                 }
+                Self::check_range(u.nbf.flatten(), u.exp.flatten())?;
                 let key_ops = u.key_ops.as_deref().map(parse_key_ops).transpose()?;
                 let e = Self::entry(st, &r.name)?;
                 let mut rec = e.rec.clone();
@@ -1165,6 +1337,13 @@ impl KeyVault {
 
     pub fn deleted_key(&self, name: &str) -> Result<Value, VaultError> {
         let st = self.state.lock();
+        if let Some(b) = st
+            .broken
+            .get(&name.to_ascii_lowercase())
+            .filter(|b| b.deleted)
+        {
+            return Err(b.error());
+        }
         st.deleted
             .get(&name.to_ascii_lowercase())
             .map(|(e, d)| Self::deleted_json(&st.props, e, d))
@@ -1178,6 +1357,9 @@ impl KeyVault {
             |st| Self::kid_of(st, name, None),
             |st| {
                 let l = name.to_ascii_lowercase();
+                if let Some(b) = st.broken.get(&l) {
+                    return Err(b.error());
+                }
                 if !st.deleted.contains_key(&l) {
                     return Err(VaultError::DeletedKeyNotFound(name.to_string()));
                 }
@@ -1205,6 +1387,9 @@ impl KeyVault {
             |st| Self::kid_of(st, name, None),
             |st| {
                 let l = name.to_ascii_lowercase();
+                if let Some(b) = st.broken.get(&l) {
+                    return Err(b.error());
+                }
                 let Some((_, d)) = st.deleted.get(&l) else {
                     return Err(if st.keys.contains_key(&l) {
                         VaultError::PurgeActive(name.to_string())
@@ -1247,6 +1432,7 @@ impl KeyVault {
             |st| Self::kid_of(st, name, None),
             |st| {
                 let perms = parse_permissions(permissions)?;
+                validate_principal_id(object_id)?;
                 let e = Self::entry(st, name)?;
                 let mut rec = e.rec.clone();
                 rec.grants.retain(|g| g.object_id != object_id);
@@ -1486,7 +1672,7 @@ impl KeyVault {
         fs::read(self.dir.join(audit::AUDIT_FILE)).unwrap_or_default()
     }
 
-    pub fn verify_audit(&self) -> Result<u64, AuditFault> {
+    pub fn verify_audit(&self) -> Result<audit::Verified, AuditFault> {
         let _st = self.state.lock();
         audit::verify(&self.dir)
     }
@@ -1553,10 +1739,186 @@ mod tests {
     }
 
     #[test]
+    fn durations_past_year_9999_are_refused() {
+        assert_eq!(parse_duration("P90D").unwrap(), 90 * DAY);
+        assert_eq!(parse_duration("PT10S").unwrap(), 10);
+        for bad in [
+            "P3000000D",
+            "P106751991167300D",
+            "P99999999999999999999D",
+            "3000000d",
+            "P10000Y",
+            "",
+            "P",
+        ] {
+            assert!(
+                matches!(parse_duration(bad), Err(VaultError::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+        let policy = |j: &str| {
+            serde_json::from_str::<RotationPolicy>(j)
+                .unwrap()
+                .validate()
+        };
+        assert!(
+            policy(r#"{"lifetimeActions":[],"attributes":{"expiryTime":"P3000000D"}}"#).is_err()
+        );
+        assert!(policy(r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"P3000000D"},"action":{"type":"Rotate"}}]}"#).is_err());
+        assert!(policy(r#"{"lifetimeActions":[{"trigger":{"timeBeforeExpiry":"P3000000D"},"action":{"type":"Notify"}}]}"#).is_err());
+        assert!(policy(r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"P90D"},"action":{"type":"Rotate"}}],"attributes":{"expiryTime":"P1Y"}}"#).is_ok());
+        // Duplicate members are refused by the derived deserializer.
+        assert!(serde_json::from_str::<RotationPolicy>(
+            r#"{"lifetimeActions":[],"lifetimeActions":[]}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn huge_stored_times_and_durations_do_not_panic() {
+        let (_d, v) = vault();
+        let me = Caller::current_user();
+        v.create_key(&me, "k1", &KeyOptions::default()).unwrap();
+        // Refused through the API ...
+        let far = KeyUpdate {
+            exp: Some(Some(i64::MAX)),
+            ..Default::default()
+        };
+        assert!(matches!(
+            v.update_key(&me, &r("k1"), &far),
+            Err(VaultError::InvalidArgument(_))
+        ));
+        // ... but a store that already holds such values still opens, shows and runs
+        // its policies.
+        let kd = v.dir().join(KEYS_DIR).join("k1");
+        let mut rec: KeyRecord =
+            serde_json::from_slice(&fs::read(kd.join(KEY_FILE)).unwrap()).unwrap();
+        rec.attributes.exp = Some(i64::MAX);
+        rec.attributes.nbf = Some(i64::MIN);
+        rec.versions[0].attributes.created = i64::MIN;
+        rec.rotation_policy = Some(RotationPolicy {
+            lifetime_actions: vec![
+                LifetimeAction {
+                    trigger: Trigger {
+                        time_after_create: Some("P106751991167300D".into()),
+                        time_before_expiry: None,
+                    },
+                    action: Action {
+                        kind: "Rotate".into(),
+                    },
+                },
+                LifetimeAction {
+                    trigger: Trigger {
+                        time_after_create: None,
+                        time_before_expiry: Some("P3000000D".into()),
+                    },
+                    action: Action {
+                        kind: "Notify".into(),
+                    },
+                },
+            ],
+            attributes: PolicyAttributes {
+                expiry_time: Some("P3000000D".into()),
+            },
+        });
+        write_json(&kd.join(KEY_FILE), &rec).unwrap();
+        let dir = v.dir().to_path_buf();
+        drop(v);
+        let v = KeyVault::open(&dir).unwrap();
+        let j = v.get_key(&me, &r("k1")).unwrap();
+        assert_eq!(j["keyAttributes"]["expires"], "9999-12-31T23:59:59Z");
+        set_enabled(&v, &r("k1"), false);
+        v.run_policies();
+        assert!(v.version_age(&v.resolve(&r("k1")).unwrap()).is_some());
+    }
+
+    #[test]
+    fn principal_ids_and_key_ops_are_checked() {
+        let (_d, v) = vault();
+        let me = Caller::current_user();
+        v.create_key(&me, "k1", &KeyOptions::default()).unwrap();
+        let all = ["get".to_string()];
+        for bad in [
+            "",
+            "../../x",
+            "local-uid-0",
+            "AAAAAAAA-0000-4000-8000-000000000001",
+            "aaaaaaaa-0000-1000-8000-000000000001",
+            "aaaaaaaa-0000-4000-8000-00000000000g",
+        ] {
+            assert!(
+                matches!(
+                    v.grant(&me, "k1", bad, bad, &all),
+                    Err(VaultError::InvalidArgument(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        v.grant(&me, "k1", "aaaaaaaa-0000-4000-8000-000000000001", "x", &all)
+            .unwrap();
+        let none = KeyUpdate {
+            key_ops: Some(vec![]),
+            ..Default::default()
+        };
+        let e = v.update_key(&me, &r("k1"), &none).unwrap_err();
+        assert!(e.to_string().contains("list the operations to keep"), "{e}");
+        assert_eq!(v.record("k1").unwrap().key_ops.len(), KEY_OPS.len());
+    }
+
+    #[test]
+    fn a_corrupt_key_costs_only_that_key() {
+        let (_d, v) = vault();
+        let me = Caller::current_user();
+        let des = Caller::des("s", "aaaaaaaa-0000-4000-8000-000000000001");
+        let perms: Vec<String> = PERMISSIONS.iter().map(|s| s.to_string()).collect();
+        for k in ["good", "Bad"] {
+            v.create_key(&me, k, &KeyOptions::default()).unwrap();
+            v.grant(&me, k, &des.object_id, "s", &perms).unwrap();
+        }
+        let dek = Secret::new(vec![7u8; 64]);
+        let wg = v.wrap(&des, &r("good"), &dek).unwrap();
+        let wb = v.wrap(&des, &r("bad"), &dek).unwrap();
+        let ver = v.version_ids("bad").unwrap()[0].clone();
+        let dir = v.dir().to_path_buf();
+        drop(v);
+        let pem = dir.join(KEYS_DIR).join("bad").join(format!("{ver}.pem"));
+        let mut b = fs::read(&pem).unwrap();
+        let mid = b.len() / 2;
+        b[mid] = b'#';
+        fs::write(&pem, b).unwrap();
+        let v = KeyVault::open(&dir).unwrap();
+        assert_eq!(v.unwrap(&des, &wg).unwrap().expose(), dek.expose());
+        assert!(v.key_names().contains(&"Bad".to_string()));
+        assert!(v.exists("bad"));
+        let file = format!("{ver}.pem");
+        let kc_in = |e: VaultError, file: &str| {
+            assert!(matches!(e, VaultError::KeyCorrupt { .. }), "{e}");
+            assert_eq!(e.errno(), libc::EIO);
+            let m = e.to_string();
+            assert!(m.contains(file) && m.contains("backup"), "{m}");
+        };
+        let kc = |e: VaultError| kc_in(e, &file);
+        kc(v.unwrap(&des, &wb).unwrap_err());
+        kc(v.wrap(&des, &r("bad"), &dek).unwrap_err());
+        kc(v.can_unwrap(&des, &wb.kid).unwrap_err());
+        kc(v.can_wrap(&des, &r("bad")).unwrap_err());
+        kc(v.get_key(&me, &r("bad")).unwrap_err());
+        kc(v.create_key(&me, "bad", &KeyOptions::default())
+            .unwrap_err());
+        kc(v.delete_key(&me, "bad").unwrap_err());
+        // A corrupt key.json too.
+        drop(v);
+        fs::write(dir.join(KEYS_DIR).join("good").join(KEY_FILE), b"{").unwrap();
+        let v = KeyVault::open(&dir).unwrap();
+        kc_in(v.unwrap(&des, &wg).unwrap_err(), "good/key.json");
+        assert!(v.key_names().contains(&"good".to_string()));
+    }
+
+    #[test]
     fn grants_gate_wrap_and_unwrap() {
         let (_d, v) = vault();
         let me = Caller::current_user();
-        let des = Caller::des("set1", "aaaaaaaa-0000-0000-0000-000000000001");
+        let des = Caller::des("set1", "aaaaaaaa-0000-4000-8000-000000000001");
         v.create_key(&me, "k1", &KeyOptions::default()).unwrap();
         let dek = Secret::new(vec![9u8; 64]);
         let e = v.wrap(&des, &r("k1"), &dek).unwrap_err();
@@ -1609,7 +1971,7 @@ mod tests {
             Err(VaultError::Forbidden { .. })
         ));
         assert_eq!(
-            v.verify_audit(),
+            v.verify_audit().map(|x| x.records),
             Ok(16),
             "one audit line per operation, failures included"
         );

@@ -97,6 +97,15 @@ pub enum VaultError {
     VaultLocked(String),
     #[error("key vault file {path} is corrupt ({reason}); restore it from a backup")]
     Corrupt { path: String, reason: String },
+    #[error(
+        "key '{name}' is unusable: {reason}; restore that file from a backup of the key vault"
+    )]
+    KeyCorrupt { name: String, reason: String },
+    #[error("cannot write the audit log {path} ({source}); nothing was done: free space on its file system and retry")]
+    AuditUnavailable {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl VaultError {
@@ -161,6 +170,8 @@ impl VaultError {
             | UnsupportedAlg(_)
             | Crypto(_) => libc::EINVAL,
             Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            AuditUnavailable { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            KeyCorrupt { .. } => libc::EIO,
             _ => libc::EIO,
         }
     }
@@ -173,8 +184,15 @@ pub fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+/// The latest time the vault accepts or shows: 9999-12-31T23:59:59Z (RFC 3339 has
+/// four-digit years).
+pub const MAX_TIME: i64 = 253_402_300_799;
+
+/// Formats a time as RFC 3339. Infallible for every i64: values outside
+/// 1970..=9999 (which the parsers refuse, but an old store may hold) are clamped.
 pub fn secs_to_iso(secs: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    let clamped = secs.clamp(0, MAX_TIME);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(clamped as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -182,18 +200,36 @@ pub fn now_iso() -> String {
     secs_to_iso(now_secs())
 }
 
+/// Refuses a time past [`MAX_TIME`].
+pub fn check_time_range(t: i64, input: &str) -> Result<i64, VaultError> {
+    if (0..=MAX_TIME).contains(&t) {
+        Ok(t)
+    } else {
+        Err(VaultError::InvalidArgument(format!(
+            "time '{}' is out of range; give a time from 1970 up to 9999-12-31T23:59:59Z",
+            input.chars().take(60).collect::<String>()
+        )))
+    }
+}
+
 /// Parses a time for nbf/exp: RFC 3339 (`2027-01-31T00:00:00Z`), a date
-/// (`2027-01-31`), or an offset from now (`+90d`, `+12h`).
+/// (`2027-01-31`), or an offset from now (`+90d`, `+12h`). Times past year 9999 and
+/// offsets that overflow are refused.
 pub fn parse_time(s: &str) -> Result<i64, VaultError> {
     let s = s.trim();
     let bad = || {
         VaultError::InvalidArgument(format!(
-            "invalid time '{s}'; use RFC 3339 (2027-01-31T00:00:00Z), a date (2027-01-31) or an offset (+90d)"
+            "invalid time '{}'; use RFC 3339 (2027-01-31T00:00:00Z), a date (2027-01-31) or an offset (+90d)",
+            s.chars().take(60).collect::<String>()
         ))
     };
     if let Some(rest) = s.strip_prefix('+') {
         let d = humantime::parse_duration(rest).map_err(|_| bad())?;
-        return Ok(now_secs() + d.as_secs() as i64);
+        let t = i64::try_from(d.as_secs())
+            .ok()
+            .and_then(|d| now_secs().checked_add(d))
+            .unwrap_or(i64::MAX);
+        return check_time_range(t, s);
     }
     let full = if s.len() == 10 {
         format!("{s}T00:00:00Z")
@@ -201,9 +237,11 @@ pub fn parse_time(s: &str) -> Result<i64, VaultError> {
         s.to_string()
     };
     let t = humantime::parse_rfc3339_weak(&full).map_err(|_| bad())?;
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+    let t = t
+        .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| bad())
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))?;
+    check_time_range(t, s)
 }
 
 pub trait KeyProvider: Send + Sync {
@@ -215,4 +253,42 @@ pub trait KeyProvider: Send + Sync {
     fn unwrap(&self, wrapped: &WrappedKey) -> Result<Secret, VaultError>;
     /// Length in bytes of a wrapped key made by `kid`, if the provider knows it.
     fn wrapped_len(&self, kid: &str) -> Option<usize>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formatting_is_infallible_and_clamped() {
+        assert_eq!(secs_to_iso(i64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(secs_to_iso(MAX_TIME + 1), "9999-12-31T23:59:59Z");
+        assert_eq!(secs_to_iso(i64::MIN), "1970-01-01T00:00:00Z");
+        assert_eq!(secs_to_iso(0), "1970-01-01T00:00:00Z");
+        assert_eq!(secs_to_iso(MAX_TIME), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn far_future_times_are_refused() {
+        assert_eq!(parse_time("9999-12-31T23:59:59Z").unwrap(), MAX_TIME);
+        assert!(parse_time("2027-01-31").is_ok());
+        assert!(parse_time("+90d").unwrap() > now_secs());
+        for bad in [
+            "+3000000d",
+            "+106751991167300d",
+            "+584942417355y",
+            "+99999999999999999999d",
+            "10000-01-01",
+            "10000-01-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "",
+            "+",
+        ] {
+            let e = parse_time(bad).unwrap_err();
+            assert!(
+                matches!(e, VaultError::InvalidArgument(_)) && e.errno() == libc::EINVAL,
+                "{bad:?}: {e}"
+            );
+        }
+    }
 }

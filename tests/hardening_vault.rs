@@ -1,0 +1,562 @@
+//! Hardening of the key vault and its control files (issue 8, items 3, 7, 8, 9, 10,
+//! 13, 14, 17), each on a real mount.
+
+mod common;
+use common::*;
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Writes `data` to a control file; returns the errno of a refusal.
+fn ctl(m: &Mounted, path: &str, data: &str) -> Result<(), i32> {
+    std::fs::write(m.mnt.join(".vault").join(path), data).map_err(|e| e.raw_os_error().unwrap_or(0))
+}
+
+fn read(m: &Mounted, path: &str) -> std::io::Result<String> {
+    std::fs::read_to_string(m.mnt.join(".vault").join(path))
+}
+
+fn versions(m: &Mounted, key: &str) -> usize {
+    std::fs::read_dir(m.mnt.join(".vault/keys").join(key).join("versions"))
+        .unwrap()
+        .count()
+}
+
+/// The reason of the last refused control write, from last-error or the daemon log.
+fn reason_logged(m: &Mounted, needle: &str) -> bool {
+    read(m, "last-error").unwrap_or_default().contains(needle)
+        || std::fs::read_to_string(m.store.join("daemon.log"))
+            .unwrap_or_default()
+            .contains(needle)
+}
+
+fn wait_reconciler_passes(m: &Mounted, n: u64) {
+    let passes = || -> u64 {
+        let v: serde_json::Value = serde_json::from_str(&read(m, "status.json").unwrap()).unwrap();
+        v["reconcilerPasses"].as_u64().unwrap_or(0)
+    };
+    let start = passes();
+    // Each control write waits for a pass; nudge with a harmless write.
+    let done = Mounted::wait_for(std::time::Duration::from_secs(20), || {
+        let _ = ctl(m, "retention-days", &read(m, "retention-days").unwrap());
+        passes() >= start + n
+    });
+    assert!(done.is_some(), "the reconciler made no progress");
+}
+
+#[test]
+fn far_future_times_are_refused_and_stored_ones_still_show() {
+    let mut m = Mounted::new();
+    let s = m.s().to_string();
+    run_ok(&["key", "create", "k1", "--store", &s]);
+    let before = read(&m, "keys/k1/key.json").unwrap();
+    for (path, data) in [
+        ("keys/k1/exp", "+3000000d"),
+        ("keys/k1/exp", "+106751991167300d"),
+        ("keys/k1/nbf", "10000-01-01"),
+        ("keys/k1/exp", "10000-01-01T00:00:00Z"),
+        ("keys/k1/update", "exp=+3000000d"),
+        ("keys/k1/update", r#"{"expires":"+106751991167300d"}"#),
+        ("keys/k1/rotate", "1 exp=+3000000d"),
+        ("keys/k1/rotate", "exp=+106751991167300d"),
+        ("keys/create", "k2 exp=+3000000d"),
+        (
+            "keys/k1/rotation-policy",
+            r#"{"lifetimeActions":[],"attributes":{"expiryTime":"P3000000D"}}"#,
+        ),
+        (
+            "keys/k1/rotation-policy",
+            r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"P3000000D"},"action":{"type":"Rotate"}}]}"#,
+        ),
+        (
+            "keys/k1/rotation-policy",
+            r#"{"lifetimeActions":[{"trigger":{"timeBeforeExpiry":"P106751991167300D"},"action":{"type":"Notify"}}]}"#,
+        ),
+    ] {
+        assert_eq!(ctl(&m, path, data), Err(libc::EINVAL), "{path} <- {data}");
+    }
+    let e = run_err(&["key", "create", "k3", "--exp", "+3000000d", "--store", &s]);
+    assert!(e.contains("out of range") || e.contains("too long"), "{e}");
+    assert_eq!(read(&m, "keys/k1/key.json").unwrap(), before);
+    assert_eq!(versions(&m, "k1"), 1);
+    assert!(!m.mnt.join(".vault/keys/k2").exists());
+
+    // A store that already holds such values (written before this fix) still mounts,
+    // shows them, and its reconciler survives the policy.
+    m.umount();
+    let kf = m.store.join("vault/keys/k1/key.json");
+    let mut rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&kf).unwrap()).unwrap();
+    rec["attributes"]["exp"] = serde_json::json!(i64::MAX);
+    rec["versions"][0]["attributes"]["nbf"] = serde_json::json!(i64::MIN);
+    rec["rotationPolicy"] = serde_json::json!({
+        "lifetimeActions": [
+            {"trigger": {"timeAfterCreate": "P106751991167300D"}, "action": {"type": "Rotate"}},
+            {"trigger": {"timeBeforeExpiry": "P3000000D"}, "action": {"type": "Notify"}}
+        ],
+        "attributes": {"expiryTime": "P3000000D"}
+    });
+    std::fs::write(&kf, serde_json::to_vec_pretty(&rec).unwrap()).unwrap();
+    m.mount();
+    assert_eq!(
+        read(&m, "keys/k1/exp").unwrap().trim(),
+        "9999-12-31T23:59:59Z"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&read(&m, "keys/k1/key.json").unwrap()).unwrap();
+    assert_eq!(j["keyAttributes"]["expires"], "9999-12-31T23:59:59Z");
+    assert!(read(&m, "vault.json").is_ok());
+    wait_reconciler_passes(&m, 2);
+    run_ok(&["key", "show", "k1", "--store", &s]);
+}
+
+#[test]
+fn rotate_purge_and_recover_take_only_documented_input() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    run_ok(&["key", "create", "k1", "--store", &s]);
+    for bad in [
+        "please do not rotate\n",
+        "yes\n",
+        "\n",
+        "0",
+        "1 now",
+        "1 size=2048 size=3072",
+    ] {
+        assert_eq!(ctl(&m, "keys/k1/rotate", bad), Err(libc::EINVAL), "{bad:?}");
+    }
+    assert_eq!(versions(&m, "k1"), 1);
+    ctl(&m, "keys/k1/rotate", "1\n").unwrap();
+    ctl(&m, "keys/k1/rotate", "1 size=3072\n").unwrap();
+    ctl(&m, "keys/k1/rotate", "size=2048").unwrap();
+    assert_eq!(versions(&m, "k1"), 4);
+    run_ok(&["key", "rotate", "k1", "--store", &s]);
+    assert_eq!(versions(&m, "k1"), 5);
+
+    run_ok(&["key", "delete", "k1", "--store", &s]);
+    for file in ["purge", "recover"] {
+        for bad in ["no thanks", "\n", "k2", "yes please"] {
+            assert_eq!(
+                ctl(&m, &format!("deleted-keys/k1/{file}"), bad),
+                Err(libc::EINVAL),
+                "{file} <- {bad:?}"
+            );
+        }
+    }
+    assert!(reason_logged(&m, "takes `1` or the key's name"));
+    assert!(m.mnt.join(".vault/deleted-keys/k1").is_dir());
+    ctl(&m, "deleted-keys/k1/recover", "k1\n").unwrap();
+    assert!(m.mnt.join(".vault/keys/k1").is_dir());
+    // `key recover` (the CLI) writes `1`.
+    run_ok(&["key", "delete", "k1", "--store", &s]);
+    run_ok(&["key", "recover", "k1", "--store", &s]);
+}
+
+#[test]
+fn empty_writes_do_not_clear_or_revoke() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    cmk_setup(&m, &[("c1", "1M", "Premium_LRS")]);
+    let data = pattern(7, 4096);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.disk("c1"))
+        .unwrap();
+    f.write_all_at(&data, 0).unwrap();
+    drop(f);
+    ctl(&m, "keys/k1/exp", "2030-01-01").unwrap();
+    let ops = read(&m, "keys/k1/key-ops").unwrap();
+    for (path, bad) in [
+        ("keys/k1/key-ops", "\n"),
+        ("keys/k1/key-ops", " , "),
+        ("keys/k1/nbf", "\n"),
+        ("keys/k1/exp", " \n"),
+        ("keys/k1/update", "exp="),
+        ("keys/k1/update", "ops="),
+        ("keys/k1/update", r#"{"notBefore":""}"#),
+        ("keys/k1/update", r#"{"keyOps":[]}"#),
+        ("keys/create", "k2 ops="),
+    ] {
+        assert_eq!(ctl(&m, path, bad), Err(libc::EINVAL), "{path} <- {bad:?}");
+    }
+    assert!(reason_logged(&m, "list the operations to keep"));
+    assert_eq!(read(&m, "keys/k1/key-ops").unwrap(), ops);
+    assert_eq!(
+        read(&m, "keys/k1/exp").unwrap().trim(),
+        "2030-01-01T00:00:00Z"
+    );
+    let mut back = vec![0u8; 4096];
+    std::fs::File::open(m.disk("c1"))
+        .unwrap()
+        .read_exact_at(&mut back, 0)
+        .unwrap();
+    assert!(back == data, "the disk must stay readable");
+    // Clearing takes the explicit word.
+    ctl(&m, "keys/k1/exp", "none\n").unwrap();
+    assert_eq!(read(&m, "keys/k1/exp").unwrap().trim(), "none");
+    ctl(&m, "keys/k1/update", r#"{"expires":null}"#).unwrap();
+    run_ok(&["key", "set", "k1", "--exp", "none", "--store", &s]);
+}
+
+#[test]
+fn grants_take_only_principal_ids_of_the_form_sets_use() {
+    let m = Mounted::new();
+    cmk_setup(&m, &[]);
+    let grants = read(&m, "keys/k1/grants").unwrap();
+    for bad in [
+        "grant object-id=../../x",
+        "grant object-id=",
+        "grant object-id=local-uid-0",
+        "grant object-id=E776E117-7F5B-469E-A98C-77E19781F08A",
+        r#"{"action":"grant","objectId":""}"#,
+        r#"{"action":"grant","objectId":"../../x","permissions":["get"]}"#,
+    ] {
+        assert_eq!(ctl(&m, "keys/k1/grants", bad), Err(libc::EINVAL), "{bad}");
+    }
+    assert!(reason_logged(&m, "invalid principal id"));
+    assert_eq!(read(&m, "keys/k1/grants").unwrap(), grants);
+    // The documented form works, permissions as the second word.
+    let id = "e776e117-7f5b-469e-a98c-77e19781f08a";
+    ctl(&m, "keys/k1/grants", &format!("grant object-id={id} get")).unwrap();
+    let g: serde_json::Value = serde_json::from_str(&read(&m, "keys/k1/grants").unwrap()).unwrap();
+    let mine = g
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["objectId"] == id)
+        .expect("grant added");
+    assert_eq!(mine["permissions"], serde_json::json!(["get"]));
+    ctl(&m, "keys/k1/grants", &format!("revoke object-id={id}")).unwrap();
+}
+
+#[test]
+fn a_field_given_twice_is_refused() {
+    let m = Mounted::new();
+    run_ok(&["key", "create", "k1", "--store", m.s()]);
+    for (path, bad) in [
+        ("keys/create", r#"{"name":"k8","name":"k9"}"#),
+        ("keys/create", r#"{"name":"k9","size":2048,"keySize":3072}"#),
+        ("keys/create", "k9 size=2048 size=3072"),
+        ("keys/create", "k9 size=2048 keySize=3072"),
+        ("keys/k1/update", r#"{"expires":"+1d","expires":null}"#),
+        ("keys/k1/update", "enabled=true enabled=false"),
+        ("keys/k1/rotate", r#"{"keySize":2048,"size":3072}"#),
+        (
+            "keys/k1/rotation-policy",
+            r#"{"lifetimeActions":[],"lifetimeActions":[{"trigger":{"timeAfterCreate":"P1D"},"action":{"type":"Rotate"}}]}"#,
+        ),
+        ("disks/create", r#"{"name":"d1","size":"1M","size":"2M"}"#),
+    ] {
+        assert_eq!(ctl(&m, path, bad), Err(libc::EINVAL), "{path} <- {bad}");
+    }
+    assert!(reason_logged(&m, "more than once"));
+    assert!(!m.mnt.join(".vault/keys/k8").exists());
+    assert!(!m.mnt.join(".vault/keys/k9").exists());
+    assert!(!m.disk("d1").exists());
+    assert_eq!(versions(&m, "k1"), 1);
+    assert_eq!(read(&m, "keys/k1/enabled").unwrap().trim(), "true");
+    assert_eq!(read(&m, "keys/k1/rotation-policy").unwrap().trim(), "null");
+}
+
+#[test]
+fn set_name_errors_say_disk_encryption_set() {
+    let m = Mounted::new();
+    let kid = cmk_setup(&m, &[]);
+    assert_eq!(
+        ctl(&m, "disk-encryption-sets/create", &format!("bad!set {kid}")),
+        Err(libc::EINVAL)
+    );
+    assert!(reason_logged(
+        &m,
+        "invalid disk encryption set name 'bad!set'"
+    ));
+    assert!(!reason_logged(&m, "invalid disk name 'bad!set'"));
+}
+
+/// A small tmpfs, unmounted on drop even when the test panics.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn new(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let st = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Fills the file system with `filler` until ENOSPC.
+    fn fill(&self) -> PathBuf {
+        let p = self.0.join("filler");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .unwrap();
+        let block = vec![0x5a; 64 * 1024];
+        let mut small = false;
+        loop {
+            let buf = if small { &block[..512] } else { &block[..] };
+            match std::io::Write::write(&mut f, buf) {
+                Ok(n) if n == buf.len() => {}
+                Ok(_) => small = true,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && !small => small = true,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling: {e}"),
+            }
+        }
+        p
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // Safe because: `c` is a valid NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A store on normal disk with its vault on a 4 MiB tmpfs.
+fn store_with_vault_on_tmpfs() -> (tempfile::TempDir, Tmpfs, PathBuf, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::new(&dir.path().join("small"), "4M");
+    let vault = fs.0.join("vault");
+    let store = dir.path().join("store");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run_ok(&[
+        "init",
+        store.to_str().unwrap(),
+        "--vault",
+        vault.to_str().unwrap(),
+    ]);
+    (dir, fs, store, vault, mnt)
+}
+
+#[test]
+fn the_audit_log_survives_enospc() {
+    let (dir, fs, store, vault, mnt) = store_with_vault_on_tmpfs();
+    let m = Mounted::attach(dir.path(), &store, &mnt);
+    let s = m.s().to_string();
+    run_ok(&["key", "create", "k1", "--store", &s]);
+    let log = vault.join("audit.log");
+    let key_before = read(&m, "keys/k1/key.json").unwrap();
+
+    // A full file system: the rotate is refused before anything changes.
+    let filler = fs.fill();
+    let audit_before = std::fs::read(&log).unwrap();
+    assert_eq!(ctl(&m, "keys/k1/rotate", "1"), Err(libc::ENOSPC));
+    let e = run_err(&["key", "rotate", "k1", "--store", &s]);
+    assert!(e.contains("audit log"), "{e}");
+    assert_eq!(ctl(&m, "keys/k1/enabled", "false"), Err(libc::ENOSPC));
+    assert_eq!(versions(&m, "k1"), 1);
+    assert_eq!(std::fs::read(&log).unwrap(), audit_before);
+    assert!(read(&m, "verify-audit").unwrap().starts_with("OK: "));
+
+    // Space again: the log verifies and takes new records.
+    std::fs::remove_file(&filler).unwrap();
+    let v = read(&m, "verify-audit").unwrap();
+    assert!(v.starts_with("OK: ") && !v.contains("torn"), "{v}");
+    ctl(&m, "keys/k1/rotate", "1").unwrap();
+    assert_eq!(versions(&m, "k1"), 2);
+    assert_ne!(read(&m, "keys/k1/key.json").unwrap(), key_before);
+    assert!(run_ok(&["vault", "verify-audit", "--store", &s]).starts_with("OK: "));
+
+    // A torn tail (what a crash during an append leaves) is told apart from an edit,
+    // and the next append drops it.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"time\":\"2026-").unwrap();
+    drop(f);
+    let v = read(&m, "verify-audit").unwrap();
+    assert!(
+        v.starts_with("OK: ") && v.contains("torn tail of 14 bytes"),
+        "{v}"
+    );
+    ctl(&m, "keys/k1/rotate", "1").unwrap();
+    let v = read(&m, "verify-audit").unwrap();
+    assert!(v.starts_with("OK: ") && !v.contains("torn"), "{v}");
+    drop(m);
+    drop(fs);
+}
+
+#[test]
+fn a_failed_append_is_rolled_back_to_the_last_record() {
+    let (dir, fs, store, vault, mnt) = store_with_vault_on_tmpfs();
+    let mut m = Mounted::attach(dir.path(), &store, &mnt);
+    let s = m.s().to_string();
+    run_ok(&["key", "create", "k1", "--store", &s]);
+    m.umount();
+    // Drop the space reserved past the end of the log: copy it to a fresh file.
+    let log = vault.join("audit.log");
+    std::fs::copy(&log, vault.join("audit.copy")).unwrap();
+    std::fs::rename(vault.join("audit.copy"), &log).unwrap();
+    m.mount();
+    // Reads (KeyGet) reserve nothing: grow the log until its last page has a little
+    // room, less than a record, so the next record is written in part.
+    let room = || {
+        let len = std::fs::metadata(&log).unwrap().len();
+        (4096 - len % 4096) % 4096
+    };
+    let mut tries = 0;
+    while !(1..400).contains(&room()) {
+        read(&m, "keys/k1/key.json").unwrap();
+        tries += 1;
+        assert!(tries < 64, "could not line up the log's length");
+    }
+    let before = std::fs::read(&log).unwrap();
+    let filler = fs.fill();
+    let e = read(&m, "keys/k1/key.json").unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC),
+        "a read whose record can't be written fails"
+    );
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        before,
+        "no torn record is left"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    read(&m, "keys/k1/key.json").unwrap();
+    let v = read(&m, "verify-audit").unwrap();
+    assert!(v.starts_with("OK: ") && !v.contains("torn"), "{v}");
+    drop(m);
+    drop(fs);
+}
+
+fn write_disk(m: &Mounted, name: &str, seed: u64) -> Vec<u8> {
+    let data = pattern(seed, 8192);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.disk(name))
+        .unwrap();
+    f.write_all_at(&data, 4096).unwrap();
+    f.sync_all().unwrap();
+    data
+}
+
+fn read_disk(m: &Mounted, name: &str) -> std::io::Result<Vec<u8>> {
+    let f = std::fs::File::open(m.disk(name))?;
+    let mut b = vec![0u8; 8192];
+    f.read_exact_at(&mut b, 4096)?;
+    Ok(b)
+}
+
+#[test]
+fn one_corrupt_key_or_set_file_does_not_stop_the_mount() {
+    let mut m = Mounted::new();
+    let s = m.s().to_string();
+    run_ok(&["vault", "set", "--purge-protection", "true", "--store", &s]);
+    for (k, set) in [("k1", "s1"), ("k2", "s2")] {
+        let key: serde_json::Value =
+            serde_json::from_str(&run_ok(&["key", "create", k, "--store", &s])).unwrap();
+        let kid = key["key"]["kid"].as_str().unwrap().to_string();
+        run_ok(&["des", "create", set, "--key-url", &kid, "--store", &s]);
+        run_ok(&["key", "grant", k, "--des", set, "--store", &s]);
+    }
+    for (d, set) in [("d1", Some("s1")), ("d2", Some("s2")), ("p", None)] {
+        let mut args = vec!["disk", "create", d, "--size", "1M", "--store", &s];
+        if let Some(set) = set {
+            args.extend(["--disk-encryption-set", set]);
+        }
+        run_ok(&args);
+    }
+    let data: Vec<(&str, Vec<u8>)> = [("d1", 1), ("d2", 2), ("p", 3)]
+        .into_iter()
+        .map(|(d, seed)| (d, write_disk(&m, d, seed)))
+        .collect();
+    m.umount();
+
+    // A flipped byte in one of k1's private keys.
+    let kdir = m.store.join("vault/keys/k1");
+    let pem = std::fs::read_dir(&kdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "pem"))
+        .unwrap();
+    let good_pem = std::fs::read(&pem).unwrap();
+    let mut bad = good_pem.clone();
+    let mid = bad.len() / 2;
+    bad[mid] = b'#';
+    std::fs::write(&pem, &bad).unwrap();
+    m.mount();
+    for (d, want) in &data {
+        if *d == "d1" {
+            let e = read_disk(&m, d).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{d}");
+        } else {
+            assert!(read_disk(&m, d).unwrap() == *want, "{d} must keep serving");
+        }
+    }
+    let listed: Vec<String> = std::fs::read_dir(m.mnt.join(".vault/keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(listed.contains(&"k1".to_string()), "{listed:?}");
+    let e = read(&m, "keys/k1/key.json").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    let file = pem.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(reason_logged(&m, &file), "the message names {file}");
+    assert!(read(&m, "status.json").is_ok());
+    // A deleted key with a corrupt file is listed too, and says why it can't be used.
+    run_ok(&["key", "create", "k3", "--store", &s]);
+    run_ok(&["key", "delete", "k3", "--store", &s]);
+    m.umount();
+    let dfile = m.store.join("vault/deleted-keys/k3/deleted.json");
+    std::fs::write(&dfile, b"{").unwrap();
+    m.mount();
+    assert!(m.mnt.join(".vault/deleted-keys/k3").is_dir());
+    let e = read(&m, "deleted-keys/k3/deleted.json").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    m.umount();
+
+    // The same for a corrupt set file.
+    std::fs::write(&pem, &good_pem).unwrap();
+    let set_file = m.store.join("disk-encryption-sets/s2.json");
+    let mut b = std::fs::read(&set_file).unwrap();
+    b[0] = b'x';
+    std::fs::write(&set_file, &b).unwrap();
+    m.mount();
+    for (d, want) in &data {
+        if *d == "d2" {
+            let e = read_disk(&m, d).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{d}");
+        } else {
+            assert!(read_disk(&m, d).unwrap() == *want, "{d} must keep serving");
+        }
+    }
+    assert!(m.mnt.join(".vault/disk-encryption-sets/s2").is_dir());
+    let e = read(&m, "disk-encryption-sets/s2/status.json").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    assert!(reason_logged(&m, "s2.json"));
+    let st: serde_json::Value = serde_json::from_str(&read(&m, "status.json").unwrap()).unwrap();
+    let s2 = st["diskEncryptionSets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "s2")
+        .unwrap()
+        .clone();
+    assert!(s2["error"].as_str().unwrap().contains("restore"), "{s2}");
+    // Its file is not overwritten by a new set of the same name.
+    let kid = read(&m, "keys/k2/kid").unwrap();
+    assert_eq!(
+        ctl(
+            &m,
+            "disk-encryption-sets/create",
+            &format!("s2 {}", kid.trim())
+        ),
+        Err(libc::EIO)
+    );
+    assert_eq!(std::fs::read(&set_file).unwrap(), b);
+}
