@@ -380,3 +380,204 @@ fn unlinked_open_disk_lives_until_closed() {
         "only the new disk's files"
     );
 }
+
+/// A rename inside .vault/ is EPERM (not EXDEV, on which `mv` would copy and delete,
+/// making a new key with fresh key material); the key is unchanged.
+#[test]
+fn rename_in_vault_is_eperm() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    run_ok(&["key", "create", "ka", "--store", &s]);
+    let before = run_ok(&["key", "show", "ka", "--store", &s]);
+    let keys = m.mnt.join(".vault/keys");
+    let e = std::fs::rename(keys.join("ka"), keys.join("kb")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    let out = std::process::Command::new("mv")
+        .arg(keys.join("ka"))
+        .arg(keys.join("kb"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!keys.join("kb").exists());
+    assert_eq!(run_ok(&["key", "show", "ka", "--store", &s]), before);
+    // Out of disks/ too.
+    m.create("d1", "1M");
+    let e = std::fs::rename(m.disk("d1"), m.mnt.join("d1")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+}
+
+/// No control name can become a disk name, however the disk is made.
+#[test]
+fn control_names_are_not_disk_names() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    for name in ["create", "import", "CREATE"] {
+        assert_eq!(
+            errno(File::create(m.disk(name))),
+            Some(libc::EINVAL),
+            "{name}"
+        );
+        let e = run_err(&["disk", "create", name, "--size", "1M", "--store", &s]);
+        assert!(e.contains("control file"), "{e}");
+    }
+    m.create("d1", "1M");
+    let e = std::fs::rename(m.disk("d1"), m.disk("create")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    assert!(m.disk("d1").exists());
+    let e = std::fs::write(m.mnt.join(".vault/disks/create"), "create 1M").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    let names: Vec<String> = std::fs::read_dir(m.mnt.join("disks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["d1"]);
+}
+
+/// `keys/import` gathers a PEM written in several writes until it is complete, so the
+/// documented `{ echo NAME; cat key.pem; } > import` works.
+#[test]
+fn import_gathers_several_writes() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    let pem = m.dir.path().join("byok.pem");
+    let st = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&pem)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let import = m.mnt.join(".vault/keys/import");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{{ echo byok; cat '{}'; }} > '{}'",
+            pem.display(),
+            import.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = js(&run_ok(&["key", "show", "byok", "--store", &s]));
+    assert_eq!(key["imported"], true);
+    // The public key is the one in the PEM (checked with openssl).
+    let want = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        std::fs::read(m.mnt.join(".vault/keys/byok/public.pem")).unwrap(),
+        want
+    );
+    // Byte by byte works too; a PEM cut short is refused at close, nothing imported.
+    let text = std::fs::read(&pem).unwrap();
+    let mut f = OpenOptions::new().write(true).open(&import).unwrap();
+    std::io::Write::write_all(&mut f, b"byok2\n").unwrap();
+    for c in text.chunks(7) {
+        std::io::Write::write_all(&mut f, c).unwrap();
+    }
+    drop(f);
+    assert!(m.mnt.join(".vault/keys/byok2").is_dir());
+    let mut f = OpenOptions::new().write(true).open(&import).unwrap();
+    std::io::Write::write_all(&mut f, b"byok3\n").unwrap();
+    std::io::Write::write_all(&mut f, &text[..text.len() / 2]).unwrap();
+    drop(f);
+    assert!(!m.mnt.join(".vault/keys/byok3").exists());
+    let last = std::fs::read_to_string(m.mnt.join(".vault/last-error")).unwrap();
+    assert!(last.contains("keys/import"), "{last}");
+}
+
+/// The CLI prints the error of its own operation, never another process's: replies
+/// are bound to the writer's file handle.
+#[test]
+fn cli_errors_are_its_own() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    run_ok(&["key", "create", "k1", "--store", &s]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise = {
+        let stop = stop.clone();
+        let path = m.mnt.join(".vault/keys/create");
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::write(&path, "zz1 zzz=noise");
+                n += 1;
+            }
+            n
+        })
+    };
+    for _ in 0..30 {
+        let e = run_err(&["key", "set", "k1", "--ops", "fly", "--store", &s]);
+        assert!(e.contains("unknown key operation 'fly'"), "{e}");
+        let e = run_err(&["disk", "delete", "nope", "--store", &s]);
+        assert!(e.contains("no disk named 'nope'"), "{e}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(noise.join().unwrap() > 0);
+    // The noise really did fill last-error meanwhile.
+    let last = std::fs::read_to_string(m.mnt.join(".vault/last-error")).unwrap();
+    assert!(last.contains("zzz"), "{last}");
+}
+
+/// rsync and `cp -a` copy images into disks/ without special flags: rsync's
+/// dot-prefixed temp file becomes the disk on rename, and chmod/chown to the source's
+/// attributes is accepted (disk files stay 0600).
+#[test]
+fn rsync_and_cp_a_work() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = Mounted::new();
+    let src = m.dir.path().join("img.raw");
+    let data = pattern(9, 3 << 20);
+    std::fs::write(&src, &data).unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(m.disk("cp1"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cp -a: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(m.disk("cp1")).unwrap() == data);
+    let mode = std::fs::metadata(m.disk("cp1"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    {
+        let out = std::process::Command::new("rsync")
+            .arg("-a")
+            .arg(&src)
+            .arg(m.disk("rs1"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rsync: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(std::fs::read(m.disk("rs1")).unwrap() == data);
+        let names: Vec<String> = std::fs::read_dir(m.mnt.join("disks"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "no temp disk left: {names:?}");
+    }
+}

@@ -142,7 +142,7 @@ fn rotate_purge_and_recover_take_only_documented_input() {
             );
         }
     }
-    assert!(reason_logged(&m, "takes `1` or the key's name"));
+    assert!(reason_logged(&m, "takes `1` or the name"));
     assert!(m.mnt.join(".vault/deleted-keys/k1").is_dir());
     ctl(&m, "deleted-keys/k1/recover", "k1\n").unwrap();
     assert!(m.mnt.join(".vault/keys/k1").is_dir());

@@ -56,48 +56,38 @@ impl Access {
         }
     }
 
-    fn last_error(mp: &Path) -> String {
-        std::fs::read_to_string(mp.join(".vault/last-error")).unwrap_or_default()
-    }
-
-    /// Runs a mounted operation; on failure explains it with the daemon's own reason,
-    /// if the daemon recorded one for this operation.
-    fn mounted(
-        mp: &Path,
-        path: &str,
-        op: impl FnOnce() -> std::io::Result<()>,
-    ) -> Result<(), CliError> {
-        let before = Self::last_error(mp);
-        op().map_err(|e| {
-            if Self::last_error(mp) == before && e.kind() != std::io::ErrorKind::NotFound {
-                return CliError(format!("the mounted store refused .vault/{path}: {e}"));
-            }
-            Self::mounted_error(mp, path, e)
-        })
-    }
-
-    /// Explains a failed control-file operation with the daemon's own reason.
-    fn mounted_error(mp: &Path, path: &str, e: std::io::Error) -> CliError {
+    /// Why a read of a control file failed. Reads have no handle to carry a reply,
+    /// so the daemon's reason (in last-error) is pointed to, never guessed at.
+    fn read_error(path: &str, e: std::io::Error) -> CliError {
         if e.kind() == std::io::ErrorKind::NotFound {
             return missing(path);
         }
-        let reason = Self::last_error(mp);
-        // "TIME [N] OPERATION: MESSAGE"
-        match reason
-            .trim()
-            .split_once(' ')
-            .and_then(|(_, m)| m.split_once(": "))
-        {
-            Some((_, msg)) if !msg.is_empty() => CliError(msg.to_string()),
-            _ => CliError(format!("the mounted store refused .vault/{path}: {e}")),
-        }
+        CliError(format!(
+            "the mounted store refused to show .vault/{path}: {e} (the daemon's reason is in .vault/last-error and daemon.log)"
+        ))
     }
 
-    /// The reason a mounted operation outside `.vault/` failed.
-    pub fn mounted_error_pub(&self, path: &str, e: std::io::Error) -> CliError {
-        match self {
-            Access::Mounted(mp) => Self::mounted_error(mp, path, e),
-            Access::Direct(_) => CliError(e.to_string()),
+    /// One command through a control file: write it, and on failure read the reply
+    /// bound to this very handle (the daemon keeps it per open file), so the message
+    /// is this command's own, whatever other processes do meanwhile.
+    fn write_mounted(mp: &Path, path: &str, data: &[u8]) -> Result<(), CliError> {
+        use std::os::unix::fs::FileExt;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(mp.join(".vault").join(path))
+            .map_err(|e| Self::read_error(path, e))?;
+        let Err(e) = f.write_all(data) else {
+            return Ok(());
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = f.read_at(&mut buf, 0).unwrap_or(0);
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        match reply.trim().strip_prefix("error: ") {
+            Some(msg) if !msg.is_empty() => Err(CliError(msg.to_string())),
+            _ => Err(CliError(format!(
+                "the mounted store refused .vault/{path}: {e}"
+            ))),
         }
     }
 
@@ -117,8 +107,9 @@ impl Access {
                 let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
                 Ok(c.read(&refs, &Caller::current_user())?)
             }
-            Access::Mounted(mp) => std::fs::read(mp.join(".vault").join(path))
-                .map_err(|e| Self::mounted_error(mp, path, e)),
+            Access::Mounted(mp) => {
+                std::fs::read(mp.join(".vault").join(path)).map_err(|e| Self::read_error(path, e))
+            }
         }
     }
 
@@ -140,26 +131,7 @@ impl Access {
                 let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
                 Ok(c.write(&refs, data, &Caller::current_user())?)
             }
-            Access::Mounted(mp) => Self::mounted(mp, path, || {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .truncate(true)
-                    .open(mp.join(".vault").join(path))
-                    .and_then(|mut f| f.write_all(data))
-            }),
-        }
-    }
-
-    pub fn rmdir(&self, path: &str) -> Result<(), CliError> {
-        match self {
-            Access::Direct(c) => {
-                let parts = Self::check(c, path)?;
-                let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
-                Ok(c.rmdir(&refs, &Caller::current_user())?)
-            }
-            Access::Mounted(mp) => Self::mounted(mp, path, || {
-                std::fs::remove_dir(mp.join(".vault").join(path))
-            }),
+            Access::Mounted(mp) => Self::write_mounted(mp, path, data),
         }
     }
 }

@@ -425,19 +425,7 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
                     )
                 })
                 .unwrap_or_default();
-            match &a {
-                Access::Direct(c) => c.store().delete_disk(name)?,
-                Access::Mounted(mp) => {
-                    if let Err(e) = std::fs::remove_file(mp.join("disks").join(name)) {
-                        if e.kind() == std::io::ErrorKind::NotFound {
-                            return Err(
-                                crate::store::StoreError::DiskNotFound(name.to_string()).into()
-                            );
-                        }
-                        return Err(a.mounted_error_pub(&format!("disks/{name}"), e));
-                    }
-                }
-            }
+            a.write(&format!("disks/{name}/delete"), b"1")?;
             println!("deleted disk {name}{what}; its data key is destroyed");
         }
     }

@@ -463,7 +463,7 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             let name = name.get();
             let a = Access::open(&store)?;
             let disks = disks_on_key(&a, name, None);
-            a.rmdir(&format!("keys/{name}"))?;
+            a.write(&format!("keys/{name}/delete"), b"1")?;
             print_json(&a.read_json(&format!("deleted-keys/{name}/deleted.json"))?);
             report_disks(&a, &format!("deleted key {name}"), &disks);
         }
@@ -476,7 +476,7 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
         KeyCmd::Purge { name, store } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            a.rmdir(&format!("deleted-keys/{name}"))?;
+            a.write(&format!("deleted-keys/{name}/purge"), b"1")?;
             println!("purged key {name}");
         }
         KeyCmd::Grant {
@@ -755,7 +755,7 @@ pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
         DesCmd::Delete { name, store } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            a.rmdir(&format!("disk-encryption-sets/{name}"))?;
+            a.write(&format!("disk-encryption-sets/{name}/delete"), b"1")?;
             println!("deleted disk encryption set {name}");
         }
     }

@@ -40,12 +40,13 @@ impl Kind {
         write: true,
     };
 
+    /// Writable files are readable too: a read on the handle that wrote shows the
+    /// reply to that write (see `Reply`).
     pub fn mode(self) -> u16 {
         match self {
             Kind::Dir => 0o700,
-            Kind::File { read, write } => {
-                (if read { 0o400 } else { 0 }) | (if write { 0o200 } else { 0 })
-            }
+            Kind::File { write: true, .. } => 0o600,
+            Kind::File { .. } => 0o400,
         }
     }
 }
@@ -66,6 +67,7 @@ const KEY_ONLY_FILES: &[(&str, Kind)] = &[
     ("rotate", Kind::W),
     ("grants", Kind::RW),
     ("rotation-policy", Kind::RW),
+    ("delete", Kind::W),
 ];
 const SET_FILES: &[(&str, Kind)] = &[
     ("status.json", Kind::R),
@@ -74,12 +76,14 @@ const SET_FILES: &[(&str, Kind)] = &[
     ("identity", Kind::R),
     ("encryption-type", Kind::R),
     ("update", Kind::W),
+    ("delete", Kind::W),
 ];
 const DISK_FILES: &[(&str, Kind)] = &[
     ("disk.json", Kind::R),
     ("encryption", Kind::RW),
     ("sku", Kind::RW),
     ("rekey", Kind::RW),
+    ("delete", Kind::W),
 ];
 const ROOT_FILES: &[(&str, Kind)] = &[
     ("README", Kind::R),
@@ -97,6 +101,41 @@ const ROOT_DIRS: &[&str] = &["keys", "deleted-keys", "disk-encryption-sets", "di
 /// Names a control file takes inside a directory of keys, sets or disks; they can't
 /// be used as key, set or disk names.
 pub const RESERVED: &[&str] = &["create", "import"];
+
+/// Whether writes to `path` are gathered until they form one command (a PEM import
+/// written in pieces, as `{ echo NAME; cat key.pem; } > import` does).
+pub fn gathers(path: &[&str]) -> bool {
+    path == ["keys", "import"]
+}
+
+/// Whether gathered import writes are a whole command: a JSON object, anything that
+/// is not a name line followed by (the start of) a PEM block, or a PEM block through
+/// its END line. So `echo NAME` then `cat key.pem` gather, and garbage fails at once.
+pub fn import_complete(data: &[u8]) -> bool {
+    // Not UTF-8: complete as it is, and refused as such.
+    let Ok(t) = std::str::from_utf8(data) else {
+        return true;
+    };
+    let t = t.trim_start();
+    if t.starts_with('{') {
+        return serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok();
+    }
+    let Some((_, rest)) = t.split_once('\n') else {
+        return true;
+    };
+    let rest = rest.trim_start();
+    const BEGIN: &str = "-----BEGIN ";
+    if rest.is_empty() || BEGIN.starts_with(rest) {
+        return false;
+    }
+    if !rest.starts_with(BEGIN) {
+        return true;
+    }
+    match rest.rfind("-----END ") {
+        Some(i) => rest[i + 9..].contains("-----"),
+        None => false,
+    }
+}
 
 fn lookup(table: &[(&str, Kind)], name: &str) -> Option<Kind> {
     table.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
@@ -638,6 +677,11 @@ impl Control {
                 opts.size = None;
                 vault.import_key(caller, name, &pem, &opts)?;
             }
+            // The write form of `rmdir keys/NAME`, so a reply can reach the writer.
+            ["keys", k, "delete"] => {
+                confirm_name(data, k, "delete")?;
+                vault.delete_key(caller, k)?;
+            }
             ["keys", k, file] => self.write_key_file(k, None, file, data, caller)?,
             ["keys", k, "versions", v, file] => {
                 self.write_key_file(k, Some(v), file, data, caller)?
@@ -660,6 +704,10 @@ impl Control {
                     a.str("type"),
                     a.bool("auto-rotate").unwrap_or(false),
                 )?;
+            }
+            ["disk-encryption-sets", s, "delete"] => {
+                confirm_name(data, s, "delete")?;
+                self.store.des_delete(s)?;
             }
             ["disk-encryption-sets", s, file] => {
                 let (url, auto, ty) = match *file {
@@ -686,6 +734,11 @@ impl Control {
                 };
                 self.store
                     .des_update(s, url.as_deref(), auto, ty.as_deref())?;
+            }
+            // The write form of `rm disks/NAME`, so a reply can reach the writer.
+            ["disks", d, "delete"] => {
+                confirm_name(data, d, "delete")?;
+                self.store.delete_disk(d)?;
             }
             ["disks", "create"] => {
                 let (name, opts) = parse_disk_create(data)?;
@@ -920,7 +973,7 @@ fn confirm_name(data: &[u8], name: &str, what: &str) -> Result<(), StoreError> {
         return Ok(());
     }
     Err(invalid(format!(
-        "{what} takes `1` or the key's name ('{name}'), not '{}'",
+        "{what} takes `1` or the name ('{name}'), not '{}'",
         t.chars().take(40).collect::<String>()
     )))
 }
@@ -932,7 +985,7 @@ fn read_only(path: &[&str]) -> StoreError {
     )
 }
 
-fn check_reserved(name: &str) -> Result<(), StoreError> {
+pub fn check_reserved(name: &str) -> Result<(), StoreError> {
     if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
         return Err(invalid(format!(
             "'{name}' is the name of a control file; choose another name"

@@ -54,10 +54,14 @@ enum Node {
 
 enum Handle {
     Disk(Arc<Disk>),
-    /// A control file: its path, and its content as it was at open (for reads).
+    /// A control file: its path, its content as it was at open (for reads), the reply
+    /// to the last write through this handle (what a read shows once set), and the
+    /// writes gathered so far of a command that spans several (`keys/import`).
     Control {
         path: String,
         content: Vec<u8>,
+        reply: parking_lot::Mutex<Option<Vec<u8>>>,
+        pending: parking_lot::Mutex<Vec<u8>>,
     },
 }
 
@@ -148,6 +152,27 @@ impl DiskVaultFs {
     /// Slot for the session notifier, filled once the session exists.
     pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
         self.notifier.clone()
+    }
+
+    /// Carries out one control command and keeps its reply on the handle, so the
+    /// writer (the CLI) reads its own outcome, never another process's.
+    fn run_write(
+        &self,
+        path: &str,
+        data: &[u8],
+        caller: &Caller,
+        last: &parking_lot::Mutex<Option<Vec<u8>>>,
+    ) -> Result<(), Errno> {
+        match self.control.write(&split(path), data, caller) {
+            Ok(()) => {
+                *last.lock() = Some(b"ok\n".to_vec());
+                Ok(())
+            }
+            Err(e) => {
+                *last.lock() = Some(format!("error: {e}\n").into_bytes());
+                Err(self.fail(&format!("write .vault/{path}"), e))
+            }
+        }
     }
 
     /// Records and logs a failure; returns its errno.
@@ -357,6 +382,8 @@ impl DiskVaultFs {
             return Err(Errno::EACCES);
         }
         let name = self.name_str(name)?;
+        control::check_reserved(name)
+            .map_err(|e| self.fail(&format!("create disk '{name}'"), e))?;
         self.store
             .create_disk(name, &CreateOptions::default())
             .map_err(|e| self.fail(&format!("create disk '{name}'"), e))
@@ -446,17 +473,16 @@ impl Filesystem for DiskVaultFs {
             let (a, t) = self.node_attr(ino.0, &node);
             return reply.attr(&t, &a);
         };
+        // Disk files stay 0600 and the mounting user's: a chmod or chown (as `cp -a`
+        // and rsync send) is accepted and ignored, so copying images just works.
         if mode.is_some_and(|m| m & 0o7777 != 0o600)
             || uid.is_some_and(|u| u != self.uid)
             || gid.is_some_and(|g| g != self.gid)
         {
-            self.fail(
-                &format!("chmod/chown '{}'", d.name()),
-                StoreError::InvalidArgument(
-                    "disk files are always mode 0600 and owned by the mounting user".into(),
-                ),
+            log::debug!(
+                "disk '{}': chmod/chown ignored (disk files are always 0600, owned by the mounting user)",
+                d.name()
             );
-            return reply.error(Errno::EPERM);
         }
         if let Some(s) = size {
             if let Err(e) = d.set_size(s) {
@@ -554,12 +580,24 @@ impl Filesystem for DiskVaultFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        // Only disks rename, within disks/. EPERM, not EXDEV: on EXDEV `mv` would copy
+        // and delete, which in .vault/ means a new key with fresh key material.
         if parent.0 != DISKS || newparent.0 != DISKS {
-            return reply.error(Errno::EXDEV);
+            self.control.record_failure(
+                "rename",
+                &StoreError::NotPermitted(
+                    "only disks can be renamed, within disks/; keys, sets and control files can't"
+                        .into(),
+                ),
+            );
+            return reply.error(Errno::EPERM);
         }
         let (Ok(from), Ok(to)) = (self.name_str(name), self.name_str(newname)) else {
             return reply.error(Errno::EINVAL);
         };
+        if let Err(e) = control::check_reserved(to) {
+            return reply.error(self.fail(&format!("rename disk '{from}' to '{to}'"), e));
+        }
         if flags.bits() & libc::RENAME_EXCHANGE != 0 {
             return reply.error(Errno::EINVAL);
         }
@@ -580,10 +618,11 @@ impl Filesystem for DiskVaultFs {
             },
             Some(Node::Ctl(path, Kind::File { read, write })) => {
                 // Root bypasses mode bits, so the file's own rules are checked here.
-                if (reading && !read) || (writing && !write) {
+                // A writable file may be opened for reading too: to read the reply.
+                if (reading && !read && !write) || (writing && !write) {
                     return reply.error(Errno::EACCES);
                 }
-                let content = if reading {
+                let content = if reading && read {
                     match self.control.read(&split(&path), &Caller::user(req.uid())) {
                         Ok(c) => c,
                         Err(e) => return reply.error(self.fail(&format!("read .vault/{path}"), e)),
@@ -591,7 +630,12 @@ impl Filesystem for DiskVaultFs {
                 } else {
                     Vec::new()
                 };
-                let fh = self.add_handle(Handle::Control { path, content });
+                let fh = self.add_handle(Handle::Control {
+                    path,
+                    content,
+                    reply: Default::default(),
+                    pending: Default::default(),
+                });
                 reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
             }
             Some(_) => reply.error(Errno::EISDIR),
@@ -643,7 +687,13 @@ impl Filesystem for DiskVaultFs {
                     Err(e) => reply.error(self.fail(&format!("read '{}'", d.name()), e)),
                 }
             }
-            Some(Handle::Control { content, .. }) => {
+            Some(Handle::Control {
+                content,
+                reply: last,
+                ..
+            }) => {
+                let last = last.lock();
+                let content = last.as_deref().unwrap_or(content);
                 let start = (offset as usize).min(content.len());
                 let end = (start + size as usize).min(content.len());
                 reply.data(&content[start..end]);
@@ -672,14 +722,33 @@ impl Filesystem for DiskVaultFs {
                     Err(e) => reply.error(self.fail(&format!("write '{}'", d.name()), e)),
                 }
             }
-            // Each write(2) to a control file is one complete command, as in sysfs.
-            Some(Handle::Control { path, .. }) => {
-                match self
-                    .control
-                    .write(&split(path), data, &Caller::user(req.uid()))
-                {
+            // Each write(2) to a control file is one complete command, as in sysfs;
+            // a PEM import may come in several, gathered until it is complete.
+            Some(Handle::Control {
+                path,
+                reply: last,
+                pending,
+                ..
+            }) => {
+                let caller = Caller::user(req.uid());
+                let command = if control::gathers(&split(path)) {
+                    let mut p = pending.lock();
+                    // One allocation up front: no unzeroized copies of key material.
+                    if p.capacity() == 0 {
+                        p.reserve_exact(control::MAX_CONTROL_WRITE + (1 << 20));
+                    }
+                    p.extend_from_slice(data);
+                    if !control::import_complete(&p) && p.len() <= control::MAX_CONTROL_WRITE {
+                        return reply.written(data.len() as u32);
+                    }
+                    std::mem::take(&mut *p)
+                } else {
+                    data.to_vec()
+                };
+                let command = zeroize::Zeroizing::new(command);
+                match self.run_write(path, &command, &caller, last) {
                     Ok(()) => reply.written(data.len() as u32),
-                    Err(e) => reply.error(self.fail(&format!("write .vault/{path}"), e)),
+                    Err(e) => reply.error(e),
                 }
             }
             None => reply.error(Errno::EBADF),
@@ -705,7 +774,7 @@ impl Filesystem for DiskVaultFs {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -714,10 +783,26 @@ impl Filesystem for DiskVaultFs {
         reply: ReplyEmpty,
     ) {
         let h = self.handles.write().remove(&fh.0);
-        if let Some(Handle::Disk(d)) = h.as_deref() {
-            if let Err(e) = d.release() {
-                return reply.error(self.fail(&format!("close '{}'", d.name()), e));
+        match h.as_deref() {
+            Some(Handle::Disk(d)) => {
+                if let Err(e) = d.release() {
+                    return reply.error(self.fail(&format!("close '{}'", d.name()), e));
+                }
             }
+            // An import left incomplete is carried out at the last close; its error
+            // can only go to last-error and the log.
+            Some(Handle::Control {
+                path,
+                reply: last,
+                pending,
+                ..
+            }) => {
+                let rest = zeroize::Zeroizing::new(std::mem::take(&mut *pending.lock()));
+                if !rest.is_empty() {
+                    let _ = self.run_write(path, &rest, &Caller::user(req.uid()), last);
+                }
+            }
+            None => {}
         }
         reply.ok();
     }

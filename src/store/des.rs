@@ -71,6 +71,12 @@ pub fn des_id(name: &str) -> String {
 /// 1-80 letters, digits, '_', '.' and '-'), with a message that says "disk encryption
 /// set".
 pub fn validate_set_name(name: &str) -> Result<()> {
+    if name.starts_with('.') {
+        return Err(StoreError::InvalidSetName {
+            name: name.to_string(),
+            reason: "it must start with a letter or digit".into(),
+        });
+    }
     super::validate_name(name).map_err(|e| match e {
         StoreError::InvalidName { name, reason } => StoreError::InvalidSetName { name, reason },
         other => other,

@@ -16,6 +16,9 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
             reason: why.to_string(),
         })
     };
+    // A leading '.' marks a temporary name, as rsync and editors use for the file
+    // they rename into place; the rest follows Azure's rule.
+    let name = name.strip_prefix('.').unwrap_or(name);
     if name.is_empty() || name.len() > 80 {
         return bad("it must be 1 to 80 characters long");
     }
@@ -152,13 +155,23 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["a", "disk-1", "os_disk.v2", "A_", &"x".repeat(80)] {
+        // A leading '.' is a temporary name (rsync's `.NAME.XXXXXX`).
+        for ok in [
+            "a",
+            "disk-1",
+            "os_disk.v2",
+            "A_",
+            &"x".repeat(80),
+            ".a",
+            ".img.Xa9_",
+        ] {
             validate_name(ok).unwrap();
         }
         for bad in [
             "",
             "-a",
-            ".a",
+            "..a",
+            ".-a",
             "a.",
             "a-",
             "a/b",
