@@ -518,10 +518,12 @@ impl Disk {
         }
         // An unlinked disk kept alive by open handles has no metadata left to update.
         let deleted = self.deleted.load(Ordering::Acquire);
-        if let Err(e) = (!deleted)
-            .then(|| self.update_meta(|m| m.size_bytes = new))
-            .unwrap_or(Ok(()))
-        {
+        let recorded = if deleted {
+            Ok(())
+        } else {
+            self.update_meta(|m| m.size_bytes = new)
+        };
+        if let Err(e) = recorded {
             if new > old {
                 let _ = f.set_len(round_up(old));
             }
