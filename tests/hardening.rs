@@ -495,9 +495,11 @@ fn import_gathers_several_writes() {
     std::io::Write::write_all(&mut f, b"byok3\n").unwrap();
     std::io::Write::write_all(&mut f, &text[..text.len() / 2]).unwrap();
     drop(f);
+    // The last close is answered after close(2) returns: wait for its verdict.
+    let last = || std::fs::read_to_string(m.mnt.join(".vault/last-error")).unwrap();
+    Mounted::wait_for(LIMIT, || last().contains("keys/import")).expect("import refused");
+    assert!(last().contains("PEM"), "{}", last());
     assert!(!m.mnt.join(".vault/keys/byok3").exists());
-    let last = std::fs::read_to_string(m.mnt.join(".vault/last-error")).unwrap();
-    assert!(last.contains("keys/import"), "{last}");
 }
 
 /// The CLI prints the error of its own operation, never another process's: replies
@@ -580,4 +582,51 @@ fn rsync_and_cp_a_work() {
             .collect();
         assert_eq!(names.len(), 2, "no temp disk left: {names:?}");
     }
+}
+
+/// The daemon log stays quiet: no fuser "[Not Implemented]" lines for Python's TCGETS
+/// or xattr probes, no unmount warning on a clean unmount, and one line (not one per
+/// request) for a handle that keeps failing on a revoked disk.
+#[test]
+fn daemon_log_stays_quiet() {
+    let mut m = Mounted::new();
+    let s = m.s().to_string();
+    cmk_setup(&m, &[("q1", "1M", "Premium_LRS")]);
+    let disk = m.disk("q1");
+    let py = format!(
+        "import os\nf=open('{0}','rb'); f.read(4); f.close()\n\
+         try:\n    os.getxattr('{0}','security.selinux')\nexcept OSError: pass\n\
+         try:\n    os.listxattr('{0}')\nexcept OSError: pass\n",
+        disk.display()
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&py)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fd = File::open(&disk).unwrap();
+    run_ok(&["key", "set", "k1", "--enabled", "false", "--store", &s]);
+    let mut buf = [0u8; 512];
+    for _ in 0..200 {
+        assert_eq!(errno(fd.read_at(&mut buf, 0)), Some(libc::EIO));
+    }
+    drop(fd);
+    m.umount();
+    let log = log_text(&m);
+    assert!(!log.contains("Not Implemented"), "{log}");
+    assert!(!log.contains("Failed to umount"), "{log}");
+    let per_request = log.lines().filter(|l| l.contains("read 'q1'")).count();
+    assert!(
+        per_request <= 2,
+        "{per_request} lines for failed reads:\n{log}"
+    );
+    assert!(
+        log.contains("more failed requests on a handle before it was closed"),
+        "{log}"
+    );
 }

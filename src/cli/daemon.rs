@@ -175,6 +175,10 @@ pub fn mount(args: MountArgs) -> Result<(), CliError> {
 
 fn init_logging(to_file: Option<&Path>) {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // fuser warns when it can't unmount a mount that `umount` already removed: that is
+    // every clean unmount, so only its errors are kept.
+    b.filter_module("fuser::session", log::LevelFilter::Error);
+    b.filter_module("fuser::mnt", log::LevelFilter::Error);
     if let Some(path) = to_file {
         if let Ok(f) = std::fs::OpenOptions::new()
             .create(true)

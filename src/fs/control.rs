@@ -337,8 +337,13 @@ impl Control {
 
     /// Records why a request failed, for `.vault/last-error` and the daemon log.
     pub fn record_failure(&self, what: &str, e: &StoreError) {
+        log::warn!("{what}: {e}");
+        self.note_failure(what, e);
+    }
+
+    /// Records a failure for `.vault/last-error` only; the caller decides on logging.
+    pub fn note_failure(&self, what: &str, e: &StoreError) {
         let msg = format!("{what}: {e}");
-        log::warn!("{msg}");
         let mut last = self.last_error.lock();
         // The counter tells two identical failures in the same second apart.
         last.1 += 1;
@@ -1062,7 +1067,7 @@ mod tests {
         assert!(confirm_name(b"K1", "k1", "purge").is_ok());
         for bad in [&b"no thanks"[..], b"", b"k2", b"yes", b"1 1"] {
             let e = confirm_name(bad, "k1", "purge").unwrap_err().to_string();
-            assert!(e.contains("purge takes `1` or the key's name"), "{e}");
+            assert!(e.contains("purge takes `1` or the name"), "{e}");
         }
     }
 

@@ -83,6 +83,8 @@ pub struct DiskVaultFs {
     ctl_inodes: RwLock<CtlInodes>,
     notifier: Arc<OnceLock<Notifier>>,
     started: SystemTime,
+    /// Failed requests per disk handle not logged one by one: (count, since).
+    io_failures: parking_lot::Mutex<HashMap<u64, (u64, std::time::Instant)>>,
 }
 
 /// Maps a store error to the errno a program sees.
@@ -146,6 +148,7 @@ impl DiskVaultFs {
             ctl_inodes: RwLock::new(CtlInodes::default()),
             notifier: Arc::new(OnceLock::new()),
             started: SystemTime::now(),
+            io_failures: Default::default(),
         }
     }
 
@@ -163,14 +166,59 @@ impl DiskVaultFs {
         caller: &Caller,
         last: &parking_lot::Mutex<Option<Vec<u8>>>,
     ) -> Result<(), Errno> {
-        match self.control.write(&split(path), data, caller) {
+        let parts = split(path);
+        match self.control.write(&parts, data, caller) {
             Ok(()) => {
                 *last.lock() = Some(b"ok\n".to_vec());
+                // A disk deleted through .vault/ must vanish from disks/ at once, not
+                // when the kernel's cached entry times out.
+                if let ["disks", name, "delete"] = parts[..] {
+                    if let Some(n) = self.notifier.get() {
+                        let _ = n.inval_entry(INodeNo(DISKS), OsStr::new(name));
+                    }
+                }
                 Ok(())
             }
             Err(e) => {
                 *last.lock() = Some(format!("error: {e}\n").into_bytes());
                 Err(self.fail(&format!("write .vault/{path}"), e))
+            }
+        }
+    }
+
+    /// Records a failed request on a disk handle; logs the first one per handle and
+    /// then a count every so often, so a guest hammering a revoked disk can't flood
+    /// daemon.log. Returns its errno.
+    fn fail_io(&self, fh: FileHandle, what: &str, e: StoreError) -> Errno {
+        const EVERY: Duration = Duration::from_secs(10);
+        self.control.note_failure(what, &e);
+        let now = std::time::Instant::now();
+        let mut m = self.io_failures.lock();
+        match m.get_mut(&fh.0) {
+            None => {
+                m.insert(fh.0, (0, now));
+                log::warn!("{what}: {e} (further failures on this handle are counted)");
+            }
+            Some((n, since)) => {
+                *n += 1;
+                if now.duration_since(*since) >= EVERY {
+                    log::warn!(
+                        "{what}: {n} more failed requests on this handle in {} s; last: {e}",
+                        now.duration_since(*since).as_secs()
+                    );
+                    *n = 0;
+                    *since = now;
+                }
+            }
+        }
+        errno(&e)
+    }
+
+    /// At close: the count of failures not logged yet, if any.
+    fn io_failures_closed(&self, fh: FileHandle, name: &str) {
+        if let Some((n, _)) = self.io_failures.lock().remove(&fh.0) {
+            if n > 0 {
+                log::warn!("'{name}': {n} more failed requests on a handle before it was closed");
             }
         }
     }
@@ -684,7 +732,7 @@ impl Filesystem for DiskVaultFs {
                 let _inflight = d.inflight();
                 match d.read(offset, size as usize) {
                     Ok(buf) => reply.data(&buf),
-                    Err(e) => reply.error(self.fail(&format!("read '{}'", d.name()), e)),
+                    Err(e) => reply.error(self.fail_io(fh, &format!("read '{}'", d.name()), e)),
                 }
             }
             Some(Handle::Control {
@@ -719,7 +767,7 @@ impl Filesystem for DiskVaultFs {
                 let _inflight = d.inflight();
                 match d.write(offset, data) {
                     Ok(n) => reply.written(n as u32),
-                    Err(e) => reply.error(self.fail(&format!("write '{}'", d.name()), e)),
+                    Err(e) => reply.error(self.fail_io(fh, &format!("write '{}'", d.name()), e)),
                 }
             }
             // Each write(2) to a control file is one complete command, as in sysfs;
@@ -766,7 +814,7 @@ impl Filesystem for DiskVaultFs {
         match self.handle(fh).as_deref() {
             Some(Handle::Disk(d)) => match d.persist_size() {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(self.fail(&format!("flush '{}'", d.name()), e)),
+                Err(e) => reply.error(self.fail_io(fh, &format!("flush '{}'", d.name()), e)),
             },
             _ => reply.ok(),
         }
@@ -785,6 +833,7 @@ impl Filesystem for DiskVaultFs {
         let h = self.handles.write().remove(&fh.0);
         match h.as_deref() {
             Some(Handle::Disk(d)) => {
+                self.io_failures_closed(fh, &d.name());
                 if let Err(e) = d.release() {
                     return reply.error(self.fail(&format!("close '{}'", d.name()), e));
                 }
@@ -818,7 +867,7 @@ impl Filesystem for DiskVaultFs {
         match self.disk_handle(fh) {
             Ok(d) => match d.sync() {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(self.fail(&format!("fsync '{}'", d.name()), e)),
+                Err(e) => reply.error(self.fail_io(fh, &format!("fsync '{}'", d.name()), e)),
             },
             Err(_) => reply.ok(),
         }
@@ -898,8 +947,71 @@ impl Filesystem for DiskVaultFs {
         };
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.fail(&format!("fallocate '{}'", d.name()), e)),
+            Err(e) => reply.error(self.fail_io(fh, &format!("fallocate '{}'", d.name()), e)),
         }
+    }
+
+    // Requests diskvault has no use for, answered without fuser's "[Not Implemented]"
+    // warning: Python's open() sends TCGETS, ls asks for security.selinux.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        // ENOSYS: the kernel stops asking and treats files as always ready.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        // ENOSYS: the kernel stops asking (and reports "not supported" to callers).
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn lseek(
