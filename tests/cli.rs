@@ -619,3 +619,49 @@ fn init_with_a_relative_path_and_cleanup_on_failure() {
         "an existing directory was removed"
     );
 }
+
+/// `key set --force` reaches the daemon: disabling a version that a stalled rotation
+/// still needs is refused (EBUSY, naming --force) without it and goes through with it.
+#[test]
+fn key_set_force_disables_a_version_a_rotation_needs() {
+    let m = Mounted::new();
+    let s = m.s();
+    let k1 = cmk_setup(&m, &[("d1", "1M", "Premium_LRS")]);
+    run_ok(&["key", "create", "k2", "--store", s]);
+    run_ok(&["key", "grant", "k2", "--des", "set1", "--store", s]);
+    let k2 = js(&run_ok(&["key", "show", "k2", "--store", s]))["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Stall the move to k2: k1's grant is gone, so d1 can't be re-wrapped.
+    run_ok(&["key", "revoke-grant", "k1", "--des", "set1", "--store", s]);
+    run_err(&["des", "update", "set1", "--key-url", &k2, "--store", s]);
+    let v1 = k1.rsplit('/').next().unwrap();
+    let enabled = || {
+        std::fs::read_to_string(m.mnt.join(format!(".vault/keys/k1/versions/{v1}/enabled")))
+            .unwrap()
+    };
+    let set = ["key", "set", "k1", "--version", v1, "--enabled", "false"];
+    let e = run_err(&[&set[..], &["--store", s]].concat());
+    assert!(e.contains("--force"), "{e}");
+    assert!(enabled().starts_with("true"));
+    run_ok(&[&set[..], &["--force", "--store", s]].concat());
+    assert!(enabled().starts_with("false"));
+}
+
+/// A bad set name is reported as a disk encryption set's, not a disk's.
+#[test]
+fn des_create_names_the_set_in_a_name_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("st");
+    let e = run_err(&[
+        "des",
+        "create",
+        "bad!",
+        "--key-url",
+        "k1",
+        "--store",
+        s.to_str().unwrap(),
+    ]);
+    assert!(e.contains("invalid disk encryption set name 'bad!'"), "{e}");
+}

@@ -157,11 +157,24 @@ fn corrupt_and_tampered_metadata_isolated() {
     // The truncated one is listed under its directory id and fails with EIO.
     let status: serde_json::Value =
         serde_json::from_slice(&std::fs::read(m.mnt.join(".vault/status.json")).unwrap()).unwrap();
-    let bad: Vec<_> = status["disks"]
-        .as_array()
-        .unwrap()
+    let disks = status["disks"].as_array().unwrap();
+    let unavailable =
+        |d: &&serde_json::Value| d["keyState"].as_str().unwrap().starts_with("Unavailable");
+    // The tampered ones say so too (item 16); the good one doesn't.
+    for n in ["tamper", "swap"] {
+        assert!(
+            disks.iter().any(|d| d["name"] == n && unavailable(&d)),
+            "{status}"
+        );
+    }
+    assert!(
+        !disks.iter().any(|d| d["name"] == "good" && unavailable(&d)),
+        "{status}"
+    );
+    let bad: Vec<_> = disks
         .iter()
-        .filter(|d| d["keyState"].as_str().unwrap().starts_with("Unavailable"))
+        .filter(|d| !["good", "tamper", "swap"].iter().any(|n| d["name"] == *n))
+        .filter(unavailable)
         .collect();
     assert_eq!(bad.len(), 1, "{status}");
     let bad_name = bad[0]["name"].as_str().unwrap();

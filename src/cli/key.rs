@@ -93,6 +93,10 @@ pub enum KeyCmd {
         version: Option<String>,
         #[command(flatten)]
         attrs: AttrArgs,
+        /// Disable a version even though a disk encryption set's key rotation still
+        /// needs it; the disks still on that version are revoked.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -434,14 +438,18 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             name,
             version,
             attrs,
+            force,
             store,
         } => {
             let name = name.get();
-            let words = attrs.words()?;
+            let mut words = attrs.words()?;
             if words.is_empty() {
                 return Err(CliError(
                     "nothing to change; give --enabled, --disabled, --nbf, --exp or --ops".into(),
                 ));
+            }
+            if force {
+                words += " force=true";
             }
             let a = Access::open(&store)?;
             let dir = match &version {
@@ -665,7 +673,7 @@ pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
             store,
         } => {
             let name = name.get();
-            crate::store::validate_name(name)?;
+            crate::store::des::validate_set_name(name)?;
             let a = Access::open(&store)?;
             check_source_vault(&a, source_vault.as_deref())?;
             let mut line = format!("{} {}", word(name)?, word(&key_url)?);

@@ -6,7 +6,7 @@
 //! unit are undefined and are zeroed whenever the disk grows over them.
 
 use super::error::{Result, StoreError};
-use super::keyring::Keyring;
+use super::keyring::{is_platform_kid, Keyring};
 use super::meta::{key_check, DiskMeta, Layer, Rekey};
 use super::spec::MAX_DISK_SIZE;
 use crate::crypto::{DataCipher, DATA_UNIT};
@@ -27,6 +27,7 @@ const GRANULE_SHIFT: u32 = 4;
 const STRIPES: usize = 64;
 
 pub const META_FILE: &str = "meta.json";
+const KEY_CHECK_MISMATCH: &str = "its data key does not match its metadata (keyCheck mismatch: tampered or mixed-up meta.json); restore meta.json from a backup";
 pub const DATA_FILE: &str = "data";
 
 fn round_up(x: u64) -> u64 {
@@ -48,6 +49,28 @@ fn is_zero(buf: &[u8]) -> bool {
 pub struct Revocation {
     pub reason: String,
     pub keep_open: bool,
+}
+
+/// The key material a verdict applies to: the layers and a rekey's new layers.
+type LayerSet = (Vec<Layer>, Option<Vec<Layer>>);
+
+fn layer_set(m: &DiskMeta) -> LayerSet {
+    (m.layers.clone(), m.rekey.as_ref().map(|r| r.layers.clone()))
+}
+
+/// Whether an unwrap failure lies in the disk's own metadata (tampered or mixed-up
+/// wrapped key) rather than in the key's state in the vault, which `key_access`
+/// checks live and reports as a revocation.
+fn is_key_fault(e: &StoreError) -> bool {
+    use crate::vault::VaultError as V;
+    matches!(
+        e,
+        StoreError::Crypto(_)
+            | StoreError::InvalidArgument(_)
+            | StoreError::Vault(
+                V::Crypto(_) | V::UnknownKey(_) | V::UnsupportedAlg(_) | V::InvalidKeyId { .. }
+            )
+    )
 }
 
 /// Counts one FUSE request on a disk from its start until it has been answered.
@@ -123,6 +146,10 @@ pub struct Disk {
     meta: Mutex<DiskMeta>,
     /// Why the disk can't be served (corrupt metadata), if so.
     corrupt: Option<String>,
+    /// Whether the DEKs of these layers unwrap and match their keyCheck: `None` if so,
+    /// else why not. Set by every unlock and by `unavailable_reason`, so a status read
+    /// unwraps at most once per layer set.
+    key_verdict: Mutex<Option<(LayerSet, Option<String>)>>,
     keys: Arc<Keyring>,
     /// The reconciler's health: customer-key disks fail closed while it is down.
     health: Arc<super::reconcile::Health>,
@@ -171,6 +198,7 @@ impl Disk {
             size: AtomicU64::new(meta.size_bytes),
             meta: Mutex::new(meta),
             corrupt,
+            key_verdict: Mutex::new(None),
             keys,
             health,
             size_dirty: AtomicBool::new(false),
@@ -235,23 +263,128 @@ impl Disk {
         }
     }
 
+    /// Records why the DEKs of `meta`'s layers can't be used (`None`: they can).
+    fn set_key_verdict(&self, meta: &DiskMeta, fault: Option<String>) {
+        *self.key_verdict.lock() = Some((layer_set(meta), fault));
+    }
+
     /// Unwraps and checks the DEKs of `layers` (the disk's, or a rekey's new ones).
+    /// A fault in the metadata itself is recorded for `keyState`.
     fn unlock_layers(&self, meta: &DiskMeta, layers: &[Layer]) -> Result<Vec<DataCipher>> {
+        let fault = |reason: String| {
+            self.set_key_verdict(meta, Some(reason.clone()));
+            self.unavailable(reason)
+        };
         let mut out = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter().enumerate() {
-            let p = layer.parse().map_err(|r| self.unavailable(r))?;
+            let p = layer.parse().map_err(fault)?;
             let dek = self
                 .keys
                 .unwrap(&meta.encryption, &p.wrapped)
-                .map_err(|e| self.unavailable(format!("cannot unwrap its data key: {e}")))?;
+                .map_err(|e| {
+                    let why = format!("cannot unwrap its data key: {e}");
+                    if is_key_fault(&e) {
+                        fault(why)
+                    } else {
+                        self.unavailable(why)
+                    }
+                })?;
             if key_check(&dek, &meta.id, i, p.cipher, &p.nonce) != layer.key_check {
-                return Err(self.unavailable(
-                    "its data key does not match its metadata (keyCheck mismatch: tampered or mixed-up meta.json); restore meta.json from a backup",
-                ));
+                return Err(fault(KEY_CHECK_MISMATCH.into()));
             }
             out.push(DataCipher::new(p.cipher, &dek, &p.nonce)?);
         }
         Ok(out)
+    }
+
+    /// Why the disk can't be served for a reason of its own (its data file, its
+    /// platform-key layers, a failed unlock), checked cheaply: the platform layers
+    /// are unwrapped at most once per layer set; customer-key layers only by unlocks.
+    pub fn unavailable_reason(&self) -> Option<String> {
+        if self.corrupt.is_some() {
+            return None;
+        }
+        if let Some(p) = self.data_problem() {
+            return Some(p);
+        }
+        let meta = self.meta.lock().clone();
+        let platform_kid = crate::vault::KeyProvider::current_kid(&self.keys.platform);
+        let rekey_layers = meta.rekey.iter().flat_map(|r| r.layers.iter());
+        for l in meta.layers.iter().chain(rekey_layers) {
+            if is_platform_kid(&l.kid) && l.kid != platform_kid {
+                return Some(format!(
+                    "its platform-key layer is wrapped by {} but the store's platform key is {platform_kid} (STORE/keys/platform.pem was replaced); restore the original platform.pem",
+                    l.kid
+                ));
+            }
+        }
+        let set = layer_set(&meta);
+        let mut verdict = self.key_verdict.lock();
+        if let Some((_, v)) = verdict.as_ref().filter(|(s, _)| *s == set) {
+            return v.clone();
+        }
+        let mut fault = None;
+        for layers in std::iter::once(&set.0).chain(set.1.iter()) {
+            fault = fault.or_else(|| self.check_platform_layers(&meta, layers));
+        }
+        *verdict = Some((set, fault.clone()));
+        fault
+    }
+
+    /// Unwraps the platform-key layers among `layers` (no vault, no audit record) and
+    /// compares their keyCheck.
+    fn check_platform_layers(&self, meta: &DiskMeta, layers: &[Layer]) -> Option<String> {
+        for (i, layer) in layers.iter().enumerate() {
+            if !is_platform_kid(&layer.kid) {
+                continue;
+            }
+            let p = match layer.parse() {
+                Ok(p) => p,
+                Err(r) => return Some(r),
+            };
+            let dek = match self.keys.unwrap(&meta.encryption, &p.wrapped) {
+                Ok(d) => d,
+                Err(e) => return Some(format!("cannot unwrap its data key: {e}")),
+            };
+            if key_check(&dek, &meta.id, i, p.cipher, &p.nonce) != layer.key_check {
+                return Some(KEY_CHECK_MISMATCH.into());
+            }
+        }
+        None
+    }
+
+    /// Whether the backing file is there, a regular file, and long enough.
+    fn data_problem(&self) -> Option<String> {
+        // Sizes change with the file first when growing and last when shrinking;
+        // these locks exclude both, so the comparison below is exact.
+        let _r = self.resize.read();
+        let _e = self.extend.lock();
+        let path = self.dir().join(DATA_FILE);
+        let md = match std::fs::symlink_metadata(&path) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Some(format!(
+                    "its data file {} is missing; restore it from a backup or delete the disk",
+                    path.display()
+                ))
+            }
+            Err(e) => return Some(format!("cannot read its data file {}: {e}", path.display())),
+        };
+        if !md.is_file() {
+            return Some(format!(
+                "its data file {} is not a regular file; restore it from a backup or delete the disk",
+                path.display()
+            ));
+        }
+        let want = round_up(self.size());
+        if md.len() < want {
+            return Some(format!(
+                "its data file {} is shorter than the disk ({} of {want} bytes); restore it from a backup or delete the disk",
+                path.display(),
+                md.len()
+            ));
+        }
+        None
     }
 
     /// Unwraps every layer's DEK and opens the backing file.
@@ -265,6 +398,7 @@ impl Disk {
             Some(rk) => Some(self.unlock_layers(&meta, &rk.layers)?),
             None => None,
         };
+        self.set_key_verdict(&meta, None);
         let path = self.dir().join(DATA_FILE);
         let file = OpenOptions::new()
             .read(true)

@@ -621,19 +621,7 @@ impl Store {
             .map(|l| (l.cipher.clone(), l.kid.clone()))
             .unwrap_or_default();
         let key_ids: Vec<&str> = m.layers.iter().map(|l| l.kid.as_str()).collect();
-        let state = match (disk.corrupt_reason(), disk.revocation()) {
-            (Some(r), _) => format!("Unavailable: {r}"),
-            (None, Some(r)) => r.reason,
-            // Not (yet) acted on, e.g. no daemon runs or a revocation delay is pending.
-            (None, None) if m.encryption.kind != PLATFORM_KEY_TYPE => match self.key_access(&m) {
-                Ok(()) => "Available".to_string(),
-                Err((why, _)) if self.revocation_pending(disk) => {
-                    format!("Available (revocation pending: {why})")
-                }
-                Err((why, _)) => format!("Revoked: {why}"),
-            },
-            (None, None) => "Available".to_string(),
-        };
+        let state = self.key_state(disk, &m);
         json!({
             "name": m.name,
             "id": disk_resource_id(&m.name),
@@ -653,6 +641,40 @@ impl Store {
             "keyState": state,
             "allocatedBytes": disk.allocated_bytes(),
         })
+    }
+
+    /// `keyState`: `Available`, `Revoked: WHY` or `Unavailable: WHY`, the last for
+    /// every disk that can't be served for another reason than a revocation.
+    fn key_state(&self, disk: &Disk, m: &DiskMeta) -> String {
+        if let Some(r) = disk.corrupt_reason() {
+            return format!("Unavailable: {r}");
+        }
+        if let Some(r) = disk.revocation() {
+            return r.reason;
+        }
+        let customer = m.encryption.kind != PLATFORM_KEY_TYPE;
+        // A revocation not (yet) acted on: no daemon runs, or its delay is pending.
+        let mut pending = None;
+        if customer {
+            match self.key_access(m) {
+                Ok(()) => {}
+                Err(d) if d.broken => return format!("Unavailable: {}", d.why),
+                Err(d) if self.revocation_pending(disk) => pending = Some(d.why),
+                Err(d) => return format!("Revoked: {}", d.why),
+            }
+            if let Some(why) = self.enforcement_down() {
+                return format!(
+                    "Unavailable: key state is not being enforced ({why}); customer-key disks refuse I/O until the reconciler runs again (remount to restart it)"
+                );
+            }
+        }
+        if let Some(why) = disk.unavailable_reason() {
+            return format!("Unavailable: {why}");
+        }
+        match pending {
+            Some(why) => format!("Available (revocation pending: {why})"),
+            None => "Available".to_string(),
+        }
     }
 
     /// The whole store's status (`.vault/status.json`).

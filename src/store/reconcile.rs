@@ -147,6 +147,29 @@ impl Drop for ExitGuard {
     }
 }
 
+/// Why a disk's customer key can't be used right now.
+pub(super) struct KeyDenied {
+    /// A short phrase for `keyState`.
+    pub why: String,
+    /// Who was refused, for the audit record of a revocation.
+    pub caller: Caller,
+    /// The key or set file is corrupt: the disk is unavailable, not revoked.
+    pub broken: bool,
+}
+
+impl KeyDenied {
+    fn new(e: &StoreError, caller: Caller) -> Self {
+        KeyDenied {
+            why: revocation_phrase(e),
+            caller,
+            broken: matches!(
+                e,
+                StoreError::DesCorrupt { .. } | StoreError::Vault(VaultError::KeyCorrupt { .. })
+            ),
+        }
+    }
+}
+
 /// A short phrase for why a key no longer unwraps, for `keyState`.
 fn revocation_phrase(e: &StoreError) -> String {
     match e {
@@ -255,11 +278,11 @@ impl Store {
     }
 
     /// Whether every customer-key layer of a disk can be unwrapped right now.
-    pub(super) fn key_access(&self, m: &DiskMeta) -> std::result::Result<(), (String, Caller)> {
+    pub(super) fn key_access(&self, m: &DiskMeta) -> std::result::Result<(), KeyDenied> {
         let id = m.encryption.disk_encryption_set_id.as_deref().unwrap_or("");
         let des = match self.keys.des(id) {
             Ok(d) => d,
-            Err(e) => return Err((revocation_phrase(&e), Caller::current_user())),
+            Err(e) => return Err(KeyDenied::new(&e, Caller::current_user())),
         };
         let rekey_layers = m.rekey.iter().flat_map(|r| r.layers.iter());
         for l in m
@@ -269,7 +292,7 @@ impl Store {
             .filter(|l| !is_platform_kid(&l.kid))
         {
             if let Err(e) = self.keys.vault.can_unwrap(&des.caller(), &l.kid) {
-                return Err((revocation_phrase(&StoreError::Vault(e)), des.caller()));
+                return Err(KeyDenied::new(&StoreError::Vault(e), des.caller()));
             }
         }
         Ok(())
@@ -380,7 +403,12 @@ impl Store {
             }
             let kid = m.layers[0].kid.clone();
             match self.key_access(&m) {
-                Err((why, caller)) => {
+                // A corrupt key or set is no revocation: its disks never unlocked
+                // (both are loaded at mount) and show `Unavailable`.
+                Err(denied) if denied.broken => {
+                    self.reconcile.pending.lock().remove(&d.serial);
+                }
+                Err(KeyDenied { why, caller, .. }) => {
                     if d.revocation().is_some() {
                         continue;
                     }
