@@ -630,3 +630,51 @@ fn daemon_log_stays_quiet() {
         "{log}"
     );
 }
+
+/// Fault injection exists only in `testing` builds: a release build without the
+/// feature ignores DISKVAULT_FAULT, so it can't be told to kill itself.
+#[test]
+fn release_build_ignores_fault_injection() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = root.join("target/no-testing");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--offline",
+            "--bin",
+            "diskvault",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = target.join("release/diskvault");
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mnt) = (dir.path().join("store"), dir.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    // In a testing build this kills the daemon at its first reconciler pass.
+    let out = std::process::Command::new(&bin)
+        .arg("mount")
+        .arg(&store)
+        .arg(&mnt)
+        .env("DISKVAULT_FAULT", "reconcile.access=1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mounted::adopt(&store, &mnt);
+    let passes = || status(&m)["reconcilerPasses"].as_u64().unwrap_or(0);
+    Mounted::wait_for(LIMIT, || passes() >= 3).expect("the daemon lives on");
+    assert!(!log_text(&m).contains("fault injection"));
+}
