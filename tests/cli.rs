@@ -26,40 +26,10 @@ fn fstype_at(path: &Path) -> Option<String> {
         .find_map(|l| l.split_once(" - ")?.1.split(' ').next().map(String::from))
 }
 
-fn umount2(path: &Path, flags: i32) -> i32 {
-    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    // Safe because: `c` is a valid NUL-terminated path.
-    unsafe { libc::umount2(c.as_ptr(), flags) }
-}
-
-/// A tmpfs mounted by the test, unmounted on drop even when the test fails.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn new(path: &Path) -> Self {
-        std::fs::create_dir_all(path).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount -t tmpfs failed");
-        Tmpfs(path.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if fstype_at(&self.0).as_deref() == Some("tmpfs") && umount2(&self.0, 0) != 0 {
-            umount2(&self.0, libc::MNT_DETACH);
-        }
-    }
-}
-
 #[test]
 fn umount_refuses_what_is_not_a_diskvault_mount() {
     let dir = tempfile::tempdir().unwrap();
-    let t = Tmpfs::new(&dir.path().join("t"));
+    let t = Tmpfs::new(&dir.path().join("t"), "1M");
     std::fs::write(t.0.join("precious"), b"keep me").unwrap();
 
     let e = run_err(&["umount", t.0.to_str().unwrap()]);

@@ -184,36 +184,6 @@ fn disabling_a_needed_version_takes_force() {
         .starts_with("false"));
 }
 
-/// A tmpfs of `size` mounted on `dir`, unmounted on drop (after anything on it).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn new(dir: &std::path::Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let st = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs");
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let c = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
-        // Safe because: `c` is a valid NUL-terminated path.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
 /// Bytes allocated by every file under `dir`.
 fn allocated(dir: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -440,20 +410,7 @@ fn import_gathers_several_writes() {
     let m = Mounted::new();
     let s = m.s().to_string();
     let pem = m.dir.path().join("byok.pem");
-    let st = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&pem)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    openssl_genrsa(&pem);
     let import = m.mnt.join(".vault/keys/import");
     let out = std::process::Command::new("sh")
         .arg("-c")

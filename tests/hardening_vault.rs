@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Writes `data` to a control file; returns the errno of a refusal.
 fn ctl(m: &Mounted, path: &str, data: &str) -> Result<(), i32> {
@@ -271,59 +271,6 @@ fn set_name_errors_say_disk_encryption_set() {
         "invalid disk encryption set name 'bad!set'"
     ));
     assert!(!reason_logged(&m, "invalid disk name 'bad!set'"));
-}
-
-/// A small tmpfs, unmounted on drop even when the test panics.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn new(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let st = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(at)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs");
-        Tmpfs(at.to_path_buf())
-    }
-
-    /// Fills the file system with `filler` until ENOSPC.
-    fn fill(&self) -> PathBuf {
-        let p = self.0.join("filler");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&p)
-            .unwrap();
-        let block = vec![0x5a; 64 * 1024];
-        let mut small = false;
-        loop {
-            let buf = if small { &block[..512] } else { &block[..] };
-            match std::io::Write::write(&mut f, buf) {
-                Ok(n) if n == buf.len() => {}
-                Ok(_) => small = true,
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && !small => small = true,
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                Err(e) => panic!("filling: {e}"),
-            }
-        }
-        p
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let c = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
-        // Safe because: `c` is a valid NUL-terminated path.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
 }
 
 /// A store on normal disk with its vault on a 4 MiB tmpfs.

@@ -142,20 +142,7 @@ fn replaced_platform_key_is_reported() {
     std::fs::write(m.disk("p1"), b"platform").unwrap();
     m.umount();
     let pem = m.store.join("keys/platform.pem");
-    let st = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&pem)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "openssl genpkey");
+    openssl_genrsa(&pem);
     m.mount();
     assert_unavailable(&m, "p1", "platform.pem was replaced");
     assert_serving(&m, "c1", b"customer");

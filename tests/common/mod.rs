@@ -261,3 +261,75 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     v
 }
+
+/// A tmpfs of `size` (e.g. "64M") mounted by the test at `at`, unmounted on drop even
+/// when the test fails; drop it after anything mounted or open on it.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn new(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount -t tmpfs failed");
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Fills the file system with a `filler` file until ENOSPC; returns its path.
+    pub fn fill(&self) -> PathBuf {
+        let p = self.0.join("filler");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .unwrap();
+        let block = vec![0x5a; 64 * 1024];
+        let mut small = false;
+        loop {
+            let buf = if small { &block[..512] } else { &block[..] };
+            match std::io::Write::write(&mut f, buf) {
+                Ok(n) if n == buf.len() => {}
+                Ok(_) => small = true,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && !small => small = true,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling: {e}"),
+            }
+        }
+        p
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // Safe because: `c` is a valid NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A fresh RSA-2048 private key in PEM at `out`, made by openssl (not by diskvault).
+pub fn openssl_genrsa(out: &Path) {
+    let st = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(out)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl genpkey");
+}
