@@ -503,16 +503,9 @@ fn rsync_and_cp_a_work() {
     let data = pattern(9, 3 << 20);
     std::fs::write(&src, &data).unwrap();
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&src)
-        .arg(m.disk("cp1"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cp -a: {}",
-        String::from_utf8_lossy(&out.stderr)
+    tool(
+        "cp",
+        &["-a".as_ref(), src.as_os_str(), m.disk("cp1").as_os_str()],
     );
     assert!(std::fs::read(m.disk("cp1")).unwrap() == data);
     let mode = std::fs::metadata(m.disk("cp1"))
@@ -521,16 +514,9 @@ fn rsync_and_cp_a_work() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     {
-        let out = std::process::Command::new("rsync")
-            .arg("-a")
-            .arg(&src)
-            .arg(m.disk("rs1"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "rsync: {}",
-            String::from_utf8_lossy(&out.stderr)
+        tool(
+            "rsync",
+            &["-a".as_ref(), src.as_os_str(), m.disk("rs1").as_os_str()],
         );
         assert!(std::fs::read(m.disk("rs1")).unwrap() == data);
         let names: Vec<String> = std::fs::read_dir(m.mnt.join("disks"))

@@ -333,3 +333,14 @@ pub fn openssl_genrsa(out: &Path) {
         .unwrap();
     assert!(st.success(), "openssl genpkey");
 }
+
+/// Runs another program, which must succeed; returns its stdout.
+pub fn tool(program: &str, args: &[&std::ffi::OsStr]) -> Vec<u8> {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
