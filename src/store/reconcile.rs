@@ -44,7 +44,9 @@ pub(super) struct ReconcileState {
 }
 
 /// A pass that has not moved on for this long counts as stuck.
-const STALL: Duration = Duration::from_secs(10);
+/// Generous: a pass may generate an RSA-4096 key for a rotation policy, which takes
+/// seconds; each step and each disk of a re-wrap counts as progress.
+const STALL: Duration = Duration::from_secs(60);
 
 /// The reconciler's health, which the data path consults: while the thread that
 /// enforces revocations can't run, customer-key disks fail closed rather than keep
@@ -369,9 +371,13 @@ impl Store {
     /// One pass: revocations and restores, auto-rotation, unfinished key changes.
     pub fn reconcile(&self) {
         self.reconcile.started.fetch_add(1, Ordering::AcqRel);
+        let h = &self.reconcile.health;
         self.reconcile_access();
+        h.beat();
         self.auto_rotate();
+        h.beat();
         self.retry_key_changes();
+        h.beat();
         self.keys.vault.run_policies();
         let _g = self.reconcile.done.lock();
         self.reconcile.passes.fetch_add(1, Ordering::AcqRel);
