@@ -621,3 +621,85 @@ fn release_build_ignores_fault_injection() {
     Mounted::wait_for(LIMIT, || passes() >= 3).expect("the daemon lives on");
     assert!(!log_text(&m).contains("fault injection"));
 }
+
+/// bash writes each line of a printf separately: a later line on the same open file
+/// is refused, never run as another command (a blank one is fine).
+#[test]
+fn one_command_per_open_file() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    run_ok(&["key", "create", "k1", "--store", &s]);
+    let versions = || {
+        js(&run_ok(&["key", "show", "k1", "--store", &s]))["versions"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let sh = |cmd: &str| {
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(m.mnt.join(".vault"))
+            .output()
+            .unwrap()
+    };
+    let out = sh("printf '1\\n1\\n1\\n' > keys/k1/rotate");
+    assert!(!out.status.success());
+    assert_eq!(versions(), 2, "only the first line rotates: {}", log_text(&m));
+    let out = sh("printf 'please do not\\n1\\n' > keys/k1/rotate");
+    assert!(!out.status.success());
+    assert_eq!(versions(), 2);
+    let out = sh("printf 'd1 1M\\nd2 1M\\n' > disks/create");
+    assert!(!out.status.success());
+    assert!(m.disk("d1").exists() && !m.disk("d2").exists());
+    // A final newline written on its own is not a command.
+    let out = sh("{ printf '1'; printf '\\n'; } > keys/k1/rotate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(versions(), 3);
+}
+
+/// `diskvault umount` through a symlink to the mountpoint unmounts that mount.
+#[test]
+fn umount_through_a_symlink() {
+    let mut m = Mounted::new();
+    let link = m.dir.path().join("link");
+    std::os::unix::fs::symlink(&m.mnt, &link).unwrap();
+    run_ok(&["umount", link.to_str().unwrap()]);
+    m.reap_dead_daemon();
+    assert!(!m.mnt.join(".vault").exists());
+}
+
+/// While the vault can't write its audit log (its file system is full), customer-key
+/// disks can't be opened, and keyState says so instead of `Available`.
+#[test]
+fn full_vault_shows_in_key_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::new(&dir.path().join("v"), "4M");
+    let (store, vault, mnt) = (
+        dir.path().join("store"),
+        dir.path().join("v/vault"),
+        dir.path().join("mnt"),
+    );
+    std::fs::create_dir(&mnt).unwrap();
+    run_ok(&["init", store.to_str().unwrap(), "--vault", vault.to_str().unwrap()]);
+    let m = Mounted::attach(dir.path(), &store, &mnt);
+    let s = m.s().to_string();
+    cmk_setup(&m, &[("c1", "1M", "Premium_LRS")]);
+    m.create("p1", "1M");
+    let filler = fs.fill();
+    // Each open is an audited unwrap: once the reserve is used up, opens fail.
+    Mounted::wait_for(Duration::from_secs(30), || {
+        errno(File::open(m.disk("c1"))) == Some(libc::EIO)
+    })
+    .expect("opens fail once the audit log can't grow");
+    let state = js(&run_ok(&["disk", "show", "c1", "--store", &s]))["keyState"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(state.starts_with("Unavailable: ") && state.contains("audit"), "{state}");
+    assert!(File::open(m.disk("p1")).is_ok(), "platform disks don't need the vault");
+    std::fs::remove_file(filler).unwrap();
+    File::open(m.disk("c1")).unwrap();
+    let state = js(&run_ok(&["disk", "show", "c1", "--store", &s]))["keyState"].clone();
+    assert_eq!(state, "Available");
+}

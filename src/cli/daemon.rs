@@ -355,7 +355,14 @@ fn is_diskvault_mount(fstype: &str, source: &str) -> bool {
 /// The path as mountinfo shows it: symlinks resolved in the parent, and the last
 /// component kept, since stat on a dead FUSE mount fails (ENOTCONN).
 fn mountinfo_path(mp: &Path) -> PathBuf {
-    let abs = absolute(mp);
+    let mut abs = absolute(mp);
+    // A symlink to a mountpoint means the mountpoint (a few hops at most).
+    for _ in 0..8 {
+        let Ok(target) = std::fs::read_link(&abs) else {
+            break;
+        };
+        abs = absolute(&abs.parent().unwrap_or(Path::new("/")).join(target));
+    }
     match (abs.parent(), abs.file_name()) {
         (Some(parent), Some(name)) => std::fs::canonicalize(parent)
             .map(|p| p.join(name))
@@ -419,7 +426,7 @@ pub fn umount(mp: &Path) -> Result<(), CliError> {
                     )));
                 }
                 return Err(CliError(format!(
-                    "{shown} is busy: a program still uses it (see 'fuser -vm {shown}'); close it and retry"
+                    "{shown} is busy: a program still uses it (see: fuser -vm '{shown}'); close it and retry"
                 )));
             }
             Some(libc::EPERM) => {

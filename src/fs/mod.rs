@@ -62,6 +62,8 @@ enum Handle {
         content: Vec<u8>,
         reply: parking_lot::Mutex<Option<Vec<u8>>>,
         pending: parking_lot::Mutex<Vec<u8>>,
+        /// A command has been carried out through this handle.
+        ran: std::sync::atomic::AtomicBool,
     },
 }
 
@@ -683,6 +685,7 @@ impl Filesystem for DiskVaultFs {
                     content,
                     reply: Default::default(),
                     pending: Default::default(),
+                    ran: Default::default(),
                 });
                 reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
             }
@@ -776,8 +779,24 @@ impl Filesystem for DiskVaultFs {
                 path,
                 reply: last,
                 pending,
+                ran,
                 ..
             }) => {
+                // One command per open file: a later write continues the one before
+                // (bash's printf writes each line separately), so it is refused rather
+                // than run as a second command; a blank one, like a final newline
+                // written on its own, is fine.
+                // The position is no guide: a refused write doesn't advance it.
+                if ran.load(Ordering::Acquire) {
+                    if data.iter().all(u8::is_ascii_whitespace) {
+                        return reply.written(data.len() as u32);
+                    }
+                    let e = StoreError::InvalidArgument(
+                        "one command per open file: an earlier write through this file was already carried out (shells write each line of printf or echo -e separately); write each command with its own echo".into(),
+                    );
+                    *last.lock() = Some(format!("error: {e}\n").into_bytes());
+                    return reply.error(self.fail(&format!("write .vault/{path}"), e));
+                }
                 let caller = Caller::user(req.uid());
                 let command = if control::gathers(&split(path)) {
                     let mut p = pending.lock();
@@ -794,6 +813,7 @@ impl Filesystem for DiskVaultFs {
                     data.to_vec()
                 };
                 let command = zeroize::Zeroizing::new(command);
+                ran.store(true, Ordering::Release);
                 match self.run_write(path, &command, &caller, last) {
                     Ok(()) => reply.written(data.len() as u32),
                     Err(e) => reply.error(e),

@@ -73,6 +73,13 @@ fn is_key_fault(e: &StoreError) -> bool {
     )
 }
 
+/// Whether an unwrap failed because the vault can't work (its audit log can't be
+/// written), rather than because of the key's state.
+fn is_vault_blocked(e: &StoreError) -> bool {
+    use crate::vault::VaultError as V;
+    matches!(e, StoreError::Vault(V::AuditUnavailable { .. } | V::Io(_)))
+}
+
 /// Counts one FUSE request on a disk from its start until it has been answered.
 pub struct InflightGuard<'a>(&'a AtomicU64);
 
@@ -150,6 +157,9 @@ pub struct Disk {
     /// else why not. Set by every unlock and by `unavailable_reason`, so a status read
     /// unwraps at most once per layer set.
     key_verdict: Mutex<Option<(LayerSet, Option<String>)>>,
+    /// Why the last unlock failed for a reason of the vault's own (it can't write its
+    /// audit log, e.g. its file system is full), until an unlock succeeds.
+    vault_blocked: Mutex<Option<String>>,
     keys: Arc<Keyring>,
     /// The reconciler's health: customer-key disks fail closed while it is down.
     health: Arc<super::reconcile::Health>,
@@ -199,6 +209,7 @@ impl Disk {
             meta: Mutex::new(meta),
             corrupt,
             key_verdict: Mutex::new(None),
+            vault_blocked: Mutex::new(None),
             keys,
             health,
             size_dirty: AtomicBool::new(false),
@@ -286,6 +297,9 @@ impl Disk {
                     if is_key_fault(&e) {
                         fault(why)
                     } else {
+                        if is_vault_blocked(&e) {
+                            *self.vault_blocked.lock() = Some(why.clone());
+                        }
                         self.unavailable(why)
                     }
                 })?;
@@ -306,6 +320,9 @@ impl Disk {
         }
         if let Some(p) = self.data_problem() {
             return Some(p);
+        }
+        if let Some(why) = self.vault_blocked.lock().clone() {
+            return Some(format!("{why} (at the last open; it opens again once the vault can write its audit log)"));
         }
         let meta = self.meta.lock().clone();
         let platform_kid = crate::vault::KeyProvider::current_kid(&self.keys.platform);
@@ -399,6 +416,7 @@ impl Disk {
             None => None,
         };
         self.set_key_verdict(&meta, None);
+        *self.vault_blocked.lock() = None;
         let path = self.dir().join(DATA_FILE);
         let file = OpenOptions::new()
             .read(true)
