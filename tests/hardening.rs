@@ -645,7 +645,12 @@ fn one_command_per_open_file() {
     };
     let out = sh("printf '1\\n1\\n1\\n' > keys/k1/rotate");
     assert!(!out.status.success());
-    assert_eq!(versions(), 2, "only the first line rotates: {}", log_text(&m));
+    assert_eq!(
+        versions(),
+        2,
+        "only the first line rotates: {}",
+        log_text(&m)
+    );
     let out = sh("printf 'please do not\\n1\\n' > keys/k1/rotate");
     assert!(!out.status.success());
     assert_eq!(versions(), 2);
@@ -654,7 +659,11 @@ fn one_command_per_open_file() {
     assert!(m.disk("d1").exists() && !m.disk("d2").exists());
     // A final newline written on its own is not a command.
     let out = sh("{ printf '1'; printf '\\n'; } > keys/k1/rotate");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(versions(), 3);
 }
 
@@ -681,7 +690,12 @@ fn full_vault_shows_in_key_state() {
         dir.path().join("mnt"),
     );
     std::fs::create_dir(&mnt).unwrap();
-    run_ok(&["init", store.to_str().unwrap(), "--vault", vault.to_str().unwrap()]);
+    run_ok(&[
+        "init",
+        store.to_str().unwrap(),
+        "--vault",
+        vault.to_str().unwrap(),
+    ]);
     let m = Mounted::attach(dir.path(), &store, &mnt);
     let s = m.s().to_string();
     cmk_setup(&m, &[("c1", "1M", "Premium_LRS")]);
@@ -696,10 +710,50 @@ fn full_vault_shows_in_key_state() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(state.starts_with("Unavailable: ") && state.contains("audit"), "{state}");
-    assert!(File::open(m.disk("p1")).is_ok(), "platform disks don't need the vault");
+    assert!(
+        state.starts_with("Unavailable: ") && state.contains("audit"),
+        "{state}"
+    );
+    assert!(
+        File::open(m.disk("p1")).is_ok(),
+        "platform disks don't need the vault"
+    );
     std::fs::remove_file(filler).unwrap();
     File::open(m.disk("c1")).unwrap();
     let state = js(&run_ok(&["disk", "show", "c1", "--store", &s]))["keyState"].clone();
     assert_eq!(state, "Available");
+}
+
+/// A disk larger than the store's file system can hold (ext4 stops at 16 TiB) is
+/// refused with a message that says so, and leaves nothing behind.
+#[test]
+fn disk_too_large_for_the_file_system_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("ext4.img");
+    File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    tool(
+        "mkfs.ext4",
+        &["-q".as_ref(), "-F".as_ref(), img.as_os_str()],
+    );
+    let at = dir.path().join("e");
+    std::fs::create_dir(&at).unwrap();
+    tool(
+        "mount",
+        &[
+            "-o".as_ref(),
+            "loop".as_ref(),
+            img.as_os_str(),
+            at.as_os_str(),
+        ],
+    );
+    let _fs = Tmpfs(at.clone()); // unmounts it on drop, whatever it is
+    let store = at.join("store");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = Mounted::attach(dir.path(), &store, &mnt);
+    let e = run_err(&["disk", "create", "huge", "--size", "20T", "--store", m.s()]);
+    assert!(e.contains("can't hold a file that large"), "{e}");
+    assert!(!m.disk("huge").exists());
+    assert_eq!(std::fs::read_dir(store.join("disks")).unwrap().count(), 0);
+    m.create("fine", "1T");
 }

@@ -322,7 +322,9 @@ impl Disk {
             return Some(p);
         }
         if let Some(why) = self.vault_blocked.lock().clone() {
-            return Some(format!("{why} (at the last open; it opens again once the vault can write its audit log)"));
+            return Some(format!(
+                "{why} (at the last open; it opens again once the vault can write its audit log)"
+            ));
         }
         let meta = self.meta.lock().clone();
         let platform_kid = crate::vault::KeyProvider::current_kid(&self.keys.platform);

@@ -521,7 +521,18 @@ impl Store {
         let dir = self.disks_dir();
         let staging = dir.join(format!("{id}.creating"));
         let final_dir = dir.join(&id);
-        let io = |e| StoreError::io(format!("creating disk '{name}' in {}", dir.display()), e);
+        let io = |e: std::io::Error| {
+            if e.raw_os_error() == Some(libc::EFBIG) {
+                return StoreError::InvalidSize {
+                    input: opts.size.to_string(),
+                    reason: format!(
+                        "the store's file system can't hold a file that large (ext4 stops at 16 TiB); make the disk smaller or keep the store on XFS or btrfs ({})",
+                        dir.display()
+                    ),
+                };
+            }
+            StoreError::io(format!("creating disk '{name}' in {}", dir.display()), e)
+        };
         let result = (|| {
             durable::create_dir(&staging, 0o700)?;
             let data = fs::OpenOptions::new()
@@ -588,13 +599,12 @@ impl Store {
         if from == to {
             return Ok(());
         }
-        if let Some(target) = self.get(to) {
+        if self.get(to).is_some() {
             if !replace {
                 return Err(StoreError::DiskExists(to.to_string()));
             }
-            if target.open_handles() > 0 {
-                return Err(StoreError::Busy(to.to_string()));
-            }
+            // As with unlink, handles still open on the replaced disk keep working
+            // until closed (and a close the kernel has not sent yet is no obstacle).
             self.delete_locked(to)?;
         }
         disk.update_meta(|m| m.name = to.to_string())?;
