@@ -507,3 +507,49 @@ fn one_corrupt_key_or_set_file_does_not_stop_the_mount() {
     );
     assert_eq!(std::fs::read(&set_file).unwrap(), b);
 }
+
+#[test]
+fn verify_audit_reports_a_torn_tail_and_keeps_it_until_the_next_append() {
+    let mut m = Mounted::new();
+    let s = m.s().to_string();
+    run_ok(&["key", "create", "k1", "--store", &s]);
+    m.umount();
+    let log = m.store.join("vault/audit.log");
+    let mut torn = std::fs::read(&log).unwrap();
+    let fragment = b"{\"time\":\"2026-01-01T00:00:00Z\",\"seq\":";
+    torn.extend_from_slice(fragment);
+    std::fs::write(&log, &torn).unwrap();
+    let want = format!(
+        "torn tail of {} bytes (a crash during an append, not an edit) will be dropped at the next append",
+        fragment.len()
+    );
+    // Unmounted: the CLI opens the vault itself, which must not drop the tail.
+    let v = run_ok(&["vault", "verify-audit", "--store", &s]);
+    assert!(v.starts_with("OK: ") && v.contains(&want), "{v}");
+    assert_eq!(std::fs::read(&log).unwrap(), torn);
+    // Mounted: the same, by CLI and control file.
+    m.mount();
+    let v = run_ok(&["vault", "verify-audit", "--store", &s]);
+    assert!(v.starts_with("OK: ") && v.contains(&want), "{v}");
+    let v = read(&m, "verify-audit").unwrap();
+    assert!(v.starts_with("OK: ") && v.contains(&want), "{v}");
+    assert!(std::fs::read(&log).unwrap().starts_with(&torn));
+    // The next append drops it.
+    run_ok(&["key", "create", "k2", "--store", &s]);
+    let v = read(&m, "verify-audit").unwrap();
+    assert!(v.starts_with("OK: ") && !v.contains("torn"), "{v}");
+    assert!(!contains(&std::fs::read(&log).unwrap(), b"\"seq\":{"));
+    // An edit is still an edit.
+    m.umount();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let edited = text.replacen("127.0.0.1", "127.0.0.2", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&log, edited).unwrap();
+    let out = run(&["vault", "verify-audit", "--store", &s]);
+    let all =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && all.contains("audit log line 1:"),
+        "{all}"
+    );
+}
