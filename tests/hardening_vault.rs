@@ -1,5 +1,5 @@
-//! Hardening of the key vault and its control files (issue 8, items 3, 7, 8, 9, 10,
-//! 13, 14, 17), each on a real mount.
+//! Hardening of the key vault and its control files (issue 8, items 3, 4, 7, 8, 9, 10,
+//! 13, 14, 17, and what the adversarial tester found in them), each on a real mount.
 
 mod common;
 use common::*;
@@ -552,4 +552,94 @@ fn verify_audit_reports_a_torn_tail_and_keeps_it_until_the_next_append() {
         !out.status.success() && all.contains("audit log line 1:"),
         "{all}"
     );
+}
+
+#[test]
+fn rfc3339_offsets_duplicate_ops_and_grant_json() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    cmk_setup(&m, &[]);
+    // Numeric offsets and lower-case t/z, converted to UTC.
+    for (given, utc) in [
+        ("2027-01-31T01:00:00+01:00", "2027-01-31T00:00:00Z"),
+        ("2027-01-31T00:00:00-00:00", "2027-01-31T00:00:00Z"),
+        ("2027-01-30t18:30:00-05:30", "2027-01-31T00:00:00Z"),
+        ("2027-02-01t00:00:00z", "2027-02-01T00:00:00Z"),
+    ] {
+        ctl(&m, "keys/k1/exp", given).unwrap();
+        assert_eq!(read(&m, "keys/k1/exp").unwrap().trim(), utc, "{given}");
+    }
+    run_ok(&[
+        "key",
+        "set",
+        "k1",
+        "--nbf",
+        "2026-01-01t02:00:00+02:00",
+        "--store",
+        &s,
+    ]);
+    assert_eq!(
+        read(&m, "keys/k1/nbf").unwrap().trim(),
+        "2026-01-01T00:00:00Z"
+    );
+    for bad in [
+        "9999-12-31T23:59:59-01:00",
+        "2027-01-31T00:00:00+24:00",
+        "2027-01-31T00:00:00+0100",
+    ] {
+        assert_eq!(ctl(&m, "keys/k1/exp", bad), Err(libc::EINVAL), "{bad}");
+    }
+    ctl(&m, "keys/k1/exp", "none").unwrap();
+
+    // Each key operation once, in the order given.
+    ctl(&m, "keys/k1/key-ops", "wrapKey wrapKey unwrapKey wrapkey").unwrap();
+    assert_eq!(
+        read(&m, "keys/k1/key-ops").unwrap().trim(),
+        "wrapKey unwrapKey"
+    );
+
+    // JSON maps by name: `des` is a set, never the permissions word.
+    let id = "e776e117-7f5b-469e-a98c-77e19781f08a";
+    let grants = read(&m, "keys/k1/grants").unwrap();
+    for both in [
+        format!(r#"{{"action":"grant","object-id":"{id}","des":"set1"}}"#),
+        format!(
+            r#"{{"action":"grant","objectId":"{id}","diskEncryptionSet":"set1","permissions":["get"]}}"#
+        ),
+        format!("grant des=set1 object-id={id}"),
+    ] {
+        assert_eq!(
+            ctl(&m, "keys/k1/grants", &both),
+            Err(libc::EINVAL),
+            "{both}"
+        );
+        let why = read(&m, "last-error").unwrap();
+        assert!(
+            why.contains("name exactly one identity") && !why.contains("unknown permission"),
+            "{why}"
+        );
+    }
+    assert_eq!(read(&m, "keys/k1/grants").unwrap(), grants);
+    ctl(
+        &m,
+        "keys/k1/grants",
+        &format!(r#"{{"action":"grant","objectId":"{id}","permissions":["get"]}}"#),
+    )
+    .unwrap();
+    ctl(
+        &m,
+        "keys/k1/grants",
+        &format!("grant object-id={id} get,wrapKey"),
+    )
+    .unwrap();
+    let g: serde_json::Value = serde_json::from_str(&read(&m, "keys/k1/grants").unwrap()).unwrap();
+    let mine = g
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["objectId"] == id)
+        .unwrap();
+    assert_eq!(mine["permissions"], serde_json::json!(["get", "wrapKey"]));
+    ctl(&m, "keys/k1/grants", r#"{"action":"revoke","des":"set1"}"#).unwrap();
+    ctl(&m, "keys/k1/grants", r#"{"action":"grant","des":"set1"}"#).unwrap();
 }

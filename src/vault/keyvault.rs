@@ -367,17 +367,20 @@ pub fn parse_key_ops(items: &[String]) -> Result<Vec<String>, VaultError> {
             KEY_OPS.join(", ")
         )));
     }
-    items
-        .iter()
-        .map(|s| {
-            canon(&KEY_OPS, s).map(String::from).ok_or_else(|| {
-                VaultError::InvalidArgument(format!(
-                    "unknown key operation '{s}'; use {}",
-                    KEY_OPS.join(", ")
-                ))
-            })
-        })
-        .collect()
+    // Each operation once, in the order first given.
+    let mut out: Vec<String> = Vec::new();
+    for s in items {
+        let op = canon(&KEY_OPS, s).ok_or_else(|| {
+            VaultError::InvalidArgument(format!(
+                "unknown key operation '{s}'; use {}",
+                KEY_OPS.join(", ")
+            ))
+        })?;
+        if !out.iter().any(|x| x == op) {
+            out.push(op.to_string());
+        }
+    }
+    Ok(out)
 }
 
 pub fn parse_permissions(items: &[String]) -> Result<Vec<String>, VaultError> {
@@ -1830,6 +1833,25 @@ mod tests {
         set_enabled(&v, &r("k1"), false);
         v.run_policies();
         assert!(v.version_age(&v.resolve(&r("k1")).unwrap()).is_some());
+    }
+
+    #[test]
+    fn key_ops_are_deduplicated_in_order() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_key_ops(&l(&["wrapKey", "wrapKey"])).unwrap(),
+            l(&["wrapKey"])
+        );
+        assert_eq!(
+            parse_key_ops(&l(&["unwrapKey", "wrapkey", "UNWRAPKEY", "wrapKey", "get"]))
+                .unwrap_err()
+                .errno(),
+            libc::EINVAL
+        );
+        assert_eq!(
+            parse_key_ops(&l(&["unwrapKey", "wrapkey", "UNWRAPKEY", "sign"])).unwrap(),
+            l(&["unwrapKey", "wrapKey", "sign"])
+        );
     }
 
     #[test]
