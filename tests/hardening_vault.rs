@@ -555,6 +555,38 @@ fn verify_audit_reports_a_torn_tail_and_keeps_it_until_the_next_append() {
 }
 
 #[test]
+fn rotation_policies_below_the_floor_are_refused() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    run_ok(&["key", "create", "k1", "--store", &s]);
+    for bad in [
+        r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"PT0S"},"action":{"type":"Rotate"}}]}"#,
+        r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"PT9S"},"action":{"type":"Rotate"}}]}"#,
+        r#"{"lifetimeActions":[],"attributes":{"expiryTime":"PT0S"}}"#,
+        r#"{"lifetimeActions":[{"trigger":{"timeBeforeExpiry":"PT1H"},"action":{"type":"Rotate"}}],"attributes":{"expiryTime":"PT1H"}}"#,
+    ] {
+        assert_eq!(
+            ctl(&m, "keys/k1/rotation-policy", bad),
+            Err(libc::EINVAL),
+            "{bad}"
+        );
+        let e = run_err(&["key", "rotation-policy", "k1", "--set", bad, "--store", &s]);
+        assert!(e.contains("PT10S"), "{e}");
+    }
+    assert_eq!(read(&m, "keys/k1/rotation-policy").unwrap().trim(), "null");
+    // No rotation happened meanwhile.
+    wait_reconciler_passes(&m, 3);
+    assert_eq!(versions(&m, "k1"), 1);
+    ctl(
+        &m,
+        "keys/k1/rotation-policy",
+        r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"PT10S"},"action":{"type":"Rotate"}}],"attributes":{"expiryTime":"PT1M"}}"#,
+    )
+    .unwrap();
+    ctl(&m, "keys/k1/rotation-policy", "none").unwrap();
+}
+
+#[test]
 fn rfc3339_offsets_duplicate_ops_and_grant_json() {
     let m = Mounted::new();
     let s = m.s().to_string();

@@ -221,13 +221,59 @@ fn check_duration(s: &str, secs: i64) -> Result<i64, VaultError> {
     }
 }
 
+/// The shortest `timeAfterCreate` and `expiryTime` a rotation policy takes, and the
+/// youngest a key's current version may be for a policy to rotate it: without a
+/// floor, `PT0S` rotates a key on every reconciler pass (a new RSA key, an audit
+/// record and a re-wrap of every disk of auto-rotating sets, several times a second).
+/// Key Vault's floor is 7 days; this one is short so that tests can use seconds.
+pub const MIN_POLICY_SECS: i64 = 10;
+
+fn too_short(field: &str, d: &str, why: &str) -> VaultError {
+    VaultError::InvalidArgument(format!(
+        "{field} '{}' is too short: it must be at least PT{MIN_POLICY_SECS}S ({MIN_POLICY_SECS} seconds){why}",
+        d.trim().chars().take(60).collect::<String>()
+    ))
+}
+
 impl RotationPolicy {
     pub fn validate(&self) -> Result<(), VaultError> {
         let bad = |m: &str| Err(VaultError::InvalidArgument(m.to_string()));
+        let expiry = match &self.attributes.expiry_time {
+            Some(e) => {
+                let secs = parse_duration(e)?;
+                if secs < MIN_POLICY_SECS {
+                    return Err(too_short(
+                        "expiryTime",
+                        e,
+                        ", or new versions would expire as they are made",
+                    ));
+                }
+                Some(secs)
+            }
+            None => None,
+        };
         for a in &self.lifetime_actions {
             match (&a.trigger.time_after_create, &a.trigger.time_before_expiry) {
-                (Some(d), None) | (None, Some(d)) => {
-                    parse_duration(d)?;
+                (Some(d), None) => {
+                    if parse_duration(d)? < MIN_POLICY_SECS {
+                        return Err(too_short(
+                            "timeAfterCreate",
+                            d,
+                            ", or the key would rotate without pause",
+                        ));
+                    }
+                }
+                (None, Some(d)) => {
+                    let before = parse_duration(d)?;
+                    if let (Some(e), "Rotate") = (expiry, a.action.kind.as_str()) {
+                        if e.saturating_sub(before) < MIN_POLICY_SECS {
+                            return Err(VaultError::InvalidArgument(format!(
+                                "timeBeforeExpiry '{}' leaves less than PT{MIN_POLICY_SECS}S between a new version's creation and its rotation (expiryTime '{}'); make expiryTime longer or timeBeforeExpiry shorter, or the key would rotate without pause",
+                                d.trim().chars().take(60).collect::<String>(),
+                                self.attributes.expiry_time.as_deref().unwrap_or_default().trim().chars().take(60).collect::<String>()
+                            )));
+                        }
+                    }
                 }
                 _ => return bad("each lifetime action needs exactly one trigger: timeAfterCreate or timeBeforeExpiry"),
             }
@@ -241,9 +287,6 @@ impl RotationPolicy {
                     )))
                 }
             }
-        }
-        if let Some(e) = &self.attributes.expiry_time {
-            parse_duration(e)?;
         }
         Ok(())
     }
@@ -626,6 +669,10 @@ impl KeyVault {
                     continue;
                 };
                 let cur = e.current();
+                // A second guard against rotation storms: a stored policy (or a key
+                // version with a past expiry) never rotates a version younger than
+                // the floor.
+                let young = now.saturating_sub(cur.attributes.created) < MIN_POLICY_SECS;
                 for a in &p.lifetime_actions {
                     let due = match (&a.trigger.time_after_create, &a.trigger.time_before_expiry) {
                         // Saturating: a stored policy may hold a duration that today's
@@ -641,6 +688,9 @@ impl KeyVault {
                         continue;
                     }
                     if a.action.kind == "Rotate" {
+                        if young {
+                            continue;
+                        }
                         let exp = p
                             .attributes
                             .expiry_time
@@ -1833,6 +1883,72 @@ mod tests {
         set_enabled(&v, &r("k1"), false);
         v.run_policies();
         assert!(v.version_age(&v.resolve(&r("k1")).unwrap()).is_some());
+    }
+
+    #[test]
+    fn rotation_policies_have_a_floor() {
+        let policy = |j: &str| {
+            serde_json::from_str::<RotationPolicy>(j)
+                .unwrap()
+                .validate()
+        };
+        let rotate_after = |d: &str| {
+            format!(
+                r#"{{"lifetimeActions":[{{"trigger":{{"timeAfterCreate":"{d}"}},"action":{{"type":"Rotate"}}}}]}}"#
+            )
+        };
+        for bad in ["PT0S", "PT9S", "0s", "P0D"] {
+            let e = policy(&rotate_after(bad)).unwrap_err();
+            assert_eq!(e.errno(), libc::EINVAL, "{bad}");
+            assert!(e.to_string().contains("at least PT10S"), "{e}");
+        }
+        assert!(policy(&rotate_after("PT10S")).is_ok());
+        let expiring = |before: &str, exp: &str| {
+            format!(
+                r#"{{"lifetimeActions":[{{"trigger":{{"timeBeforeExpiry":"{before}"}},"action":{{"type":"Rotate"}}}}],"attributes":{{"expiryTime":"{exp}"}}}}"#
+            )
+        };
+        for (before, exp) in [
+            ("PT0S", "PT0S"),
+            ("PT0S", "PT9S"),
+            ("PT10S", "PT15S"),
+            ("P30D", "P30D"),
+            ("P31D", "P30D"),
+        ] {
+            let e = policy(&expiring(before, exp)).unwrap_err();
+            assert_eq!(e.errno(), libc::EINVAL, "{before} {exp}");
+        }
+        assert!(policy(&expiring("PT0S", "PT10S")).is_ok());
+        assert!(policy(&expiring("P30D", "P1Y")).is_ok());
+        // A Notify before expiry rotates nothing: any lead time will do.
+        assert!(policy(r#"{"lifetimeActions":[{"trigger":{"timeBeforeExpiry":"P1Y"},"action":{"type":"Notify"}}],"attributes":{"expiryTime":"P30D"}}"#).is_ok());
+
+        // A stored policy below the floor (from before it existed) never rotates a
+        // version younger than the floor.
+        let (_d, v) = vault();
+        let me = Caller::current_user();
+        v.create_key(&me, "k1", &KeyOptions::default()).unwrap();
+        let kd = v.dir().join(KEYS_DIR).join("k1");
+        let mut rec: KeyRecord =
+            serde_json::from_slice(&fs::read(kd.join(KEY_FILE)).unwrap()).unwrap();
+        rec.rotation_policy = Some(serde_json::from_str(&rotate_after("PT0S")).unwrap());
+        write_json(&kd.join(KEY_FILE), &rec).unwrap();
+        let dir = v.dir().to_path_buf();
+        drop(v);
+        let v = KeyVault::open(&dir).unwrap();
+        for _ in 0..3 {
+            v.run_policies();
+        }
+        assert_eq!(v.version_ids("k1").unwrap().len(), 1);
+        // An old version is rotated once; the new one is young.
+        drop(v);
+        rec.versions[0].attributes.created -= MIN_POLICY_SECS;
+        write_json(&kd.join(KEY_FILE), &rec).unwrap();
+        let v = KeyVault::open(&dir).unwrap();
+        for _ in 0..3 {
+            v.run_policies();
+        }
+        assert_eq!(v.version_ids("k1").unwrap().len(), 2);
     }
 
     #[test]
