@@ -305,7 +305,8 @@ fn the_audit_log_survives_enospc() {
     assert_eq!(ctl(&m, "keys/k1/rotate", "1"), Err(libc::ENOSPC));
     let e = run_err(&["key", "rotate", "k1", "--store", &s]);
     assert!(e.contains("audit log"), "{e}");
-    assert_eq!(ctl(&m, "keys/k1/enabled", "false"), Err(libc::ENOSPC));
+    // (Disabling is a revocation, never refused: see
+    // revocation_is_never_refused_when_the_vault_is_full.)
     assert_eq!(versions(&m, "k1"), 1);
     assert_eq!(std::fs::read(&log).unwrap(), audit_before);
     assert!(read(&m, "verify-audit").unwrap().starts_with("OK: "));
@@ -506,6 +507,168 @@ fn one_corrupt_key_or_set_file_does_not_stop_the_mount() {
         Err(libc::EIO)
     );
     assert_eq!(std::fs::read(&set_file).unwrap(), b);
+}
+
+/// The one-line reason of a refused CLI command, or "" if it succeeded.
+fn run_maybe(args: &[&str]) -> String {
+    let out = run(args);
+    if out.status.success() {
+        return String::new();
+    }
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "error is not one line: {err}"
+    );
+    err
+}
+
+/// A revocation on a full vault file system either succeeds or says that it took
+/// effect in the daemon but could not be saved.
+fn revoked_or_not_saved(outcome: Result<(), i32>, reason: &str, what: &str, m: &Mounted) {
+    match outcome {
+        Ok(()) => assert!(reason.is_empty(), "{reason}"),
+        Err(errno) => {
+            assert_eq!(errno, libc::ENOSPC, "{what}");
+            let why = if reason.is_empty() {
+                read(m, "last-error").unwrap()
+            } else {
+                reason.to_string()
+            };
+            assert!(
+                why.contains(what)
+                    && why.contains(
+                        " in the running daemon (its disks are being revoked), but the change could not be saved"
+                    )
+                    && why.contains("No space left on device")
+                    && why.contains("run the command again"),
+                "{why}"
+            );
+        }
+    }
+}
+
+fn eio<T>(r: std::io::Result<T>) -> bool {
+    matches!(r, Err(e) if e.raw_os_error() == Some(libc::EIO))
+}
+
+#[test]
+fn revocation_is_never_refused_when_the_vault_is_full() {
+    let (dir, fs, store, vault, mnt) = store_with_vault_on_tmpfs();
+    let m = Mounted::attach(dir.path(), &store, &mnt);
+    let s = m.s().to_string();
+    cmk_setup(&m, &[("ad", "1M", "Premium_LRS")]);
+    let data = write_disk(&m, "ad", 11);
+    let fd = std::fs::File::open(m.disk("ad")).unwrap();
+    let read_fd = || {
+        let mut b = vec![0u8; 8192];
+        fd.read_exact_at(&mut b, 4096).map(|()| b)
+    };
+    assert!(read_fd().unwrap() == data);
+    let revoked = || {
+        Mounted::wait_for(std::time::Duration::from_secs(10), || eio(read_fd()))
+            .expect("the open fd must fail with EIO");
+        assert!(eio(read_disk(&m, "ad")), "new opens must fail with EIO");
+    };
+    let restored = || {
+        Mounted::wait_for(std::time::Duration::from_secs(10), || {
+            read_disk(&m, "ad").is_ok_and(|b| b == data)
+        })
+        .expect("the disk reads back after the restore");
+        assert!(read_fd().unwrap() == data, "the open fd works again");
+    };
+
+    // Each revocation, by CLI (args) and by control file (path, data), with no space
+    // left; then the restore.
+    let grant: &[&str] = &["key", "grant", "k1", "--des", "set1"];
+    let enable: &[&str] = &["key", "set", "k1", "--enabled", "true"];
+    let recover: &[&str] = &["key", "recover", "k1"];
+    /// What the message says; CLI args or a control file (path, data); the restore.
+    type Case<'a> = (
+        &'a str,
+        &'a [&'a str],
+        Option<(&'a str, &'a str)>,
+        &'a [&'a str],
+    );
+    let cases: [Case; 7] = [
+        (
+            "key 'k1' is disabled",
+            &["key", "set", "k1", "--enabled", "false"],
+            None,
+            enable,
+        ),
+        (
+            "key 'k1' is disabled",
+            &[],
+            Some(("keys/k1/enabled", "false")),
+            enable,
+        ),
+        (
+            "key 'k1' no longer allows unwrapKey",
+            &[],
+            Some(("keys/k1/key-ops", "wrapKey")),
+            &["key", "set", "k1", "--ops", "wrapKey,unwrapKey"],
+        ),
+        (
+            "key 'k1' is deleted",
+            &["key", "delete", "k1"],
+            None,
+            recover,
+        ),
+        (
+            "key 'k1' is deleted",
+            &[],
+            Some(("keys/k1/delete", "k1")),
+            recover,
+        ),
+        (
+            "the grant of",
+            &["key", "revoke-grant", "k1", "--des", "set1"],
+            None,
+            grant,
+        ),
+        (
+            "the grant of",
+            &[],
+            Some(("keys/k1/grants", "revoke set1")),
+            grant,
+        ),
+    ];
+    for (what, args, file, restore) in cases {
+        let filler = fs.fill();
+        let (outcome, why) = match file {
+            Some((path, data)) => (ctl(&m, path, data), String::new()),
+            None => {
+                let mut a = args.to_vec();
+                a.extend(["--store", &s]);
+                let why = run_maybe(&a);
+                let outcome = if why.is_empty() {
+                    Ok(())
+                } else {
+                    Err(libc::ENOSPC)
+                };
+                (outcome, why)
+            }
+        };
+        revoked_or_not_saved(outcome, &why, what, &m);
+        revoked();
+        std::fs::remove_file(&filler).unwrap();
+        let mut a = restore.to_vec();
+        a.extend(["--store", &s]);
+        run_ok(&a);
+        restored();
+    }
+    // The audit log took every record (those that found no room, late) and verifies.
+    let v = read(&m, "verify-audit").unwrap();
+    assert!(v.starts_with("OK: ") && !v.contains("torn"), "{v}");
+    let log = std::fs::read_to_string(vault.join("audit.log")).unwrap();
+    for op in ["KeyUpdate", "KeyDelete", "VaultAccessPolicyRevoke"] {
+        assert!(log.contains(&format!("\"operationName\":\"{op}\"")), "{op}");
+    }
+    drop(fd);
+    drop(m);
+    drop(fs);
 }
 
 #[test]

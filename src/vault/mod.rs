@@ -106,6 +106,28 @@ pub enum VaultError {
         path: String,
         source: std::io::Error,
     },
+    /// A revocation that could not be saved. It is never refused: in a daemon it
+    /// takes effect in memory (the reconciler revokes the disks at once).
+    #[error("{}", revoked_not_saved(what, reason, dir, *live))]
+    RevokedNotSaved {
+        /// The change as a state, e.g. "key 'a1' is disabled".
+        what: String,
+        /// Why it could not be saved (the I/O error).
+        reason: String,
+        /// The vault directory, where space must be freed.
+        dir: String,
+        /// In a running daemon (which enforces it now) or in a one-off command.
+        live: bool,
+        errno: i32,
+    },
+}
+
+fn revoked_not_saved(what: &str, reason: &str, dir: &str, live: bool) -> String {
+    if live {
+        format!("{what} in the running daemon (its disks are being revoked), but the change could not be saved: {reason}; free space in {dir} and run the command again, or it is undone at the next mount")
+    } else {
+        format!("the change ({what}) could not be saved: {reason}; nothing changed: free space in {dir} and run the command again")
+    }
 }
 
 impl VaultError {
@@ -171,6 +193,7 @@ impl VaultError {
             | Crypto(_) => libc::EINVAL,
             Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             AuditUnavailable { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            RevokedNotSaved { errno, .. } => *errno,
             KeyCorrupt { .. } => libc::EIO,
             _ => libc::EIO,
         }
