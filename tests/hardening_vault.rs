@@ -1,5 +1,5 @@
-//! Hardening of the key vault and its control files (issue 8, items 3, 7, 8, 9, 10,
-//! 13, 14, 17), each on a real mount.
+//! Hardening of the key vault and its control files (issue 8, items 3, 4, 7, 8, 9, 10,
+//! 13, 14, 17, and what the adversarial tester found in them), each on a real mount.
 
 mod common;
 use common::*;
@@ -305,7 +305,8 @@ fn the_audit_log_survives_enospc() {
     assert_eq!(ctl(&m, "keys/k1/rotate", "1"), Err(libc::ENOSPC));
     let e = run_err(&["key", "rotate", "k1", "--store", &s]);
     assert!(e.contains("audit log"), "{e}");
-    assert_eq!(ctl(&m, "keys/k1/enabled", "false"), Err(libc::ENOSPC));
+    // (Disabling is a revocation, never refused: see
+    // revocation_is_never_refused_when_the_vault_is_full.)
     assert_eq!(versions(&m, "k1"), 1);
     assert_eq!(std::fs::read(&log).unwrap(), audit_before);
     assert!(read(&m, "verify-audit").unwrap().starts_with("OK: "));
@@ -506,4 +507,334 @@ fn one_corrupt_key_or_set_file_does_not_stop_the_mount() {
         Err(libc::EIO)
     );
     assert_eq!(std::fs::read(&set_file).unwrap(), b);
+}
+
+/// The one-line reason of a refused CLI command, or "" if it succeeded.
+fn run_maybe(args: &[&str]) -> String {
+    let out = run(args);
+    if out.status.success() {
+        return String::new();
+    }
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "error is not one line: {err}"
+    );
+    err
+}
+
+/// A revocation on a full vault file system either succeeds or says that it took
+/// effect in the daemon but could not be saved.
+fn revoked_or_not_saved(outcome: Result<(), i32>, reason: &str, what: &str, m: &Mounted) {
+    match outcome {
+        Ok(()) => assert!(reason.is_empty(), "{reason}"),
+        Err(errno) => {
+            assert_eq!(errno, libc::ENOSPC, "{what}");
+            let why = if reason.is_empty() {
+                read(m, "last-error").unwrap()
+            } else {
+                reason.to_string()
+            };
+            assert!(
+                why.contains(what)
+                    && why.contains(
+                        " in the running daemon (its disks are being revoked), but the change could not be saved"
+                    )
+                    && why.contains("No space left on device")
+                    && why.contains("run the command again"),
+                "{why}"
+            );
+        }
+    }
+}
+
+fn eio<T>(r: std::io::Result<T>) -> bool {
+    matches!(r, Err(e) if e.raw_os_error() == Some(libc::EIO))
+}
+
+#[test]
+fn revocation_is_never_refused_when_the_vault_is_full() {
+    let (dir, fs, store, vault, mnt) = store_with_vault_on_tmpfs();
+    let m = Mounted::attach(dir.path(), &store, &mnt);
+    let s = m.s().to_string();
+    cmk_setup(&m, &[("ad", "1M", "Premium_LRS")]);
+    let data = write_disk(&m, "ad", 11);
+    let fd = std::fs::File::open(m.disk("ad")).unwrap();
+    let read_fd = || {
+        let mut b = vec![0u8; 8192];
+        fd.read_exact_at(&mut b, 4096).map(|()| b)
+    };
+    assert!(read_fd().unwrap() == data);
+    let revoked = || {
+        Mounted::wait_for(std::time::Duration::from_secs(10), || eio(read_fd()))
+            .expect("the open fd must fail with EIO");
+        assert!(eio(read_disk(&m, "ad")), "new opens must fail with EIO");
+    };
+    let restored = || {
+        Mounted::wait_for(std::time::Duration::from_secs(10), || {
+            read_disk(&m, "ad").is_ok_and(|b| b == data)
+        })
+        .expect("the disk reads back after the restore");
+        assert!(read_fd().unwrap() == data, "the open fd works again");
+    };
+
+    // Each revocation, by CLI (args) and by control file (path, data), with no space
+    // left; then the restore.
+    let grant: &[&str] = &["key", "grant", "k1", "--des", "set1"];
+    let enable: &[&str] = &["key", "set", "k1", "--enabled", "true"];
+    let recover: &[&str] = &["key", "recover", "k1"];
+    /// What the message says; CLI args or a control file (path, data); the restore.
+    type Case<'a> = (
+        &'a str,
+        &'a [&'a str],
+        Option<(&'a str, &'a str)>,
+        &'a [&'a str],
+    );
+    let cases: [Case; 7] = [
+        (
+            "key 'k1' is disabled",
+            &["key", "set", "k1", "--enabled", "false"],
+            None,
+            enable,
+        ),
+        (
+            "key 'k1' is disabled",
+            &[],
+            Some(("keys/k1/enabled", "false")),
+            enable,
+        ),
+        (
+            "key 'k1' no longer allows unwrapKey",
+            &[],
+            Some(("keys/k1/key-ops", "wrapKey")),
+            &["key", "set", "k1", "--ops", "wrapKey,unwrapKey"],
+        ),
+        (
+            "key 'k1' is deleted",
+            &["key", "delete", "k1"],
+            None,
+            recover,
+        ),
+        (
+            "key 'k1' is deleted",
+            &[],
+            Some(("keys/k1/delete", "k1")),
+            recover,
+        ),
+        (
+            "the grant of",
+            &["key", "revoke-grant", "k1", "--des", "set1"],
+            None,
+            grant,
+        ),
+        (
+            "the grant of",
+            &[],
+            Some(("keys/k1/grants", "revoke set1")),
+            grant,
+        ),
+    ];
+    for (what, args, file, restore) in cases {
+        let filler = fs.fill();
+        let (outcome, why) = match file {
+            Some((path, data)) => (ctl(&m, path, data), String::new()),
+            None => {
+                let mut a = args.to_vec();
+                a.extend(["--store", &s]);
+                let why = run_maybe(&a);
+                let outcome = if why.is_empty() {
+                    Ok(())
+                } else {
+                    Err(libc::ENOSPC)
+                };
+                (outcome, why)
+            }
+        };
+        revoked_or_not_saved(outcome, &why, what, &m);
+        revoked();
+        std::fs::remove_file(&filler).unwrap();
+        let mut a = restore.to_vec();
+        a.extend(["--store", &s]);
+        run_ok(&a);
+        restored();
+    }
+    // The audit log took every record (those that found no room, late) and verifies.
+    let v = read(&m, "verify-audit").unwrap();
+    assert!(v.starts_with("OK: ") && !v.contains("torn"), "{v}");
+    let log = std::fs::read_to_string(vault.join("audit.log")).unwrap();
+    for op in ["KeyUpdate", "KeyDelete", "VaultAccessPolicyRevoke"] {
+        assert!(log.contains(&format!("\"operationName\":\"{op}\"")), "{op}");
+    }
+    drop(fd);
+    drop(m);
+    drop(fs);
+}
+
+#[test]
+fn verify_audit_reports_a_torn_tail_and_keeps_it_until_the_next_append() {
+    let mut m = Mounted::new();
+    let s = m.s().to_string();
+    run_ok(&["key", "create", "k1", "--store", &s]);
+    m.umount();
+    let log = m.store.join("vault/audit.log");
+    let mut torn = std::fs::read(&log).unwrap();
+    let fragment = b"{\"time\":\"2026-01-01T00:00:00Z\",\"seq\":";
+    torn.extend_from_slice(fragment);
+    std::fs::write(&log, &torn).unwrap();
+    let want = format!(
+        "torn tail of {} bytes (a crash during an append, not an edit) will be dropped at the next append",
+        fragment.len()
+    );
+    // Unmounted: the CLI opens the vault itself, which must not drop the tail.
+    let v = run_ok(&["vault", "verify-audit", "--store", &s]);
+    assert!(v.starts_with("OK: ") && v.contains(&want), "{v}");
+    assert_eq!(std::fs::read(&log).unwrap(), torn);
+    // Mounted: the same, by CLI and control file.
+    m.mount();
+    let v = run_ok(&["vault", "verify-audit", "--store", &s]);
+    assert!(v.starts_with("OK: ") && v.contains(&want), "{v}");
+    let v = read(&m, "verify-audit").unwrap();
+    assert!(v.starts_with("OK: ") && v.contains(&want), "{v}");
+    assert!(std::fs::read(&log).unwrap().starts_with(&torn));
+    // The next append drops it.
+    run_ok(&["key", "create", "k2", "--store", &s]);
+    let v = read(&m, "verify-audit").unwrap();
+    assert!(v.starts_with("OK: ") && !v.contains("torn"), "{v}");
+    assert!(!contains(&std::fs::read(&log).unwrap(), b"\"seq\":{"));
+    // An edit is still an edit.
+    m.umount();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let edited = text.replacen("127.0.0.1", "127.0.0.2", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&log, edited).unwrap();
+    let out = run(&["vault", "verify-audit", "--store", &s]);
+    let all =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && all.contains("audit log line 1:"),
+        "{all}"
+    );
+}
+
+#[test]
+fn rotation_policies_below_the_floor_are_refused() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    run_ok(&["key", "create", "k1", "--store", &s]);
+    for bad in [
+        r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"PT0S"},"action":{"type":"Rotate"}}]}"#,
+        r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"PT9S"},"action":{"type":"Rotate"}}]}"#,
+        r#"{"lifetimeActions":[],"attributes":{"expiryTime":"PT0S"}}"#,
+        r#"{"lifetimeActions":[{"trigger":{"timeBeforeExpiry":"PT1H"},"action":{"type":"Rotate"}}],"attributes":{"expiryTime":"PT1H"}}"#,
+    ] {
+        assert_eq!(
+            ctl(&m, "keys/k1/rotation-policy", bad),
+            Err(libc::EINVAL),
+            "{bad}"
+        );
+        let e = run_err(&["key", "rotation-policy", "k1", "--set", bad, "--store", &s]);
+        assert!(e.contains("PT10S"), "{e}");
+    }
+    assert_eq!(read(&m, "keys/k1/rotation-policy").unwrap().trim(), "null");
+    // No rotation happened meanwhile.
+    wait_reconciler_passes(&m, 3);
+    assert_eq!(versions(&m, "k1"), 1);
+    ctl(
+        &m,
+        "keys/k1/rotation-policy",
+        r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"PT10S"},"action":{"type":"Rotate"}}],"attributes":{"expiryTime":"PT1M"}}"#,
+    )
+    .unwrap();
+    ctl(&m, "keys/k1/rotation-policy", "none").unwrap();
+}
+
+#[test]
+fn rfc3339_offsets_duplicate_ops_and_grant_json() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    cmk_setup(&m, &[]);
+    // Numeric offsets and lower-case t/z, converted to UTC.
+    for (given, utc) in [
+        ("2027-01-31T01:00:00+01:00", "2027-01-31T00:00:00Z"),
+        ("2027-01-31T00:00:00-00:00", "2027-01-31T00:00:00Z"),
+        ("2027-01-30t18:30:00-05:30", "2027-01-31T00:00:00Z"),
+        ("2027-02-01t00:00:00z", "2027-02-01T00:00:00Z"),
+    ] {
+        ctl(&m, "keys/k1/exp", given).unwrap();
+        assert_eq!(read(&m, "keys/k1/exp").unwrap().trim(), utc, "{given}");
+    }
+    run_ok(&[
+        "key",
+        "set",
+        "k1",
+        "--nbf",
+        "2026-01-01t02:00:00+02:00",
+        "--store",
+        &s,
+    ]);
+    assert_eq!(
+        read(&m, "keys/k1/nbf").unwrap().trim(),
+        "2026-01-01T00:00:00Z"
+    );
+    for bad in [
+        "9999-12-31T23:59:59-01:00",
+        "2027-01-31T00:00:00+24:00",
+        "2027-01-31T00:00:00+0100",
+    ] {
+        assert_eq!(ctl(&m, "keys/k1/exp", bad), Err(libc::EINVAL), "{bad}");
+    }
+    ctl(&m, "keys/k1/exp", "none").unwrap();
+
+    // Each key operation once, in the order given.
+    ctl(&m, "keys/k1/key-ops", "wrapKey wrapKey unwrapKey wrapkey").unwrap();
+    assert_eq!(
+        read(&m, "keys/k1/key-ops").unwrap().trim(),
+        "wrapKey unwrapKey"
+    );
+
+    // JSON maps by name: `des` is a set, never the permissions word.
+    let id = "e776e117-7f5b-469e-a98c-77e19781f08a";
+    let grants = read(&m, "keys/k1/grants").unwrap();
+    for both in [
+        format!(r#"{{"action":"grant","object-id":"{id}","des":"set1"}}"#),
+        format!(
+            r#"{{"action":"grant","objectId":"{id}","diskEncryptionSet":"set1","permissions":["get"]}}"#
+        ),
+        format!("grant des=set1 object-id={id}"),
+    ] {
+        assert_eq!(
+            ctl(&m, "keys/k1/grants", &both),
+            Err(libc::EINVAL),
+            "{both}"
+        );
+        let why = read(&m, "last-error").unwrap();
+        assert!(
+            why.contains("name exactly one identity") && !why.contains("unknown permission"),
+            "{why}"
+        );
+    }
+    assert_eq!(read(&m, "keys/k1/grants").unwrap(), grants);
+    ctl(
+        &m,
+        "keys/k1/grants",
+        &format!(r#"{{"action":"grant","objectId":"{id}","permissions":["get"]}}"#),
+    )
+    .unwrap();
+    ctl(
+        &m,
+        "keys/k1/grants",
+        &format!("grant object-id={id} get,wrapKey"),
+    )
+    .unwrap();
+    let g: serde_json::Value = serde_json::from_str(&read(&m, "keys/k1/grants").unwrap()).unwrap();
+    let mine = g
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["objectId"] == id)
+        .unwrap();
+    assert_eq!(mine["permissions"], serde_json::json!(["get", "wrapKey"]));
+    ctl(&m, "keys/k1/grants", r#"{"action":"revoke","des":"set1"}"#).unwrap();
+    ctl(&m, "keys/k1/grants", r#"{"action":"grant","des":"set1"}"#).unwrap();
 }

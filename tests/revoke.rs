@@ -459,13 +459,14 @@ fn rotation_policy_rotates_and_notifies() {
     ]);
     run_ok(&["key", "grant", "pk", "--des", "ps", "--store", &s]);
     let first = js(&run_ok(&["des", "show", "ps", "--store", &s]))["activeKey"]["keyUrl"].clone();
-    // Rotate one second after creation; new versions expire in 30 days.
+    // Rotate ten seconds (the shortest a policy takes) after creation; new versions
+    // expire in 30 days.
     ctl(
         &m,
         "keys/pk/rotation-policy",
-        r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"PT1S"},"action":{"type":"Rotate"}}],"attributes":{"expiryTime":"P30D"}}"#,
+        r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"PT10S"},"action":{"type":"Rotate"}}],"attributes":{"expiryTime":"P30D"}}"#,
     );
-    Mounted::wait_for(Duration::from_secs(10), || {
+    Mounted::wait_for(Duration::from_secs(30), || {
         js(&run_ok(&["key", "show", "pk", "--store", &s]))["versions"]
             .as_array()
             .unwrap()

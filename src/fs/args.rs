@@ -5,7 +5,7 @@
 use crate::store::StoreError;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Largest write a control file accepts.
 pub const MAX_CONTROL_WRITE: usize = 64 * 1024;
@@ -116,11 +116,16 @@ fn json_value(field: &Field, name: &str, v: &Value) -> Result<Val, StoreError> {
     })
 }
 
-/// Parsed fields by canonical name.
+/// Parsed fields by canonical name, and which of them were given by position (a
+/// bare word); JSON members and `key=value` words are given by name.
 #[derive(Debug, Default)]
-pub struct Args(pub BTreeMap<&'static str, Val>);
+pub struct Args(pub BTreeMap<&'static str, Val>, BTreeSet<&'static str>);
 
 impl Args {
+    /// Whether field `k` was given as a bare word (by position), not by name.
+    pub fn by_position(&self, k: &str) -> bool {
+        self.1.contains(k)
+    }
     pub fn str(&self, k: &str) -> Option<&str> {
         match self.0.get(k) {
             Some(Val::Str(s)) => Some(s),
@@ -220,6 +225,7 @@ pub fn parse(input: &[u8], fields: &[Field], usage: &str) -> Result<Args, StoreE
                         .find(|f| !out.0.contains_key(f.names[0]))
                         .ok_or_else(|| invalid(format!("unexpected word '{w}'; {usage}")))?;
                     put(&mut out, field, w, word_value(field, field.names[0], w)?)?;
+                    out.1.insert(field.names[0]);
                 }
             }
         }
@@ -283,6 +289,18 @@ mod tests {
         let a = parse(b"size=3072 k1", FIELDS, "u").unwrap();
         assert_eq!(a.str("name"), Some("k1"));
         assert_eq!(a.str("size"), Some("3072"));
+    }
+
+    #[test]
+    fn json_maps_by_name_never_by_position() {
+        let w = parse(b"k1 3072 enabled=false", FIELDS, "u").unwrap();
+        assert!(w.by_position("name") && w.by_position("size"));
+        assert!(!w.by_position("enabled"));
+        let n = parse(b"name=k1 size=3072", FIELDS, "u").unwrap();
+        assert!(!n.by_position("name") && !n.by_position("size"));
+        let j = parse(br#"{"name":"k1","size":3072}"#, FIELDS, "u").unwrap();
+        assert!(!j.by_position("name") && !j.by_position("size"));
+        assert_eq!(j.str("name"), Some("k1"));
     }
 
     #[test]

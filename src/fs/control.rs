@@ -863,8 +863,9 @@ impl Control {
             return Err(invalid(format!("unknown command '{action}'; {usage}")));
         }
         // `grant object-id=ID get`: with object-id, the second word is the permissions.
+        // Only a bare word: a set named as `des` (JSON, `des=`) is an identity.
         let perms_word = match (a.str("des"), a.str("object-id"), a.list("permissions")) {
-            (Some(p), Some(_), None) => Some(
+            (Some(p), Some(_), None) if a.by_position("des") => Some(
                 p.split(|c: char| c == ',' || c.is_whitespace())
                     .filter(|x| !x.is_empty())
                     .map(String::from)

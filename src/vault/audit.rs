@@ -115,7 +115,7 @@ const RESERVE_BYTES: u64 = 64 * 1024;
 const MARGIN_BYTES: u64 = 64 * 1024;
 
 /// What `verify` found: complete records, and the bytes of a torn last line (a crash
-/// during an append), which the next open drops.
+/// during an append), which the next append drops.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub struct Verified {
     pub records: u64,
@@ -128,7 +128,7 @@ impl std::fmt::Display for Verified {
         if self.torn_tail > 0 {
             write!(
                 f,
-                "; a torn tail of {} bytes (a crash during an append, not an edit) will be dropped at the next open",
+                "; a torn tail of {} bytes (a crash during an append, not an edit) will be dropped at the next append",
                 self.torn_tail
             )?;
         }
@@ -164,7 +164,9 @@ fn digest(body: &str) -> String {
 }
 
 impl AuditLog {
-    /// Opens (or starts) the log in `dir`, dropping a torn final line left by a crash.
+    /// Opens (or starts) the log in `dir`. A torn final line left by a crash is left
+    /// in place, so that `verify` still sees and reports it; the next append cuts it
+    /// off (under the vault lock) before writing.
     pub fn open(dir: &Path) -> io::Result<AuditLog> {
         let path = dir.join(AUDIT_FILE);
         let mut log = AuditLog {
@@ -182,13 +184,10 @@ impl AuditLog {
         let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
         if complete < text.len() {
             log::warn!(
-                "audit log {} ends in a torn line (a crash during append); dropping it",
-                log.path.display()
+                "audit log {} ends in a torn line of {} bytes (a crash during an append); it is dropped at the next append",
+                log.path.display(),
+                text.len() - complete
             );
-            OpenOptions::new()
-                .write(true)
-                .open(&log.path)?
-                .set_len(complete as u64)?;
         }
         let text = String::from_utf8_lossy(&text[..complete]);
         if let Some(last) = text.lines().last() {
@@ -250,7 +249,7 @@ impl AuditLog {
         if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.sync_data()) {
             if let Err(t) = f.set_len(base).and_then(|()| f.sync_data()) {
                 log::error!(
-                    "cannot truncate the audit log {} back to its last record ({t}); the torn record is dropped at the next append or open",
+                    "cannot truncate the audit log {} back to its last record ({t}); the torn record is dropped at the next append",
                     self.path.display()
                 );
             }
@@ -513,10 +512,13 @@ mod tests {
         // crash: audit.head names the record.
         fs::write(&path, &orig[..orig.len() - 1]).unwrap();
         assert!(verify(d.path()).is_err());
-        // A writer that finds a torn fragment drops it before appending.
+        // Opening leaves the torn tail for verify to report; the next append drops
+        // it before writing.
         fs::write(&path, &torn).unwrap();
         let mut log = AuditLog::open(d.path()).unwrap();
-        fs::write(&path, &torn).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), torn, "open must not truncate");
+        assert_eq!(verify(d.path()).unwrap().torn_tail, n);
+        assert!(v.to_string().contains("dropped at the next append"), "{v}");
         let c = Caller::current_user();
         log.append("KeyGet", &c, "k", None).unwrap();
         assert_eq!(

@@ -23,11 +23,11 @@ use base64::Engine;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use zeroize::Zeroizing;
 
 pub const VAULT_FILE: &str = "vault.json";
@@ -221,13 +221,59 @@ fn check_duration(s: &str, secs: i64) -> Result<i64, VaultError> {
     }
 }
 
+/// The shortest `timeAfterCreate` and `expiryTime` a rotation policy takes, and the
+/// youngest a key's current version may be for a policy to rotate it: without a
+/// floor, `PT0S` rotates a key on every reconciler pass (a new RSA key, an audit
+/// record and a re-wrap of every disk of auto-rotating sets, several times a second).
+/// Key Vault's floor is 7 days; this one is short so that tests can use seconds.
+pub const MIN_POLICY_SECS: i64 = 10;
+
+fn too_short(field: &str, d: &str, why: &str) -> VaultError {
+    VaultError::InvalidArgument(format!(
+        "{field} '{}' is too short: it must be at least PT{MIN_POLICY_SECS}S ({MIN_POLICY_SECS} seconds){why}",
+        d.trim().chars().take(60).collect::<String>()
+    ))
+}
+
 impl RotationPolicy {
     pub fn validate(&self) -> Result<(), VaultError> {
         let bad = |m: &str| Err(VaultError::InvalidArgument(m.to_string()));
+        let expiry = match &self.attributes.expiry_time {
+            Some(e) => {
+                let secs = parse_duration(e)?;
+                if secs < MIN_POLICY_SECS {
+                    return Err(too_short(
+                        "expiryTime",
+                        e,
+                        ", or new versions would expire as they are made",
+                    ));
+                }
+                Some(secs)
+            }
+            None => None,
+        };
         for a in &self.lifetime_actions {
             match (&a.trigger.time_after_create, &a.trigger.time_before_expiry) {
-                (Some(d), None) | (None, Some(d)) => {
-                    parse_duration(d)?;
+                (Some(d), None) => {
+                    if parse_duration(d)? < MIN_POLICY_SECS {
+                        return Err(too_short(
+                            "timeAfterCreate",
+                            d,
+                            ", or the key would rotate without pause",
+                        ));
+                    }
+                }
+                (None, Some(d)) => {
+                    let before = parse_duration(d)?;
+                    if let (Some(e), "Rotate") = (expiry, a.action.kind.as_str()) {
+                        if e.saturating_sub(before) < MIN_POLICY_SECS {
+                            return Err(VaultError::InvalidArgument(format!(
+                                "timeBeforeExpiry '{}' leaves less than PT{MIN_POLICY_SECS}S between a new version's creation and its rotation (expiryTime '{}'); make expiryTime longer or timeBeforeExpiry shorter, or the key would rotate without pause",
+                                d.trim().chars().take(60).collect::<String>(),
+                                self.attributes.expiry_time.as_deref().unwrap_or_default().trim().chars().take(60).collect::<String>()
+                            )));
+                        }
+                    }
                 }
                 _ => return bad("each lifetime action needs exactly one trigger: timeAfterCreate or timeBeforeExpiry"),
             }
@@ -241,9 +287,6 @@ impl RotationPolicy {
                     )))
                 }
             }
-        }
-        if let Some(e) = &self.attributes.expiry_time {
-            parse_duration(e)?;
         }
         Ok(())
     }
@@ -324,6 +367,22 @@ struct State {
     /// every use of them fails with `KeyCorrupt`, so one bad file costs only its key.
     broken: BTreeMap<String, BrokenKey>,
     audit: AuditLog,
+    /// Keys whose record in memory holds a revocation that could not be saved.
+    unsaved: BTreeSet<String>,
+    /// Keys deleted in memory whose directory could not be moved to deleted-keys.
+    unsaved_deletes: BTreeSet<String>,
+    /// Records of revocations that could not be written to the audit log when they
+    /// happened; written, oldest first, before the next record.
+    late: Vec<LateRecord>,
+}
+
+/// An audit record that is owed: a revocation is never refused for lack of audit space.
+struct LateRecord {
+    time: String,
+    op: String,
+    caller: Caller,
+    kid: String,
+    note: Option<(String, String)>,
 }
 
 struct BrokenKey {
@@ -353,6 +412,9 @@ pub struct KeyVault {
     state: Mutex<State>,
     /// Bumped on every change; lets the store notice revocations cheaply.
     generation: AtomicU64,
+    /// A daemon runs this vault (its reconciler runs the rotation policies), so a
+    /// revocation applied in memory is enforced at once.
+    live: AtomicBool,
 }
 
 /// Canonical spelling of a key operation or permission, if it is one.
@@ -367,17 +429,20 @@ pub fn parse_key_ops(items: &[String]) -> Result<Vec<String>, VaultError> {
             KEY_OPS.join(", ")
         )));
     }
-    items
-        .iter()
-        .map(|s| {
-            canon(&KEY_OPS, s).map(String::from).ok_or_else(|| {
-                VaultError::InvalidArgument(format!(
-                    "unknown key operation '{s}'; use {}",
-                    KEY_OPS.join(", ")
-                ))
-            })
-        })
-        .collect()
+    // Each operation once, in the order first given.
+    let mut out: Vec<String> = Vec::new();
+    for s in items {
+        let op = canon(&KEY_OPS, s).ok_or_else(|| {
+            VaultError::InvalidArgument(format!(
+                "unknown key operation '{s}'; use {}",
+                KEY_OPS.join(", ")
+            ))
+        })?;
+        if !out.iter().any(|x| x == op) {
+            out.push(op.to_string());
+        }
+    }
+    Ok(out)
 }
 
 pub fn parse_permissions(items: &[String]) -> Result<Vec<String>, VaultError> {
@@ -549,8 +614,12 @@ impl KeyVault {
                 deleted,
                 broken,
                 audit,
+                unsaved: BTreeSet::new(),
+                unsaved_deletes: BTreeSet::new(),
+                late: Vec::new(),
             }),
             generation: AtomicU64::new(1),
+            live: AtomicBool::new(false),
         })
     }
 
@@ -613,6 +682,7 @@ impl KeyVault {
     /// Carries out due rotation-policy actions: rotations, and near-expiry notices
     /// (logged once per version). Called by the daemon's reconciler.
     pub fn run_policies(&self) {
+        self.live.store(true, Ordering::Release);
         let now = now_secs();
         let mut rotate = Vec::new();
         {
@@ -623,6 +693,10 @@ impl KeyVault {
                     continue;
                 };
                 let cur = e.current();
+                // A second guard against rotation storms: a stored policy (or a key
+                // version with a past expiry) never rotates a version younger than
+                // the floor.
+                let young = now.saturating_sub(cur.attributes.created) < MIN_POLICY_SECS;
                 for a in &p.lifetime_actions {
                     let due = match (&a.trigger.time_after_create, &a.trigger.time_before_expiry) {
                         // Saturating: a stored policy may hold a duration that today's
@@ -638,6 +712,9 @@ impl KeyVault {
                         continue;
                     }
                     if a.action.kind == "Rotate" {
+                        if young {
+                            continue;
+                        }
                         let exp = p
                             .attributes
                             .expiry_time
@@ -751,9 +828,27 @@ impl KeyVault {
         id: impl Fn(&State) -> String,
         f: impl FnOnce(&mut State) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
+        self.audited_revocation(op, caller, |_| false, id, f)
+    }
+
+    /// `audited` for a change that may be a revocation (`revoking` says, under the
+    /// lock). A revocation is never refused for lack of audit space: it skips the
+    /// reservation, and if its record can't be written the daemon log says so and
+    /// the record is written late, before the next one. If `f` could only apply it in
+    /// memory (`RevokedNotSaved`), it still counts as a change.
+    fn audited_revocation<T>(
+        &self,
+        op: &str,
+        caller: &Caller,
+        revoking: impl FnOnce(&State) -> bool,
+        id: impl Fn(&State) -> String,
+        f: impl FnOnce(&mut State) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
         let mutating = !matches!(op, "KeyGet" | "KeyWrap" | "KeyUnwrap" | "KeyList");
         let mut st = self.state.lock();
-        if mutating {
+        Self::write_late_records(&mut st);
+        let revoking = mutating && revoking(&st);
+        if mutating && !revoking {
             if let Err(e) = st.audit.reserve() {
                 log::error!("refusing {op}: no room for its audit record: {e}");
                 return Err(self.audit_unavailable(e));
@@ -761,31 +856,89 @@ impl KeyVault {
         }
         let r = f(&mut st);
         let kid = id(&st);
-        let failure = r.as_ref().err().map(|e| (e.signature(), e.to_string()));
-        if let Err(e) = st.audit.append(
-            op,
-            caller,
-            &kid,
-            failure.as_ref().map(|(s, m)| (*s, m.as_str())),
-        ) {
-            match (&r, mutating) {
-                (Err(_), _) => {
-                    log::error!("cannot record the failed {op} in the audit log: {e}")
+        let applied = matches!(r, Ok(_) | Err(VaultError::RevokedNotSaved { .. }));
+        let note = match &r {
+            Ok(_) => None,
+            Err(e @ VaultError::RevokedNotSaved { .. }) => {
+                Some(("OK".to_string(), format!("applied in memory only: {e}")))
+            }
+            Err(e) => Some((e.signature().to_string(), e.to_string())),
+        };
+        let note_ref = note.as_ref().map(|(s, m)| (s.as_str(), m.as_str()));
+        if let Err(e) = st.audit.append(op, caller, &kid, note_ref) {
+            match (applied, mutating) {
+                (true, true) if revoking => {
+                    log::error!(
+                        "{op} on {kid} (a revocation) was carried out, but its audit record could not be written: {e}; it is written late, before the next record"
+                    );
+                    st.late.push(LateRecord {
+                        time: super::now_iso(),
+                        op: op.to_string(),
+                        caller: caller.clone(),
+                        kid: kid.clone(),
+                        note,
+                    });
                 }
-                (Ok(_), false) => {
+                (true, true) => log::error!(
+                    "{op} on {kid} was carried out, but its audit record could not be written: {e}"
+                ),
+                (true, false) => {
                     log::error!("refusing {op} on {kid}: cannot write its audit record: {e}");
                     return Err(self.audit_unavailable(e));
                 }
-                (Ok(_), true) => log::error!(
-                    "{op} on {kid} was carried out, but its audit record could not be written: {e}"
-                ),
+                (false, _) => {
+                    log::error!("cannot record the failed {op} in the audit log: {e}")
+                }
             }
         }
         drop(st);
-        if r.is_ok() && mutating {
+        if applied && mutating {
             self.changed();
         }
         r
+    }
+
+    /// Writes the records owed by revocations, oldest first, while the log takes them.
+    fn write_late_records(st: &mut State) {
+        while let Some(l) = st.late.first() {
+            let late = format!("recorded late; the operation was at {}", l.time);
+            let (sig, why) = match &l.note {
+                Some((s, m)) => (s.as_str(), format!("{late}; {m}")),
+                None => ("OK", late),
+            };
+            if st
+                .audit
+                .append(&l.op, &l.caller, &l.kid, Some((sig, &why)))
+                .is_err()
+            {
+                return;
+            }
+            st.late.remove(0);
+        }
+    }
+
+    /// A revocation that could not be saved, applied in memory.
+    fn not_saved(&self, what: String, e: &VaultError) -> VaultError {
+        let errno = match e {
+            VaultError::Io(io) => io.raw_os_error().unwrap_or(libc::ENOSPC),
+            _ => libc::ENOSPC,
+        };
+        let reason = match e {
+            VaultError::Io(io) => io.to_string(),
+            e => e.to_string(),
+        };
+        let live = self.live.load(Ordering::Acquire);
+        log::error!(
+            "{what}{}, but the change could not be saved: {reason}",
+            if live { " in memory" } else { "" }
+        );
+        VaultError::RevokedNotSaved {
+            what,
+            reason,
+            dir: self.dir.display().to_string(),
+            live,
+            errno,
+        }
     }
 
     fn audit_unavailable(&self, source: std::io::Error) -> VaultError {
@@ -821,8 +974,34 @@ impl KeyVault {
     /// Writes a key's record (atomically) and makes it the live one.
     fn save_record(&self, st: &mut State, rec: KeyRecord) -> Result<(), VaultError> {
         let l = rec.name.to_ascii_lowercase();
+        Self::entry(st, &l)?;
         write_json(&self.key_dir(&l).join(KEY_FILE), &rec)?;
         Self::entry_mut(st, &l)?.rec = rec;
+        st.unsaved.remove(&l);
+        Ok(())
+    }
+
+    /// `save_record` for a revocation (`what` describes it, e.g. "key 'k1' is
+    /// disabled"): if the record can't be written, it becomes the live one anyway, so
+    /// the daemon enforces it at once, and the error says it is not saved.
+    fn save_revocation(
+        &self,
+        st: &mut State,
+        rec: KeyRecord,
+        what: Option<String>,
+    ) -> Result<(), VaultError> {
+        let Some(what) = what else {
+            return self.save_record(st, rec);
+        };
+        let l = rec.name.to_ascii_lowercase();
+        Self::entry(st, &l)?;
+        if let Err(e) = write_json(&self.key_dir(&l).join(KEY_FILE), &rec) {
+            Self::entry_mut(st, &l)?.rec = rec;
+            st.unsaved.insert(l);
+            return Err(self.not_saved(what, &e.into()));
+        }
+        Self::entry_mut(st, &l)?.rec = rec;
+        st.unsaved.remove(&l);
         Ok(())
     }
 
@@ -1230,11 +1409,14 @@ impl KeyVault {
         r: &KeyRef,
         u: &KeyUpdate,
     ) -> Result<Value, VaultError> {
-        self.audited(
+        let revocation = |st: &State| Self::update_revokes(st, r, u);
+        self.audited_revocation(
             "KeyUpdate",
             caller,
+            |st| revocation(st).is_some(),
             |st| Self::kid_of(st, &r.name, r.version.as_deref()),
             |st| {
+                let revoking = revocation(st);
                 Self::check_vault(st, r)?;
                 if u.enabled == Some(false) && !u.force {
                     self.check_guard(&r.name, r.version.as_deref())?;
@@ -1277,40 +1459,89 @@ impl KeyVault {
                         apply(&mut ver.attributes, &mut ver.key_ops)?;
                     }
                 }
-                self.save_record(st, rec)?;
+                self.save_revocation(st, rec, revoking)?;
                 let e = Self::entry(st, &r.name)?;
                 Ok(self.key_json(st, e, r.version.as_deref()))
             },
         )
     }
 
+    /// If `u` revokes (disables the key or version, or takes `unwrapKey` out of its
+    /// `key_ops`), what it does, for messages.
+    fn update_revokes(st: &State, r: &KeyRef, u: &KeyUpdate) -> Option<String> {
+        let e = Self::entry(st, &r.name).ok()?;
+        let (what, ops) = match &r.version {
+            None => (format!("key '{}'", e.rec.name), &e.rec.key_ops),
+            Some(v) => (
+                format!("version {v} of key '{}'", e.rec.name),
+                &e.version(v)?.key_ops,
+            ),
+        };
+        if u.enabled == Some(false) {
+            return Some(format!("{what} is disabled"));
+        }
+        let unwrap = |l: &[String]| l.iter().any(|o| o.eq_ignore_ascii_case("unwrapKey"));
+        match &u.key_ops {
+            Some(new) if !new.is_empty() && unwrap(ops) && !unwrap(new) => {
+                Some(format!("{what} no longer allows unwrapKey"))
+            }
+            _ => None,
+        }
+    }
+
+    /// Moves a deleted key's directory to deleted-keys (or finishes a move that got
+    /// as far as the rename).
+    fn persist_delete(&self, l: &str, del: &Deletion) -> std::io::Result<()> {
+        let from = self.key_dir(l);
+        let to = self.dir.join(DELETED_DIR).join(l);
+        if from.exists() || !to.exists() {
+            write_json(&from.join(DELETED_FILE), del)?;
+            if let Err(e) = fs::rename(&from, &to) {
+                let _ = fs::remove_file(from.join(DELETED_FILE));
+                return Err(e);
+            }
+        }
+        durable::sync_dir(&self.dir.join(KEYS_DIR))?;
+        durable::sync_dir(&self.dir.join(DELETED_DIR))
+    }
+
     /// Soft delete: the key moves to deleted-keys until recovered or purged.
     pub fn delete_key(&self, caller: &Caller, name: &str) -> Result<Value, VaultError> {
-        self.audited(
+        self.audited_revocation(
             "KeyDelete",
             caller,
+            // Deleting a key is a revocation: never refused, even mid-rotation or
+            // with the vault's file system full.
+            |_| true,
             |st| Self::kid_of(st, name, None),
             |st| {
-                // Deleting a key is a revocation: never refused, even mid-rotation.
-                Self::entry(st, name)?;
                 let l = name.to_ascii_lowercase();
+                let what = || format!("key '{name}' is deleted");
+                if st.unsaved_deletes.contains(&l) {
+                    // Deleted in memory before; save it now.
+                    let (e, del) = &st.deleted[&l];
+                    let v = Self::deleted_json(&st.props, e, del);
+                    if let Err(e) = self.persist_delete(&l, del) {
+                        return Err(self.not_saved(what(), &e.into()));
+                    }
+                    st.unsaved_deletes.remove(&l);
+                    return Ok(v);
+                }
+                Self::entry(st, name)?;
                 let now = now_secs();
                 let del = Deletion {
                     deleted_date: now,
                     scheduled_purge_date: now + st.props.soft_delete_retention_in_days as i64 * DAY,
                 };
-                let from = self.key_dir(&l);
-                let to = self.dir.join(DELETED_DIR).join(&l);
-                write_json(&from.join(DELETED_FILE), &del)?;
-                if let Err(e) = fs::rename(&from, &to) {
-                    let _ = fs::remove_file(from.join(DELETED_FILE));
-                    return Err(e.into());
-                }
-                durable::sync_dir(&self.dir.join(KEYS_DIR))?;
-                durable::sync_dir(&self.dir.join(DELETED_DIR))?;
+                let saved = self.persist_delete(&l, &del);
                 let e = st.keys.remove(&l).expect("checked above");
+                st.unsaved.remove(&l);
                 let v = Self::deleted_json(&st.props, &e, &del);
-                st.deleted.insert(l, (e, del));
+                st.deleted.insert(l.clone(), (e, del));
+                if let Err(e) = saved {
+                    st.unsaved_deletes.insert(l);
+                    return Err(self.not_saved(what(), &e.into()));
+                }
                 Ok(v)
             },
         )
@@ -1363,13 +1594,22 @@ impl KeyVault {
                 if !st.deleted.contains_key(&l) {
                     return Err(VaultError::DeletedKeyNotFound(name.to_string()));
                 }
-                let from = self.dir.join(DELETED_DIR).join(&l);
                 let to = self.key_dir(&l);
-                fs::rename(&from, &to)?;
-                durable::sync_dir(&self.dir.join(DELETED_DIR))?;
-                durable::sync_dir(&self.dir.join(KEYS_DIR))?;
-                fs::remove_file(to.join(DELETED_FILE))?;
-                durable::sync_dir(&to)?;
+                if st.unsaved_deletes.contains(&l) {
+                    // Its deletion was never saved: the key is still in keys/.
+                    match fs::remove_file(to.join(DELETED_FILE)) {
+                        Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
+                        _ => {}
+                    }
+                    st.unsaved_deletes.remove(&l);
+                } else {
+                    let from = self.dir.join(DELETED_DIR).join(&l);
+                    fs::rename(&from, &to)?;
+                    durable::sync_dir(&self.dir.join(DELETED_DIR))?;
+                    durable::sync_dir(&self.dir.join(KEYS_DIR))?;
+                    fs::remove_file(to.join(DELETED_FILE))?;
+                    durable::sync_dir(&to)?;
+                }
                 let (e, _) = st.deleted.remove(&l).expect("checked above");
                 let v = self.key_json(st, &e, None);
                 st.keys.insert(l, e);
@@ -1402,6 +1642,11 @@ impl KeyVault {
                         name: name.to_string(),
                         until: secs_to_iso(d.scheduled_purge_date),
                     });
+                }
+                if st.unsaved_deletes.contains(&l) {
+                    // Deleted in memory only: finish saving the deletion first.
+                    self.persist_delete(&l, d)?;
+                    st.unsaved_deletes.remove(&l);
                 }
                 let dir = self.dir.join(DELETED_DIR).join(&l);
                 let doomed = self.dir.join(DELETED_DIR).join(format!(".{l}.purging"));
@@ -1456,16 +1701,28 @@ impl KeyVault {
         name: &str,
         object_id: &str,
     ) -> Result<Value, VaultError> {
-        self.audited(
+        self.audited_revocation(
             "VaultAccessPolicyRevoke",
             caller,
+            |_| true,
             |st| Self::kid_of(st, name, None),
             |st| {
                 let e = Self::entry(st, name)?;
                 let mut rec = e.rec.clone();
+                let what = Some(format!(
+                    "the grant of {object_id} on key '{}' is removed",
+                    rec.name
+                ));
                 let before = rec.grants.len();
                 rec.grants.retain(|g| g.object_id != object_id);
                 if rec.grants.len() == before {
+                    let l = name.to_ascii_lowercase();
+                    if st.unsaved.contains(&l) && self.saved_grant(&l, object_id) {
+                        // Removed in memory before; save it now.
+                        let v = json!(rec.grants);
+                        self.save_revocation(st, rec, what)?;
+                        return Ok(v);
+                    }
                     return Err(VaultError::NoSuchGrant {
                         key: name.to_string(),
                         object_id: object_id.to_string(),
@@ -1473,10 +1730,19 @@ impl KeyVault {
                 }
                 rec.attributes.updated = now_secs();
                 let v = json!(rec.grants);
-                self.save_record(st, rec)?;
+                self.save_revocation(st, rec, what)?;
                 Ok(v)
             },
         )
+    }
+
+    /// Whether the saved record of key `l` (not the one in memory) has a grant for
+    /// `object_id`.
+    fn saved_grant(&self, l: &str, object_id: &str) -> bool {
+        fs::read(self.key_dir(l).join(KEY_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<KeyRecord>(&b).ok())
+            .is_some_and(|r| r.grants.iter().any(|g| g.object_id == object_id))
     }
 
     /// Checks that `caller` may do `op` with `kid`; returns the private key's owner entry
@@ -1680,7 +1946,9 @@ impl KeyVault {
     /// Records an event that is not a key operation of this module (e.g. a DES
     /// being refused), so the log stays complete.
     pub fn audit_event(&self, op: &str, caller: &Caller, kid: &str, failure: Option<(&str, &str)>) {
-        if let Err(e) = self.state.lock().audit.append(op, caller, kid, failure) {
+        let mut st = self.state.lock();
+        Self::write_late_records(&mut st);
+        if let Err(e) = st.audit.append(op, caller, kid, failure) {
             log::error!("cannot append to the audit log: {e}");
         }
     }
@@ -1830,6 +2098,197 @@ mod tests {
         set_enabled(&v, &r("k1"), false);
         v.run_policies();
         assert!(v.version_age(&v.resolve(&r("k1")).unwrap()).is_some());
+    }
+
+    #[test]
+    fn rotation_policies_have_a_floor() {
+        let policy = |j: &str| {
+            serde_json::from_str::<RotationPolicy>(j)
+                .unwrap()
+                .validate()
+        };
+        let rotate_after = |d: &str| {
+            format!(
+                r#"{{"lifetimeActions":[{{"trigger":{{"timeAfterCreate":"{d}"}},"action":{{"type":"Rotate"}}}}]}}"#
+            )
+        };
+        for bad in ["PT0S", "PT9S", "0s", "P0D"] {
+            let e = policy(&rotate_after(bad)).unwrap_err();
+            assert_eq!(e.errno(), libc::EINVAL, "{bad}");
+            assert!(e.to_string().contains("at least PT10S"), "{e}");
+        }
+        assert!(policy(&rotate_after("PT10S")).is_ok());
+        let expiring = |before: &str, exp: &str| {
+            format!(
+                r#"{{"lifetimeActions":[{{"trigger":{{"timeBeforeExpiry":"{before}"}},"action":{{"type":"Rotate"}}}}],"attributes":{{"expiryTime":"{exp}"}}}}"#
+            )
+        };
+        for (before, exp) in [
+            ("PT0S", "PT0S"),
+            ("PT0S", "PT9S"),
+            ("PT10S", "PT15S"),
+            ("P30D", "P30D"),
+            ("P31D", "P30D"),
+        ] {
+            let e = policy(&expiring(before, exp)).unwrap_err();
+            assert_eq!(e.errno(), libc::EINVAL, "{before} {exp}");
+        }
+        assert!(policy(&expiring("PT0S", "PT10S")).is_ok());
+        assert!(policy(&expiring("P30D", "P1Y")).is_ok());
+        // A Notify before expiry rotates nothing: any lead time will do.
+        assert!(policy(r#"{"lifetimeActions":[{"trigger":{"timeBeforeExpiry":"P1Y"},"action":{"type":"Notify"}}],"attributes":{"expiryTime":"P30D"}}"#).is_ok());
+
+        // A stored policy below the floor (from before it existed) never rotates a
+        // version younger than the floor.
+        let (_d, v) = vault();
+        let me = Caller::current_user();
+        v.create_key(&me, "k1", &KeyOptions::default()).unwrap();
+        let kd = v.dir().join(KEYS_DIR).join("k1");
+        let mut rec: KeyRecord =
+            serde_json::from_slice(&fs::read(kd.join(KEY_FILE)).unwrap()).unwrap();
+        rec.rotation_policy = Some(serde_json::from_str(&rotate_after("PT0S")).unwrap());
+        write_json(&kd.join(KEY_FILE), &rec).unwrap();
+        let dir = v.dir().to_path_buf();
+        drop(v);
+        let v = KeyVault::open(&dir).unwrap();
+        for _ in 0..3 {
+            v.run_policies();
+        }
+        assert_eq!(v.version_ids("k1").unwrap().len(), 1);
+        // An old version is rotated once; the new one is young.
+        drop(v);
+        rec.versions[0].attributes.created -= MIN_POLICY_SECS;
+        write_json(&kd.join(KEY_FILE), &rec).unwrap();
+        let v = KeyVault::open(&dir).unwrap();
+        for _ in 0..3 {
+            v.run_policies();
+        }
+        assert_eq!(v.version_ids("k1").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_revocation_that_cannot_be_saved_applies_in_memory() {
+        let (_d, v) = vault();
+        let me = Caller::current_user();
+        let des = Caller::des("s", "aaaaaaaa-0000-4000-8000-000000000001");
+        let perms: Vec<String> = PERMISSIONS.iter().map(|s| s.to_string()).collect();
+        v.create_key(&me, "k1", &KeyOptions::default()).unwrap();
+        v.grant(&me, "k1", &des.object_id, "s", &perms).unwrap();
+        let kid = v.resolve(&r("k1")).unwrap();
+        let kd = v.dir().join(KEYS_DIR).join("k1");
+        let saved = || fs::read(kd.join(KEY_FILE)).unwrap();
+        // A directory where the atomic write puts its temporary file: every write of
+        // key.json (and of deleted.json) fails.
+        let block = |f: &str| fs::create_dir(kd.join(format!(".{f}.tmp"))).unwrap();
+        let unblock = |f: &str| fs::remove_dir(kd.join(format!(".{f}.tmp"))).unwrap();
+        block(KEY_FILE);
+        let before = saved();
+        let not_saved = |e: VaultError, what: &str| {
+            assert!(matches!(e, VaultError::RevokedNotSaved { .. }), "{e}");
+            let m = e.to_string();
+            assert!(
+                m.contains(what)
+                    && m.contains("could not be saved")
+                    && m.contains("run the command again"),
+                "{m}"
+            );
+        };
+        // Disable: refused on disk, applied in memory.
+        let off = KeyUpdate {
+            enabled: Some(false),
+            ..Default::default()
+        };
+        not_saved(
+            v.update_key(&me, &r("k1"), &off).unwrap_err(),
+            "key 'k1' is disabled",
+        );
+        assert!(matches!(
+            v.can_unwrap(&des, &kid),
+            Err(VaultError::KeyDisabled(_))
+        ));
+        assert_eq!(saved(), before);
+        // Taking unwrapKey out of key_ops, and removing the grant, likewise.
+        let ops = KeyUpdate {
+            key_ops: Some(vec!["wrapKey".into(), "wrapKey".into()]),
+            ..Default::default()
+        };
+        not_saved(
+            v.update_key(&me, &r("k1"), &ops).unwrap_err(),
+            "no longer allows unwrapKey",
+        );
+        assert_eq!(v.record("k1").unwrap().key_ops, vec!["wrapKey".to_string()]);
+        not_saved(
+            v.revoke_grant(&me, "k1", &des.object_id).unwrap_err(),
+            "grant of aaaaaaaa-0000-4000-8000-000000000001 on key 'k1' is removed",
+        );
+        assert!(v.record("k1").unwrap().grants.is_empty());
+        // A change that revokes nothing is refused as before.
+        let on = KeyUpdate {
+            enabled: Some(true),
+            ..Default::default()
+        };
+        assert!(matches!(
+            v.update_key(&me, &r("k1"), &on),
+            Err(VaultError::Io(_))
+        ));
+        assert!(!v.record("k1").unwrap().attributes.enabled);
+        // Running the revocations again saves them.
+        unblock(KEY_FILE);
+        v.revoke_grant(&me, "k1", &des.object_id).unwrap();
+        let rec: KeyRecord = serde_json::from_slice(&saved()).unwrap();
+        assert!(rec.grants.is_empty() && !rec.attributes.enabled);
+        assert!(matches!(
+            v.revoke_grant(&me, "k1", &des.object_id),
+            Err(VaultError::NoSuchGrant { .. })
+        ));
+
+        // Delete: the directory can't move, the key is deleted in memory.
+        block(DELETED_FILE);
+        not_saved(v.delete_key(&me, "k1").unwrap_err(), "key 'k1' is deleted");
+        assert!(matches!(
+            v.can_unwrap(&des, &kid),
+            Err(VaultError::KeyDeleted(_))
+        ));
+        assert_eq!(v.deleted_names(), vec!["k1".to_string()]);
+        assert!(kd.join(KEY_FILE).exists());
+        // Recovering it puts it back; deleting again once there is room saves it.
+        v.recover_key(&me, "k1").unwrap();
+        assert!(v.exists("k1"));
+        not_saved(v.delete_key(&me, "k1").unwrap_err(), "key 'k1' is deleted");
+        unblock(DELETED_FILE);
+        v.delete_key(&me, "k1").unwrap();
+        assert!(!kd.exists());
+        assert!(v
+            .dir()
+            .join(DELETED_DIR)
+            .join("k1")
+            .join(DELETED_FILE)
+            .exists());
+        v.recover_key(&me, "k1").unwrap();
+        assert!(kd.join(KEY_FILE).exists());
+        let a = v.verify_audit().unwrap();
+        assert!(a.records > 0 && a.torn_tail == 0);
+        let log = fs::read_to_string(v.dir().join(audit::AUDIT_FILE)).unwrap();
+        assert!(log.contains("applied in memory only"));
+    }
+
+    #[test]
+    fn key_ops_are_deduplicated_in_order() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_key_ops(&l(&["wrapKey", "wrapKey"])).unwrap(),
+            l(&["wrapKey"])
+        );
+        assert_eq!(
+            parse_key_ops(&l(&["unwrapKey", "wrapkey", "UNWRAPKEY", "wrapKey", "get"]))
+                .unwrap_err()
+                .errno(),
+            libc::EINVAL
+        );
+        assert_eq!(
+            parse_key_ops(&l(&["unwrapKey", "wrapkey", "UNWRAPKEY", "sign"])).unwrap(),
+            l(&["unwrapKey", "wrapKey", "sign"])
+        );
     }
 
     #[test]

@@ -106,6 +106,28 @@ pub enum VaultError {
         path: String,
         source: std::io::Error,
     },
+    /// A revocation that could not be saved. It is never refused: in a daemon it
+    /// takes effect in memory (the reconciler revokes the disks at once).
+    #[error("{}", revoked_not_saved(what, reason, dir, *live))]
+    RevokedNotSaved {
+        /// The change as a state, e.g. "key 'a1' is disabled".
+        what: String,
+        /// Why it could not be saved (the I/O error).
+        reason: String,
+        /// The vault directory, where space must be freed.
+        dir: String,
+        /// In a running daemon (which enforces it now) or in a one-off command.
+        live: bool,
+        errno: i32,
+    },
+}
+
+fn revoked_not_saved(what: &str, reason: &str, dir: &str, live: bool) -> String {
+    if live {
+        format!("{what} in the running daemon (its disks are being revoked), but the change could not be saved: {reason}; free space in {dir} and run the command again, or it is undone at the next mount")
+    } else {
+        format!("the change ({what}) could not be saved: {reason}; nothing changed: free space in {dir} and run the command again")
+    }
 }
 
 impl VaultError {
@@ -171,6 +193,7 @@ impl VaultError {
             | Crypto(_) => libc::EINVAL,
             Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             AuditUnavailable { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            RevokedNotSaved { errno, .. } => *errno,
             KeyCorrupt { .. } => libc::EIO,
             _ => libc::EIO,
         }
@@ -231,17 +254,51 @@ pub fn parse_time(s: &str) -> Result<i64, VaultError> {
             .unwrap_or(i64::MAX);
         return check_time_range(t, s);
     }
-    let full = if s.len() == 10 {
-        format!("{s}T00:00:00Z")
+    // RFC 3339 allows lower-case `t` and `z`; humantime takes only upper case.
+    let upper = s.to_ascii_uppercase();
+    let (full, offset) = if upper.len() == 10 {
+        (format!("{upper}T00:00:00Z"), 0)
     } else {
-        s.to_string()
+        match split_offset(&upper) {
+            Some((local, off)) => (format!("{local}Z"), off),
+            None => (upper, 0),
+        }
     };
     let t = humantime::parse_rfc3339_weak(&full).map_err(|_| bad())?;
     let t = t
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| bad())
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))?;
-    check_time_range(t, s)
+    // A local time at offset +01:00 is an hour ahead of UTC.
+    check_time_range(t.saturating_sub(offset), s)
+}
+
+/// Splits an RFC 3339 numeric offset (`+01:00`, `-05:30`, `-00:00`) off a date-time:
+/// the local part and the offset in seconds east of UTC.
+fn split_offset(s: &str) -> Option<(&str, i64)> {
+    if !s.is_char_boundary(s.len().checked_sub(6)?) {
+        return None;
+    }
+    let (local, off) = s.split_at(s.len() - 6);
+    let b = off.as_bytes();
+    let sign = match b[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    if !local.contains(['T', ' ']) || b[3] != b':' {
+        return None;
+    }
+    let num = |x: &[u8]| -> Option<i64> {
+        x.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| ((x[0] - b'0') * 10 + (x[1] - b'0')) as i64)
+    };
+    let (h, m) = (num(&b[1..3])?, num(&b[4..6])?);
+    if h > 23 || m > 59 {
+        return None;
+    }
+    Some((local, sign * (h * 3600 + m * 60)))
 }
 
 pub trait KeyProvider: Send + Sync {
@@ -266,6 +323,46 @@ mod tests {
         assert_eq!(secs_to_iso(i64::MIN), "1970-01-01T00:00:00Z");
         assert_eq!(secs_to_iso(0), "1970-01-01T00:00:00Z");
         assert_eq!(secs_to_iso(MAX_TIME), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn rfc3339_offsets_and_lower_case_are_accepted() {
+        let utc = parse_time("2027-01-31T00:00:00Z").unwrap();
+        assert_eq!(parse_time("2027-01-31T01:00:00+01:00").unwrap(), utc);
+        assert_eq!(parse_time("2027-01-31T00:00:00+01:00").unwrap(), utc - 3600);
+        assert_eq!(parse_time("2027-01-30T18:30:00-05:30").unwrap(), utc);
+        assert_eq!(parse_time("2027-01-31T00:00:00-00:00").unwrap(), utc);
+        assert_eq!(parse_time("2027-01-31T00:00:00+00:00").unwrap(), utc);
+        assert_eq!(parse_time("2027-01-31t00:00:00z").unwrap(), utc);
+        assert_eq!(parse_time("2027-01-31t01:00:00+01:00").unwrap(), utc);
+        assert_eq!(parse_time("2027-01-31T00:00:00.5Z").unwrap(), utc);
+        assert_eq!(parse_time("2027-01-31T01:00:00.25+01:00").unwrap(), utc);
+        assert_eq!(parse_time("2027-01-31 01:00:00+01:00").unwrap(), utc);
+        // The 9999 cap applies to the UTC time.
+        assert_eq!(parse_time("9999-12-31T23:59:59+00:00").unwrap(), MAX_TIME);
+        assert_eq!(
+            parse_time("9999-12-31T23:59:59+01:00").unwrap(),
+            MAX_TIME - 3600
+        );
+        for bad in [
+            "9999-12-31T23:59:59-01:00",
+            "1970-01-01T00:30:00+01:00",
+            "2027-01-31T00:00:00+24:00",
+            "2027-01-31T00:00:00+01:60",
+            "2027-01-31T00:00:00+0100",
+            "2027-01-31T00:00:00+1:00",
+            "2027-01-31T00:00:00+01:0x",
+            "2027-01-31T00:00:00 01:00",
+            "2027-01-31+01:00",
+            "+01:00",
+            "2027-01-31T00:00:00€0:00",
+        ] {
+            let e = parse_time(bad).unwrap_err();
+            assert!(
+                matches!(e, VaultError::InvalidArgument(_)) && e.errno() == libc::EINVAL,
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]
