@@ -591,7 +591,7 @@ fn revocation_is_never_refused_when_the_vault_is_full() {
         Option<(&'a str, &'a str)>,
         &'a [&'a str],
     );
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         (
             "key 'k1' is disabled",
             &["key", "set", "k1", "--enabled", "false"],
@@ -632,6 +632,20 @@ fn revocation_is_never_refused_when_the_vault_is_full() {
             "the grant of",
             &[],
             Some(("keys/k1/grants", "revoke set1")),
+            grant,
+        ),
+        (
+            "is narrowed",
+            &[
+                "key",
+                "grant",
+                "k1",
+                "--des",
+                "set1",
+                "--permissions",
+                "get,wrapKey",
+            ],
+            None,
             grant,
         ),
     ];

@@ -612,21 +612,34 @@ impl Control {
 
     /// Carries out one write to a control file.
     pub fn write(&self, path: &[&str], data: &[u8], caller: &Caller) -> Result<(), StoreError> {
-        self.write_inner(path, data, caller)?;
-        self.after_change()
+        let r = self.write_inner(path, data, caller);
+        self.finish(r)
     }
 
     /// mkdir: `keys/NAME` creates an RSA-2048 key.
     pub fn mkdir(&self, path: &[&str], caller: &Caller) -> Result<(), StoreError> {
-        self.mkdir_inner(path, caller)?;
-        self.after_change()
+        let r = self.mkdir_inner(path, caller);
+        self.finish(r)
     }
 
     /// rmdir: `keys/NAME` soft-deletes a key, `deleted-keys/NAME` purges it,
     /// `disk-encryption-sets/NAME` deletes the set.
     pub fn rmdir(&self, path: &[&str], caller: &Caller) -> Result<(), StoreError> {
-        self.rmdir_inner(path, caller)?;
-        self.after_change()
+        let r = self.rmdir_inner(path, caller);
+        self.finish(r)
+    }
+
+    /// After a command: its effects are enforced before it returns. A revocation that
+    /// took effect in memory but could not be saved is enforced too, and still fails.
+    fn finish(&self, r: Result<(), StoreError>) -> Result<(), StoreError> {
+        match r {
+            Ok(()) => self.after_change(),
+            Err(e @ StoreError::Vault(VaultError::RevokedNotSaved { .. })) => {
+                let _ = self.after_change();
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn write_inner(&self, path: &[&str], data: &[u8], caller: &Caller) -> Result<(), StoreError> {

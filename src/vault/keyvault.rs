@@ -1671,13 +1671,28 @@ impl KeyVault {
         display_name: &str,
         permissions: &[String],
     ) -> Result<Value, VaultError> {
-        self.audited(
+        // A new grant that takes away a permission the identity had is a revocation.
+        let narrows = |st: &State| -> bool {
+            let Ok(perms) = parse_permissions(permissions) else {
+                return false;
+            };
+            Self::entry(st, name).is_ok_and(|e| {
+                e.rec
+                    .grants
+                    .iter()
+                    .filter(|g| g.object_id == object_id)
+                    .any(|g| g.permissions.iter().any(|p| !perms.contains(p)))
+            })
+        };
+        self.audited_revocation(
             "VaultAccessPolicyGrant",
             caller,
+            narrows,
             |st| Self::kid_of(st, name, None),
             |st| {
                 let perms = parse_permissions(permissions)?;
                 validate_principal_id(object_id)?;
+                let revoking = narrows(st);
                 let e = Self::entry(st, name)?;
                 let mut rec = e.rec.clone();
                 rec.grants.retain(|g| g.object_id != object_id);
@@ -1688,7 +1703,9 @@ impl KeyVault {
                 });
                 rec.attributes.updated = now_secs();
                 let v = json!(rec.grants);
-                self.save_record(st, rec)?;
+                let what = revoking
+                    .then(|| format!("the grant of {object_id} on key '{}' is narrowed", rec.name));
+                self.save_revocation(st, rec, what)?;
                 Ok(v)
             },
         )
