@@ -757,3 +757,36 @@ fn disk_too_large_for_the_file_system_says_why() {
     assert_eq!(std::fs::read_dir(store.join("disks")).unwrap().count(), 0);
     m.create("fine", "1T");
 }
+
+/// Revocation reaches a customer-key disk that was deleted, or replaced by a rename,
+/// while open: its handles fail with EIO like any other, and so does a reopen of them
+/// through /proc/self/fd.
+#[test]
+fn revocation_reaches_disks_unlinked_while_open() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    cmk_setup(
+        &m,
+        &[("cz", "1M", "Premium_LRS"), ("cy", "1M", "Premium_LRS")],
+    );
+    m.create("p1", "1M");
+    let mut fds = Vec::new();
+    for d in ["cz", "cy"] {
+        let f = OpenOptions::new().read(true).write(true).open(m.disk(d)).unwrap();
+        f.write_all_at(b"CZ-SECRET", 512 << 10).unwrap();
+        f.sync_all().unwrap();
+        fds.push(f);
+    }
+    std::fs::remove_file(m.disk("cz")).unwrap();
+    std::fs::rename(m.disk("p1"), m.disk("cy")).unwrap();
+    run_ok(&["key", "set", "k1", "--enabled", "false", "--store", &s]);
+    let mut buf = [0u8; 9];
+    for f in &fds {
+        Mounted::wait_for(LIMIT, || errno(f.read_at(&mut buf, 512 << 10)) == Some(libc::EIO))
+            .expect("revoked though unlinked");
+        assert_eq!(errno(f.write_at(b"x", 0)), Some(libc::EIO));
+        use std::os::fd::AsRawFd;
+        let again = format!("/proc/self/fd/{}", f.as_raw_fd());
+        assert_eq!(errno(File::open(again)), Some(libc::EIO));
+    }
+}

@@ -120,6 +120,9 @@ pub struct Store {
     next_serial: AtomicU64,
     reconcile: reconcile::ReconcileState,
     rekeys: rekey::Rekeys,
+    /// Disks deleted (or replaced by a rename) while open: gone from the namespace but
+    /// still served to their handles, so still subject to revocation.
+    orphans: Mutex<Vec<Arc<Disk>>>,
     /// Declared last so it is released last: whoever waits for it finds everything
     /// else (the vault included, unless a disk still holds it) released.
     _lock: StoreLock,
@@ -292,6 +295,7 @@ impl Store {
             next_serial: AtomicU64::new(1),
             reconcile: Default::default(),
             rekeys: Default::default(),
+            orphans: Default::default(),
         };
         store.scan()?;
         store.resume_key_changes();
@@ -429,6 +433,16 @@ impl Store {
 
     pub fn list(&self) -> Vec<Arc<Disk>> {
         self.disks.read().values().cloned().collect()
+    }
+
+    /// Every disk that can serve data: the listed ones and those deleted while open
+    /// (until their last handle closes). Revocation must reach them all.
+    pub fn served(&self) -> Vec<Arc<Disk>> {
+        let mut v = self.list();
+        let mut orphans = self.orphans.lock();
+        orphans.retain(|d| d.open_handles() > 0);
+        v.extend(orphans.iter().cloned());
+        v
     }
 
     /// The disk with this serial (the FUSE layer's inode key), without copying the list.
@@ -585,6 +599,9 @@ impl Store {
         disk.mark_deleted();
         disk.set_dir(doomed.clone());
         self.disks.write().remove(name);
+        if disk.open_handles() > 0 {
+            self.orphans.lock().push(disk.clone());
+        }
         durable::shred(&doomed.join(disk::META_FILE));
         fs::remove_dir_all(&doomed).map_err(io)?;
         log::info!("deleted disk '{name}' (wrapped key destroyed)");
@@ -716,5 +733,6 @@ impl Store {
             }
         }
         self.disks.write().clear();
+        self.orphans.lock().clear();
     }
 }

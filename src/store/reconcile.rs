@@ -356,7 +356,7 @@ impl Store {
         let Some(inv) = self.reconcile.invalidator.get() else {
             return;
         };
-        for d in self.list() {
+        for d in self.served() {
             if d.meta().encryption.kind != PLATFORM_KEY_TYPE {
                 inv(&d);
             }
@@ -398,7 +398,7 @@ impl Store {
         crate::fault::point("reconcile.access");
         let delay = self.reconcile.delays.lock().revocation;
         let now = Instant::now();
-        for d in self.list() {
+        for d in self.served() {
             self.reconcile.health.beat();
             if d.corrupt_reason().is_some() {
                 continue;
