@@ -524,6 +524,10 @@ fn rsync_and_cp_a_work() {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names.len(), 2, "no temp disk left: {names:?}");
+        // The longest disk name leaves rsync room for its temporary name.
+        let long = m.disk(&"a".repeat(80));
+        tool("rsync", &["-a".as_ref(), src.as_os_str(), long.as_os_str()]);
+        assert!(std::fs::read(&long).unwrap() == data);
     }
 }
 
@@ -772,7 +776,11 @@ fn revocation_reaches_disks_unlinked_while_open() {
     m.create("p1", "1M");
     let mut fds = Vec::new();
     for d in ["cz", "cy"] {
-        let f = OpenOptions::new().read(true).write(true).open(m.disk(d)).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.disk(d))
+            .unwrap();
         f.write_all_at(b"CZ-SECRET", 512 << 10).unwrap();
         f.sync_all().unwrap();
         fds.push(f);
@@ -782,8 +790,10 @@ fn revocation_reaches_disks_unlinked_while_open() {
     run_ok(&["key", "set", "k1", "--enabled", "false", "--store", &s]);
     let mut buf = [0u8; 9];
     for f in &fds {
-        Mounted::wait_for(LIMIT, || errno(f.read_at(&mut buf, 512 << 10)) == Some(libc::EIO))
-            .expect("revoked though unlinked");
+        Mounted::wait_for(LIMIT, || {
+            errno(f.read_at(&mut buf, 512 << 10)) == Some(libc::EIO)
+        })
+        .expect("revoked though unlinked");
         assert_eq!(errno(f.write_at(b"x", 0)), Some(libc::EIO));
         use std::os::fd::AsRawFd;
         let again = format!("/proc/self/fd/{}", f.as_raw_fd());

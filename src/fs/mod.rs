@@ -792,10 +792,12 @@ impl Filesystem for DiskVaultFs {
                         return reply.written(data.len() as u32);
                     }
                     let e = StoreError::InvalidArgument(
-                        "one command per open file: an earlier write through this file was already carried out (shells write each line of printf or echo -e separately); write each command with its own echo".into(),
+                        "one command per open file: an earlier write through this file was already taken as the command, carried out or refused (shells write each line of printf or echo -e separately); write each command with its own echo".into(),
                     );
+                    // Not in last-error: that keeps the reason of the command itself.
+                    log::info!("write .vault/{path}: {e}");
                     *last.lock() = Some(format!("error: {e}\n").into_bytes());
-                    return reply.error(self.fail(&format!("write .vault/{path}"), e));
+                    return reply.error(errno(&e));
                 }
                 let caller = Caller::user(req.uid());
                 let command = if control::gathers(&split(path)) {

@@ -18,9 +18,16 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
     };
     // A leading '.' marks a temporary name, as rsync and editors use for the file
     // they rename into place; the rest follows Azure's rule.
-    let name = name.strip_prefix('.').unwrap_or(name);
-    if name.is_empty() || name.len() > 80 {
-        return bad("it must be 1 to 80 characters long");
+    // Temporary names get room for what tools append (rsync: `.NAME.XXXXXX`), up to
+    // the 255 bytes a file name may have.
+    let (name, max) = match name.strip_prefix('.') {
+        Some(rest) => (rest, 254),
+        None => (name, 80),
+    };
+    if name.is_empty() || name.len() > max {
+        return bad(
+            "it must be 1 to 80 characters long (a temporary name starting with '.': up to 255)",
+        );
     }
     if !name
         .chars()
