@@ -680,6 +680,14 @@ fn revocation_is_never_refused_when_the_vault_is_full() {
     for op in ["KeyUpdate", "KeyDelete", "VaultAccessPolicyRevoke"] {
         assert!(log.contains(&format!("\"operationName\":\"{op}\"")), "{op}");
     }
+    // Every revocation's effect is on record too, late where there was no room.
+    let effects = log
+        .matches("\"operationName\":\"DiskAccessRevoked\"")
+        .count();
+    assert!(
+        effects >= cases.len(),
+        "{effects} DiskAccessRevoked records"
+    );
     drop(fd);
     drop(m);
     drop(fs);
@@ -851,4 +859,31 @@ fn rfc3339_offsets_duplicate_ops_and_grant_json() {
     assert_eq!(mine["permissions"], serde_json::json!(["get", "wrapKey"]));
     ctl(&m, "keys/k1/grants", r#"{"action":"revoke","des":"set1"}"#).unwrap();
     ctl(&m, "keys/k1/grants", r#"{"action":"grant","des":"set1"}"#).unwrap();
+}
+
+/// A key delete that could not be saved (full vault file system) can be run again
+/// once there is room, and then stays deleted across a remount.
+#[test]
+fn an_unsaved_key_delete_can_be_run_again() {
+    let (dir, fs, store, _vault, mnt) = store_with_vault_on_tmpfs();
+    let mut m = Mounted::attach(dir.path(), &store, &mnt);
+    let s = m.s().to_string();
+    cmk_setup(&m, &[("dd", "1M", "Premium_LRS")]);
+    let filler = fs.fill();
+    let why = run_maybe(&["key", "delete", "k1", "--store", &s]);
+    assert!(why.contains("could not be saved"), "{why}");
+    assert!(m.mnt.join(".vault/keys/k1/delete").exists());
+    std::fs::remove_file(&filler).unwrap();
+    run_ok(&["key", "delete", "k1", "--store", &s]);
+    m.umount();
+    m.mount();
+    assert!(!m.mnt.join(".vault/keys/k1").exists());
+    assert!(m.mnt.join(".vault/deleted-keys/k1").exists());
+    let state =
+        serde_json::from_str::<serde_json::Value>(&run_ok(&["disk", "show", "dd", "--store", &s]))
+            .unwrap()["keyState"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    assert!(state.contains("deleted"), "{state}");
 }

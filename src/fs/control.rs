@@ -389,7 +389,11 @@ impl Control {
             ["daemon.json"] if self.daemon.is_none() => None,
             [file] => lookup(ROOT_FILES, file),
             ["keys", "create" | "import"] => Some(Kind::W),
-            ["keys", k] => self.key_exists(k).then_some(Kind::Dir),
+            // A delete that could not be saved stays reachable, to be run again.
+            ["keys", k] => {
+                (self.key_exists(k) || self.store.vault().delete_unsaved(k)).then_some(Kind::Dir)
+            }
+            ["keys", k, "delete"] if self.store.vault().delete_unsaved(k) => Some(Kind::W),
             ["keys", k, "versions"] => self.key_exists(k).then_some(Kind::Dir),
             ["keys", k, file] => {
                 if !self.key_exists(k) {
@@ -448,6 +452,9 @@ impl Control {
                 let mut v = vec![("create".into(), Kind::W), ("import".into(), Kind::W)];
                 v.extend(dirs(self.store.vault().key_names()));
                 v
+            }
+            ["keys", k] if self.store.vault().delete_unsaved(k) && !self.key_exists(k) => {
+                vec![("delete".into(), Kind::W)]
             }
             ["keys", k] if self.key_exists(k) => {
                 let mut v = files(KEY_FILES);

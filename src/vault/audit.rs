@@ -120,11 +120,21 @@ const MARGIN_BYTES: u64 = 64 * 1024;
 pub struct Verified {
     pub records: u64,
     pub torn_tail: u64,
+    /// Lines after the one `audit.head` records (it could not be rewritten, e.g. on a
+    /// full file system); they are checked by the chain like every other line.
+    pub head_lag: u64,
 }
 
 impl std::fmt::Display for Verified {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} audit records, hash chain intact", self.records)?;
+        if self.head_lag > 1 {
+            write!(
+                f,
+                "; {HEAD_FILE} lags by {} records (it could not be updated, e.g. the file system was full; the next append updates it)",
+                self.head_lag
+            )?;
+        }
         if self.torn_tail > 0 {
             write!(
                 f,
@@ -431,12 +441,15 @@ pub fn verify(dir: &Path) -> Result<Verified, AuditFault> {
         prev = hash.to_string();
         n = no;
     }
+    let mut head_lag = 0;
     if let Ok(b) = fs::read(dir.join(HEAD_FILE)) {
         let head: Head = serde_json::from_slice(&b).map_err(|_| AuditFault {
             line: n + 1,
             reason: format!("{HEAD_FILE} is corrupt"),
         })?;
-        // The head may lag by one line after a crash between append and head update.
+        // The head may lag: by one line after a crash between append and head update,
+        // by more when it could not be rewritten (a full file system). The lines after
+        // it are chained like the rest; what it pins must still be there.
         if head.seq > n {
             return Err(AuditFault {
                 line: n + 1,
@@ -451,16 +464,18 @@ pub fn verify(dir: &Path) -> Result<Verified, AuditFault> {
             .nth(head.seq.saturating_sub(1) as usize)
             .and_then(split_line)
             .map(|(_, h)| h.to_string());
-        if head.seq > 0 && at.as_deref() != Some(head.hash.as_str()) || head.seq + 1 < n {
+        if head.seq > 0 && at.as_deref() != Some(head.hash.as_str()) {
             return Err(AuditFault {
                 line: head.seq.max(1),
                 reason: format!("does not match {HEAD_FILE}; the log was rewritten"),
             });
         }
+        head_lag = n - head.seq;
     }
     Ok(Verified {
         records: n,
         torn_tail,
+        head_lag,
     })
 }
 
@@ -525,7 +540,8 @@ mod tests {
             verify(d.path()).unwrap(),
             Verified {
                 records: 4,
-                torn_tail: 0
+                torn_tail: 0,
+                head_lag: 0
             }
         );
         log.reserve().unwrap();
@@ -562,5 +578,24 @@ mod tests {
 
         write(&owned);
         assert_eq!(verify(d.path()).map(|v| v.records), Ok(6));
+
+        // A head that could not be rewritten lags; what it pins still checks.
+        let head_path = d.path().join(HEAD_FILE);
+        let head = fs::read(&head_path).unwrap();
+        let (_, h3) = split_line(lines[2]).unwrap();
+        let lag = serde_json::to_vec(&Head {
+            seq: 3,
+            hash: h3.to_string(),
+        })
+        .unwrap();
+        fs::write(&head_path, &lag).unwrap();
+        let v = verify(d.path()).unwrap();
+        assert_eq!((v.records, v.head_lag), (6, 3));
+        assert!(v.to_string().contains("lags by 3 records"), "{v}");
+        let mut forged = owned.clone();
+        forged[2] = forged[2].replace("KeyUnwrap", "KeyWrap");
+        write(&forged);
+        assert_eq!(verify(d.path()).unwrap_err().line, 3);
+        fs::write(&head_path, &head).unwrap();
     }
 }

@@ -856,10 +856,17 @@ impl KeyVault {
         }
         let r = f(&mut st);
         let kid = id(&st);
-        let applied = matches!(r, Ok(_) | Err(VaultError::RevokedNotSaved { .. }));
+        // Applied in memory counts only in a daemon: a command run on an unmounted
+        // store exits without it, so there it is a failure.
+        let live = self.live.load(Ordering::Acquire);
+        let applied = match &r {
+            Ok(_) => true,
+            Err(VaultError::RevokedNotSaved { .. }) => live,
+            Err(_) => false,
+        };
         let note = match &r {
             Ok(_) => None,
-            Err(e @ VaultError::RevokedNotSaved { .. }) => {
+            Err(e @ VaultError::RevokedNotSaved { .. }) if live => {
                 Some(("OK".to_string(), format!("applied in memory only: {e}")))
             }
             Err(e) => Some((e.signature().to_string(), e.to_string())),
@@ -1505,6 +1512,15 @@ impl KeyVault {
         durable::sync_dir(&self.dir.join(DELETED_DIR))
     }
 
+    /// Whether key `name` is deleted in memory but its delete could not be saved yet
+    /// (running the delete again saves it).
+    pub fn delete_unsaved(&self, name: &str) -> bool {
+        self.state
+            .lock()
+            .unsaved_deletes
+            .contains(&name.to_ascii_lowercase())
+    }
+
     /// Soft delete: the key moves to deleted-keys until recovered or purged.
     pub fn delete_key(&self, caller: &Caller, name: &str) -> Result<Value, VaultError> {
         self.audited_revocation(
@@ -1962,11 +1978,37 @@ impl KeyVault {
 
     /// Records an event that is not a key operation of this module (e.g. a DES
     /// being refused), so the log stays complete.
+    /// If the log can't take it now (a full file system), it is written late, like a
+    /// revocation's: the effects of revocations must be on record too.
     pub fn audit_event(&self, op: &str, caller: &Caller, kid: &str, failure: Option<(&str, &str)>) {
         let mut st = self.state.lock();
         Self::write_late_records(&mut st);
         if let Err(e) = st.audit.append(op, caller, kid, failure) {
-            log::error!("cannot append to the audit log: {e}");
+            log::error!("cannot append {op} on {kid} to the audit log: {e}; it is written late, before the next record");
+            st.late.push(LateRecord {
+                time: super::now_iso(),
+                op: op.to_string(),
+                caller: caller.clone(),
+                kid: kid.to_string(),
+                note: failure.map(|(s, m)| (s.to_string(), m.to_string())),
+            });
+        }
+    }
+}
+
+impl Drop for KeyVault {
+    /// Last chance for records owed to the audit log; what still finds no room is
+    /// named in the daemon log, so its loss is on record there.
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        Self::write_late_records(st);
+        for l in &st.late {
+            log::error!(
+                "audit record lost at shutdown (no room in the audit log): {} on {} at {}",
+                l.op,
+                l.kid,
+                l.time
+            );
         }
     }
 }
