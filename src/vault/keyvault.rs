@@ -415,6 +415,9 @@ pub struct KeyVault {
     /// A daemon runs this vault (its reconciler runs the rotation policies), so a
     /// revocation applied in memory is enforced at once.
     live: AtomicBool,
+    /// Keys whose policy rotation failed, and when: retried after a pause, so a
+    /// lasting cause (a full file system) doesn't flood the log every pass.
+    policy_failures: Mutex<BTreeMap<String, std::time::Instant>>,
 }
 
 /// Canonical spelling of a key operation or permission, if it is one.
@@ -619,6 +622,7 @@ impl KeyVault {
                 late: Vec::new(),
             }),
             generation: AtomicU64::new(1),
+            policy_failures: Default::default(),
             live: AtomicBool::new(false),
         })
     }
@@ -750,14 +754,30 @@ impl KeyVault {
                 }
             }
         }
+        const RETRY: std::time::Duration = std::time::Duration::from_secs(30);
         for (name, exp) in rotate {
+            let failed = self.policy_failures.lock().get(&name).copied();
+            if failed.is_some_and(|t| t.elapsed() < RETRY) {
+                continue;
+            }
             let opts = KeyOptions {
                 exp,
                 ..Default::default()
             };
             match self.rotate_key(&Caller::policy(), &name, &opts) {
-                Ok(_) => log::info!("rotation policy rotated key '{name}'"),
-                Err(e) => log::error!("rotation policy could not rotate key '{name}': {e}"),
+                Ok(_) => {
+                    self.policy_failures.lock().remove(&name);
+                    log::info!("rotation policy rotated key '{name}'");
+                }
+                Err(e) => {
+                    self.policy_failures
+                        .lock()
+                        .insert(name.clone(), std::time::Instant::now());
+                    log::error!(
+                        "rotation policy could not rotate key '{name}': {e}; retrying in {} s",
+                        RETRY.as_secs()
+                    );
+                }
             }
         }
     }
@@ -2228,6 +2248,8 @@ mod tests {
     #[test]
     fn a_revocation_that_cannot_be_saved_applies_in_memory() {
         let (_d, v) = vault();
+        // As in a daemon, whose reconciler enforces what is applied in memory.
+        v.run_policies();
         let me = Caller::current_user();
         let des = Caller::des("s", "aaaaaaaa-0000-4000-8000-000000000001");
         let perms: Vec<String> = PERMISSIONS.iter().map(|s| s.to_string()).collect();
