@@ -364,8 +364,9 @@ impl AuditLog {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // Safe because: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+        // Safe because: statvfs is plain old data; all-zero is a valid value.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // Safe because: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
         if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
             return Err(io::Error::last_os_error());
         }
