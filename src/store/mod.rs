@@ -29,7 +29,7 @@ pub mod spec;
 pub use crate::lock::StoreLock;
 pub use disk::{Disk, Revocation, SeekKind};
 pub use error::{Result, StoreError};
-pub use reconcile::{Delays, Invalidator};
+pub use reconcile::{panic_text, Delays, Invalidator};
 pub use rekey::RekeyStatus;
 pub use spec::{parse_size, validate_name, Sku, MAX_DISK_SIZE};
 

@@ -105,7 +105,8 @@ impl Health {
 
     /// For status.json.
     pub fn to_json(&self) -> Value {
-        let state = match self.down() {
+        let down = self.down();
+        let state = match &down {
             None if self.enforcing.load(Ordering::Acquire) => "Running",
             None => "NotRunning",
             Some(_) if self.exited.load(Ordering::Acquire) => "Stopped",
@@ -114,14 +115,14 @@ impl Health {
         };
         json!({
             "state": state,
-            "error": self.down(),
+            "error": down,
             "panics": self.panics.load(Ordering::Acquire),
         })
     }
 }
 
-/// The text of a caught panic.
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+/// The text of a panic's payload (a caught one, or the panic hook's).
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
