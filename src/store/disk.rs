@@ -327,7 +327,7 @@ impl Disk {
             ));
         }
         let meta = self.meta.lock().clone();
-        let platform_kid = crate::vault::KeyProvider::current_kid(&self.keys.platform);
+        let platform_kid = self.keys.platform_key().to_string();
         let rekey_layers = meta.rekey.iter().flat_map(|r| r.layers.iter());
         for l in meta.layers.iter().chain(rekey_layers) {
             if is_platform_kid(&l.kid) && l.kid != platform_kid {

@@ -5,7 +5,7 @@ use super::des::{des_name, DesRecord};
 use super::meta::Encryption;
 use super::{Result, StoreError};
 use crate::crypto::Secret;
-use crate::vault::{KeyProvider, KeyRef, KeyVault, PlatformKeys, WrappedKey};
+use crate::vault::{Caller, KeyId, KeyProvider, KeyRef, KeyVault, PlatformKeys, WrappedKey};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -59,7 +59,15 @@ impl Keyring {
     }
 
     pub fn wrap_platform(&self, dek: &Secret) -> Result<WrappedKey> {
-        Ok(self.platform.wrap(dek)?)
+        let id = self.platform_key();
+        Ok(self.platform.wrap(&Caller::platform(), &id, dek)?)
+    }
+
+    /// The store's platform key.
+    pub fn platform_key(&self) -> KeyId {
+        self.platform
+            .default_key()
+            .expect("the platform provider has a key")
     }
 
     /// Wraps with the DES's active key, as the DES identity.
@@ -76,7 +84,8 @@ impl Keyring {
     /// Unwraps one layer's DEK of a disk with encryption `enc`.
     pub fn unwrap(&self, enc: &Encryption, w: &WrappedKey) -> Result<Secret> {
         if is_platform_kid(&w.kid) {
-            return Ok(self.platform.unwrap(w)?);
+            let id = KeyId::parse(&w.kid)?;
+            return Ok(self.platform.unwrap(&Caller::platform(), &id, w)?);
         }
         let id = enc.disk_encryption_set_id.as_deref().ok_or_else(|| {
             StoreError::InvalidArgument(format!(
@@ -85,6 +94,6 @@ impl Keyring {
             ))
         })?;
         let des = self.des(id)?;
-        Ok(self.vault.unwrap(&des.caller(), w)?)
+        Ok(KeyVault::unwrap(&self.vault, &des.caller(), w)?)
     }
 }

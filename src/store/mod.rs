@@ -710,7 +710,7 @@ impl Store {
         json!({
             "store": self.root.display().to_string(),
             "formatVersion": STORE_VERSION,
-            "platformKeyId": crate::vault::KeyProvider::current_kid(&self.keys.platform),
+            "platformKeyId": self.keys.platform_key().to_string(),
             "reconcilerPasses": self.reconcile_passes(),
             "reconciler": self.reconcile.health.to_json(),
             "keyVault": self.keys.vault.show(),
