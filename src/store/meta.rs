@@ -1,11 +1,11 @@
 //! Disk metadata (`disks/ID/meta.json`): serialization, validation and the key check
 //! that binds each wrapped DEK to its disk. See docs/format.md.
 
-use super::keyring::is_platform_kid;
+use super::encryption::LayerKind;
 use super::spec::{validate_name, Sku, MAX_DISK_SIZE};
 use crate::crypto::wrap::{hex, unhex, WRAP_ALG};
 use crate::crypto::{CipherKind, Secret, DATA_UNIT};
-use crate::vault::{KeyRef, WrappedKey};
+use crate::vault::{KeyId, WrappedKey};
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
@@ -70,10 +70,12 @@ pub struct Rekey {
     pub started_at: String,
 }
 
-/// A layer after validation: parsed cipher, nonce and wrapped key.
+/// A layer after validation: parsed cipher, nonce, key id and wrapped key.
 pub struct ParsedLayer {
     pub cipher: CipherKind,
     pub nonce: Vec<u8>,
+    /// `wrapped.kid`, parsed.
+    pub key: KeyId,
     pub wrapped: WrappedKey,
 }
 
@@ -96,9 +98,11 @@ impl Layer {
         if unhex(&self.key_check).map(|k| k.len()) != Some(32) {
             return Err("keyCheck is not a 32-byte hex string".into());
         }
+        let key = KeyId::parse(&self.kid).map_err(|e| e.to_string())?;
         Ok(ParsedLayer {
             cipher,
             nonce,
+            key,
             wrapped: WrappedKey {
                 kid: self.kid.clone(),
                 alg: self.alg.clone(),
@@ -165,11 +169,11 @@ impl DiskMeta {
         if self.data_unit_size != DATA_UNIT as u64 {
             return Err(format!("dataUnitSize must be {DATA_UNIT}"));
         }
-        // Which layers are wrapped by the platform key, per encryption type.
-        let platform_layers: &[bool] = match self.encryption.kind.as_str() {
-            PLATFORM_KEY_TYPE => &[true],
-            CMK_TYPE => &[false],
-            DOUBLE_TYPE => &[false, true],
+        // Which key wraps each layer, per encryption type.
+        let kinds: &[LayerKind] = match self.encryption.kind.as_str() {
+            PLATFORM_KEY_TYPE => &[LayerKind::Platform],
+            CMK_TYPE => &[LayerKind::Customer],
+            DOUBLE_TYPE => &[LayerKind::Customer, LayerKind::Platform],
             other => return Err(format!("encryption type '{other}' is not supported")),
         };
         let has_des = self.encryption.disk_encryption_set_id.is_some();
@@ -180,26 +184,23 @@ impl DiskMeta {
                 "a customer-key disk must name its disk encryption set".into()
             });
         }
-        if self.layers.len() != platform_layers.len() {
+        if self.layers.len() != kinds.len() {
             return Err(format!(
                 "{} expects {} encryption layer(s)",
                 self.encryption.kind,
-                platform_layers.len()
+                kinds.len()
             ));
         }
-        for (l, &platform) in self.layers.iter().zip(platform_layers) {
-            l.parse()?;
-            if platform != is_platform_kid(&l.kid) {
+        for (l, &kind) in self.layers.iter().zip(kinds) {
+            let key = l.parse()?.key;
+            if LayerKind::of(&key) != kind {
                 return Err(format!(
                     "layer key '{}' does not fit {}",
                     l.kid, self.encryption.kind
                 ));
             }
-            if !platform {
-                let r = KeyRef::parse(&l.kid).map_err(|e| e.to_string())?;
-                if r.vault.is_none() || r.version.is_none() {
-                    return Err(format!("layer key '{}' must be a versioned key URL", l.kid));
-                }
+            if !key.is_versioned() {
+                return Err(format!("layer key '{}' must be a versioned key URL", l.kid));
             }
         }
         if let Some(rk) = &self.rekey {
@@ -207,10 +208,8 @@ impl DiskMeta {
                 return Err("rekey.layers must match layers".into());
             }
             for (new, old) in rk.layers.iter().zip(&self.layers) {
-                new.parse()?;
-                if new.cipher != old.cipher
-                    || is_platform_kid(&new.kid) != is_platform_kid(&old.kid)
-                {
+                let (new_key, old_key) = (new.parse()?.key, old.parse()?.key);
+                if new.cipher != old.cipher || LayerKind::of(&new_key) != LayerKind::of(&old_key) {
                     return Err(
                         "rekey.layers must use the same ciphers and key kinds as layers".into(),
                     );
@@ -244,7 +243,7 @@ mod tests {
             layers: vec![Layer {
                 cipher: "aes-256-xts".into(),
                 nonce: String::new(),
-                kid: "platform/00".into(),
+                kid: "platform/0123456789abcdef0123456789abcdef".into(),
                 alg: WRAP_ALG.into(),
                 wrapped_key: encode_wrapped(&[7u8; 256]),
                 key_check: "00".repeat(32),

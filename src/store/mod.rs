@@ -15,6 +15,7 @@
 
 pub mod des;
 mod disk;
+pub mod encryption;
 mod error;
 pub mod keyring;
 mod reconcile;
@@ -28,6 +29,7 @@ pub mod spec;
 
 pub use crate::lock::StoreLock;
 pub use disk::{Disk, Revocation, SeekKind};
+pub use encryption::LayerKind;
 pub use error::{Result, StoreError};
 pub use reconcile::{panic_text, Delays, Invalidator};
 pub use rekey::RekeyStatus;
@@ -277,11 +279,10 @@ impl Store {
             durable::create_dir(&des_dir, 0o700)
                 .map_err(|e| StoreError::io(format!("creating {}", des_dir.display()), e))?;
         }
-        let keys = Arc::new(Keyring {
-            platform,
-            vault,
-            sets: RwLock::new(load_sets(&des_dir)?),
-        });
+        let mut keys = Keyring::new(vault.clone(), load_sets(&des_dir)?);
+        keys.register(Arc::new(platform));
+        keys.register(vault);
+        let keys = Arc::new(keys);
         let weak = Arc::downgrade(&keys);
         keys.vault.set_guard(Box::new(move |name, version| {
             weak.upgrade()?.rotation_needs(name, version)
@@ -493,19 +494,16 @@ impl Store {
             .transpose()?;
         let id = hex(&random_bytes(16)?);
         // Customer-key layer first (applied to plaintext first), platform layer last.
-        let platform_layers: &[bool] = match &des {
-            None => &[true],
-            Some(d) if d.is_double() => &[false, true],
-            Some(_) => &[false],
+        let kinds: &[LayerKind] = match &des {
+            None => &[LayerKind::Platform],
+            Some(d) if d.is_double() => &[LayerKind::Customer, LayerKind::Platform],
+            Some(_) => &[LayerKind::Customer],
         };
         let mut layers = Vec::new();
-        for (i, &platform) in platform_layers.iter().enumerate() {
+        for (i, &kind) in kinds.iter().enumerate() {
             let dek = Secret::random(cipher.key_len())?;
             let nonce = random_bytes(cipher.nonce_len())?;
-            let wrapped = match &des {
-                Some(d) if !platform => self.keys.wrap_des(d, &dek)?,
-                _ => self.keys.wrap_platform(&dek)?,
-            };
+            let wrapped = self.keys.wrap_layer(kind, des.as_ref(), &dek)?;
             layers.push(Layer {
                 cipher: cipher.name().into(),
                 nonce: hex(&nonce),
@@ -710,7 +708,7 @@ impl Store {
         json!({
             "store": self.root.display().to_string(),
             "formatVersion": STORE_VERSION,
-            "platformKeyId": self.keys.platform_key().to_string(),
+            "platformKeyId": self.keys.platform_key().map(|k| k.to_string()),
             "reconcilerPasses": self.reconcile_passes(),
             "reconciler": self.reconcile.health.to_json(),
             "keyVault": self.keys.vault.show(),

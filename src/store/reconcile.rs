@@ -3,9 +3,8 @@
 //! interrupted key changes. `Store::reconcile` is one pass; the daemon runs it on a
 //! thread, woken by every vault change and at least every 100 ms.
 
-use super::keyring::is_platform_kid;
 use super::*;
-use crate::vault::{Caller, VaultError};
+use crate::vault::{Caller, KeyId, VaultError};
 use parking_lot::Condvar;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -288,14 +287,15 @@ impl Store {
             Err(e) => return Err(KeyDenied::new(&e, Caller::current_user())),
         };
         let rekey_layers = m.rekey.iter().flat_map(|r| r.layers.iter());
-        for l in m
-            .layers
-            .iter()
-            .chain(rekey_layers)
-            .filter(|l| !is_platform_kid(&l.kid))
-        {
-            if let Err(e) = self.keys.vault.can_unwrap(&des.caller(), &l.kid) {
-                return Err(KeyDenied::new(&StoreError::Vault(e), des.caller()));
+        for l in m.layers.iter().chain(rekey_layers) {
+            let usable = KeyId::parse(&l.kid)
+                .map_err(StoreError::from)
+                .and_then(|key| match LayerKind::of(&key) {
+                    LayerKind::Platform => Ok(()),
+                    LayerKind::Customer => self.keys.usable_for_unwrap(&des.caller(), &key),
+                });
+            if let Err(e) = usable {
+                return Err(KeyDenied::new(&e, des.caller()));
             }
         }
         Ok(())
@@ -485,14 +485,14 @@ impl Store {
             {
                 continue;
             }
-            let Ok(mut r) = KeyRef::parse(&rec.active_key) else {
+            let Ok(key) = KeyId::parse(&rec.active_key) else {
                 continue;
             };
-            r.version = None;
             // A deleted key is a revocation, not a rotation failure.
-            let Ok(latest) = self.keys.vault.resolve(&r) else {
+            let Ok(latest) = self.keys.describe(&key.versionless()) else {
                 continue;
             };
+            let latest = latest.kid.to_string();
             if latest == rec.active_key {
                 continue;
             }

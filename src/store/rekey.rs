@@ -38,10 +38,9 @@ impl Store {
                 .map_err(|r| StoreError::InvalidArgument(r.to_string()))?;
             let dek = Secret::random(p.cipher.key_len())?;
             let nonce = random_bytes(p.cipher.nonce_len())?;
-            let w = match &des {
-                Some(d) if !keyring::is_platform_kid(&old.kid) => self.keys.wrap_des(d, &dek)?,
-                _ => self.keys.wrap_platform(&dek)?,
-            };
+            let w = self
+                .keys
+                .wrap_layer(LayerKind::of(&p.key), des.as_ref(), &dek)?;
             out.push(Layer {
                 cipher: old.cipher.clone(),
                 nonce: hex(&nonce),

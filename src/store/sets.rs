@@ -3,6 +3,7 @@
 
 use super::des::{corrupt_placeholder, des_id, new_principal_id, validate_set_name, DES_DIR};
 use super::*;
+use crate::vault::KeyId;
 
 /// Loads every `STORE/disk-encryption-sets/NAME.json`.
 pub(super) fn load_sets(dir: &Path) -> Result<BTreeMap<String, DesRecord>> {
@@ -175,8 +176,7 @@ impl Store {
             Some(k) if k != rec.active_key => {
                 // The new key must be usable before any disk moves to it.
                 self.keys
-                    .vault
-                    .can_wrap(&rec.caller(), &KeyRef::parse(&k)?)?;
+                    .usable_for_wrap(&rec.caller(), &KeyId::parse(&k)?)?;
                 // Keys of an unfinished earlier change stay listed until no disk uses them.
                 let mut prev = std::mem::take(&mut rec.previous_keys);
                 prev.push(rec.active_key.clone());
@@ -233,8 +233,7 @@ impl Store {
                 continue;
             }
             let enc = m.encryption.clone();
-            let active = rec.active_key.clone();
-            let r = self.rewrap_layer(&d, 0, enc, |dek| self.keys.wrap_with(rec, &active, dek));
+            let r = self.rewrap_layer(&d, 0, enc, |dek| self.keys.wrap_des(rec, dek));
             crate::fault::point("rotate.disk");
             if let Err(e) = r {
                 return Err(StoreError::NotPermitted(format!(
@@ -317,7 +316,7 @@ impl Store {
             let p = layer
                 .parse()
                 .map_err(|r| StoreError::InvalidArgument(r.to_string()))?;
-            let dek = self.keys.unwrap(&m.encryption, &p.wrapped)?;
+            let dek = self.keys.unwrap(&m.encryption, &p)?;
             if key_check(&dek, &m.id, idx, p.cipher, &p.nonce) != layer.key_check {
                 return Err(StoreError::Unavailable {
                     disk: m.name.clone(),
