@@ -435,7 +435,7 @@ impl Disk {
     /// Fails closed for a customer-key disk while revocations can't be enforced.
     fn check_enforced(&self) -> Result<()> {
         if let Some(why) = self.health.down() {
-            if self.meta.lock().encryption.kind != super::meta::PLATFORM_KEY_TYPE {
+            if self.meta.lock().encryption.kind.uses_customer_key() {
                 return Err(StoreError::EnforcementDown(why));
             }
         }

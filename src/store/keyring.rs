@@ -2,7 +2,7 @@
 //! are routed by the kind of each key id. A platform layer's key is used as the
 //! platform; a customer-key layer's as the identity of the disk's encryption set.
 
-use super::des::{des_name, DesRecord};
+use super::des::{des_name, DesRecord, ProvisioningState};
 use super::encryption::LayerKind;
 use super::meta::{Encryption, ParsedLayer};
 use super::{Result, StoreError};
@@ -73,7 +73,10 @@ impl Keyring {
     pub fn rotation_needs(&self, name: &str, version: Option<&str>) -> Option<String> {
         let version = version?.to_ascii_lowercase();
         let sets = self.sets.read();
-        for d in sets.values().filter(|d| d.provisioning_state == "Updating") {
+        for d in sets
+            .values()
+            .filter(|d| d.provisioning_state == ProvisioningState::Updating)
+        {
             for kid in d.previous_keys.iter().chain(std::iter::once(&d.active_key)) {
                 let Ok(r) = KeyRef::parse(kid) else { continue };
                 if r.name.eq_ignore_ascii_case(name) && r.version.as_deref() == Some(&version) {

@@ -1,7 +1,7 @@
 //! Disk metadata (`disks/ID/meta.json`): serialization, validation and the key check
 //! that binds each wrapped DEK to its disk. See docs/format.md.
 
-use super::encryption::LayerKind;
+use super::encryption::{EncryptionType, LayerKind};
 use super::spec::{validate_name, Sku, MAX_DISK_SIZE};
 use crate::crypto::wrap::{hex, unhex, WRAP_ALG};
 use crate::crypto::{CipherKind, Secret, DATA_UNIT};
@@ -12,15 +12,12 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 pub const META_VERSION: u64 = 1;
-pub const PLATFORM_KEY_TYPE: &str = "EncryptionAtRestWithPlatformKey";
-pub const CMK_TYPE: &str = "EncryptionAtRestWithCustomerKey";
-pub const DOUBLE_TYPE: &str = "EncryptionAtRestWithPlatformAndCustomerKeys";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Encryption {
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EncryptionType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_encryption_set_id: Option<String>,
 }
@@ -169,15 +166,9 @@ impl DiskMeta {
         if self.data_unit_size != DATA_UNIT as u64 {
             return Err(format!("dataUnitSize must be {DATA_UNIT}"));
         }
-        // Which key wraps each layer, per encryption type.
-        let kinds: &[LayerKind] = match self.encryption.kind.as_str() {
-            PLATFORM_KEY_TYPE => &[LayerKind::Platform],
-            CMK_TYPE => &[LayerKind::Customer],
-            DOUBLE_TYPE => &[LayerKind::Customer, LayerKind::Platform],
-            other => return Err(format!("encryption type '{other}' is not supported")),
-        };
+        let kinds = self.encryption.kind.layers();
         let has_des = self.encryption.disk_encryption_set_id.is_some();
-        if has_des == (self.encryption.kind == PLATFORM_KEY_TYPE) {
+        if has_des != self.encryption.kind.uses_customer_key() {
             return Err(if has_des {
                 "a platform-key disk must not name a disk encryption set".into()
             } else {
@@ -236,7 +227,7 @@ mod tests {
             sku: "Premium_LRS".into(),
             created_at: "2026-11-29T00:00:00Z".into(),
             encryption: Encryption {
-                kind: PLATFORM_KEY_TYPE.into(),
+                kind: EncryptionType::PlatformKey,
                 disk_encryption_set_id: None,
             },
             data_unit_size: 4096,

@@ -29,22 +29,19 @@ pub mod spec;
 
 pub use crate::lock::StoreLock;
 pub use disk::{Disk, Revocation, SeekKind};
-pub use encryption::LayerKind;
+pub use encryption::{EncryptionType, LayerKind};
 pub use error::{Result, StoreError};
 pub use reconcile::{panic_text, Delays, Invalidator};
-pub use rekey::RekeyStatus;
+pub use rekey::{RekeyState, RekeyStatus};
 pub use spec::{parse_size, validate_name, Sku, MAX_DISK_SIZE};
 
 use crate::crypto::wrap::hex;
 use crate::crypto::{random_bytes, CipherKind, Secret};
 use crate::durable;
 use crate::vault::{KeyRef, KeyVault, PlatformKeys, WrappedKey};
-use des::{des_name, parse_des_type, DesRecord, DES_DIR};
+use des::{des_name, DesRecord, DES_DIR};
 use keyring::Keyring;
-use meta::{
-    encode_wrapped, key_check, DiskMeta, Encryption, Layer, CMK_TYPE, DOUBLE_TYPE,
-    PLATFORM_KEY_TYPE,
-};
+use meta::{encode_wrapped, key_check, DiskMeta, Encryption, Layer};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -413,7 +410,7 @@ impl Store {
                     sku: Sku::default().name().into(),
                     created_at: String::new(),
                     encryption: Encryption {
-                        kind: PLATFORM_KEY_TYPE.into(),
+                        kind: EncryptionType::PlatformKey,
                         disk_encryption_set_id: None,
                     },
                     data_unit_size: crate::crypto::DATA_UNIT as u64,
@@ -494,16 +491,14 @@ impl Store {
             .transpose()?;
         let id = hex(&random_bytes(16)?);
         // Customer-key layer first (applied to plaintext first), platform layer last.
-        let kinds: &[LayerKind] = match &des {
-            None => &[LayerKind::Platform],
-            Some(d) if d.is_double() => &[LayerKind::Customer, LayerKind::Platform],
-            Some(_) => &[LayerKind::Customer],
-        };
+        let kind = des
+            .as_ref()
+            .map_or(EncryptionType::PlatformKey, |d| d.encryption_type);
         let mut layers = Vec::new();
-        for (i, &kind) in kinds.iter().enumerate() {
+        for (i, &layer) in kind.layers().iter().enumerate() {
             let dek = Secret::random(cipher.key_len())?;
             let nonce = random_bytes(cipher.nonce_len())?;
-            let wrapped = self.keys.wrap_layer(kind, des.as_ref(), &dek)?;
+            let wrapped = self.keys.wrap_layer(layer, des.as_ref(), &dek)?;
             layers.push(Layer {
                 cipher: cipher.name().into(),
                 nonce: hex(&nonce),
@@ -521,9 +516,7 @@ impl Store {
             sku: opts.sku.name().to_string(),
             created_at: now_rfc3339(),
             encryption: Encryption {
-                kind: des
-                    .as_ref()
-                    .map_or(PLATFORM_KEY_TYPE.into(), |d| d.encryption_type.clone()),
+                kind,
                 disk_encryption_set_id: des.as_ref().map(|d| d.id()),
             },
             data_unit_size: crate::crypto::DATA_UNIT as u64,
@@ -677,7 +670,7 @@ impl Store {
         if let Some(r) = disk.revocation() {
             return r.reason;
         }
-        let customer = m.encryption.kind != PLATFORM_KEY_TYPE;
+        let customer = m.encryption.kind.uses_customer_key();
         // A revocation not (yet) acted on: no daemon runs, or its delay is pending.
         let mut pending = None;
         if customer {

@@ -3,6 +3,7 @@
 //! interrupted key changes. `Store::reconcile` is one pass; the daemon runs it on a
 //! thread, woken by every vault change and at least every 100 ms.
 
+use super::des::ProvisioningState;
 use super::*;
 use crate::vault::{Caller, KeyId, VaultError};
 use parking_lot::Condvar;
@@ -358,7 +359,7 @@ impl Store {
             return;
         };
         for d in self.served() {
-            if d.meta().encryption.kind != PLATFORM_KEY_TYPE {
+            if d.meta().encryption.kind.uses_customer_key() {
                 inv(&d);
             }
         }
@@ -405,7 +406,7 @@ impl Store {
                 continue;
             }
             let m = d.meta();
-            if m.encryption.kind == PLATFORM_KEY_TYPE {
+            if !m.encryption.kind.uses_customer_key() {
                 continue;
             }
             let kid = m.layers[0].kid.clone();
@@ -481,7 +482,7 @@ impl Store {
         for rec in self.des_list() {
             if !rec.rotation_to_latest_key_version_enabled
                 || rec.auto_key_rotation_error.is_some()
-                || rec.provisioning_state != "Succeeded"
+                || rec.provisioning_state != ProvisioningState::Succeeded
             {
                 continue;
             }
@@ -530,7 +531,7 @@ impl Store {
             return;
         }
         for mut rec in self.des_list() {
-            if rec.provisioning_state == "Updating" {
+            if rec.provisioning_state == ProvisioningState::Updating {
                 let _ns = self.ns.lock();
                 if let Err(e) = self.finish_key_change(&mut rec) {
                     log::warn!("{e}");

@@ -3,14 +3,69 @@
 
 use super::*;
 use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
+
+/// Where a disk's rekey stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RekeyState {
+    /// None has run since the store opened, and none is unfinished.
+    #[default]
+    Idle,
+    Running,
+    Done,
+    Failed,
+    /// Stopped part-way (a crash or a shutdown); `disk rekey` resumes it.
+    Interrupted,
+}
+
+impl RekeyState {
+    pub const ALL: [RekeyState; 5] = [
+        RekeyState::Idle,
+        RekeyState::Running,
+        RekeyState::Done,
+        RekeyState::Failed,
+        RekeyState::Interrupted,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RekeyState::Idle => "idle",
+            RekeyState::Running => "running",
+            RekeyState::Done => "done",
+            RekeyState::Failed => "failed",
+            RekeyState::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for RekeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for RekeyState {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        RekeyState::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| {
+                StoreError::InvalidArgument(format!(
+                    "unknown rekey state '{s}'; use idle, running, done, failed or interrupted"
+                ))
+            })
+    }
+}
 
 /// What `disks/NAME/rekey` shows.
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RekeyStatus {
-    /// idle, running, done, failed, or interrupted (resumable).
-    pub state: String,
+    pub state: RekeyState,
     pub done_bytes: u64,
     pub total_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -113,7 +168,7 @@ impl Store {
             self.set_rekey_status(
                 &id,
                 RekeyStatus {
-                    state: "running".into(),
+                    state: RekeyState::Running,
                     done_bytes: d,
                     total_bytes: t,
                     error: None,
@@ -127,13 +182,13 @@ impl Store {
             &id,
             match &r {
                 Ok(()) => RekeyStatus {
-                    state: "done".into(),
+                    state: RekeyState::Done,
                     done_bytes: total,
                     total_bytes: total,
                     error: None,
                 },
                 Err(e) => RekeyStatus {
-                    state: "failed".into(),
+                    state: RekeyState::Failed,
                     error: Some(e.to_string()),
                     ..Default::default()
                 },
@@ -151,13 +206,16 @@ impl Store {
         let disk = self.get_or_err(name)?;
         {
             let mut st = self.rekeys.status.lock();
-            if st.get(&disk.id).is_some_and(|s| s.state == "running") {
+            if st
+                .get(&disk.id)
+                .is_some_and(|s| s.state == RekeyState::Running)
+            {
                 return Err(StoreError::Busy(name.to_string()));
             }
             st.insert(
                 disk.id.clone(),
                 RekeyStatus {
-                    state: "running".into(),
+                    state: RekeyState::Running,
                     ..Default::default()
                 },
             );
@@ -195,13 +253,13 @@ impl Store {
         }
         match disk.rekey_state() {
             Some((b, _)) => RekeyStatus {
-                state: "interrupted".into(),
+                state: RekeyState::Interrupted,
                 done_bytes: (b * U64).min(disk.size()),
                 total_bytes: disk.size(),
                 error: None,
             },
             None => RekeyStatus {
-                state: "idle".into(),
+                state: RekeyState::Idle,
                 total_bytes: disk.size(),
                 ..Default::default()
             },
@@ -231,4 +289,27 @@ fn fs_space(path: &Path) -> std::io::Result<(u64, bool)> {
     const BCACHEFS: i64 = 0xca45_1a4e;
     let cow = matches!(st.f_type as i64, BTRFS | ZFS | BCACHEFS);
     Ok((st.f_bavail as u64 * st.f_bsize as u64, cow))
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+
+    #[test]
+    fn states_keep_their_names() {
+        for s in RekeyState::ALL {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+            assert_eq!(s.name().parse::<RekeyState>().unwrap(), s);
+        }
+        let st = RekeyStatus {
+            state: RekeyState::Interrupted,
+            done_bytes: 1,
+            total_bytes: 2,
+            error: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&st).unwrap(),
+            r#"{"state":"interrupted","doneBytes":1,"totalBytes":2}"#
+        );
+    }
 }

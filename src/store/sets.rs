@@ -1,7 +1,9 @@
 //! Store operations on disk encryption sets and on a disk's encryption: creating and
 //! changing sets, moving disks to customer keys, re-wrapping DEKs on a key change.
 
-use super::des::{corrupt_placeholder, des_id, new_principal_id, validate_set_name, DES_DIR};
+use super::des::{
+    corrupt_placeholder, des_id, new_principal_id, validate_set_name, ProvisioningState, DES_DIR,
+};
 use super::*;
 use crate::vault::KeyId;
 
@@ -102,7 +104,8 @@ impl Store {
         auto_rotate: bool,
     ) -> Result<Value> {
         validate_set_name(name)?;
-        let kind = parse_des_type(encryption_type.unwrap_or(CMK_TYPE))?;
+        let kind =
+            encryption_type.map_or(Ok(EncryptionType::CustomerKey), EncryptionType::for_des)?;
         let _ns = self.ns.lock();
         match self.keys.des(name) {
             Err(StoreError::DesNotFound(_)) => {}
@@ -116,12 +119,12 @@ impl Store {
         let active = self.resolve_des_key(key_url, auto_rotate)?;
         let rec = DesRecord {
             name: name.to_string(),
-            encryption_type: kind.to_string(),
+            encryption_type: kind,
             active_key: active,
             previous_keys: vec![],
             rotation_to_latest_key_version_enabled: auto_rotate,
             principal_id: new_principal_id()?,
-            provisioning_state: "Succeeded".into(),
+            provisioning_state: ProvisioningState::Succeeded,
             last_key_rotation_timestamp: None,
             auto_key_rotation_error: None,
             created: now_rfc3339(),
@@ -159,7 +162,7 @@ impl Store {
         let _ns = self.ns.lock();
         let mut rec = self.keys.des(name)?;
         if let Some(t) = encryption_type {
-            if parse_des_type(t)? != rec.encryption_type {
+            if EncryptionType::for_des(t)? != rec.encryption_type {
                 return Err(StoreError::NotPermitted(format!(
                     "the encryption type of disk encryption set '{}' cannot change; create a new set",
                     rec.name
@@ -184,12 +187,12 @@ impl Store {
                 prev.dedup();
                 rec.previous_keys = prev;
                 rec.active_key = k;
-                rec.provisioning_state = "Updating".into();
+                rec.provisioning_state = ProvisioningState::Updating;
                 self.save_des(&rec)?;
                 crate::fault::point("rotate.begin");
                 self.finish_key_change(&mut rec)?;
             }
-            _ if rec.provisioning_state == "Updating" => {
+            _ if rec.provisioning_state == ProvisioningState::Updating => {
                 self.save_des(&rec)?;
                 self.finish_key_change(&mut rec)?;
             }
@@ -244,7 +247,7 @@ impl Store {
         }
         crate::fault::point("rotate.end");
         rec.previous_keys.clear();
-        rec.provisioning_state = "Succeeded".into();
+        rec.provisioning_state = ProvisioningState::Succeeded;
         // A rotation stopped by a revocation has now finished: its error is resolved.
         rec.auto_key_rotation_error = None;
         rec.last_key_rotation_timestamp = Some(now_rfc3339());
@@ -260,7 +263,7 @@ impl Store {
     /// Finishes key changes interrupted by a crash.
     pub(super) fn resume_key_changes(&self) {
         for mut rec in self.des_list() {
-            if rec.provisioning_state == "Updating" {
+            if rec.provisioning_state == ProvisioningState::Updating {
                 log::info!("resuming key change of disk encryption set '{}'", rec.name);
                 if let Err(e) = self.finish_key_change(&mut rec) {
                     log::error!("{e}");
@@ -351,15 +354,8 @@ impl Store {
         let disk = self.get_usable(name)?;
         let target_des = des.map(|d| self.keys.des(d)).transpose()?;
         let target = match (encryption_type, &target_des) {
-            (Some(t), _) if t.eq_ignore_ascii_case(PLATFORM_KEY_TYPE) => PLATFORM_KEY_TYPE,
-            (Some(t), _) => parse_des_type(t)?,
-            (None, Some(d)) => {
-                if d.is_double() {
-                    DOUBLE_TYPE
-                } else {
-                    CMK_TYPE
-                }
-            }
+            (Some(t), _) => t.parse::<EncryptionType>()?,
+            (None, Some(d)) => d.encryption_type,
             (None, None) => {
                 return Err(StoreError::InvalidArgument(
                     "give --encryption-type and/or --disk-encryption-set".into(),
@@ -372,8 +368,8 @@ impl Store {
             )));
         }
         let current = disk.meta().encryption;
-        if target == PLATFORM_KEY_TYPE {
-            if current.kind != PLATFORM_KEY_TYPE {
+        if !target.uses_customer_key() {
+            if current.kind.uses_customer_key() {
                 return Err(StoreError::CmkCannotBeDisabled);
             }
             if target_des.is_some() {
@@ -394,21 +390,21 @@ impl Store {
                 des.name, des.encryption_type
             )));
         }
-        let from_platform = current.kind == PLATFORM_KEY_TYPE;
+        let from_platform = !current.kind.uses_customer_key();
         if !from_platform && current.kind != target {
             return Err(StoreError::NotPermitted(format!(
                 "changing a disk from {} to {target} would re-encrypt all its data; create a new disk with --disk-encryption-set {} and copy the data (e.g. qemu-img convert)",
                 current.kind, des.name
             )));
         }
-        if from_platform && target == DOUBLE_TYPE {
+        if from_platform && target == EncryptionType::PlatformAndCustomerKeys {
             return Err(StoreError::NotPermitted(format!(
                 "adding double encryption to a platform-key disk would re-encrypt all its data; create a new disk with --disk-encryption-set {} and copy the data (e.g. qemu-img convert)",
                 des.name
             )));
         }
         let enc = Encryption {
-            kind: target.to_string(),
+            kind: target,
             disk_encryption_set_id: Some(des.id()),
         };
         if current == enc {
