@@ -4,9 +4,9 @@
 
 use super::des::{des_name, DesRecord, ProvisioningState};
 use super::encryption::LayerKind;
-use super::meta::{Encryption, ParsedLayer};
+use super::meta::{Encryption, Layer, ParsedLayer};
 use super::{Result, StoreError};
-use crate::crypto::Secret;
+use crate::crypto::{CipherKind, Secret};
 use crate::vault::{
     Caller, KeyId, KeyInfo, KeyProvider, KeyRef, KeyVault, ProviderKind, VaultError, WrappedKey,
 };
@@ -116,20 +116,27 @@ impl Keyring {
         }
     }
 
-    /// Wraps a new DEK for a layer of `kind` (see `wrapping_key`).
-    pub fn wrap_layer(
+    /// A new layer of `kind` for disk `disk_id` (see `Layer::seal`), wrapped with the
+    /// key and as the identity `wrapping_key` gives.
+    pub fn seal(
         &self,
         kind: LayerKind,
         des: Option<&DesRecord>,
-        dek: &Secret,
-    ) -> Result<WrappedKey> {
+        cipher: CipherKind,
+        disk_id: &str,
+        index: usize,
+    ) -> Result<Layer> {
         let (key, caller) = self.wrapping_key(kind, des)?;
-        self.wrap(&caller, &key, dek)
+        let provider = self.provider_for(&key)?;
+        Ok(Layer::seal(
+            provider, &caller, &key, cipher, disk_id, index,
+        )?)
     }
 
     /// Wraps with the set's active key, as the set's identity.
     pub fn wrap_des(&self, des: &DesRecord, dek: &Secret) -> Result<WrappedKey> {
-        self.wrap_layer(LayerKind::Customer, Some(des), dek)
+        let (key, caller) = self.wrapping_key(LayerKind::Customer, Some(des))?;
+        self.wrap(&caller, &key, dek)
     }
 
     pub fn wrap(&self, caller: &Caller, key: &KeyId, dek: &Secret) -> Result<WrappedKey> {

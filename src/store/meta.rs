@@ -4,8 +4,8 @@
 use super::encryption::{EncryptionType, LayerKind};
 use super::spec::{validate_name, Sku, MAX_DISK_SIZE};
 use crate::crypto::wrap::{hex, unhex, WRAP_ALG};
-use crate::crypto::{CipherKind, Secret, DATA_UNIT};
-use crate::vault::{KeyId, WrappedKey};
+use crate::crypto::{random_bytes, CipherKind, Secret, DATA_UNIT};
+use crate::vault::{Caller, KeyId, KeyProvider, VaultError, WrappedKey};
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
@@ -77,6 +77,40 @@ pub struct ParsedLayer {
 }
 
 impl Layer {
+    /// Layer `index` of disk `disk_id` under a fresh DEK and nonce for `cipher`, the
+    /// DEK wrapped by `provider` with `key` as `caller`. Every new layer is made here
+    /// (disk creation and rekey).
+    pub fn seal(
+        provider: &dyn KeyProvider,
+        caller: &Caller,
+        key: &KeyId,
+        cipher: CipherKind,
+        disk_id: &str,
+        index: usize,
+    ) -> Result<Layer, VaultError> {
+        let dek = Secret::random(cipher.key_len())?;
+        let nonce = random_bytes(cipher.nonce_len())?;
+        let wrapped = provider.wrap(caller, key, &dek)?;
+        let mut layer = Layer {
+            cipher: cipher.name().into(),
+            nonce: hex(&nonce),
+            kid: String::new(),
+            alg: String::new(),
+            wrapped_key: String::new(),
+            key_check: key_check(&dek, disk_id, index, cipher, &nonce),
+        };
+        layer.set_wrapped(&wrapped);
+        Ok(layer)
+    }
+
+    /// Records a wrapping of the layer's DEK; a re-wrap keeps the DEK, so the nonce
+    /// and keyCheck stay.
+    pub fn set_wrapped(&mut self, w: &WrappedKey) {
+        self.kid = w.kid.clone();
+        self.alg = w.alg.clone();
+        self.wrapped_key = encode_wrapped(&w.value);
+    }
+
     pub fn parse(&self) -> Result<ParsedLayer, String> {
         let cipher: CipherKind = self.cipher.parse().map_err(|e| format!("{e}"))?;
         let nonce = unhex(&self.nonce).ok_or("nonce is not hex")?;
@@ -278,6 +312,36 @@ mod tests {
                 "case {i} was accepted"
             );
         }
+    }
+
+    #[test]
+    fn a_sealed_layer_unwraps_to_a_dek_that_matches_its_key_check() {
+        use crate::vault::PlatformKeys;
+        let dir = tempfile::tempdir().unwrap();
+        let p = PlatformKeys::create(dir.path()).unwrap();
+        let key = p.default_key().unwrap();
+        let caller = Caller::platform();
+        let id = "0123456789abcdef0123456789abcdef";
+        for (i, cipher) in CipherKind::ALL.into_iter().enumerate() {
+            let l = Layer::seal(&p, &caller, &key, cipher, id, i).unwrap();
+            assert_eq!(
+                (l.cipher.as_str(), l.kid.clone()),
+                (cipher.name(), key.to_string())
+            );
+            let parsed = l.parse().unwrap();
+            assert_eq!(parsed.key, key);
+            assert_eq!(parsed.nonce.len(), cipher.nonce_len());
+            let dek = p.unwrap(&caller, &key, &parsed.wrapped).unwrap();
+            assert_eq!(dek.len(), cipher.key_len());
+            assert_eq!(key_check(&dek, id, i, cipher, &parsed.nonce), l.key_check);
+            assert_ne!(
+                key_check(&dek, id, i + 1, cipher, &parsed.nonce),
+                l.key_check
+            );
+        }
+        let other = KeyId::parse("platform/ffffffffffffffffffffffffffffffff").unwrap();
+        let e = Layer::seal(&p, &caller, &other, CipherKind::Aes256Xts, id, 0).unwrap_err();
+        assert!(matches!(e, VaultError::UnknownKey(_)), "{e}");
     }
 
     #[test]

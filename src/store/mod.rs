@@ -41,7 +41,7 @@ use crate::durable;
 use crate::vault::{KeyRef, KeyVault, PlatformKeys, WrappedKey};
 use des::{des_name, DesRecord, DES_DIR};
 use keyring::Keyring;
-use meta::{encode_wrapped, key_check, DiskMeta, Encryption, Layer};
+use meta::{key_check, DiskMeta, Encryption, Layer};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -496,17 +496,7 @@ impl Store {
             .map_or(EncryptionType::PlatformKey, |d| d.encryption_type);
         let mut layers = Vec::new();
         for (i, &layer) in kind.layers().iter().enumerate() {
-            let dek = Secret::random(cipher.key_len())?;
-            let nonce = random_bytes(cipher.nonce_len())?;
-            let wrapped = self.keys.wrap_layer(layer, des.as_ref(), &dek)?;
-            layers.push(Layer {
-                cipher: cipher.name().into(),
-                nonce: hex(&nonce),
-                kid: wrapped.kid.clone(),
-                alg: wrapped.alg.clone(),
-                wrapped_key: encode_wrapped(&wrapped.value),
-                key_check: key_check(&dek, &id, i, cipher, &nonce),
-            });
+            layers.push(self.keys.seal(layer, des.as_ref(), cipher, &id, i)?);
         }
         let meta = DiskMeta {
             format_version: meta::META_VERSION,

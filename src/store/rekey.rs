@@ -86,24 +86,11 @@ impl Store {
             Some(id) => Some(self.keys.des(id)?),
             None => None,
         };
+        let kinds = m.encryption.kind.layers().iter();
         let mut out = Vec::new();
-        for (i, old) in m.layers.iter().enumerate() {
-            let p = old
-                .parse()
-                .map_err(|r| StoreError::InvalidArgument(r.to_string()))?;
-            let dek = Secret::random(p.cipher.key_len())?;
-            let nonce = random_bytes(p.cipher.nonce_len())?;
-            let w = self
-                .keys
-                .wrap_layer(LayerKind::of(&p.key), des.as_ref(), &dek)?;
-            out.push(Layer {
-                cipher: old.cipher.clone(),
-                nonce: hex(&nonce),
-                kid: w.kid,
-                alg: w.alg,
-                wrapped_key: encode_wrapped(&w.value),
-                key_check: key_check(&dek, &m.id, i, p.cipher, &nonce),
-            });
+        for (i, (&kind, old)) in kinds.zip(&m.layers).enumerate() {
+            let cipher = old.parse().map_err(StoreError::InvalidArgument)?.cipher;
+            out.push(self.keys.seal(kind, des.as_ref(), cipher, &m.id, i)?);
         }
         Ok(out)
     }

@@ -330,14 +330,9 @@ impl Store {
         }
         disk.update_meta(|m| {
             m.encryption = enc;
-            let set = |l: &mut Layer, w: &WrappedKey| {
-                l.kid = w.kid.clone();
-                l.alg = w.alg.clone();
-                l.wrapped_key = encode_wrapped(&w.value);
-            };
-            set(&mut m.layers[idx], &wrapped[0]);
+            m.layers[idx].set_wrapped(&wrapped[0]);
             if let (Some(rk), Some(w)) = (m.rekey.as_mut(), wrapped.get(1)) {
-                set(&mut rk.layers[idx], w);
+                rk.layers[idx].set_wrapped(w);
             }
         })
     }
