@@ -7,6 +7,7 @@
 
 use super::encryption::LayerKind;
 use super::error::{Result, StoreError};
+use super::health::Health;
 use super::keyring::Keyring;
 use super::meta::{key_check, DiskMeta, Layer, Rekey};
 use super::spec::MAX_DISK_SIZE;
@@ -164,7 +165,7 @@ pub struct Disk {
     vault_blocked: Mutex<Option<String>>,
     keys: Arc<Keyring>,
     /// The reconciler's health: customer-key disks fail closed while it is down.
-    health: Arc<super::reconcile::Health>,
+    health: Arc<Health>,
     size: AtomicU64,
     size_dirty: AtomicBool,
     deleted: AtomicBool,
@@ -196,7 +197,7 @@ impl Disk {
         meta: DiskMeta,
         corrupt: Option<String>,
         keys: Arc<Keyring>,
-        health: Arc<super::reconcile::Health>,
+        health: Arc<Health>,
         serial: u64,
     ) -> Self {
         let mtime = std::fs::metadata(dir.join(DATA_FILE))

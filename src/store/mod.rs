@@ -17,6 +17,7 @@ pub mod des;
 mod disk;
 pub mod encryption;
 mod error;
+mod health;
 pub mod keyring;
 mod reconcile;
 mod rekey;
