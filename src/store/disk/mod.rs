@@ -1,0 +1,594 @@
+//! One disk: its metadata, its backing ciphertext file and its keys. This file has
+//! the `Disk` and its lifecycle (open, release, unlock, revocation, key verdicts);
+//! `io` the data path, `rekey` the rekey engine and its journal, and `units` the pure
+//! arithmetic of data units.
+//!
+//! Offsets in the backing file equal plaintext offsets; the file is the logical size
+//! rounded up to whole 4 KiB data units. A data unit whose stored bytes are all zero is
+//! a hole and reads as plaintext zeros. Bytes past the logical size inside the last
+//! unit are undefined and are zeroed whenever the disk grows over them.
+
+mod io;
+mod rekey;
+mod units;
+
+pub use io::SeekKind;
+#[cfg(test)]
+pub(super) use rekey::JOURNAL_FILE;
+pub(super) use rekey::REKEY_JOURNAL_BYTES;
+
+use super::encryption::LayerKind;
+use super::error::{Result, StoreError};
+use super::health::Health;
+use super::keyring::Keyring;
+use super::meta::{key_check, DiskMeta, Layer};
+use crate::crypto::{DataCipher, DATA_UNIT};
+use crate::durable;
+use crate::vault::KeyId;
+use parking_lot::{Mutex, RwLock};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+use units::{round_up, UNIT};
+
+/// Units per lock granule: one lock covers 64 KiB, so a 1 MiB request takes 16 locks.
+const GRANULE_SHIFT: u32 = 4;
+const STRIPES: usize = 64;
+
+pub const META_FILE: &str = "meta.json";
+const KEY_CHECK_MISMATCH: &str = "its data key does not match its metadata (keyCheck mismatch: tampered or mixed-up meta.json); restore meta.json from a backup";
+pub const DATA_FILE: &str = "data";
+
+/// A revoked disk: why, and whether handles already open keep working (Ultra and
+/// Premium SSD v2, as in Azure) or fail at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    pub reason: String,
+    pub keep_open: bool,
+}
+
+/// The key material a verdict applies to: the layers and a rekey's new layers.
+type LayerSet = (Vec<Layer>, Option<Vec<Layer>>);
+
+fn layer_set(m: &DiskMeta) -> LayerSet {
+    (m.layers.clone(), m.rekey.as_ref().map(|r| r.layers.clone()))
+}
+
+/// Whether an unwrap failure lies in the disk's own metadata (tampered or mixed-up
+/// wrapped key) rather than in the key's state in the vault, which `key_access`
+/// checks live and reports as a revocation.
+fn is_key_fault(e: &StoreError) -> bool {
+    use crate::vault::VaultError as V;
+    matches!(
+        e,
+        StoreError::Crypto(_)
+            | StoreError::InvalidArgument(_)
+            | StoreError::Vault(
+                V::Crypto(_) | V::UnknownKey(_) | V::UnsupportedAlg(_) | V::InvalidKeyId { .. }
+            )
+    )
+}
+
+/// Whether an unwrap failed because the vault can't work (its audit log can't be
+/// written), rather than because of the key's state.
+fn is_vault_blocked(e: &StoreError) -> bool {
+    use crate::vault::VaultError as V;
+    matches!(e, StoreError::Vault(V::AuditUnavailable { .. } | V::Io(_)))
+}
+
+/// Counts one FUSE request on a disk from its start until it has been answered.
+pub struct InflightGuard<'a>(&'a AtomicU64);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// State that exists only while the disk is unlocked: its backing file and ciphers.
+/// Dropping it zeroizes the keys (the AES key schedules zeroize on drop).
+struct Unlocked {
+    file: File,
+    layers: Vec<DataCipher>,
+    /// During a rekey: the new layers, used for units below the boundary.
+    next: Option<Vec<DataCipher>>,
+}
+
+impl Unlocked {
+    fn stack(&self, unit: u64, boundary: u64) -> &[DataCipher] {
+        match &self.next {
+            Some(n) if unit < boundary => n,
+            _ => &self.layers,
+        }
+    }
+
+    /// Encrypts whole units starting at `first_unit`; `boundary` splits new from old keys.
+    fn encrypt(&self, first_unit: u64, buf: &mut [u8], boundary: u64) {
+        let units = (buf.len() / DATA_UNIT) as u64;
+        let split = match &self.next {
+            Some(_) => boundary.clamp(first_unit, first_unit + units),
+            None => first_unit,
+        };
+        let (new, old) = buf.split_at_mut(((split - first_unit) * UNIT) as usize);
+        if let Some(n) = &self.next {
+            for l in n {
+                l.encrypt_units(first_unit, new);
+            }
+        }
+        for l in &self.layers {
+            l.encrypt_units(split, old);
+        }
+    }
+
+    fn decrypt_unit(&self, unit: u64, buf: &mut [u8], boundary: u64) {
+        for l in self.stack(unit, boundary).iter().rev() {
+            l.decrypt_units(unit, buf);
+        }
+    }
+}
+
+/// One disk: metadata, backing file, keys while unlocked, and the locks of its data
+/// path.
+///
+/// # Lock order
+///
+/// A lock may be taken while holding only locks above it in this list, never below:
+///
+/// 1. `open_count`: open, release, revoke, restore and rekey begin/finish hold it
+///    across the whole change, so no handle opens or closes midway.
+/// 2. `resize`: shared by every data-path request, exclusive for a size change, a
+///    revocation's quiesce and a rekey's begin/finish; so the size and the keys
+///    don't change under a request.
+/// 3. `extend`: serializes writes past the end (and `data_problem`'s size check),
+///    taken under `resize` shared.
+/// 4. `stripes`: the granule locks of the units a request touches, always several at
+///    once in ascending index order; shared to read, exclusive to write or punch.
+/// 5. `revoked`: read to check (and to name the disk in the refusal), written alone
+///    by revoke and restore.
+/// 6. `unlocked`: held only to take, clone or swap the `Arc<Unlocked>`; the data path
+///    works on its clone, so a revocation never waits for I/O on this lock.
+/// 7. `key_verdict`: held while platform layers are unwrapped to fill it.
+/// 8. `meta`: held across a metadata write (`update_meta`), and taken for the name in
+///    every error message, so under any of the above.
+/// 9. `dir`: read under `meta` to find meta.json; written alone (rename, delete).
+///
+/// `vault_blocked` and `mtime` are leaves: nothing is taken while holding them.
+/// Unwrapping (under 1, 2 or 7) takes the keyring's set table and the key providers'
+/// own locks, and `check_enforced` the reconciler health's; none of those calls back
+/// into a disk. The store's `ns` lock comes before all of these (key changes and
+/// renames take disk locks under it).
+pub struct Disk {
+    pub id: String,
+    /// Stable number for this process's lifetime; the FUSE layer derives inodes from it.
+    pub serial: u64,
+    dir: RwLock<PathBuf>,
+    meta: Mutex<DiskMeta>,
+    /// Why the disk can't be served (corrupt metadata), if so.
+    corrupt: Option<String>,
+    /// Whether the DEKs of these layers unwrap and match their keyCheck: `None` if so,
+    /// else why not. Set by every unlock and by `unavailable_reason`, so a status read
+    /// unwraps at most once per layer set.
+    key_verdict: Mutex<Option<(LayerSet, Option<String>)>>,
+    /// Why the last unlock failed for a reason of the vault's own (it can't write its
+    /// audit log, e.g. its file system is full), until an unlock succeeds.
+    vault_blocked: Mutex<Option<String>>,
+    keys: Arc<Keyring>,
+    /// The reconciler's health: customer-key disks fail closed while it is down.
+    health: Arc<Health>,
+    size: AtomicU64,
+    size_dirty: AtomicBool,
+    deleted: AtomicBool,
+    mtime: Mutex<SystemTime>,
+    unlocked: RwLock<Option<Arc<Unlocked>>>,
+    /// Set while the disk's customer key is revoked (see Store::reconcile).
+    revoked: RwLock<Option<Revocation>>,
+    /// FUSE requests on this disk between their start and their reply; revocation
+    /// waits for them before it drops cached pages.
+    inflight: AtomicU64,
+    /// Rekey progress: units below it are under the new DEKs (see meta `rekey`).
+    boundary: AtomicU64,
+    /// Open handles.
+    open_count: Mutex<u32>,
+    /// Shared by reads and writes, exclusive for size changes.
+    resize: RwLock<()>,
+    /// Serializes writes that extend the disk.
+    extend: Mutex<()>,
+    /// Granule locks: unit `n` is covered by `stripes[(n >> GRANULE_SHIFT) % STRIPES]`.
+    stripes: Vec<RwLock<()>>,
+}
+
+impl Disk {
+    pub(super) fn new(
+        dir: PathBuf,
+        meta: DiskMeta,
+        corrupt: Option<String>,
+        keys: Arc<Keyring>,
+        health: Arc<Health>,
+        serial: u64,
+    ) -> Self {
+        let mtime = std::fs::metadata(dir.join(DATA_FILE))
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now());
+        let boundary = meta.rekey.as_ref().map_or(0, |r| r.boundary);
+        Disk {
+            id: meta.id.clone(),
+            serial,
+            dir: RwLock::new(dir),
+            size: AtomicU64::new(meta.size_bytes),
+            meta: Mutex::new(meta),
+            corrupt,
+            key_verdict: Mutex::new(None),
+            vault_blocked: Mutex::new(None),
+            keys,
+            health,
+            size_dirty: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
+            mtime: Mutex::new(mtime),
+            unlocked: RwLock::new(None),
+            revoked: RwLock::new(None),
+            inflight: AtomicU64::new(0),
+            boundary: AtomicU64::new(boundary),
+            open_count: Mutex::new(0),
+            resize: RwLock::new(()),
+            extend: Mutex::new(()),
+            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        self.meta.lock().name.clone()
+    }
+
+    pub fn meta(&self) -> DiskMeta {
+        let mut m = self.meta.lock().clone();
+        m.size_bytes = self.size();
+        m
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    pub fn mtime(&self) -> SystemTime {
+        *self.mtime.lock()
+    }
+
+    pub fn set_mtime(&self, t: SystemTime) {
+        *self.mtime.lock() = t;
+    }
+
+    pub fn corrupt_reason(&self) -> Option<&str> {
+        self.corrupt.as_deref()
+    }
+
+    pub fn open_handles(&self) -> u32 {
+        *self.open_count.lock()
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.read().clone()
+    }
+
+    /// Bytes the backing file occupies (sparse files use less than their size).
+    pub fn allocated_bytes(&self) -> u64 {
+        std::fs::metadata(self.dir().join(DATA_FILE))
+            .map(|m| m.blocks() * 512)
+            .unwrap_or(0)
+    }
+
+    fn unavailable(&self, reason: impl Into<String>) -> StoreError {
+        StoreError::Unavailable {
+            disk: self.name(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Records why the DEKs of `meta`'s layers can't be used (`None`: they can).
+    fn set_key_verdict(&self, meta: &DiskMeta, fault: Option<String>) {
+        *self.key_verdict.lock() = Some((layer_set(meta), fault));
+    }
+
+    /// Unwraps and checks the DEKs of `layers` (the disk's, or a rekey's new ones).
+    /// A fault in the metadata itself is recorded for `keyState`.
+    fn unlock_layers(&self, meta: &DiskMeta, layers: &[Layer]) -> Result<Vec<DataCipher>> {
+        let fault = |reason: String| {
+            self.set_key_verdict(meta, Some(reason.clone()));
+            self.unavailable(reason)
+        };
+        let mut out = Vec::with_capacity(layers.len());
+        for (i, layer) in layers.iter().enumerate() {
+            let p = layer.parse().map_err(fault)?;
+            let dek = self.keys.unwrap(&meta.encryption, &p).map_err(|e| {
+                let why = format!("cannot unwrap its data key: {e}");
+                if is_key_fault(&e) {
+                    fault(why)
+                } else {
+                    if is_vault_blocked(&e) {
+                        *self.vault_blocked.lock() = Some(why.clone());
+                    }
+                    self.unavailable(why)
+                }
+            })?;
+            if key_check(&dek, &meta.id, i, p.cipher, &p.nonce) != layer.key_check {
+                return Err(fault(KEY_CHECK_MISMATCH.into()));
+            }
+            out.push(DataCipher::new(p.cipher, &dek, &p.nonce)?);
+        }
+        Ok(out)
+    }
+
+    /// Why the disk can't be served for a reason of its own (its data file, its
+    /// platform-key layers, a failed unlock), checked cheaply: the platform layers
+    /// are unwrapped at most once per layer set; customer-key layers only by unlocks.
+    pub fn unavailable_reason(&self) -> Option<String> {
+        if self.corrupt.is_some() {
+            return None;
+        }
+        if let Some(p) = self.data_problem() {
+            return Some(p);
+        }
+        if let Some(why) = self.vault_blocked.lock().clone() {
+            return Some(format!(
+                "{why} (at the last open; it opens again once the vault can write its audit log)"
+            ));
+        }
+        let meta = self.meta.lock().clone();
+        let platform_key = self.keys.platform_key();
+        let rekey_layers = meta.rekey.iter().flat_map(|r| r.layers.iter());
+        for l in meta.layers.iter().chain(rekey_layers) {
+            let Ok(key) = KeyId::parse(&l.kid) else {
+                continue;
+            };
+            if LayerKind::of(&key) == LayerKind::Platform && Some(&key) != platform_key.as_ref() {
+                return Some(format!(
+                    "its platform-key layer is wrapped by {} but the store's platform key is {} (STORE/keys/platform.pem was replaced); restore the original platform.pem",
+                    l.kid,
+                    platform_key.as_ref().map_or("missing".into(), |k| k.to_string())
+                ));
+            }
+        }
+        let set = layer_set(&meta);
+        let mut verdict = self.key_verdict.lock();
+        if let Some((_, v)) = verdict.as_ref().filter(|(s, _)| *s == set) {
+            return v.clone();
+        }
+        let mut fault = None;
+        for layers in std::iter::once(&set.0).chain(set.1.iter()) {
+            fault = fault.or_else(|| self.check_platform_layers(&meta, layers));
+        }
+        *verdict = Some((set, fault.clone()));
+        fault
+    }
+
+    /// Unwraps the platform-key layers among `layers` (no vault, no audit record) and
+    /// compares their keyCheck.
+    fn check_platform_layers(&self, meta: &DiskMeta, layers: &[Layer]) -> Option<String> {
+        for (i, layer) in layers.iter().enumerate() {
+            let p = match layer.parse() {
+                Ok(p) => p,
+                Err(r) => return Some(r),
+            };
+            if LayerKind::of(&p.key) != LayerKind::Platform {
+                continue;
+            }
+            let dek = match self.keys.unwrap(&meta.encryption, &p) {
+                Ok(d) => d,
+                Err(e) => return Some(format!("cannot unwrap its data key: {e}")),
+            };
+            if key_check(&dek, &meta.id, i, p.cipher, &p.nonce) != layer.key_check {
+                return Some(KEY_CHECK_MISMATCH.into());
+            }
+        }
+        None
+    }
+
+    /// Whether the backing file is there, a regular file, and long enough.
+    fn data_problem(&self) -> Option<String> {
+        // Sizes change with the file first when growing and last when shrinking;
+        // these locks exclude both, so the comparison below is exact.
+        let _r = self.resize.read();
+        let _e = self.extend.lock();
+        let path = self.dir().join(DATA_FILE);
+        let md = match std::fs::symlink_metadata(&path) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Some(format!(
+                    "its data file {} is missing; restore it from a backup or delete the disk",
+                    path.display()
+                ))
+            }
+            Err(e) => return Some(format!("cannot read its data file {}: {e}", path.display())),
+        };
+        if !md.is_file() {
+            return Some(format!(
+                "its data file {} is not a regular file; restore it from a backup or delete the disk",
+                path.display()
+            ));
+        }
+        let want = round_up(self.size());
+        if md.len() < want {
+            return Some(format!(
+                "its data file {} is shorter than the disk ({} of {want} bytes); restore it from a backup or delete the disk",
+                path.display(),
+                md.len()
+            ));
+        }
+        None
+    }
+
+    /// Unwraps every layer's DEK and opens the backing file.
+    fn unlock(&self) -> Result<Unlocked> {
+        if let Some(reason) = &self.corrupt {
+            return Err(self.unavailable(reason.clone()));
+        }
+        let meta = self.meta.lock().clone();
+        let layers = self.unlock_layers(&meta, &meta.layers)?;
+        let next = match &meta.rekey {
+            Some(rk) => Some(self.unlock_layers(&meta, &rk.layers)?),
+            None => None,
+        };
+        self.set_key_verdict(&meta, None);
+        *self.vault_blocked.lock() = None;
+        let path = self.dir().join(DATA_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| self.unavailable(format!("cannot open {}: {e}", path.display())))?;
+        Ok(Unlocked { file, layers, next })
+    }
+
+    /// Fails closed for a customer-key disk while revocations can't be enforced.
+    fn check_enforced(&self) -> Result<()> {
+        if let Some(why) = self.health.down() {
+            if self.meta.lock().encryption.kind.uses_customer_key() {
+                return Err(StoreError::EnforcementDown(why));
+            }
+        }
+        Ok(())
+    }
+
+    /// The unlocked state, unwrapping temporarily if no handle has the disk open.
+    fn unlocked(&self) -> Result<Arc<Unlocked>> {
+        if let Some(r) = self.revoked.read().as_ref().filter(|r| !r.keep_open) {
+            return Err(self.unavailable(r.reason.clone()));
+        }
+        self.check_enforced()?;
+        if let Some(u) = self.unlocked.read().as_ref() {
+            return Ok(u.clone());
+        }
+        Ok(Arc::new(self.unlock()?))
+    }
+
+    /// Runs `f` while no handle is open and none can be opened (Azure's "detached").
+    pub(super) fn while_closed<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let n = self.open_count.lock();
+        if *n > 0 {
+            return Err(StoreError::Attached(self.name()));
+        }
+        let r = f();
+        drop(n);
+        r
+    }
+
+    /// Marks the start of a FUSE request on this disk; the guard marks its reply.
+    pub fn inflight(&self) -> InflightGuard<'_> {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(&self.inflight)
+    }
+
+    /// Requests between their start and their reply.
+    pub fn inflight_count(&self) -> u64 {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    pub fn revocation(&self) -> Option<Revocation> {
+        self.revoked.read().clone()
+    }
+
+    /// Revokes the disk. Unless `keep_open`, the keys are dropped (and zeroized) once
+    /// requests already past the check have finished, and every later request fails.
+    pub(super) fn revoke(&self, r: Revocation) {
+        let _n = self.open_count.lock();
+        let keep = r.keep_open;
+        *self.revoked.write() = Some(r);
+        if !keep {
+            // Reads and writes hold `resize` shared for their whole run.
+            let _quiesce = self.resize.write();
+            *self.unlocked.write() = None;
+        }
+    }
+
+    /// Lifts a revocation: open handles get their keys back (an audited unwrap).
+    pub(super) fn restore(&self) -> Result<()> {
+        let n = self.open_count.lock();
+        if *n > 0 && self.unlocked.read().is_none() {
+            let u = self.unlock()?;
+            *self.unlocked.write() = Some(Arc::new(u));
+        }
+        *self.revoked.write() = None;
+        Ok(())
+    }
+
+    /// Registers an open handle; the first one unwraps the DEK.
+    pub fn open(&self) -> Result<()> {
+        let mut n = self.open_count.lock();
+        if let Some(r) = self.revoked.read().as_ref() {
+            return Err(self.unavailable(r.reason.clone()));
+        }
+        self.check_enforced()?;
+        if *n == 0 {
+            let u = self.unlock()?;
+            *self.unlocked.write() = Some(Arc::new(u));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// Drops an open handle; the last one persists the size and zeroizes the keys.
+    pub fn release(&self) -> Result<()> {
+        let mut n = self.open_count.lock();
+        *n = n.saturating_sub(1);
+        let r = self.persist_size();
+        if *n == 0 {
+            *self.unlocked.write() = None;
+        }
+        r
+    }
+
+    /// Writes the in-memory size to metadata if writes grew the disk.
+    pub fn persist_size(&self) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) || !self.size_dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let size = self.size();
+        self.update_meta(|m| m.size_bytes = m.size_bytes.max(size))
+            .inspect_err(|_| {
+                self.size_dirty.store(true, Ordering::Release);
+            })
+    }
+
+    /// Applies `f` to the metadata and replaces meta.json atomically.
+    pub(super) fn update_meta(&self, f: impl FnOnce(&mut DiskMeta)) -> Result<()> {
+        let mut meta = self.meta.lock();
+        let mut next = meta.clone();
+        f(&mut next);
+        let path = self.dir().join(META_FILE);
+        durable::write_atomic(&path, &next.to_json(), 0o600)
+            .map_err(|e| StoreError::io(format!("updating {}", path.display()), e))?;
+        *meta = next;
+        Ok(())
+    }
+
+    /// Reconciles the backing file with the recorded size after a crash.
+    pub(super) fn reconcile(&self) -> std::io::Result<()> {
+        if self.corrupt.is_some() {
+            return Ok(());
+        }
+        self.recover_rekey_journal()?;
+        let path = self.dir().join(DATA_FILE);
+        let f = OpenOptions::new().write(true).open(&path)?;
+        let want = round_up(self.size());
+        if f.metadata()?.len() != want {
+            f.set_len(want)?;
+            f.sync_all()?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn set_dir(&self, dir: PathBuf) {
+        *self.dir.write() = dir;
+    }
+
+    pub(super) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+    }
+
+    pub(super) fn data_path(dir: &Path) -> PathBuf {
+        dir.join(DATA_FILE)
+    }
+}
