@@ -3,7 +3,7 @@
 //! Each is kept in `STORE/disk-encryption-sets/NAME.json` (0600).
 
 use super::encryption::EncryptionType;
-use super::{Result, StoreError};
+use super::error::{Result, StoreError};
 use crate::crypto::{random_bytes, wrap::hex};
 use crate::vault::Caller;
 use serde::{Deserialize, Serialize};

@@ -4,8 +4,8 @@
 
 use super::des::{des_name, DesRecord, ProvisioningState};
 use super::encryption::LayerKind;
+use super::error::{Result, StoreError};
 use super::meta::{Encryption, Layer, ParsedLayer};
-use super::{Result, StoreError};
 use crate::crypto::{CipherKind, Secret};
 use crate::vault::{
     Caller, KeyId, KeyInfo, KeyProvider, KeyRef, KeyVault, ProviderKind, VaultError, WrappedKey,

@@ -1,6 +1,6 @@
 //! User-supplied disk parameters: names, sizes and SKUs, with their validation.
 
-use super::StoreError;
+use super::error::StoreError;
 use std::fmt;
 use std::str::FromStr;
 

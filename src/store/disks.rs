@@ -1,0 +1,262 @@
+//! The disk namespace: loading every disk when the store opens, and creating,
+//! renaming and deleting disks (under the store's `ns` lock).
+
+use super::*;
+
+impl Store {
+    /// Loads every disk; finishes or rolls back interrupted creates and deletes.
+    pub(super) fn scan(&self) -> Result<()> {
+        let dir = self.disks_dir();
+        let entries = fs::read_dir(&dir)
+            .map_err(|e| StoreError::io(format!("reading {}", dir.display()), e))?;
+        let mut names: Vec<_> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        let mut disks = self.disks.write();
+        for os in names {
+            let Some(name) = os.to_str() else { continue };
+            let path = dir.join(name);
+            if name.ends_with(".creating") || name.ends_with(".deleted") {
+                log::info!("removing interrupted {}", path.display());
+                let _ = fs::remove_dir_all(&path);
+                continue;
+            }
+            if !path.is_dir() {
+                continue;
+            }
+            let disk = self.load_disk(&path, name);
+            let disk_name = disk.name();
+            if disks.contains_key(&disk_name) {
+                log::error!(
+                    "disk directory {} repeats the name '{disk_name}'; ignoring it",
+                    path.display()
+                );
+                continue;
+            }
+            if let Err(e) = disk.reconcile() {
+                log::error!("cannot reconcile {}: {e}", path.display());
+            }
+            disks.insert(disk_name, Arc::new(disk));
+        }
+        Ok(())
+    }
+
+    /// Reads and validates a disk's metadata. On failure returns the name, if that part
+    /// is readable (so the disk stays visible), and the reason.
+    fn read_meta(
+        meta_path: &Path,
+        dir_name: &str,
+    ) -> std::result::Result<DiskMeta, (Option<String>, String)> {
+        let bytes = fs::read(meta_path).map_err(|e| (None, format!("cannot read it: {e}")))?;
+        let meta = DiskMeta::from_json(&bytes).map_err(|reason| {
+            let name = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("name")?.as_str().map(String::from))
+                .filter(|n| validate_name(n).is_ok());
+            (name, reason)
+        })?;
+        if meta.id != dir_name {
+            return Err((
+                Some(meta.name),
+                "its id does not match its directory".into(),
+            ));
+        }
+        Ok(meta)
+    }
+
+    /// Loads one disk; corrupt metadata yields an unavailable disk, not an error.
+    fn load_disk(&self, path: &Path, dir_name: &str) -> Disk {
+        let meta_path = path.join(disk::META_FILE);
+        let parsed = Self::read_meta(&meta_path, dir_name);
+        match parsed {
+            Ok(meta) => Disk::new(
+                path.to_path_buf(),
+                meta,
+                None,
+                self.keys.clone(),
+                self.reconcile.health.clone(),
+                self.serial(),
+            ),
+            Err((name, reason)) => {
+                let name = name.unwrap_or_else(|| dir_name.to_string());
+                let reason = format!(
+                    "metadata {} is corrupt: {reason}; restore it from a backup or delete the disk",
+                    meta_path.display()
+                );
+                log::error!("disk '{name}': {reason}");
+                let placeholder = DiskMeta {
+                    format_version: meta::META_VERSION,
+                    id: dir_name.to_string(),
+                    name: name.clone(),
+                    size_bytes: 0,
+                    sku: Sku::default().name().into(),
+                    created_at: String::new(),
+                    encryption: Encryption {
+                        kind: EncryptionType::PlatformKey,
+                        disk_encryption_set_id: None,
+                    },
+                    data_unit_size: crate::crypto::DATA_UNIT as u64,
+                    layers: vec![],
+                    rekey: None,
+                };
+                Disk::new(
+                    path.to_path_buf(),
+                    placeholder,
+                    Some(reason),
+                    self.keys.clone(),
+                    self.reconcile.health.clone(),
+                    self.serial(),
+                )
+            }
+        }
+    }
+
+    /// Creates a disk: a fresh DEK from the OS CSPRNG for each layer of its encryption
+    /// type, each wrapped with RSA-OAEP-256 (see `Layer::seal`).
+    pub fn create_disk(&self, name: &str, opts: &CreateOptions) -> Result<Arc<Disk>> {
+        validate_name(name)?;
+        if opts.size > MAX_DISK_SIZE {
+            return Err(StoreError::TooLarge);
+        }
+        let _ns = self.ns.lock();
+        if self.disks.read().contains_key(name) {
+            return Err(StoreError::DiskExists(name.to_string()));
+        }
+        let cipher = opts.cipher.unwrap_or(CipherKind::Aes256Xts);
+        let des = opts
+            .disk_encryption_set
+            .as_deref()
+            .map(|d| self.keys.des(d))
+            .transpose()?;
+        let id = hex(&random_bytes(16)?);
+        // Customer-key layer first (applied to plaintext first), platform layer last.
+        let kind = des
+            .as_ref()
+            .map_or(EncryptionType::PlatformKey, |d| d.encryption_type.clone());
+        let mut layers = Vec::new();
+        for (i, &layer) in kind.layers().iter().enumerate() {
+            layers.push(self.keys.seal(layer, des.as_ref(), cipher, &id, i)?);
+        }
+        let meta = DiskMeta {
+            format_version: meta::META_VERSION,
+            id: id.clone(),
+            name: name.to_string(),
+            size_bytes: opts.size,
+            sku: opts.sku.name().to_string(),
+            created_at: now_rfc3339(),
+            encryption: Encryption {
+                kind,
+                disk_encryption_set_id: des.as_ref().map(|d| d.id()),
+            },
+            data_unit_size: crate::crypto::DATA_UNIT as u64,
+            layers,
+            rekey: None,
+        };
+        let dir = self.disks_dir();
+        let staging = dir.join(format!("{id}.creating"));
+        let final_dir = dir.join(&id);
+        let io = |e: std::io::Error| {
+            if e.raw_os_error() == Some(libc::EFBIG) {
+                return StoreError::InvalidSize {
+                    input: opts.size.to_string(),
+                    reason: format!(
+                        "the store's file system can't hold a file that large (ext4 stops at 16 TiB); make the disk smaller or keep the store on XFS or btrfs ({})",
+                        dir.display()
+                    ),
+                };
+            }
+            StoreError::io(format!("creating disk '{name}' in {}", dir.display()), e)
+        };
+        let result = (|| {
+            durable::create_dir(&staging, 0o700)?;
+            let data = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(Disk::data_path(&staging))?;
+            data.set_len(opts.size.div_ceil(4096) * 4096)?;
+            data.sync_all()?;
+            durable::write_atomic(&staging.join(disk::META_FILE), &meta.to_json(), 0o600)?;
+            fs::rename(&staging, &final_dir)?;
+            durable::sync_dir(&dir)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(io(e));
+        }
+        let disk = Arc::new(Disk::new(
+            final_dir,
+            meta,
+            None,
+            self.keys.clone(),
+            self.reconcile.health.clone(),
+            self.serial(),
+        ));
+        self.disks.write().insert(name.to_string(), disk.clone());
+        log::info!(
+            "created disk '{name}' ({} bytes, {cipher}, {})",
+            opts.size,
+            disk.meta().encryption.kind
+        );
+        Ok(disk)
+    }
+
+    /// Deletes a disk and crypto-shreds its wrapped DEK. Open handles keep working
+    /// until closed (POSIX unlink semantics); then nothing of the disk remains.
+    pub fn delete_disk(&self, name: &str) -> Result<()> {
+        let _ns = self.ns.lock();
+        self.delete_locked(name)
+    }
+
+    fn delete_locked(&self, name: &str) -> Result<()> {
+        let disk = self.get_or_err(name)?;
+        let dir = disk.dir();
+        let doomed = self.disks_dir().join(format!("{}.deleted", disk.id));
+        let io = |e| StoreError::io(format!("deleting disk '{name}'"), e);
+        // One rename removes the disk; a crash after it finishes the delete at next open.
+        fs::rename(&dir, &doomed).map_err(io)?;
+        durable::sync_dir(&self.disks_dir()).map_err(io)?;
+        disk.mark_deleted();
+        disk.set_dir(doomed.clone());
+        self.disks.write().remove(name);
+        if disk.open_handles() > 0 {
+            self.orphans.lock().push(disk.clone());
+        }
+        durable::shred(&doomed.join(disk::META_FILE));
+        fs::remove_dir_all(&doomed).map_err(io)?;
+        log::info!("deleted disk '{name}' (wrapped key destroyed)");
+        Ok(())
+    }
+
+    /// Renames a disk; with `replace`, an existing disk of the new name is deleted first.
+    pub fn rename_disk(&self, from: &str, to: &str, replace: bool) -> Result<()> {
+        validate_name(to)?;
+        let _ns = self.ns.lock();
+        let disk = self.get_or_err(from)?;
+        if from == to {
+            return Ok(());
+        }
+        if self.get(to).is_some() {
+            if !replace {
+                return Err(StoreError::DiskExists(to.to_string()));
+            }
+            // As with unlink, handles still open on the replaced disk keep working
+            // until closed (and a close the kernel has not sent yet is no obstacle).
+            self.delete_locked(to)?;
+        }
+        disk.update_meta(|m| m.name = to.to_string())?;
+        let mut disks = self.disks.write();
+        disks.remove(from);
+        disks.insert(to.to_string(), disk);
+        log::info!("renamed disk '{from}' to '{to}'");
+        Ok(())
+    }
+
+    /// Changes a disk's SKU (`az disk update --sku`).
+    pub fn set_sku(&self, name: &str, sku: Sku) -> Result<()> {
+        let disk = self.get_usable(name)?;
+        disk.update_meta(|m| m.sku = sku.name().to_string())
+    }
+}
