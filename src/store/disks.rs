@@ -134,7 +134,7 @@ impl Store {
         // Customer-key layer first (applied to plaintext first), platform layer last.
         let kind = des
             .as_ref()
-            .map_or(EncryptionType::PlatformKey, |d| d.encryption_type.clone());
+            .map_or(EncryptionType::PlatformKey, |d| d.encryption_type);
         let mut layers = Vec::new();
         for (i, &layer) in kind.layers().iter().enumerate() {
             layers.push(self.keys.seal(layer, des.as_ref(), cipher, &id, i)?);

@@ -27,9 +27,7 @@ impl LayerKind {
     }
 }
 
-/// Not `Copy` for now: callers print it by reference (`line(&d.encryption_type)` in
-/// the control tree), which clippy flags as a needless borrow of a `Copy` value.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum EncryptionType {
     #[serde(rename = "EncryptionAtRestWithPlatformKey")]
     PlatformKey,
@@ -46,7 +44,7 @@ impl EncryptionType {
         EncryptionType::PlatformAndCustomerKeys,
     ];
 
-    pub fn name(&self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             EncryptionType::PlatformKey => "EncryptionAtRestWithPlatformKey",
             EncryptionType::CustomerKey => "EncryptionAtRestWithCustomerKey",
@@ -58,7 +56,7 @@ impl EncryptionType {
 
     /// A disk's layers, in the order they apply to plaintext: with double encryption
     /// the customer-key layer comes first and the platform layer last.
-    pub fn layers(&self) -> &'static [LayerKind] {
+    pub fn layers(self) -> &'static [LayerKind] {
         match self {
             EncryptionType::PlatformKey => &[LayerKind::Platform],
             EncryptionType::CustomerKey => &[LayerKind::Customer],
@@ -67,7 +65,7 @@ impl EncryptionType {
     }
 
     /// Whether a customer key (through a disk encryption set) wraps a layer.
-    pub fn uses_customer_key(&self) -> bool {
+    pub fn uses_customer_key(self) -> bool {
         self.layers().contains(&LayerKind::Customer)
     }
 

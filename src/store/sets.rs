@@ -119,7 +119,7 @@ impl Store {
         let active = self.resolve_des_key(key_url, auto_rotate)?;
         let rec = DesRecord {
             name: name.to_string(),
-            encryption_type: kind.clone(),
+            encryption_type: kind,
             active_key: active,
             previous_keys: vec![],
             rotation_to_latest_key_version_enabled: auto_rotate,
@@ -350,7 +350,7 @@ impl Store {
         let target_des = des.map(|d| self.keys.des(d)).transpose()?;
         let target = match (encryption_type, &target_des) {
             (Some(t), _) => t.parse::<EncryptionType>()?,
-            (None, Some(d)) => d.encryption_type.clone(),
+            (None, Some(d)) => d.encryption_type,
             (None, None) => {
                 return Err(StoreError::InvalidArgument(
                     "give --encryption-type and/or --disk-encryption-set".into(),
@@ -399,7 +399,7 @@ impl Store {
             )));
         }
         let enc = Encryption {
-            kind: target.clone(),
+            kind: target,
             disk_encryption_set_id: Some(des.id()),
         };
         if current == enc {
