@@ -4,6 +4,7 @@
 //! → `store` (on-disk format, data path, locking) → `fs` (FUSE frontend) → `cli`.
 
 pub mod cli;
+pub mod control;
 pub mod crypto;
 pub mod durable;
 #[doc(hidden)]

@@ -1,7 +1,10 @@
 //! `diskvault key ...`, `diskvault vault ...` and `diskvault des ...`.
 
-use super::access::{print_json, word, Access, StoreArg};
+use super::access::{print_json, Access, StoreArg};
 use super::{cell, print_object, print_rows, CliError, Format, KeyName, OutputArg, SetName};
+use crate::control::args::{bool_value, split_list};
+use crate::control::{self, KeyRequest, SetRequest, VaultRequest};
+use crate::vault::{KeyOptions, KeyUpdate};
 use clap::Subcommand;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -182,20 +185,45 @@ impl AttrArgs {
             .or(self.disabled.map(|d| (!d).to_string()))
     }
 
-    fn words(&self) -> Result<String, CliError> {
-        let mut s = String::new();
-        for (k, v) in [
-            ("enabled", &self.enabled()),
-            ("nbf", &self.nbf),
-            ("exp", &self.exp),
-            ("ops", &self.ops),
-        ] {
-            if let Some(v) = v {
-                s += &format!(" {k}={}", word(v)?);
-            }
-        }
-        Ok(s)
+    fn is_empty(&self) -> bool {
+        self.enabled().is_none() && self.nbf.is_none() && self.exp.is_none() && self.ops.is_none()
     }
+
+    fn enabled_bool(&self) -> Result<Option<bool>, CliError> {
+        Ok(self
+            .enabled()
+            .map(|v| bool_value("enabled", &v))
+            .transpose()?)
+    }
+
+    /// Settings for a new key.
+    fn options(&self, size: Option<usize>) -> Result<KeyOptions, CliError> {
+        Ok(KeyOptions {
+            size,
+            key_ops: self.ops.as_deref().map(split_list),
+            nbf: time(&self.nbf, "nbf")?.flatten(),
+            exp: time(&self.exp, "exp")?.flatten(),
+            enabled: self.enabled_bool()?,
+        })
+    }
+
+    /// A change of attributes; `none` clears nbf or exp.
+    fn update(&self, force: bool) -> Result<KeyUpdate, CliError> {
+        Ok(KeyUpdate {
+            enabled: self.enabled_bool()?,
+            nbf: time(&self.nbf, "nbf")?,
+            exp: time(&self.exp, "exp")?,
+            key_ops: self.ops.as_deref().map(split_list),
+            force,
+        })
+    }
+}
+
+/// `--nbf`/`--exp`: `Some(None)` for `none`.
+fn time(v: &Option<String>, what: &str) -> Result<Option<Option<i64>>, CliError> {
+    Ok(v.as_deref()
+        .map(|s| control::time_value_of(what, s))
+        .transpose()?)
 }
 
 fn print_keys(keys: &[Value], fmt: Format) {
@@ -232,12 +260,12 @@ fn print_deleted_keys(keys: &[Value], fmt: Format) {
     print_rows(header.map(String::from).to_vec(), rows, fmt);
 }
 
-fn identity_words(who: &Identity) -> Result<String, CliError> {
-    Ok(match (&who.des, &who.object_id) {
-        (Some(d), _) => word(d)?.to_string(),
-        (_, Some(o)) => format!("object-id={}", word(o)?),
+fn identity(who: &Identity) -> control::Identity {
+    match (&who.des, &who.object_id) {
+        (Some(d), _) => control::Identity::Set(d.clone()),
+        (_, Some(o)) => control::Identity::ObjectId(o.clone()),
         _ => unreachable!("clap requires one"),
-    })
+    }
 }
 
 /// `NAME` and `VERSION` of a key URL `https://VAULT.vault.azure.net/keys/NAME/VERSION`.
@@ -327,13 +355,12 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
         } => {
             let name = name.get();
             crate::vault::kid::validate_key_name(name)?;
+            let options = attrs.options(size)?;
             let a = Access::open(&store)?;
-            let mut line = word(name)?.to_string();
-            if let Some(s) = size {
-                line += &format!(" size={s}");
-            }
-            line += &attrs.words()?;
-            a.write("keys/create", line.as_bytes())?;
+            a.send(KeyRequest::Create {
+                name: name.into(),
+                options,
+            })?;
             print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
         }
         KeyCmd::Import {
@@ -348,10 +375,13 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
                     .map_err(|e| CliError(format!("cannot read {}: {e}", pem.display())))?,
             );
             crate::vault::kid::validate_key_name(name)?;
+            let options = attrs.options(None)?;
             let a = Access::open(&store)?;
-            let mut data = zeroize::Zeroizing::new(format!("{}{}\n", word(name)?, attrs.words()?));
-            data.push_str(&text);
-            a.write("keys/import", data.as_bytes())?;
+            a.send(KeyRequest::Import {
+                name: name.into(),
+                pem: text,
+                options,
+            })?;
             print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
         }
         KeyCmd::List {
@@ -394,23 +424,17 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             store,
         } => {
             let name = name.get();
-            let a = Access::open(&store)?;
-            let mut line = String::new();
-            if let Some(s) = size {
-                line += &format!("size={s} ");
-            }
-            if let Some(t) = &nbf {
-                line += &format!("nbf={} ", word(t)?);
-            }
-            if let Some(t) = &exp {
-                line += &format!("exp={} ", word(t)?);
-            }
-            let line = if line.is_empty() {
-                "1".to_string()
-            } else {
-                line.trim().to_string()
+            let options = KeyOptions {
+                size,
+                nbf: time(&nbf, "nbf")?.flatten(),
+                exp: time(&exp, "exp")?.flatten(),
+                ..Default::default()
             };
-            a.write(&format!("keys/{name}/rotate"), line.as_bytes())?;
+            let a = Access::open(&store)?;
+            a.send(KeyRequest::Rotate {
+                name: name.into(),
+                options,
+            })?;
             print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
         }
         KeyCmd::RotationPolicy {
@@ -422,15 +446,22 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             let name = name.get();
             let a = Access::open(&store)?;
             let path = format!("keys/{name}/rotation-policy");
-            if let Some(p) = set {
-                let text = match p.strip_prefix('@') {
-                    Some(f) => std::fs::read_to_string(f)
-                        .map_err(|e| CliError(format!("cannot read {f}: {e}")))?,
-                    None => p,
-                };
-                a.write(&path, text.as_bytes())?;
-            } else if clear {
-                a.write(&path, b"none")?;
+            let policy = match &set {
+                Some(p) => {
+                    let text = match p.strip_prefix('@') {
+                        Some(f) => std::fs::read_to_string(f)
+                            .map_err(|e| CliError(format!("cannot read {f}: {e}")))?,
+                        None => p.clone(),
+                    };
+                    control::parse_rotation_policy(&text)?
+                }
+                None => None,
+            };
+            if set.is_some() || clear {
+                a.send(KeyRequest::RotationPolicy {
+                    name: name.into(),
+                    policy,
+                })?;
             }
             print_json(&a.read_json(&path)?);
         }
@@ -442,21 +473,22 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             store,
         } => {
             let name = name.get();
-            let mut words = attrs.words()?;
-            if words.is_empty() {
+            if attrs.is_empty() {
                 return Err(CliError(
                     "nothing to change; give --enabled, --disabled, --nbf, --exp or --ops".into(),
                 ));
             }
-            if force {
-                words += " force=true";
-            }
+            let update = attrs.update(force)?;
             let a = Access::open(&store)?;
             let dir = match &version {
                 Some(v) => format!("keys/{name}/versions/{v}"),
                 None => format!("keys/{name}"),
             };
-            a.write(&format!("{dir}/update"), words.trim().as_bytes())?;
+            a.send(KeyRequest::Update {
+                name: name.into(),
+                version: version.clone(),
+                update,
+            })?;
             print_json(&a.read_json(&format!("{dir}/key.json"))?);
             // Enabling or disabling reaches every disk the key (version) wraps.
             if attrs.enabled().is_some() {
@@ -471,20 +503,20 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             let name = name.get();
             let a = Access::open(&store)?;
             let disks = disks_on_key(&a, name, None);
-            a.write(&format!("keys/{name}/delete"), b"1")?;
+            a.send(KeyRequest::Delete { name: name.into() })?;
             print_json(&a.read_json(&format!("deleted-keys/{name}/deleted.json"))?);
             report_disks(&a, &format!("deleted key {name}"), &disks);
         }
         KeyCmd::Recover { name, store } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            a.write(&format!("deleted-keys/{name}/recover"), b"1")?;
+            a.send(KeyRequest::Recover { name: name.into() })?;
             print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
         }
         KeyCmd::Purge { name, store } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            a.write(&format!("deleted-keys/{name}/purge"), b"1")?;
+            a.send(KeyRequest::Purge { name: name.into() })?;
             println!("purged key {name}");
         }
         KeyCmd::Grant {
@@ -495,19 +527,20 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
         } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            let line = format!(
-                "grant {} permissions={}",
-                identity_words(&who)?,
-                word(&permissions)?
-            );
-            a.write(&format!("keys/{name}/grants"), line.as_bytes())?;
+            a.send(KeyRequest::Grant {
+                name: name.into(),
+                identity: identity(&who),
+                permissions: Some(split_list(&permissions)),
+            })?;
             print_json(&a.read_json(&format!("keys/{name}/grants"))?);
         }
         KeyCmd::RevokeGrant { name, who, store } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            let line = format!("revoke {}", identity_words(&who)?);
-            a.write(&format!("keys/{name}/grants"), line.as_bytes())?;
+            a.send(KeyRequest::RevokeGrant {
+                name: name.into(),
+                identity: identity(&who),
+            })?;
             print_json(&a.read_json(&format!("keys/{name}/grants"))?);
         }
     }
@@ -569,11 +602,14 @@ pub fn run_vault(cmd: VaultCmd) -> Result<(), CliError> {
             }
             let a = Access::open(&store)?;
             // Retention first: purge protection fixes it.
+            let purge_protection = purge_protection
+                .map(|p| bool_value("purge-protection", &p))
+                .transpose()?;
             if let Some(d) = retention_days {
-                a.write("retention-days", d.to_string().as_bytes())?;
+                a.send(VaultRequest::RetentionDays(d))?;
             }
-            if let Some(p) = &purge_protection {
-                a.write("purge-protection", word(p)?.as_bytes())?;
+            if let Some(p) = purge_protection {
+                a.send(VaultRequest::PurgeProtection(p))?;
             }
             print_json(&vault_json(&a)?);
         }
@@ -676,14 +712,12 @@ pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
             crate::store::des::validate_set_name(name)?;
             let a = Access::open(&store)?;
             check_source_vault(&a, source_vault.as_deref())?;
-            let mut line = format!("{} {}", word(name)?, word(&key_url)?);
-            if let Some(t) = &encryption_type {
-                line += &format!(" type={}", word(t)?);
-            }
-            if let Some(on) = auto_rotate {
-                line += &format!(" auto-rotate={on}");
-            }
-            a.write("disk-encryption-sets/create", line.as_bytes())?;
+            a.send(SetRequest::Create {
+                name: name.into(),
+                key_url,
+                encryption_type,
+                auto_rotate: auto_rotate.unwrap_or(false),
+            })?;
             print_json(&a.read_json(&format!("disk-encryption-sets/{name}/status.json"))?);
         }
         DesCmd::Show {
@@ -736,34 +770,25 @@ pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
             store,
         } => {
             let name = name.get();
-            let mut line = String::new();
-            let auto_rotate = auto_rotate.map(|b| b.to_string());
-            for (k, v) in [
-                ("key-url", &key_url),
-                ("auto-rotate", &auto_rotate),
-                ("type", &encryption_type),
-            ] {
-                if let Some(v) = v {
-                    line += &format!("{k}={} ", word(v)?);
-                }
-            }
-            if line.is_empty() {
+            if key_url.is_none() && auto_rotate.is_none() && encryption_type.is_none() {
                 return Err(CliError(
                     "nothing to change; give --key-url or --auto-rotate".into(),
                 ));
             }
             let a = Access::open(&store)?;
             check_source_vault(&a, source_vault.as_deref())?;
-            a.write(
-                &format!("disk-encryption-sets/{name}/update"),
-                line.trim().as_bytes(),
-            )?;
+            a.send(SetRequest::Update {
+                name: name.into(),
+                key_url,
+                auto_rotate,
+                encryption_type,
+            })?;
             print_json(&a.read_json(&format!("disk-encryption-sets/{name}/status.json"))?);
         }
         DesCmd::Delete { name, store } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            a.write(&format!("disk-encryption-sets/{name}/delete"), b"1")?;
+            a.send(SetRequest::Delete { name: name.into() })?;
             println!("deleted disk encryption set {name}");
         }
     }

@@ -5,12 +5,9 @@
 //! dropped on every open (no FOPEN_KEEP_CACHE). `DiskVaultFs::invalidate` drops a disk's
 //! cached pages through the session notifier, so revocation can remove cached plaintext.
 
-pub mod args;
-pub mod control;
-
+use crate::control::{self, Control, ControlError, Kind};
 use crate::store::{CreateOptions, DaemonInfo, Disk, SeekKind, Store, StoreError};
 use crate::vault::Caller;
-use control::{Control, Kind};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -89,35 +86,9 @@ pub struct DiskVaultFs {
     io_failures: parking_lot::Mutex<HashMap<u64, (u64, std::time::Instant)>>,
 }
 
-/// Maps a store error to the errno a program sees.
-pub fn errno(e: &StoreError) -> Errno {
-    use StoreError::*;
-    match e {
-        DiskNotFound(_) => Errno::ENOENT,
-        DiskExists(_) => Errno::EEXIST,
-        InvalidName { name, .. } if name.len() > 255 => Errno::ENAMETOOLONG,
-        InvalidName { .. }
-        | InvalidSize { .. }
-        | InvalidSku(_)
-        | InvalidArgument(_)
-        | Crypto(_) => Errno::EINVAL,
-        TooLarge => Errno::EFBIG,
-        Busy(_) | Locked { .. } | Attached(_) | DesInUse { .. } => Errno::EBUSY,
-        EnforcementDown(_) => Errno::EIO,
-        NoSpace { .. } => Errno::ENOSPC,
-        DesNotFound(_) => Errno::ENOENT,
-        InvalidSetName { .. } => Errno::EINVAL,
-        DesCorrupt { .. } => Errno::EIO,
-        DesExists(_) => Errno::EEXIST,
-        VersionlessKeyUrl(_) => Errno::EINVAL,
-        PurgeProtectionRequired | CmkCannotBeDisabled | NotPermitted(_) => Errno::EPERM,
-        Vault(v) => Errno::from_i32(v.errno()),
-        Io { source, .. } => source
-            .raw_os_error()
-            .map(Errno::from_i32)
-            .unwrap_or(Errno::EIO),
-        _ => Errno::EIO,
-    }
+/// The errno a program sees for a store error (mapped in `control`, once).
+fn errno(e: &StoreError) -> Errno {
+    Errno::from_i32(control::errno(e))
 }
 
 fn join(parent: &str, name: &str) -> String {
@@ -226,9 +197,10 @@ impl DiskVaultFs {
     }
 
     /// Records and logs a failure; returns its errno.
-    fn fail(&self, what: &str, e: StoreError) -> Errno {
+    fn fail(&self, what: &str, e: impl Into<ControlError>) -> Errno {
+        let e = e.into();
         self.control.record_failure(what, &e);
-        errno(&e)
+        Errno::from_i32(e.errno)
     }
 
     fn ctl_ino(&self, path: &str) -> u64 {
@@ -633,14 +605,11 @@ impl Filesystem for DiskVaultFs {
         // Only disks rename, within disks/. EPERM, not EXDEV: on EXDEV `mv` would copy
         // and delete, which in .vault/ means a new key with fresh key material.
         if parent.0 != DISKS || newparent.0 != DISKS {
-            self.control.record_failure(
-                "rename",
-                &StoreError::NotPermitted(
-                    "only disks can be renamed, within disks/; keys, sets and control files can't"
-                        .into(),
-                ),
+            let e = StoreError::NotPermitted(
+                "only disks can be renamed, within disks/; keys, sets and control files can't"
+                    .into(),
             );
-            return reply.error(Errno::EPERM);
+            return reply.error(self.fail("rename", e));
         }
         let (Ok(from), Ok(to)) = (self.name_str(name), self.name_str(newname)) else {
             return reply.error(Errno::EINVAL);
