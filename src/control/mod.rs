@@ -11,6 +11,7 @@
 pub mod args;
 mod disks;
 mod error;
+mod key_request;
 mod keys;
 mod request;
 mod root;
@@ -201,7 +202,7 @@ impl Control {
     pub fn execute(&self, req: &Request, caller: &Caller) -> Result<(), ControlError> {
         let r = match req {
             Request::Vault(r) => root::execute(self, r, caller),
-            Request::Key(r) => keys::execute(self, r, caller),
+            Request::Key(r) => key_request::execute(self, r, caller),
             Request::Set(r) => sets::execute(self, r),
             Request::Disk(r) => disks::execute(self, r),
         };
