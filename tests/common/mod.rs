@@ -10,6 +10,9 @@ compile_error!(
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Customer-key steps run through the CLI and through the control files.
+pub mod cmk;
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_diskvault")
 }
