@@ -12,6 +12,8 @@ use std::process::{Command, Output};
 
 /// Customer-key steps run through the CLI and through the control files.
 pub mod cmk;
+/// Raw writes and reads on the key vault's control files.
+pub mod vault;
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_diskvault")
