@@ -12,6 +12,8 @@ use std::process::{Command, Output};
 
 /// Customer-key steps run through the CLI and through the control files.
 pub mod cmk;
+/// A mounted store with customer keys, for the revocation and rotation tests.
+pub mod keyed;
 /// Raw writes and reads on the key vault's control files.
 pub mod vault;
 
