@@ -41,49 +41,46 @@ fn walk(c: &Control, path: &str, seen: &mut Vec<String>) {
     }
 }
 
-#[test]
-fn the_tree_lists_what_it_resolves() {
-    let (_d, c) = control();
+/// Purge protection, keys `keys`, set `s1` on the first key, and disk `d1`; returns
+/// the first key's versioned URL.
+fn objects(c: &Control, keys: &[&str]) -> String {
     let caller = Caller::current_user();
-    c.execute(&VaultRequest::PurgeProtection(true).into(), &caller)
-        .unwrap();
-    c.execute(
-        &KeyRequest::Create {
-            name: "k1".into(),
+    let run = |r: Request| c.execute(&r, &caller).unwrap();
+    run(VaultRequest::PurgeProtection(true).into());
+    for k in keys {
+        run(KeyRequest::Create {
+            name: k.to_string(),
             options: KeyOptions::default(),
         }
-        .into(),
-        &caller,
-    )
-    .unwrap();
+        .into());
+    }
     let kid = c
         .store()
         .vault()
-        .resolve(&crate::vault::KeyRef::parse("k1").unwrap())
+        .resolve(&crate::vault::KeyRef::parse(keys[0]).unwrap())
         .unwrap();
-    c.execute(
-        &SetRequest::Create {
-            name: "s1".into(),
-            key_url: kid,
-            encryption_type: None,
-            auto_rotate: false,
-        }
-        .into(),
-        &caller,
-    )
-    .unwrap();
-    c.execute(
-        &DiskRequest::Create {
-            name: "d1".into(),
-            options: CreateOptions {
-                size: 1 << 20,
-                ..Default::default()
-            },
-        }
-        .into(),
-        &caller,
-    )
-    .unwrap();
+    run(SetRequest::Create {
+        name: "s1".into(),
+        key_url: kid.clone(),
+        encryption_type: None,
+        auto_rotate: false,
+    }
+    .into());
+    run(DiskRequest::Create {
+        name: "d1".into(),
+        options: CreateOptions {
+            size: 1 << 20,
+            ..Default::default()
+        },
+    }
+    .into());
+    kid
+}
+
+#[test]
+fn the_tree_lists_what_it_resolves() {
+    let (_d, c) = control();
+    objects(&c, &["k1"]);
     let mut seen = Vec::new();
     walk(&c, "", &mut seen);
     let version = c.store().vault().version_ids("k1").unwrap().remove(0);
@@ -160,48 +157,8 @@ fn missing_and_read_only_paths_get_their_errno() {
 fn every_request_survives_its_wire_form() {
     let (_d, c) = control();
     let caller = Caller::current_user();
-    c.execute(&VaultRequest::PurgeProtection(true).into(), &caller)
-        .unwrap();
-    for k in ["k1", "k2"] {
-        c.execute(
-            &KeyRequest::Create {
-                name: k.into(),
-                options: KeyOptions::default(),
-            }
-            .into(),
-            &caller,
-        )
-        .unwrap();
-    }
-    let kid = c
-        .store()
-        .vault()
-        .resolve(&crate::vault::KeyRef::parse("k1").unwrap())
-        .unwrap();
+    let kid = objects(&c, &["k1", "k2"]);
     let version = kid.rsplit('/').next().unwrap().to_string();
-    c.execute(
-        &SetRequest::Create {
-            name: "s1".into(),
-            key_url: kid.clone(),
-            encryption_type: None,
-            auto_rotate: false,
-        }
-        .into(),
-        &caller,
-    )
-    .unwrap();
-    c.execute(
-        &DiskRequest::Create {
-            name: "d1".into(),
-            options: CreateOptions {
-                size: 1 << 20,
-                ..Default::default()
-            },
-        }
-        .into(),
-        &caller,
-    )
-    .unwrap();
     c.execute(&KeyRequest::Delete { name: "k2".into() }.into(), &caller)
         .unwrap();
     let t = crate::vault::parse_time("2027-01-31T00:00:00Z").unwrap();
