@@ -30,6 +30,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use zeroize::Zeroizing;
 
+mod records;
+
+use records::{check_range, check_times};
+pub use records::{
+    parse_key_ops, parse_permissions, validate_principal_id, Attributes, Deletion, Grant,
+    KeyOptions, KeyRecord, KeyUpdate, VaultProps, VersionRecord, KEY_OPS, PERMISSIONS,
+};
+
 pub const VAULT_FILE: &str = "vault.json";
 const KEYS_DIR: &str = "keys";
 const DELETED_DIR: &str = "deleted-keys";
@@ -38,64 +46,6 @@ const DELETED_FILE: &str = "deleted.json";
 pub const LOCK_FILE: &str = "lock";
 pub const DEFAULT_RETENTION_DAYS: u32 = 90;
 const DAY: i64 = 86_400;
-
-/// Operations a key may be used for (`key_ops`).
-pub const KEY_OPS: [&str; 6] = [
-    "encrypt",
-    "decrypt",
-    "sign",
-    "verify",
-    "wrapKey",
-    "unwrapKey",
-];
-/// Permissions a grant can give.
-pub const PERMISSIONS: [&str; 3] = ["get", "wrapKey", "unwrapKey"];
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct VaultProps {
-    pub name: String,
-    pub created: i64,
-    pub soft_delete_retention_in_days: u32,
-    pub enable_purge_protection: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Attributes {
-    pub enabled: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nbf: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exp: Option<i64>,
-    pub created: i64,
-    pub updated: i64,
-}
-
-impl Attributes {
-    fn new(now: i64) -> Self {
-        Attributes {
-            enabled: true,
-            nbf: None,
-            exp: None,
-            created: now,
-            updated: now,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct VersionRecord {
-    pub version: String,
-    pub attributes: Attributes,
-    pub key_ops: Vec<String>,
-    pub key_size: usize,
-    pub imported: bool,
-    /// A near-expiry notification was logged for this version.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub near_expiry_notified: bool,
-}
 
 /// Key Vault's key rotation policy: `lifetimeActions` and the expiry of new versions.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -292,55 +242,6 @@ impl RotationPolicy {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Grant {
-    pub object_id: String,
-    pub display_name: String,
-    pub permissions: Vec<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct KeyRecord {
-    pub name: String,
-    pub attributes: Attributes,
-    pub key_ops: Vec<String>,
-    /// Oldest first; the last one is the current version.
-    pub versions: Vec<VersionRecord>,
-    pub grants: Vec<Grant>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotation_policy: Option<RotationPolicy>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Deletion {
-    pub deleted_date: i64,
-    pub scheduled_purge_date: i64,
-}
-
-/// Settings for a new key or version.
-#[derive(Clone, Debug, Default)]
-pub struct KeyOptions {
-    pub size: Option<usize>,
-    pub key_ops: Option<Vec<String>>,
-    pub nbf: Option<i64>,
-    pub exp: Option<i64>,
-    pub enabled: Option<bool>,
-}
-
-/// A change of attributes (`key set`). `Some(None)` clears nbf or exp.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeyUpdate {
-    pub enabled: Option<bool>,
-    pub nbf: Option<Option<i64>>,
-    pub exp: Option<Option<i64>>,
-    pub key_ops: Option<Vec<String>>,
-    /// Disable a version even though a rotation still needs it (a revocation).
-    pub force: bool,
-}
-
 struct KeyEntry {
     rec: KeyRecord,
     privs: BTreeMap<String, RsaKey>,
@@ -418,77 +319,6 @@ pub struct KeyVault {
     /// Keys whose policy rotation failed, and when: retried after a pause, so a
     /// lasting cause (a full file system) doesn't flood the log every pass.
     policy_failures: Mutex<BTreeMap<String, std::time::Instant>>,
-}
-
-/// Canonical spelling of a key operation or permission, if it is one.
-fn canon(list: &[&'static str], s: &str) -> Option<&'static str> {
-    list.iter().copied().find(|x| x.eq_ignore_ascii_case(s))
-}
-
-pub fn parse_key_ops(items: &[String]) -> Result<Vec<String>, VaultError> {
-    if items.is_empty() {
-        return Err(VaultError::InvalidArgument(format!(
-            "an empty key_ops list would stop every use of the key; list the operations to keep (e.g. wrapKey unwrapKey, from {}), or disable the key with enabled=false",
-            KEY_OPS.join(", ")
-        )));
-    }
-    // Each operation once, in the order first given.
-    let mut out: Vec<String> = Vec::new();
-    for s in items {
-        let op = canon(&KEY_OPS, s).ok_or_else(|| {
-            VaultError::InvalidArgument(format!(
-                "unknown key operation '{s}'; use {}",
-                KEY_OPS.join(", ")
-            ))
-        })?;
-        if !out.iter().any(|x| x == op) {
-            out.push(op.to_string());
-        }
-    }
-    Ok(out)
-}
-
-pub fn parse_permissions(items: &[String]) -> Result<Vec<String>, VaultError> {
-    let mut out: Vec<String> = Vec::new();
-    for s in items {
-        let p = canon(&PERMISSIONS, s).ok_or_else(|| {
-            VaultError::InvalidArgument(format!(
-                "unknown permission '{s}'; use get, wrapKey and unwrapKey"
-            ))
-        })?;
-        if !out.iter().any(|x| x == p) {
-            out.push(p.to_string());
-        }
-    }
-    if out.is_empty() {
-        return Err(VaultError::InvalidArgument(
-            "a grant needs at least one permission".into(),
-        ));
-    }
-    Ok(out)
-}
-
-/// A grantee: the principal id of a disk encryption set's identity, a version-4 UUID
-/// in lower case as sets generate them (`e776e117-7f5b-469e-a98c-77e19781f08a`). Only
-/// such identities are checked against grants; users (`local-uid-N`) manage the vault
-/// and need none.
-pub fn validate_principal_id(id: &str) -> Result<(), VaultError> {
-    let b = id.as_bytes();
-    let ok = b.len() == 36
-        && b.iter().enumerate().all(|(i, &c)| match i {
-            8 | 13 | 18 | 23 => c == b'-',
-            14 => c == b'4',
-            19 => matches!(c, b'8' | b'9' | b'a' | b'b'),
-            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(VaultError::InvalidArgument(format!(
-            "invalid principal id '{}'; give a disk encryption set's identity, a lower-case UUID like e776e117-7f5b-469e-a98c-77e19781f08a (see disk-encryption-sets/SET/identity), or grant by set name",
-            id.chars().take(60).collect::<String>()
-        )))
-    }
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
@@ -1090,27 +920,6 @@ impl KeyVault {
         ))
     }
 
-    /// Refuses new times past year 9999 (the parsers already do; this guards the API).
-    /// Only values being set are checked, so a key holding such a value from an older
-    /// store can still be disabled.
-    fn check_range(nbf: Option<i64>, exp: Option<i64>) -> Result<(), VaultError> {
-        for t in [nbf, exp].into_iter().flatten() {
-            super::check_time_range(t, &t.to_string())?;
-        }
-        Ok(())
-    }
-
-    fn check_times(nbf: Option<i64>, exp: Option<i64>) -> Result<(), VaultError> {
-        if let (Some(n), Some(x)) = (nbf, exp) {
-            if n >= x {
-                return Err(VaultError::InvalidArgument(
-                    "nbf (not before) must be earlier than exp (expires)".into(),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     fn add_key(
         &self,
         st: &mut State,
@@ -1120,8 +929,8 @@ impl KeyVault {
         imported: bool,
     ) -> Result<Value, VaultError> {
         validate_key_name(name)?;
-        Self::check_range(opts.nbf, opts.exp)?;
-        Self::check_times(opts.nbf, opts.exp)?;
+        check_range(opts.nbf, opts.exp)?;
+        check_times(opts.nbf, opts.exp)?;
         let l = name.to_ascii_lowercase();
         if let Some(b) = st.broken.get(&l) {
             return Err(b.error());
@@ -1226,8 +1035,8 @@ impl KeyVault {
             caller,
             |st| Self::kid_of(st, name, None),
             |st| {
-                Self::check_range(opts.nbf, opts.exp)?;
-                Self::check_times(opts.nbf, opts.exp)?;
+                check_range(opts.nbf, opts.exp)?;
+                check_times(opts.nbf, opts.exp)?;
                 let l = name.to_ascii_lowercase();
                 let e = Self::entry(st, name)?;
                 let bits = opts.size.unwrap_or(e.current().key_size);
@@ -1448,7 +1257,7 @@ impl KeyVault {
                 if u.enabled == Some(false) && !u.force {
                     self.check_guard(&r.name, r.version.as_deref())?;
                 }
-                Self::check_range(u.nbf.flatten(), u.exp.flatten())?;
+                check_range(u.nbf.flatten(), u.exp.flatten())?;
                 let key_ops = u.key_ops.as_deref().map(parse_key_ops).transpose()?;
                 let e = Self::entry(st, &r.name)?;
                 let mut rec = e.rec.clone();
@@ -1467,7 +1276,7 @@ impl KeyVault {
                         *ops = o.clone();
                     }
                     a.updated = now;
-                    Self::check_times(a.nbf, a.exp)
+                    check_times(a.nbf, a.exp)
                 };
                 match &r.version {
                     None => {
