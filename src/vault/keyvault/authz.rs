@@ -4,10 +4,11 @@
 use super::super::audit::Caller;
 use super::super::kid::{key_url, KeyRef};
 use super::super::{now_secs, secs_to_iso, VaultError, WrappedKey};
+use super::view;
 use super::{parse_permissions, validate_principal_id, Grant, KeyVault, State};
 use crate::crypto::wrap::WRAP_ALG;
 use crate::crypto::Secret;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 impl KeyVault {
     /// Grants `permissions` on key `name` to the identity `object_id`.
@@ -50,7 +51,7 @@ impl KeyVault {
                     permissions: perms,
                 });
                 rec.attributes.updated = now_secs();
-                let v = json!(rec.grants);
+                let v = view::grants_json(&rec.grants);
                 let what = revoking
                     .then(|| format!("the grant of {object_id} on key '{}' is narrowed", rec.name));
                 self.save_revocation(st, rec, what)?;
@@ -84,7 +85,7 @@ impl KeyVault {
                     let l = name.to_ascii_lowercase();
                     if st.unsaved.contains(&l) && self.saved_grant(&l, object_id) {
                         // Removed in memory before; save it now.
-                        let v = json!(rec.grants);
+                        let v = view::grants_json(&rec.grants);
                         self.save_revocation(st, rec, what)?;
                         return Ok(v);
                     }
@@ -94,7 +95,7 @@ impl KeyVault {
                     });
                 }
                 rec.attributes.updated = now_secs();
-                let v = json!(rec.grants);
+                let v = view::grants_json(&rec.grants);
                 self.save_revocation(st, rec, what)?;
                 Ok(v)
             },

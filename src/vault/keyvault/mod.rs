@@ -19,9 +19,8 @@ use crate::crypto::random_bytes;
 use crate::crypto::wrap::{hex, RsaKey, ALLOWED_BITS};
 use crate::durable;
 use crate::lock::StoreLock;
-use base64::Engine;
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::ErrorKind;
@@ -32,6 +31,7 @@ mod authz;
 mod persist;
 mod policy;
 mod records;
+mod view;
 
 use persist::{write_json, LateRecord};
 pub use policy::{
@@ -60,14 +60,11 @@ struct KeyEntry {
 
 impl KeyEntry {
     fn current(&self) -> &VersionRecord {
-        self.rec
-            .versions
-            .last()
-            .expect("a key has at least one version")
+        self.rec.current()
     }
 
     fn version(&self, v: &str) -> Option<&VersionRecord> {
-        self.rec.versions.iter().find(|x| x.version == v)
+        self.rec.version(v)
     }
 }
 
@@ -121,10 +118,6 @@ pub struct KeyVault {
     /// Keys whose policy rotation failed, and when: retried after a pause, so a
     /// lasting cause (a full file system) doesn't flood the log every pass.
     policy_failures: Mutex<BTreeMap<String, std::time::Instant>>,
-}
-
-fn b64url(b: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
 impl KeyVault {
@@ -441,7 +434,7 @@ impl KeyVault {
                 return Err(e);
             }
         };
-        let v = self.key_json(st, &entry, None);
+        let v = Self::key_json(st, &entry, None);
         st.keys.insert(l, entry);
         Ok(v)
     }
@@ -523,7 +516,7 @@ impl KeyVault {
                 e.rec = rec;
                 e.privs.insert(ver.version.clone(), key);
                 let e = Self::entry(st, name)?;
-                Ok(self.key_json(st, e, None))
+                Ok(Self::key_json(st, e, None))
             },
         )
     }
@@ -541,7 +534,7 @@ impl KeyVault {
                     e.version(v)
                         .ok_or_else(|| VaultError::VersionNotFound(r.name.clone(), v.clone()))?;
                 }
-                Ok(self.key_json(st, e, r.version.as_deref()))
+                Ok(Self::key_json(st, e, r.version.as_deref()))
             },
         )
     }
@@ -567,61 +560,10 @@ impl KeyVault {
         )
     }
 
-    fn key_json(&self, st: &State, e: &KeyEntry, version: Option<&str>) -> Value {
-        let vault = &st.props.name;
-        let rec = &e.rec;
-        let cur = e.current();
-        let ver = version.and_then(|v| e.version(v)).unwrap_or(cur);
-        let (n, ex) = e.privs[&ver.version].public_parts();
-        let recoverable = st.props.soft_delete_retention_in_days;
-        let level = if st.props.enable_purge_protection {
-            "Recoverable"
-        } else {
-            "Recoverable+Purgeable"
-        };
-        let attrs = |a: &Attributes| {
-            json!({
-                "enabled": a.enabled,
-                "notBefore": a.nbf.map(secs_to_iso),
-                "expires": a.exp.map(secs_to_iso),
-                "created": secs_to_iso(a.created),
-                "updated": secs_to_iso(a.updated),
-                "recoverableDays": recoverable,
-                "recoveryLevel": level,
-                "exportable": false,
-            })
-        };
-        let mut v = json!({
-            "name": rec.name,
-            "key": {
-                "kid": key_url(vault, &rec.name, Some(&ver.version)),
-                "kty": "RSA",
-                "keyOps": ver.key_ops,
-                "n": b64url(&n),
-                "e": b64url(&ex),
-            },
-            "keySize": ver.key_size,
-            "imported": ver.imported,
-            "attributes": attrs(&ver.attributes),
-            "tags": {},
-        });
-        if version.is_none() {
-            v["keyAttributes"] = attrs(&rec.attributes);
-            v["keyAttributes"]["keyOps"] = json!(rec.key_ops);
-            v["versions"] = rec
-                .versions
-                .iter()
-                .map(|x| {
-                    json!({
-                        "kid": key_url(vault, &rec.name, Some(&x.version)),
-                        "enabled": x.attributes.enabled,
-                        "created": secs_to_iso(x.attributes.created),
-                    })
-                })
-                .collect();
-            v["grants"] = json!(rec.grants);
-        }
-        v
+    /// `view::key_json` of an entry, with the public half of the version shown.
+    fn key_json(st: &State, e: &KeyEntry, version: Option<&str>) -> Value {
+        let (n, ex) = e.privs[&e.rec.shown_version(version).version].public_parts();
+        view::key_json(&st.props, &e.rec, version, &n, &ex)
     }
 
     /// Keys (not deleted), current version each.
@@ -629,24 +571,13 @@ impl KeyVault {
         let st = self.state.lock();
         st.keys
             .values()
-            .map(|e| {
-                let cur = e.current();
-                json!({
-                    "name": e.rec.name,
-                    "kid": key_url(&st.props.name, &e.rec.name, Some(&cur.version)),
-                    "enabled": e.rec.attributes.enabled && cur.attributes.enabled,
-                    "keySize": cur.key_size,
-                    "versions": e.rec.versions.len(),
-                    "created": secs_to_iso(e.rec.attributes.created),
-                })
-            })
-            .chain(st.broken.values().filter(|b| !b.deleted).map(|b| {
-                json!({
-                    "name": b.name,
-                    "enabled": false,
-                    "error": b.error().to_string(),
-                })
-            }))
+            .map(|e| view::key_item_json(&st.props.name, &e.rec))
+            .chain(
+                st.broken
+                    .values()
+                    .filter(|b| !b.deleted)
+                    .map(|b| view::broken_item_json(&b.name, &b.error().to_string())),
+            )
             .collect()
     }
 
@@ -762,7 +693,7 @@ impl KeyVault {
                 }
                 self.save_revocation(st, rec, revoking)?;
                 let e = Self::entry(st, &r.name)?;
-                Ok(self.key_json(st, e, r.version.as_deref()))
+                Ok(Self::key_json(st, e, r.version.as_deref()))
             },
         )
     }
@@ -814,7 +745,7 @@ impl KeyVault {
                 if st.unsaved_deletes.contains(&l) {
                     // Deleted in memory before; save it now.
                     let (e, del) = &st.deleted[&l];
-                    let v = Self::deleted_json(&st.props, e, del);
+                    let v = view::deleted_json(&st.props, &e.rec, del);
                     if let Err(e) = self.persist_delete(&l, del) {
                         return Err(self.not_saved(what(), &e.into()));
                     }
@@ -830,7 +761,7 @@ impl KeyVault {
                 let saved = self.persist_delete(&l, &del);
                 let e = st.keys.remove(&l).expect("checked above");
                 st.unsaved.remove(&l);
-                let v = Self::deleted_json(&st.props, &e, &del);
+                let v = view::deleted_json(&st.props, &e.rec, &del);
                 st.deleted.insert(l.clone(), (e, del));
                 if let Err(e) = saved {
                     st.unsaved_deletes.insert(l);
@@ -841,22 +772,11 @@ impl KeyVault {
         )
     }
 
-    fn deleted_json(props: &VaultProps, e: &KeyEntry, d: &Deletion) -> Value {
-        json!({
-            "name": e.rec.name,
-            "recoveryId": format!("https://{}{}/deletedkeys/{}", props.name, super::kid::VAULT_DNS_SUFFIX, e.rec.name),
-            "kid": key_url(&props.name, &e.rec.name, Some(&e.current().version)),
-            "deletedDate": secs_to_iso(d.deleted_date),
-            "scheduledPurgeDate": secs_to_iso(d.scheduled_purge_date),
-            "versions": e.rec.versions.len(),
-        })
-    }
-
     pub fn list_deleted(&self) -> Vec<Value> {
         let st = self.state.lock();
         st.deleted
             .values()
-            .map(|(e, d)| Self::deleted_json(&st.props, e, d))
+            .map(|(e, d)| view::deleted_json(&st.props, &e.rec, d))
             .collect()
     }
 
@@ -871,7 +791,7 @@ impl KeyVault {
         }
         st.deleted
             .get(&name.to_ascii_lowercase())
-            .map(|(e, d)| Self::deleted_json(&st.props, e, d))
+            .map(|(e, d)| view::deleted_json(&st.props, &e.rec, d))
             .ok_or_else(|| VaultError::DeletedKeyNotFound(name.to_string()))
     }
 
@@ -905,7 +825,7 @@ impl KeyVault {
                     durable::sync_dir(&to)?;
                 }
                 let (e, _) = st.deleted.remove(&l).expect("checked above");
-                let v = self.key_json(st, &e, None);
+                let v = Self::key_json(st, &e, None);
                 st.keys.insert(l, e);
                 Ok(v)
             },
@@ -997,24 +917,7 @@ impl KeyVault {
     /// `az keyvault show`-like JSON.
     pub fn show(&self) -> Value {
         let st = self.state.lock();
-        let p = &st.props;
-        json!({
-            "name": p.name,
-            "id": format!("/diskvault/vaults/{}", p.name),
-            "type": "Microsoft.KeyVault/vaults",
-            "location": "local",
-            "properties": {
-                "vaultUri": format!("https://{}{}/", p.name, super::kid::VAULT_DNS_SUFFIX),
-                "enableSoftDelete": true,
-                "softDeleteRetentionInDays": p.soft_delete_retention_in_days,
-                "enablePurgeProtection": p.enable_purge_protection,
-                "provisioningState": "Succeeded",
-            },
-            "createdAt": secs_to_iso(p.created),
-            "directory": self.dir.display().to_string(),
-            "keys": st.keys.len(),
-            "deletedKeys": st.deleted.len(),
-        })
+        view::vault_json(&st.props, &self.dir, st.keys.len(), st.deleted.len())
     }
 
     pub fn audit_text(&self) -> Vec<u8> {

@@ -84,6 +84,28 @@ pub struct KeyRecord {
     pub rotation_policy: Option<RotationPolicy>,
 }
 
+impl KeyRecord {
+    /// The current version. Every stored key has one: a record without versions
+    /// is refused when the vault loads.
+    pub fn current(&self) -> &VersionRecord {
+        self.versions
+            .last()
+            .expect("a key has at least one version")
+    }
+
+    pub fn version(&self, v: &str) -> Option<&VersionRecord> {
+        self.versions.iter().find(|x| x.version == v)
+    }
+
+    /// The version a view of `version` shows: that one if the key has it, else the
+    /// current one.
+    pub fn shown_version(&self, version: Option<&str>) -> &VersionRecord {
+        version
+            .and_then(|v| self.version(v))
+            .unwrap_or(self.current())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Deletion {
