@@ -13,10 +13,10 @@
 //! NAME is the key name in lower case (names compare case-insensitively).
 
 use super::audit::{self, AuditFault, AuditLog, Caller};
-use super::kid::{key_url, validate_key_name, validate_vault_name, KeyRef};
-use super::{now_secs, secs_to_iso, VaultError};
+use super::kid::{key_url, validate_vault_name, KeyRef};
+use super::{now_secs, VaultError};
 use crate::crypto::random_bytes;
-use crate::crypto::wrap::{hex, RsaKey, ALLOWED_BITS};
+use crate::crypto::wrap::{hex, RsaKey};
 use crate::durable;
 use crate::lock::StoreLock;
 use parking_lot::Mutex;
@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 mod authz;
+mod deletion;
+mod keys;
 mod persist;
 mod policy;
 mod records;
@@ -38,7 +40,6 @@ pub use policy::{
     parse_duration, Action, LifetimeAction, PolicyAttributes, RotationPolicy, Trigger,
     MIN_POLICY_SECS,
 };
-use records::{check_range, check_times};
 pub use records::{
     parse_key_ops, parse_permissions, validate_principal_id, Attributes, Deletion, Grant,
     KeyOptions, KeyRecord, KeyUpdate, VaultProps, VersionRecord, KEY_OPS, PERMISSIONS,
@@ -351,215 +352,6 @@ impl KeyVault {
         key_url(&st.props.name, &display, version)
     }
 
-    fn new_version(
-        kd: &Path,
-        key: RsaKey,
-        opts: &KeyOptions,
-        key_ops: Vec<String>,
-        imported: bool,
-    ) -> Result<(VersionRecord, RsaKey), VaultError> {
-        let version = hex(&random_bytes(16)?);
-        let now = now_secs();
-        let mut attributes = Attributes::new(now);
-        attributes.nbf = opts.nbf;
-        attributes.exp = opts.exp;
-        let pem = key.to_pkcs8_pem()?;
-        durable::write_atomic(&kd.join(format!("{version}.pem")), pem.as_bytes(), 0o600)?;
-        Ok((
-            VersionRecord {
-                version,
-                attributes,
-                key_ops,
-                key_size: key.bits(),
-                imported,
-                near_expiry_notified: false,
-            },
-            key,
-        ))
-    }
-
-    fn add_key(
-        &self,
-        st: &mut State,
-        name: &str,
-        key: RsaKey,
-        opts: &KeyOptions,
-        imported: bool,
-    ) -> Result<Value, VaultError> {
-        validate_key_name(name)?;
-        check_range(opts.nbf, opts.exp)?;
-        check_times(opts.nbf, opts.exp)?;
-        let l = name.to_ascii_lowercase();
-        if let Some(b) = st.broken.get(&l) {
-            return Err(b.error());
-        }
-        if st.keys.contains_key(&l) {
-            return Err(VaultError::KeyExists(name.to_string()));
-        }
-        if st.deleted.contains_key(&l) {
-            return Err(VaultError::NameHeldByDeletedKey(name.to_string()));
-        }
-        let key_ops = match &opts.key_ops {
-            Some(o) => parse_key_ops(o)?,
-            None => KEY_OPS.iter().map(|s| s.to_string()).collect(),
-        };
-        let kd = self.key_dir(&l);
-        let staging = self.dir.join(KEYS_DIR).join(format!(".{l}.creating"));
-        let _ = fs::remove_dir_all(&staging);
-        durable::create_dir(&staging, 0o700)?;
-        let result = (|| {
-            let (ver, key) = Self::new_version(&staging, key, opts, key_ops.clone(), imported)?;
-            let now = ver.attributes.created;
-            let mut attributes = Attributes::new(now);
-            attributes.enabled = opts.enabled.unwrap_or(true);
-            let rec = KeyRecord {
-                name: name.to_string(),
-                attributes,
-                key_ops,
-                versions: vec![ver],
-                grants: vec![],
-                rotation_policy: None,
-            };
-            write_json(&staging.join(KEY_FILE), &rec)?;
-            fs::rename(&staging, &kd)?;
-            durable::sync_dir(&self.dir.join(KEYS_DIR))?;
-            let mut privs = BTreeMap::new();
-            privs.insert(rec.versions[0].version.clone(), key);
-            Ok::<_, VaultError>(KeyEntry { rec, privs })
-        })();
-        let entry = match result {
-            Ok(e) => e,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&staging);
-                return Err(e);
-            }
-        };
-        let v = Self::key_json(st, &entry, None);
-        st.keys.insert(l, entry);
-        Ok(v)
-    }
-
-    /// Generates a new RSA key (2048 bits unless `opts.size` says otherwise).
-    pub fn create_key(
-        &self,
-        caller: &Caller,
-        name: &str,
-        opts: &KeyOptions,
-    ) -> Result<Value, VaultError> {
-        let bits = opts.size.unwrap_or(2048);
-        self.audited(
-            "KeyCreate",
-            caller,
-            |st| Self::kid_of(st, name, None),
-            |st| {
-                if !ALLOWED_BITS.contains(&bits) {
-                    return Err(crate::crypto::CryptoError::KeySize(bits).into());
-                }
-                validate_key_name(name)?;
-                let key = RsaKey::generate(bits)?;
-                self.add_key(st, name, key, opts, false)
-            },
-        )
-    }
-
-    /// Imports a private key from PEM (PKCS#1 or PKCS#8): bring your own key.
-    pub fn import_key(
-        &self,
-        caller: &Caller,
-        name: &str,
-        pem: &str,
-        opts: &KeyOptions,
-    ) -> Result<Value, VaultError> {
-        self.audited(
-            "KeyImport",
-            caller,
-            |st| Self::kid_of(st, name, None),
-            |st| {
-                let key = parse_import(pem)?;
-                self.add_key(st, name, key, opts, true)
-            },
-        )
-    }
-
-    /// Adds a new version (same size as the current one unless given).
-    pub fn rotate_key(
-        &self,
-        caller: &Caller,
-        name: &str,
-        opts: &KeyOptions,
-    ) -> Result<Value, VaultError> {
-        self.audited(
-            "KeyRotate",
-            caller,
-            |st| Self::kid_of(st, name, None),
-            |st| {
-                check_range(opts.nbf, opts.exp)?;
-                check_times(opts.nbf, opts.exp)?;
-                let l = name.to_ascii_lowercase();
-                let e = Self::entry(st, name)?;
-                let bits = opts.size.unwrap_or(e.current().key_size);
-                let key = RsaKey::generate(bits)?;
-                let key_ops = match &opts.key_ops {
-                    Some(o) => parse_key_ops(o)?,
-                    None => e.current().key_ops.clone(),
-                };
-                let kd = self.key_dir(&l);
-                let (ver, key) = Self::new_version(&kd, key, opts, key_ops, false)?;
-                let mut rec = e.rec.clone();
-                rec.attributes.updated = ver.attributes.created;
-                rec.versions.push(ver.clone());
-                if let Err(err) = write_json(&kd.join(KEY_FILE), &rec) {
-                    let _ = fs::remove_file(kd.join(format!("{}.pem", ver.version)));
-                    return Err(err.into());
-                }
-                let e = Self::entry_mut(st, name)?;
-                e.rec = rec;
-                e.privs.insert(ver.version.clone(), key);
-                let e = Self::entry(st, name)?;
-                Ok(Self::key_json(st, e, None))
-            },
-        )
-    }
-
-    /// `az keyvault key show`: the current version, or `r`'s version.
-    pub fn get_key(&self, caller: &Caller, r: &KeyRef) -> Result<Value, VaultError> {
-        self.audited(
-            "KeyGet",
-            caller,
-            |st| Self::kid_of(st, &r.name, r.version.as_deref()),
-            |st| {
-                Self::check_vault(st, r)?;
-                let e = Self::entry(st, &r.name)?;
-                if let Some(v) = &r.version {
-                    e.version(v)
-                        .ok_or_else(|| VaultError::VersionNotFound(r.name.clone(), v.clone()))?;
-                }
-                Ok(Self::key_json(st, e, r.version.as_deref()))
-            },
-        )
-    }
-
-    /// SubjectPublicKeyInfo PEM of the current version or of `r`'s version.
-    pub fn public_pem(&self, caller: &Caller, r: &KeyRef) -> Result<String, VaultError> {
-        self.audited(
-            "KeyGet",
-            caller,
-            |st| Self::kid_of(st, &r.name, r.version.as_deref()),
-            |st| {
-                Self::check_vault(st, r)?;
-                let e = Self::entry(st, &r.name)?;
-                let v = match &r.version {
-                    Some(v) => v.clone(),
-                    None => e.current().version.clone(),
-                };
-                e.privs
-                    .get(&v)
-                    .map(|k| k.public_pem())
-                    .ok_or_else(|| VaultError::VersionNotFound(r.name.clone(), v))
-            },
-        )
-    }
-
     /// `view::key_json` of an entry, with the public half of the version shown.
     fn key_json(st: &State, e: &KeyEntry, version: Option<&str>) -> Value {
         let (n, ex) = e.privs[&e.rec.shown_version(version).version].public_parts();
@@ -634,93 +426,6 @@ impl KeyVault {
         st.keys.contains_key(&l) || st.broken.get(&l).is_some_and(|b| !b.deleted)
     }
 
-    /// Changes attributes of the key (versionless `r`) or of one version.
-    pub fn update_key(
-        &self,
-        caller: &Caller,
-        r: &KeyRef,
-        u: &KeyUpdate,
-    ) -> Result<Value, VaultError> {
-        let revocation = |st: &State| Self::update_revokes(st, r, u);
-        self.audited_revocation(
-            "KeyUpdate",
-            caller,
-            |st| revocation(st).is_some(),
-            |st| Self::kid_of(st, &r.name, r.version.as_deref()),
-            |st| {
-                let revoking = revocation(st);
-                Self::check_vault(st, r)?;
-                if u.enabled == Some(false) && !u.force {
-                    self.check_guard(&r.name, r.version.as_deref())?;
-                }
-                check_range(u.nbf.flatten(), u.exp.flatten())?;
-                let key_ops = u.key_ops.as_deref().map(parse_key_ops).transpose()?;
-                let e = Self::entry(st, &r.name)?;
-                let mut rec = e.rec.clone();
-                let now = now_secs();
-                let apply = |a: &mut Attributes, ops: &mut Vec<String>| {
-                    if let Some(en) = u.enabled {
-                        a.enabled = en;
-                    }
-                    if let Some(n) = u.nbf {
-                        a.nbf = n;
-                    }
-                    if let Some(x) = u.exp {
-                        a.exp = x;
-                    }
-                    if let Some(o) = &key_ops {
-                        *ops = o.clone();
-                    }
-                    a.updated = now;
-                    check_times(a.nbf, a.exp)
-                };
-                match &r.version {
-                    None => {
-                        let mut ops = rec.key_ops.clone();
-                        apply(&mut rec.attributes, &mut ops)?;
-                        rec.key_ops = ops;
-                    }
-                    Some(v) => {
-                        let ver = rec
-                            .versions
-                            .iter_mut()
-                            .find(|x| x.version == *v)
-                            .ok_or_else(|| {
-                                VaultError::VersionNotFound(r.name.clone(), v.clone())
-                            })?;
-                        apply(&mut ver.attributes, &mut ver.key_ops)?;
-                    }
-                }
-                self.save_revocation(st, rec, revoking)?;
-                let e = Self::entry(st, &r.name)?;
-                Ok(Self::key_json(st, e, r.version.as_deref()))
-            },
-        )
-    }
-
-    /// If `u` revokes (disables the key or version, or takes `unwrapKey` out of its
-    /// `key_ops`), what it does, for messages.
-    fn update_revokes(st: &State, r: &KeyRef, u: &KeyUpdate) -> Option<String> {
-        let e = Self::entry(st, &r.name).ok()?;
-        let (what, ops) = match &r.version {
-            None => (format!("key '{}'", e.rec.name), &e.rec.key_ops),
-            Some(v) => (
-                format!("version {v} of key '{}'", e.rec.name),
-                &e.version(v)?.key_ops,
-            ),
-        };
-        if u.enabled == Some(false) {
-            return Some(format!("{what} is disabled"));
-        }
-        let unwrap = |l: &[String]| l.iter().any(|o| o.eq_ignore_ascii_case("unwrapKey"));
-        match &u.key_ops {
-            Some(new) if !new.is_empty() && unwrap(ops) && !unwrap(new) => {
-                Some(format!("{what} no longer allows unwrapKey"))
-            }
-            _ => None,
-        }
-    }
-
     /// Whether key `name` is deleted in memory but its delete could not be saved yet
     /// (running the delete again saves it).
     pub fn delete_unsaved(&self, name: &str) -> bool {
@@ -728,48 +433,6 @@ impl KeyVault {
             .lock()
             .unsaved_deletes
             .contains(&name.to_ascii_lowercase())
-    }
-
-    /// Soft delete: the key moves to deleted-keys until recovered or purged.
-    pub fn delete_key(&self, caller: &Caller, name: &str) -> Result<Value, VaultError> {
-        self.audited_revocation(
-            "KeyDelete",
-            caller,
-            // Deleting a key is a revocation: never refused, even mid-rotation or
-            // with the vault's file system full.
-            |_| true,
-            |st| Self::kid_of(st, name, None),
-            |st| {
-                let l = name.to_ascii_lowercase();
-                let what = || format!("key '{name}' is deleted");
-                if st.unsaved_deletes.contains(&l) {
-                    // Deleted in memory before; save it now.
-                    let (e, del) = &st.deleted[&l];
-                    let v = view::deleted_json(&st.props, &e.rec, del);
-                    if let Err(e) = self.persist_delete(&l, del) {
-                        return Err(self.not_saved(what(), &e.into()));
-                    }
-                    st.unsaved_deletes.remove(&l);
-                    return Ok(v);
-                }
-                Self::entry(st, name)?;
-                let now = now_secs();
-                let del = Deletion {
-                    deleted_date: now,
-                    scheduled_purge_date: now + st.props.soft_delete_retention_in_days as i64 * DAY,
-                };
-                let saved = self.persist_delete(&l, &del);
-                let e = st.keys.remove(&l).expect("checked above");
-                st.unsaved.remove(&l);
-                let v = view::deleted_json(&st.props, &e.rec, &del);
-                st.deleted.insert(l.clone(), (e, del));
-                if let Err(e) = saved {
-                    st.unsaved_deletes.insert(l);
-                    return Err(self.not_saved(what(), &e.into()));
-                }
-                Ok(v)
-            },
-        )
     }
 
     pub fn list_deleted(&self) -> Vec<Value> {
@@ -793,87 +456,6 @@ impl KeyVault {
             .get(&name.to_ascii_lowercase())
             .map(|(e, d)| view::deleted_json(&st.props, &e.rec, d))
             .ok_or_else(|| VaultError::DeletedKeyNotFound(name.to_string()))
-    }
-
-    pub fn recover_key(&self, caller: &Caller, name: &str) -> Result<Value, VaultError> {
-        self.audited(
-            "KeyRecover",
-            caller,
-            |st| Self::kid_of(st, name, None),
-            |st| {
-                let l = name.to_ascii_lowercase();
-                if let Some(b) = st.broken.get(&l) {
-                    return Err(b.error());
-                }
-                if !st.deleted.contains_key(&l) {
-                    return Err(VaultError::DeletedKeyNotFound(name.to_string()));
-                }
-                let to = self.key_dir(&l);
-                if st.unsaved_deletes.contains(&l) {
-                    // Its deletion was never saved: the key is still in keys/.
-                    match fs::remove_file(to.join(DELETED_FILE)) {
-                        Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
-                        _ => {}
-                    }
-                    st.unsaved_deletes.remove(&l);
-                } else {
-                    let from = self.dir.join(DELETED_DIR).join(&l);
-                    fs::rename(&from, &to)?;
-                    durable::sync_dir(&self.dir.join(DELETED_DIR))?;
-                    durable::sync_dir(&self.dir.join(KEYS_DIR))?;
-                    fs::remove_file(to.join(DELETED_FILE))?;
-                    durable::sync_dir(&to)?;
-                }
-                let (e, _) = st.deleted.remove(&l).expect("checked above");
-                let v = Self::key_json(st, &e, None);
-                st.keys.insert(l, e);
-                Ok(v)
-            },
-        )
-    }
-
-    /// Permanently destroys a deleted key. Refused under purge protection until the
-    /// retention period has passed.
-    pub fn purge_key(&self, caller: &Caller, name: &str) -> Result<(), VaultError> {
-        self.audited(
-            "KeyPurge",
-            caller,
-            |st| Self::kid_of(st, name, None),
-            |st| {
-                let l = name.to_ascii_lowercase();
-                if let Some(b) = st.broken.get(&l) {
-                    return Err(b.error());
-                }
-                let Some((_, d)) = st.deleted.get(&l) else {
-                    return Err(if st.keys.contains_key(&l) {
-                        VaultError::PurgeActive(name.to_string())
-                    } else {
-                        VaultError::DeletedKeyNotFound(name.to_string())
-                    });
-                };
-                if st.props.enable_purge_protection && now_secs() < d.scheduled_purge_date {
-                    return Err(VaultError::PurgeProtected {
-                        name: name.to_string(),
-                        until: secs_to_iso(d.scheduled_purge_date),
-                    });
-                }
-                if st.unsaved_deletes.contains(&l) {
-                    // Deleted in memory only: finish saving the deletion first.
-                    self.persist_delete(&l, d)?;
-                    st.unsaved_deletes.remove(&l);
-                }
-                let dir = self.dir.join(DELETED_DIR).join(&l);
-                let doomed = self.dir.join(DELETED_DIR).join(format!(".{l}.purging"));
-                fs::rename(&dir, &doomed)?;
-                durable::sync_dir(&self.dir.join(DELETED_DIR))?;
-                st.deleted.remove(&l);
-                for f in fs::read_dir(&doomed)?.filter_map(|e| e.ok()) {
-                    durable::shred(&f.path());
-                }
-                fs::remove_dir_all(&doomed)?;
-                Ok(())
-            },
-        )
     }
 
     /// Turns purge protection on (it can never be turned off) and/or sets retention.
@@ -929,33 +511,6 @@ impl KeyVault {
         let _st = self.state.lock();
         audit::verify(&self.dir)
     }
-}
-
-/// Parses an imported key, with a message that says what was wrong with it.
-fn parse_import(pem: &str) -> Result<RsaKey, VaultError> {
-    let bad = |r: &str| VaultError::BadImport(r.to_string());
-    if pem.contains("BEGIN PUBLIC KEY") || pem.contains("BEGIN RSA PUBLIC KEY") {
-        return Err(bad(
-            "this is a public key; import the private key (it must unwrap)",
-        ));
-    }
-    if pem.contains("BEGIN EC PRIVATE KEY") || pem.contains("BEGIN OPENSSH PRIVATE KEY") {
-        return Err(bad("only RSA keys are accepted"));
-    }
-    if pem.contains("ENCRYPTED PRIVATE KEY") {
-        return Err(bad("the key is passphrase-protected; export it unencrypted (openssl pkey -in K -out K.pem)"));
-    }
-    if !pem.contains("-----BEGIN") {
-        return Err(bad(
-            "not PEM; expected -----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----",
-        ));
-    }
-    RsaKey::from_pem(pem).map_err(|e| match e {
-        crate::crypto::CryptoError::KeySize(b) => {
-            VaultError::Crypto(crate::crypto::CryptoError::KeySize(b))
-        }
-        _ => bad("not an RSA private key in PKCS#1 or PKCS#8 PEM"),
-    })
 }
 
 #[cfg(test)]
