@@ -327,3 +327,171 @@ impl KeyVault {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{r, set_enabled, vault};
+    use super::super::{write_json, KeyRecord, KeyUpdate, KEYS_DIR};
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn durations_past_year_9999_are_refused() {
+        assert_eq!(parse_duration("P90D").unwrap(), 90 * DAY);
+        assert_eq!(parse_duration("PT10S").unwrap(), 10);
+        for bad in [
+            "P3000000D",
+            "P106751991167300D",
+            "P99999999999999999999D",
+            "3000000d",
+            "P10000Y",
+            "",
+            "P",
+        ] {
+            assert!(
+                matches!(parse_duration(bad), Err(VaultError::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+        let policy = |j: &str| {
+            serde_json::from_str::<RotationPolicy>(j)
+                .unwrap()
+                .validate()
+        };
+        assert!(
+            policy(r#"{"lifetimeActions":[],"attributes":{"expiryTime":"P3000000D"}}"#).is_err()
+        );
+        assert!(policy(r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"P3000000D"},"action":{"type":"Rotate"}}]}"#).is_err());
+        assert!(policy(r#"{"lifetimeActions":[{"trigger":{"timeBeforeExpiry":"P3000000D"},"action":{"type":"Notify"}}]}"#).is_err());
+        assert!(policy(r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"P90D"},"action":{"type":"Rotate"}}],"attributes":{"expiryTime":"P1Y"}}"#).is_ok());
+        // Duplicate members are refused by the derived deserializer.
+        assert!(serde_json::from_str::<RotationPolicy>(
+            r#"{"lifetimeActions":[],"lifetimeActions":[]}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn huge_stored_times_and_durations_do_not_panic() {
+        let (_d, v) = vault();
+        let me = Caller::current_user();
+        v.create_key(&me, "k1", &KeyOptions::default()).unwrap();
+        // Refused through the API ...
+        let far = KeyUpdate {
+            exp: Some(Some(i64::MAX)),
+            ..Default::default()
+        };
+        assert!(matches!(
+            v.update_key(&me, &r("k1"), &far),
+            Err(VaultError::InvalidArgument(_))
+        ));
+        // ... but a store that already holds such values still opens, shows and runs
+        // its policies.
+        let kd = v.dir().join(KEYS_DIR).join("k1");
+        let mut rec: KeyRecord =
+            serde_json::from_slice(&fs::read(kd.join(KEY_FILE)).unwrap()).unwrap();
+        rec.attributes.exp = Some(i64::MAX);
+        rec.attributes.nbf = Some(i64::MIN);
+        rec.versions[0].attributes.created = i64::MIN;
+        rec.rotation_policy = Some(RotationPolicy {
+            lifetime_actions: vec![
+                LifetimeAction {
+                    trigger: Trigger {
+                        time_after_create: Some("P106751991167300D".into()),
+                        time_before_expiry: None,
+                    },
+                    action: Action {
+                        kind: "Rotate".into(),
+                    },
+                },
+                LifetimeAction {
+                    trigger: Trigger {
+                        time_after_create: None,
+                        time_before_expiry: Some("P3000000D".into()),
+                    },
+                    action: Action {
+                        kind: "Notify".into(),
+                    },
+                },
+            ],
+            attributes: PolicyAttributes {
+                expiry_time: Some("P3000000D".into()),
+            },
+        });
+        write_json(&kd.join(KEY_FILE), &rec).unwrap();
+        let dir = v.dir().to_path_buf();
+        drop(v);
+        let v = KeyVault::open(&dir).unwrap();
+        let j = v.get_key(&me, &r("k1")).unwrap();
+        assert_eq!(j["keyAttributes"]["expires"], "9999-12-31T23:59:59Z");
+        set_enabled(&v, &r("k1"), false);
+        v.run_policies();
+        assert!(v.version_age(&v.resolve(&r("k1")).unwrap()).is_some());
+    }
+
+    #[test]
+    fn rotation_policies_have_a_floor() {
+        let policy = |j: &str| {
+            serde_json::from_str::<RotationPolicy>(j)
+                .unwrap()
+                .validate()
+        };
+        let rotate_after = |d: &str| {
+            format!(
+                r#"{{"lifetimeActions":[{{"trigger":{{"timeAfterCreate":"{d}"}},"action":{{"type":"Rotate"}}}}]}}"#
+            )
+        };
+        for bad in ["PT0S", "PT9S", "0s", "P0D"] {
+            let e = policy(&rotate_after(bad)).unwrap_err();
+            assert_eq!(e.errno(), libc::EINVAL, "{bad}");
+            assert!(e.to_string().contains("at least PT10S"), "{e}");
+        }
+        assert!(policy(&rotate_after("PT10S")).is_ok());
+        let expiring = |before: &str, exp: &str| {
+            format!(
+                r#"{{"lifetimeActions":[{{"trigger":{{"timeBeforeExpiry":"{before}"}},"action":{{"type":"Rotate"}}}}],"attributes":{{"expiryTime":"{exp}"}}}}"#
+            )
+        };
+        for (before, exp) in [
+            ("PT0S", "PT0S"),
+            ("PT0S", "PT9S"),
+            ("PT10S", "PT15S"),
+            ("P30D", "P30D"),
+            ("P31D", "P30D"),
+        ] {
+            let e = policy(&expiring(before, exp)).unwrap_err();
+            assert_eq!(e.errno(), libc::EINVAL, "{before} {exp}");
+        }
+        assert!(policy(&expiring("PT0S", "PT10S")).is_ok());
+        assert!(policy(&expiring("P30D", "P1Y")).is_ok());
+        // A Notify before expiry rotates nothing: any lead time will do.
+        assert!(policy(r#"{"lifetimeActions":[{"trigger":{"timeBeforeExpiry":"P1Y"},"action":{"type":"Notify"}}],"attributes":{"expiryTime":"P30D"}}"#).is_ok());
+
+        // A stored policy below the floor (from before it existed) never rotates a
+        // version younger than the floor.
+        let (_d, v) = vault();
+        let me = Caller::current_user();
+        v.create_key(&me, "k1", &KeyOptions::default()).unwrap();
+        let kd = v.dir().join(KEYS_DIR).join("k1");
+        let mut rec: KeyRecord =
+            serde_json::from_slice(&fs::read(kd.join(KEY_FILE)).unwrap()).unwrap();
+        rec.rotation_policy = Some(serde_json::from_str(&rotate_after("PT0S")).unwrap());
+        write_json(&kd.join(KEY_FILE), &rec).unwrap();
+        let dir = v.dir().to_path_buf();
+        drop(v);
+        let v = KeyVault::open(&dir).unwrap();
+        for _ in 0..3 {
+            v.run_policies();
+        }
+        assert_eq!(v.version_ids("k1").unwrap().len(), 1);
+        // An old version is rotated once; the new one is young.
+        drop(v);
+        rec.versions[0].attributes.created -= MIN_POLICY_SECS;
+        write_json(&kd.join(KEY_FILE), &rec).unwrap();
+        let v = KeyVault::open(&dir).unwrap();
+        for _ in 0..3 {
+            v.run_policies();
+        }
+        assert_eq!(v.version_ids("k1").unwrap().len(), 2);
+    }
+}
