@@ -155,6 +155,33 @@ impl KeyVault {
         id: impl Fn(&State) -> String,
         f: impl FnOnce(&mut State) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
+        self.audited_if(op, caller, revoking, id, f, |_| true)
+    }
+
+    /// The check before a change whose slow part runs without the lock (making an RSA
+    /// key): `check` runs as `audited` runs a change, after the reservation, but only
+    /// a refusal is recorded. The change is recorded when it is made.
+    pub(super) fn audited_check<T>(
+        &self,
+        op: &str,
+        caller: &Caller,
+        id: impl Fn(&State) -> String,
+        check: impl FnOnce(&State) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        self.audited_if(op, caller, |_| false, id, |st| check(st), Result::is_err)
+    }
+
+    /// `audited_revocation` that records the outcome only if `record` says so. An
+    /// outcome left unrecorded must have changed nothing: it doesn't count as a change.
+    pub(super) fn audited_if<T>(
+        &self,
+        op: &str,
+        caller: &Caller,
+        revoking: impl FnOnce(&State) -> bool,
+        id: impl Fn(&State) -> String,
+        f: impl FnOnce(&mut State) -> Result<T, VaultError>,
+        record: impl FnOnce(&Result<T, VaultError>) -> bool,
+    ) -> Result<T, VaultError> {
         let mutating = !matches!(op, "KeyGet" | "KeyWrap" | "KeyUnwrap" | "KeyList");
         let mut st = self.state.lock();
         Self::write_late_records(&mut st);
@@ -166,6 +193,9 @@ impl KeyVault {
             }
         }
         let r = f(&mut st);
+        if !record(&r) {
+            return r;
+        }
         let kid = id(&st);
         // Applied in memory counts only in a daemon: a command run on an unmounted
         // store exits without it, so there it is a failure.
