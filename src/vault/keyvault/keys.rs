@@ -438,7 +438,9 @@ mod tests {
     ) -> T {
         let (at_tx, at_rx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel::<()>();
-        std::thread::scope(|s| {
+        // `move`: if a check below fails, unwinding drops `go_tx`, which lets `op`
+        // finish, so the test fails instead of waiting for it forever.
+        std::thread::scope(move |s| {
             let t = s.spawn(move || {
                 AT_KEYGEN.with(|h| {
                     *h.borrow_mut() = Some(Box::new(move || {
