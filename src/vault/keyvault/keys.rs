@@ -172,9 +172,9 @@ impl KeyVault {
                 |_| false,
                 id,
                 |st| {
-                    let (now, key_ops) = Self::check_rotation(st, name, opts)?;
-                    if now != bits {
-                        return Ok(Rotation::Resized(now));
+                    let (size, key_ops) = Self::check_rotation(st, name, opts)?;
+                    if size != bits {
+                        return Ok(Rotation::Resized(size));
                     }
                     self.add_version(st, name, key?, opts, key_ops)
                         .map(Rotation::Done)
@@ -184,7 +184,7 @@ impl KeyVault {
             match done {
                 Rotation::Done(v) => return Ok(v),
                 // Another rotation changed the key's size, which a new version keeps.
-                Rotation::Resized(now) => bits = now,
+                Rotation::Resized(size) => bits = size,
             }
         }
     }

@@ -112,6 +112,8 @@ pub struct KeyVault {
     guard: std::sync::OnceLock<Guard>,
     dir: PathBuf,
     _lock: StoreLock,
+    /// Every disk open, wrap and unwrap takes it: slow work (making an RSA key)
+    /// happens outside it.
     state: Mutex<State>,
     /// Bumped on every change; lets the store notice revocations cheaply.
     generation: AtomicU64,
