@@ -25,7 +25,7 @@ fn copy_fixture(to: &Path) {
         .status()
         .unwrap();
     assert!(st.success(), "cp fixture");
-    // The old code made this directory empty, and git keeps no empty directories.
+    // Git keeps no empty directories; the old store had this one.
     std::fs::create_dir_all(to.join("vault/deleted-keys")).unwrap();
 }
 
