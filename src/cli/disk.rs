@@ -5,6 +5,7 @@ use super::{cell, human, print_object, print_rows, CliError, DiskName, Format, O
 use crate::control::DiskRequest;
 use crate::crypto::CipherKind;
 use crate::store::{parse_size, CreateOptions, Sku};
+use crate::vault::{KeyId, ProviderKind};
 use clap::Subcommand;
 use serde_json::Value;
 use std::io::IsTerminal;
@@ -94,7 +95,7 @@ pub enum DiskCmd {
 
 /// `name/version` (version shortened) of a key URL; "platform key" for the platform's.
 fn short_kid(kid: &str) -> String {
-    if crate::store::keyring::is_platform_kid(kid) {
+    if KeyId::parse(kid).is_ok_and(|k| k.provider() == ProviderKind::Platform) {
         return "platform key".into();
     }
     match kid.split_once("/keys/") {
@@ -117,7 +118,7 @@ fn set_and_key(d: &Value) -> String {
         .unwrap_or_default();
     let key = kids
         .iter()
-        .find(|k| !crate::store::keyring::is_platform_kid(k))
+        .find(|k| !KeyId::parse(k).is_ok_and(|k| k.provider() == ProviderKind::Platform))
         .or(kids.first())
         .map(|k| short_kid(k))
         .unwrap_or_default();

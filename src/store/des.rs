@@ -2,12 +2,14 @@
 //! encryption type and a system-assigned identity that the vault grants access to.
 //! Each is kept in `STORE/disk-encryption-sets/NAME.json` (0600).
 
-use super::meta::{CMK_TYPE, DOUBLE_TYPE, PLATFORM_KEY_TYPE};
+use super::encryption::EncryptionType;
 use super::{Result, StoreError};
 use crate::crypto::{random_bytes, wrap::hex};
 use crate::vault::Caller;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::fmt;
+use std::str::FromStr;
 
 pub const DES_DIR: &str = "disk-encryption-sets";
 pub const DES_ID_PREFIX: &str = "/diskvault/diskEncryptionSets/";
@@ -18,7 +20,7 @@ pub const TENANT_ID: &str = "00000000-0000-0000-0000-000000000000";
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DesRecord {
     pub name: String,
-    pub encryption_type: String,
+    pub encryption_type: EncryptionType,
     /// Versioned key URL that new wraps use.
     pub active_key: String,
     /// Keys still wrapping some disk while a key change is in progress.
@@ -26,7 +28,7 @@ pub struct DesRecord {
     pub previous_keys: Vec<String>,
     pub rotation_to_latest_key_version_enabled: bool,
     pub principal_id: String,
-    pub provisioning_state: String,
+    pub provisioning_state: ProvisioningState,
     #[serde(default)]
     pub last_key_rotation_timestamp: Option<String>,
     #[serde(default)]
@@ -38,17 +40,49 @@ pub struct DesRecord {
     pub corrupt: Option<String>,
 }
 
-/// Parses an encryption type given for a DES.
-pub fn parse_des_type(s: &str) -> Result<&'static str> {
-    match s {
-        _ if s.eq_ignore_ascii_case(CMK_TYPE) => Ok(CMK_TYPE),
-        _ if s.eq_ignore_ascii_case(DOUBLE_TYPE) => Ok(DOUBLE_TYPE),
-        _ if s.eq_ignore_ascii_case(PLATFORM_KEY_TYPE) => Err(StoreError::InvalidArgument(
-            "EncryptionAtRestWithPlatformKey is not a valid encryption type for a disk encryption set; use EncryptionAtRestWithCustomerKey or EncryptionAtRestWithPlatformAndCustomerKeys".into(),
-        )),
-        _ => Err(StoreError::InvalidArgument(format!(
-            "unknown encryption type '{s}'; use EncryptionAtRestWithCustomerKey or EncryptionAtRestWithPlatformAndCustomerKeys"
-        ))),
+/// A set's `provisioningState`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProvisioningState {
+    Succeeded,
+    /// A key change is re-wrapping the set's disks.
+    Updating,
+    /// The set's file is corrupt.
+    Failed,
+}
+
+impl ProvisioningState {
+    pub const ALL: [ProvisioningState; 3] = [
+        ProvisioningState::Succeeded,
+        ProvisioningState::Updating,
+        ProvisioningState::Failed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProvisioningState::Succeeded => "Succeeded",
+            ProvisioningState::Updating => "Updating",
+            ProvisioningState::Failed => "Failed",
+        }
+    }
+}
+
+impl fmt::Display for ProvisioningState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ProvisioningState {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        ProvisioningState::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                StoreError::InvalidArgument(format!(
+                    "unknown provisioning state '{s}'; use Succeeded, Updating or Failed"
+                ))
+            })
     }
 }
 
@@ -77,7 +111,7 @@ pub fn validate_set_name(name: &str) -> Result<()> {
             reason: "it must start with a letter or digit".into(),
         });
     }
-    super::validate_name(name).map_err(|e| match e {
+    super::spec::validate_name(name).map_err(|e| match e {
         StoreError::InvalidName { name, reason } => StoreError::InvalidSetName { name, reason },
         other => other,
     })
@@ -87,12 +121,12 @@ pub fn validate_set_name(name: &str) -> Result<()> {
 pub fn corrupt_placeholder(name: &str, reason: String) -> DesRecord {
     DesRecord {
         name: name.to_string(),
-        encryption_type: CMK_TYPE.to_string(),
+        encryption_type: EncryptionType::CustomerKey,
         active_key: String::new(),
         previous_keys: vec![],
         rotation_to_latest_key_version_enabled: false,
         principal_id: String::new(),
-        provisioning_state: "Failed".into(),
+        provisioning_state: ProvisioningState::Failed,
         last_key_rotation_timestamp: None,
         auto_key_rotation_error: None,
         created: String::new(),
@@ -123,10 +157,6 @@ impl DesRecord {
 
     pub fn caller(&self) -> Caller {
         Caller::des(&self.name, &self.principal_id)
-    }
-
-    pub fn is_double(&self) -> bool {
-        self.encryption_type == DOUBLE_TYPE
     }
 
     /// Why the set can't be used, if its file is corrupt.
@@ -192,11 +222,10 @@ mod tests {
             "{e}"
         );
         validate_set_name("set-1").unwrap();
-        assert!(parse_des_type("EncryptionAtRestWithPlatformKey").is_err());
-        assert!(parse_des_type("bogus").is_err());
-        assert_eq!(
-            parse_des_type("encryptionatrestwithcustomerkey").unwrap(),
-            CMK_TYPE
-        );
+        for p in ProvisioningState::ALL {
+            assert_eq!(p.to_string().parse::<ProvisioningState>().unwrap(), p);
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
+        }
+        assert!("updating".parse::<ProvisioningState>().is_err());
     }
 }

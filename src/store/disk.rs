@@ -5,12 +5,15 @@
 //! a hole and reads as plaintext zeros. Bytes past the logical size inside the last
 //! unit are undefined and are zeroed whenever the disk grows over them.
 
+use super::encryption::LayerKind;
 use super::error::{Result, StoreError};
-use super::keyring::{is_platform_kid, Keyring};
+use super::health::Health;
+use super::keyring::Keyring;
 use super::meta::{key_check, DiskMeta, Layer, Rekey};
 use super::spec::MAX_DISK_SIZE;
 use crate::crypto::{DataCipher, DATA_UNIT};
 use crate::durable;
+use crate::vault::KeyId;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -162,7 +165,7 @@ pub struct Disk {
     vault_blocked: Mutex<Option<String>>,
     keys: Arc<Keyring>,
     /// The reconciler's health: customer-key disks fail closed while it is down.
-    health: Arc<super::reconcile::Health>,
+    health: Arc<Health>,
     size: AtomicU64,
     size_dirty: AtomicBool,
     deleted: AtomicBool,
@@ -194,7 +197,7 @@ impl Disk {
         meta: DiskMeta,
         corrupt: Option<String>,
         keys: Arc<Keyring>,
-        health: Arc<super::reconcile::Health>,
+        health: Arc<Health>,
         serial: u64,
     ) -> Self {
         let mtime = std::fs::metadata(dir.join(DATA_FILE))
@@ -289,20 +292,17 @@ impl Disk {
         let mut out = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter().enumerate() {
             let p = layer.parse().map_err(fault)?;
-            let dek = self
-                .keys
-                .unwrap(&meta.encryption, &p.wrapped)
-                .map_err(|e| {
-                    let why = format!("cannot unwrap its data key: {e}");
-                    if is_key_fault(&e) {
-                        fault(why)
-                    } else {
-                        if is_vault_blocked(&e) {
-                            *self.vault_blocked.lock() = Some(why.clone());
-                        }
-                        self.unavailable(why)
+            let dek = self.keys.unwrap(&meta.encryption, &p).map_err(|e| {
+                let why = format!("cannot unwrap its data key: {e}");
+                if is_key_fault(&e) {
+                    fault(why)
+                } else {
+                    if is_vault_blocked(&e) {
+                        *self.vault_blocked.lock() = Some(why.clone());
                     }
-                })?;
+                    self.unavailable(why)
+                }
+            })?;
             if key_check(&dek, &meta.id, i, p.cipher, &p.nonce) != layer.key_check {
                 return Err(fault(KEY_CHECK_MISMATCH.into()));
             }
@@ -327,13 +327,17 @@ impl Disk {
             ));
         }
         let meta = self.meta.lock().clone();
-        let platform_kid = crate::vault::KeyProvider::current_kid(&self.keys.platform);
+        let platform_key = self.keys.platform_key();
         let rekey_layers = meta.rekey.iter().flat_map(|r| r.layers.iter());
         for l in meta.layers.iter().chain(rekey_layers) {
-            if is_platform_kid(&l.kid) && l.kid != platform_kid {
+            let Ok(key) = KeyId::parse(&l.kid) else {
+                continue;
+            };
+            if LayerKind::of(&key) == LayerKind::Platform && Some(&key) != platform_key.as_ref() {
                 return Some(format!(
-                    "its platform-key layer is wrapped by {} but the store's platform key is {platform_kid} (STORE/keys/platform.pem was replaced); restore the original platform.pem",
-                    l.kid
+                    "its platform-key layer is wrapped by {} but the store's platform key is {} (STORE/keys/platform.pem was replaced); restore the original platform.pem",
+                    l.kid,
+                    platform_key.as_ref().map_or("missing".into(), |k| k.to_string())
                 ));
             }
         }
@@ -354,14 +358,14 @@ impl Disk {
     /// compares their keyCheck.
     fn check_platform_layers(&self, meta: &DiskMeta, layers: &[Layer]) -> Option<String> {
         for (i, layer) in layers.iter().enumerate() {
-            if !is_platform_kid(&layer.kid) {
-                continue;
-            }
             let p = match layer.parse() {
                 Ok(p) => p,
                 Err(r) => return Some(r),
             };
-            let dek = match self.keys.unwrap(&meta.encryption, &p.wrapped) {
+            if LayerKind::of(&p.key) != LayerKind::Platform {
+                continue;
+            }
+            let dek = match self.keys.unwrap(&meta.encryption, &p) {
                 Ok(d) => d,
                 Err(e) => return Some(format!("cannot unwrap its data key: {e}")),
             };
@@ -432,7 +436,7 @@ impl Disk {
     /// Fails closed for a customer-key disk while revocations can't be enforced.
     fn check_enforced(&self) -> Result<()> {
         if let Some(why) = self.health.down() {
-            if self.meta.lock().encryption.kind != super::meta::PLATFORM_KEY_TYPE {
+            if self.meta.lock().encryption.kind.uses_customer_key() {
                 return Err(StoreError::EnforcementDown(why));
             }
         }

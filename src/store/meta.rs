@@ -1,26 +1,23 @@
 //! Disk metadata (`disks/ID/meta.json`): serialization, validation and the key check
 //! that binds each wrapped DEK to its disk. See docs/format.md.
 
-use super::keyring::is_platform_kid;
+use super::encryption::{EncryptionType, LayerKind};
 use super::spec::{validate_name, Sku, MAX_DISK_SIZE};
 use crate::crypto::wrap::{hex, unhex, WRAP_ALG};
-use crate::crypto::{CipherKind, Secret, DATA_UNIT};
-use crate::vault::{KeyRef, WrappedKey};
+use crate::crypto::{random_bytes, CipherKind, Secret, DATA_UNIT};
+use crate::vault::{Caller, KeyId, KeyProvider, VaultError, WrappedKey};
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 pub const META_VERSION: u64 = 1;
-pub const PLATFORM_KEY_TYPE: &str = "EncryptionAtRestWithPlatformKey";
-pub const CMK_TYPE: &str = "EncryptionAtRestWithCustomerKey";
-pub const DOUBLE_TYPE: &str = "EncryptionAtRestWithPlatformAndCustomerKeys";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Encryption {
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EncryptionType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_encryption_set_id: Option<String>,
 }
@@ -70,14 +67,50 @@ pub struct Rekey {
     pub started_at: String,
 }
 
-/// A layer after validation: parsed cipher, nonce and wrapped key.
+/// A layer after validation: parsed cipher, nonce, key id and wrapped key.
 pub struct ParsedLayer {
     pub cipher: CipherKind,
     pub nonce: Vec<u8>,
+    /// `wrapped.kid`, parsed.
+    pub key: KeyId,
     pub wrapped: WrappedKey,
 }
 
 impl Layer {
+    /// Layer `index` of disk `disk_id` under a fresh DEK and nonce for `cipher`, the
+    /// DEK wrapped by `provider` with `key` as `caller`. Every new layer is made here
+    /// (disk creation and rekey).
+    pub fn seal(
+        provider: &dyn KeyProvider,
+        caller: &Caller,
+        key: &KeyId,
+        cipher: CipherKind,
+        disk_id: &str,
+        index: usize,
+    ) -> Result<Layer, VaultError> {
+        let dek = Secret::random(cipher.key_len())?;
+        let nonce = random_bytes(cipher.nonce_len())?;
+        let wrapped = provider.wrap(caller, key, &dek)?;
+        let mut layer = Layer {
+            cipher: cipher.name().into(),
+            nonce: hex(&nonce),
+            kid: String::new(),
+            alg: String::new(),
+            wrapped_key: String::new(),
+            key_check: key_check(&dek, disk_id, index, cipher, &nonce),
+        };
+        layer.set_wrapped(&wrapped);
+        Ok(layer)
+    }
+
+    /// Records a wrapping of the layer's DEK; a re-wrap keeps the DEK, so the nonce
+    /// and keyCheck stay.
+    pub fn set_wrapped(&mut self, w: &WrappedKey) {
+        self.kid = w.kid.clone();
+        self.alg = w.alg.clone();
+        self.wrapped_key = encode_wrapped(&w.value);
+    }
+
     pub fn parse(&self) -> Result<ParsedLayer, String> {
         let cipher: CipherKind = self.cipher.parse().map_err(|e| format!("{e}"))?;
         let nonce = unhex(&self.nonce).ok_or("nonce is not hex")?;
@@ -96,9 +129,11 @@ impl Layer {
         if unhex(&self.key_check).map(|k| k.len()) != Some(32) {
             return Err("keyCheck is not a 32-byte hex string".into());
         }
+        let key = KeyId::parse(&self.kid).map_err(|e| e.to_string())?;
         Ok(ParsedLayer {
             cipher,
             nonce,
+            key,
             wrapped: WrappedKey {
                 kid: self.kid.clone(),
                 alg: self.alg.clone(),
@@ -165,41 +200,32 @@ impl DiskMeta {
         if self.data_unit_size != DATA_UNIT as u64 {
             return Err(format!("dataUnitSize must be {DATA_UNIT}"));
         }
-        // Which layers are wrapped by the platform key, per encryption type.
-        let platform_layers: &[bool] = match self.encryption.kind.as_str() {
-            PLATFORM_KEY_TYPE => &[true],
-            CMK_TYPE => &[false],
-            DOUBLE_TYPE => &[false, true],
-            other => return Err(format!("encryption type '{other}' is not supported")),
-        };
+        let kinds = self.encryption.kind.layers();
         let has_des = self.encryption.disk_encryption_set_id.is_some();
-        if has_des == (self.encryption.kind == PLATFORM_KEY_TYPE) {
+        if has_des != self.encryption.kind.uses_customer_key() {
             return Err(if has_des {
                 "a platform-key disk must not name a disk encryption set".into()
             } else {
                 "a customer-key disk must name its disk encryption set".into()
             });
         }
-        if self.layers.len() != platform_layers.len() {
+        if self.layers.len() != kinds.len() {
             return Err(format!(
                 "{} expects {} encryption layer(s)",
                 self.encryption.kind,
-                platform_layers.len()
+                kinds.len()
             ));
         }
-        for (l, &platform) in self.layers.iter().zip(platform_layers) {
-            l.parse()?;
-            if platform != is_platform_kid(&l.kid) {
+        for (l, &kind) in self.layers.iter().zip(kinds) {
+            let key = l.parse()?.key;
+            if LayerKind::of(&key) != kind {
                 return Err(format!(
                     "layer key '{}' does not fit {}",
                     l.kid, self.encryption.kind
                 ));
             }
-            if !platform {
-                let r = KeyRef::parse(&l.kid).map_err(|e| e.to_string())?;
-                if r.vault.is_none() || r.version.is_none() {
-                    return Err(format!("layer key '{}' must be a versioned key URL", l.kid));
-                }
+            if !key.is_versioned() {
+                return Err(format!("layer key '{}' must be a versioned key URL", l.kid));
             }
         }
         if let Some(rk) = &self.rekey {
@@ -207,10 +233,8 @@ impl DiskMeta {
                 return Err("rekey.layers must match layers".into());
             }
             for (new, old) in rk.layers.iter().zip(&self.layers) {
-                new.parse()?;
-                if new.cipher != old.cipher
-                    || is_platform_kid(&new.kid) != is_platform_kid(&old.kid)
-                {
+                let (new_key, old_key) = (new.parse()?.key, old.parse()?.key);
+                if new.cipher != old.cipher || LayerKind::of(&new_key) != LayerKind::of(&old_key) {
                     return Err(
                         "rekey.layers must use the same ciphers and key kinds as layers".into(),
                     );
@@ -237,14 +261,14 @@ mod tests {
             sku: "Premium_LRS".into(),
             created_at: "2026-11-29T00:00:00Z".into(),
             encryption: Encryption {
-                kind: PLATFORM_KEY_TYPE.into(),
+                kind: EncryptionType::PlatformKey,
                 disk_encryption_set_id: None,
             },
             data_unit_size: 4096,
             layers: vec![Layer {
                 cipher: "aes-256-xts".into(),
                 nonce: String::new(),
-                kid: "platform/00".into(),
+                kid: "platform/0123456789abcdef0123456789abcdef".into(),
                 alg: WRAP_ALG.into(),
                 wrapped_key: encode_wrapped(&[7u8; 256]),
                 key_check: "00".repeat(32),
@@ -288,6 +312,36 @@ mod tests {
                 "case {i} was accepted"
             );
         }
+    }
+
+    #[test]
+    fn a_sealed_layer_unwraps_to_a_dek_that_matches_its_key_check() {
+        use crate::vault::PlatformKeys;
+        let dir = tempfile::tempdir().unwrap();
+        let p = PlatformKeys::create(dir.path()).unwrap();
+        let key = p.default_key().unwrap();
+        let caller = Caller::platform();
+        let id = "0123456789abcdef0123456789abcdef";
+        for (i, cipher) in CipherKind::ALL.into_iter().enumerate() {
+            let l = Layer::seal(&p, &caller, &key, cipher, id, i).unwrap();
+            assert_eq!(
+                (l.cipher.as_str(), l.kid.clone()),
+                (cipher.name(), key.to_string())
+            );
+            let parsed = l.parse().unwrap();
+            assert_eq!(parsed.key, key);
+            assert_eq!(parsed.nonce.len(), cipher.nonce_len());
+            let dek = p.unwrap(&caller, &key, &parsed.wrapped).unwrap();
+            assert_eq!(dek.len(), cipher.key_len());
+            assert_eq!(key_check(&dek, id, i, cipher, &parsed.nonce), l.key_check);
+            assert_ne!(
+                key_check(&dek, id, i + 1, cipher, &parsed.nonce),
+                l.key_check
+            );
+        }
+        let other = KeyId::parse("platform/ffffffffffffffffffffffffffffffff").unwrap();
+        let e = Layer::seal(&p, &caller, &other, CipherKind::Aes256Xts, id, 0).unwrap_err();
+        assert!(matches!(e, VaultError::UnknownKey(_)), "{e}");
     }
 
     #[test]

@@ -15,7 +15,9 @@
 
 pub mod des;
 mod disk;
+pub mod encryption;
 mod error;
+mod health;
 pub mod keyring;
 mod reconcile;
 mod rekey;
@@ -28,21 +30,19 @@ pub mod spec;
 
 pub use crate::lock::StoreLock;
 pub use disk::{Disk, Revocation, SeekKind};
+pub use encryption::{EncryptionType, LayerKind};
 pub use error::{Result, StoreError};
 pub use reconcile::{panic_text, Delays, Invalidator};
-pub use rekey::RekeyStatus;
+pub use rekey::{RekeyState, RekeyStatus};
 pub use spec::{parse_size, validate_name, Sku, MAX_DISK_SIZE};
 
 use crate::crypto::wrap::hex;
 use crate::crypto::{random_bytes, CipherKind, Secret};
 use crate::durable;
 use crate::vault::{KeyRef, KeyVault, PlatformKeys, WrappedKey};
-use des::{des_name, parse_des_type, DesRecord, DES_DIR};
+use des::{des_name, DesRecord, DES_DIR};
 use keyring::Keyring;
-use meta::{
-    encode_wrapped, key_check, DiskMeta, Encryption, Layer, CMK_TYPE, DOUBLE_TYPE,
-    PLATFORM_KEY_TYPE,
-};
+use meta::{key_check, DiskMeta, Encryption, Layer};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -277,11 +277,10 @@ impl Store {
             durable::create_dir(&des_dir, 0o700)
                 .map_err(|e| StoreError::io(format!("creating {}", des_dir.display()), e))?;
         }
-        let keys = Arc::new(Keyring {
-            platform,
-            vault,
-            sets: RwLock::new(load_sets(&des_dir)?),
-        });
+        let mut keys = Keyring::new(vault.clone(), load_sets(&des_dir)?);
+        keys.register(Arc::new(platform));
+        keys.register(vault);
+        let keys = Arc::new(keys);
         let weak = Arc::downgrade(&keys);
         keys.vault.set_guard(Box::new(move |name, version| {
             weak.upgrade()?.rotation_needs(name, version)
@@ -412,7 +411,7 @@ impl Store {
                     sku: Sku::default().name().into(),
                     created_at: String::new(),
                     encryption: Encryption {
-                        kind: PLATFORM_KEY_TYPE.into(),
+                        kind: EncryptionType::PlatformKey,
                         disk_encryption_set_id: None,
                     },
                     data_unit_size: crate::crypto::DATA_UNIT as u64,
@@ -493,27 +492,12 @@ impl Store {
             .transpose()?;
         let id = hex(&random_bytes(16)?);
         // Customer-key layer first (applied to plaintext first), platform layer last.
-        let platform_layers: &[bool] = match &des {
-            None => &[true],
-            Some(d) if d.is_double() => &[false, true],
-            Some(_) => &[false],
-        };
+        let kind = des
+            .as_ref()
+            .map_or(EncryptionType::PlatformKey, |d| d.encryption_type);
         let mut layers = Vec::new();
-        for (i, &platform) in platform_layers.iter().enumerate() {
-            let dek = Secret::random(cipher.key_len())?;
-            let nonce = random_bytes(cipher.nonce_len())?;
-            let wrapped = match &des {
-                Some(d) if !platform => self.keys.wrap_des(d, &dek)?,
-                _ => self.keys.wrap_platform(&dek)?,
-            };
-            layers.push(Layer {
-                cipher: cipher.name().into(),
-                nonce: hex(&nonce),
-                kid: wrapped.kid.clone(),
-                alg: wrapped.alg.clone(),
-                wrapped_key: encode_wrapped(&wrapped.value),
-                key_check: key_check(&dek, &id, i, cipher, &nonce),
-            });
+        for (i, &layer) in kind.layers().iter().enumerate() {
+            layers.push(self.keys.seal(layer, des.as_ref(), cipher, &id, i)?);
         }
         let meta = DiskMeta {
             format_version: meta::META_VERSION,
@@ -523,9 +507,7 @@ impl Store {
             sku: opts.sku.name().to_string(),
             created_at: now_rfc3339(),
             encryption: Encryption {
-                kind: des
-                    .as_ref()
-                    .map_or(PLATFORM_KEY_TYPE.into(), |d| d.encryption_type.clone()),
+                kind,
                 disk_encryption_set_id: des.as_ref().map(|d| d.id()),
             },
             data_unit_size: crate::crypto::DATA_UNIT as u64,
@@ -679,7 +661,7 @@ impl Store {
         if let Some(r) = disk.revocation() {
             return r.reason;
         }
-        let customer = m.encryption.kind != PLATFORM_KEY_TYPE;
+        let customer = m.encryption.kind.uses_customer_key();
         // A revocation not (yet) acted on: no daemon runs, or its delay is pending.
         let mut pending = None;
         if customer {
@@ -710,7 +692,7 @@ impl Store {
         json!({
             "store": self.root.display().to_string(),
             "formatVersion": STORE_VERSION,
-            "platformKeyId": crate::vault::KeyProvider::current_kid(&self.keys.platform),
+            "platformKeyId": self.keys.platform_key().map(|k| k.to_string()),
             "reconcilerPasses": self.reconcile_passes(),
             "reconciler": self.reconcile.health.to_json(),
             "keyVault": self.keys.vault.show(),

@@ -3,9 +3,10 @@
 //! interrupted key changes. `Store::reconcile` is one pass; the daemon runs it on a
 //! thread, woken by every vault change and at least every 100 ms.
 
-use super::keyring::is_platform_kid;
+use super::des::ProvisioningState;
+use super::health::Health;
 use super::*;
-use crate::vault::{Caller, VaultError};
+use crate::vault::{Caller, KeyId, VaultError};
 use parking_lot::Condvar;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -41,84 +42,6 @@ pub(super) struct ReconcileState {
     done_cond: Condvar,
     /// Whether the thread that enforces key state is alive and well.
     pub health: Arc<Health>,
-}
-
-/// A pass that has not moved on for this long counts as stuck.
-/// Generous: a pass may generate an RSA-4096 key for a rotation policy, which takes
-/// seconds; each step and each disk of a re-wrap counts as progress.
-const STALL: Duration = Duration::from_secs(60);
-
-/// The reconciler's health, which the data path consults: while the thread that
-/// enforces revocations can't run, customer-key disks fail closed rather than keep
-/// serving under a key that may have been revoked.
-#[derive(Default)]
-pub struct Health {
-    /// Set once a daemon runs the reconciler; offline commands never enforce.
-    enforcing: std::sync::atomic::AtomicBool,
-    /// The reconciler thread has ended while the store is still open.
-    exited: std::sync::atomic::AtomicBool,
-    /// Why the last pass failed (a panic), until a pass succeeds.
-    failure: Mutex<Option<String>>,
-    failed: std::sync::atomic::AtomicBool,
-    panics: AtomicU64,
-    /// Milliseconds since `epoch` at the last sign of progress, while a pass runs.
-    in_pass: std::sync::atomic::AtomicBool,
-    beat: AtomicU64,
-    epoch: std::sync::OnceLock<Instant>,
-}
-
-impl Health {
-    fn now_ms(&self) -> u64 {
-        self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64
-    }
-
-    /// Marks progress of the current pass.
-    pub fn beat(&self) {
-        self.beat.store(self.now_ms(), Ordering::Release);
-    }
-
-    /// Why key state can't be enforced right now, if it can't.
-    pub fn down(&self) -> Option<String> {
-        if !self.enforcing.load(Ordering::Acquire) {
-            return None;
-        }
-        if self.exited.load(Ordering::Acquire) {
-            return Some("the reconciler thread has stopped".into());
-        }
-        if self.failed.load(Ordering::Acquire) {
-            let why = self.failure.lock().clone().unwrap_or_default();
-            return Some(format!("the reconciler failed: {why}"));
-        }
-        if self.in_pass.load(Ordering::Acquire) {
-            let idle = self
-                .now_ms()
-                .saturating_sub(self.beat.load(Ordering::Acquire));
-            if idle > STALL.as_millis() as u64 {
-                return Some(format!(
-                    "the reconciler has made no progress for {} s",
-                    idle / 1000
-                ));
-            }
-        }
-        None
-    }
-
-    /// For status.json.
-    pub fn to_json(&self) -> Value {
-        let down = self.down();
-        let state = match &down {
-            None if self.enforcing.load(Ordering::Acquire) => "Running",
-            None => "NotRunning",
-            Some(_) if self.exited.load(Ordering::Acquire) => "Stopped",
-            Some(_) if self.failed.load(Ordering::Acquire) => "Failing",
-            Some(_) => "Stalled",
-        };
-        json!({
-            "state": state,
-            "error": down,
-            "panics": self.panics.load(Ordering::Acquire),
-        })
-    }
 }
 
 /// The text of a panic's payload (a caught one, or the panic hook's).
@@ -288,14 +211,15 @@ impl Store {
             Err(e) => return Err(KeyDenied::new(&e, Caller::current_user())),
         };
         let rekey_layers = m.rekey.iter().flat_map(|r| r.layers.iter());
-        for l in m
-            .layers
-            .iter()
-            .chain(rekey_layers)
-            .filter(|l| !is_platform_kid(&l.kid))
-        {
-            if let Err(e) = self.keys.vault.can_unwrap(&des.caller(), &l.kid) {
-                return Err(KeyDenied::new(&StoreError::Vault(e), des.caller()));
+        for l in m.layers.iter().chain(rekey_layers) {
+            let usable = KeyId::parse(&l.kid)
+                .map_err(StoreError::from)
+                .and_then(|key| match LayerKind::of(&key) {
+                    LayerKind::Platform => Ok(()),
+                    LayerKind::Customer => self.keys.usable_for_unwrap(&des.caller(), &key),
+                });
+            if let Err(e) = usable {
+                return Err(KeyDenied::new(&e, des.caller()));
             }
         }
         Ok(())
@@ -358,7 +282,7 @@ impl Store {
             return;
         };
         for d in self.served() {
-            if d.meta().encryption.kind != PLATFORM_KEY_TYPE {
+            if d.meta().encryption.kind.uses_customer_key() {
                 inv(&d);
             }
         }
@@ -405,7 +329,7 @@ impl Store {
                 continue;
             }
             let m = d.meta();
-            if m.encryption.kind == PLATFORM_KEY_TYPE {
+            if !m.encryption.kind.uses_customer_key() {
                 continue;
             }
             let kid = m.layers[0].kid.clone();
@@ -481,18 +405,18 @@ impl Store {
         for rec in self.des_list() {
             if !rec.rotation_to_latest_key_version_enabled
                 || rec.auto_key_rotation_error.is_some()
-                || rec.provisioning_state != "Succeeded"
+                || rec.provisioning_state != ProvisioningState::Succeeded
             {
                 continue;
             }
-            let Ok(mut r) = KeyRef::parse(&rec.active_key) else {
+            let Ok(key) = KeyId::parse(&rec.active_key) else {
                 continue;
             };
-            r.version = None;
             // A deleted key is a revocation, not a rotation failure.
-            let Ok(latest) = self.keys.vault.resolve(&r) else {
+            let Ok(latest) = self.keys.describe(&key.versionless()) else {
                 continue;
             };
+            let latest = latest.kid.to_string();
             if latest == rec.active_key {
                 continue;
             }
@@ -530,7 +454,7 @@ impl Store {
             return;
         }
         for mut rec in self.des_list() {
-            if rec.provisioning_state == "Updating" {
+            if rec.provisioning_state == ProvisioningState::Updating {
                 let _ns = self.ns.lock();
                 if let Err(e) = self.finish_key_change(&mut rec) {
                     log::warn!("{e}");

@@ -3,14 +3,69 @@
 
 use super::*;
 use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
+
+/// Where a disk's rekey stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RekeyState {
+    /// None has run since the store opened, and none is unfinished.
+    #[default]
+    Idle,
+    Running,
+    Done,
+    Failed,
+    /// Stopped part-way (a crash or a shutdown); `disk rekey` resumes it.
+    Interrupted,
+}
+
+impl RekeyState {
+    pub const ALL: [RekeyState; 5] = [
+        RekeyState::Idle,
+        RekeyState::Running,
+        RekeyState::Done,
+        RekeyState::Failed,
+        RekeyState::Interrupted,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RekeyState::Idle => "idle",
+            RekeyState::Running => "running",
+            RekeyState::Done => "done",
+            RekeyState::Failed => "failed",
+            RekeyState::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for RekeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for RekeyState {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        RekeyState::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| {
+                StoreError::InvalidArgument(format!(
+                    "unknown rekey state '{s}'; use idle, running, done, failed or interrupted"
+                ))
+            })
+    }
+}
 
 /// What `disks/NAME/rekey` shows.
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RekeyStatus {
-    /// idle, running, done, failed, or interrupted (resumable).
-    pub state: String,
+    pub state: RekeyState,
     pub done_bytes: u64,
     pub total_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,25 +86,11 @@ impl Store {
             Some(id) => Some(self.keys.des(id)?),
             None => None,
         };
+        let kinds = m.encryption.kind.layers().iter();
         let mut out = Vec::new();
-        for (i, old) in m.layers.iter().enumerate() {
-            let p = old
-                .parse()
-                .map_err(|r| StoreError::InvalidArgument(r.to_string()))?;
-            let dek = Secret::random(p.cipher.key_len())?;
-            let nonce = random_bytes(p.cipher.nonce_len())?;
-            let w = match &des {
-                Some(d) if !keyring::is_platform_kid(&old.kid) => self.keys.wrap_des(d, &dek)?,
-                _ => self.keys.wrap_platform(&dek)?,
-            };
-            out.push(Layer {
-                cipher: old.cipher.clone(),
-                nonce: hex(&nonce),
-                kid: w.kid,
-                alg: w.alg,
-                wrapped_key: encode_wrapped(&w.value),
-                key_check: key_check(&dek, &m.id, i, p.cipher, &nonce),
-            });
+        for (i, (&kind, old)) in kinds.zip(&m.layers).enumerate() {
+            let cipher = old.parse().map_err(StoreError::InvalidArgument)?.cipher;
+            out.push(self.keys.seal(kind, des.as_ref(), cipher, &m.id, i)?);
         }
         Ok(out)
     }
@@ -114,7 +155,7 @@ impl Store {
             self.set_rekey_status(
                 &id,
                 RekeyStatus {
-                    state: "running".into(),
+                    state: RekeyState::Running,
                     done_bytes: d,
                     total_bytes: t,
                     error: None,
@@ -128,13 +169,13 @@ impl Store {
             &id,
             match &r {
                 Ok(()) => RekeyStatus {
-                    state: "done".into(),
+                    state: RekeyState::Done,
                     done_bytes: total,
                     total_bytes: total,
                     error: None,
                 },
                 Err(e) => RekeyStatus {
-                    state: "failed".into(),
+                    state: RekeyState::Failed,
                     error: Some(e.to_string()),
                     ..Default::default()
                 },
@@ -152,13 +193,16 @@ impl Store {
         let disk = self.get_or_err(name)?;
         {
             let mut st = self.rekeys.status.lock();
-            if st.get(&disk.id).is_some_and(|s| s.state == "running") {
+            if st
+                .get(&disk.id)
+                .is_some_and(|s| s.state == RekeyState::Running)
+            {
                 return Err(StoreError::Busy(name.to_string()));
             }
             st.insert(
                 disk.id.clone(),
                 RekeyStatus {
-                    state: "running".into(),
+                    state: RekeyState::Running,
                     ..Default::default()
                 },
             );
@@ -196,13 +240,13 @@ impl Store {
         }
         match disk.rekey_state() {
             Some((b, _)) => RekeyStatus {
-                state: "interrupted".into(),
+                state: RekeyState::Interrupted,
                 done_bytes: (b * U64).min(disk.size()),
                 total_bytes: disk.size(),
                 error: None,
             },
             None => RekeyStatus {
-                state: "idle".into(),
+                state: RekeyState::Idle,
                 total_bytes: disk.size(),
                 ..Default::default()
             },
@@ -232,4 +276,27 @@ fn fs_space(path: &Path) -> std::io::Result<(u64, bool)> {
     const BCACHEFS: i64 = 0xca45_1a4e;
     let cow = matches!(st.f_type as i64, BTRFS | ZFS | BCACHEFS);
     Ok((st.f_bavail as u64 * st.f_bsize as u64, cow))
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+
+    #[test]
+    fn states_keep_their_names() {
+        for s in RekeyState::ALL {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+            assert_eq!(s.name().parse::<RekeyState>().unwrap(), s);
+        }
+        let st = RekeyStatus {
+            state: RekeyState::Interrupted,
+            done_bytes: 1,
+            total_bytes: 2,
+            error: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&st).unwrap(),
+            r#"{"state":"interrupted","doneBytes":1,"totalBytes":2}"#
+        );
+    }
 }

@@ -1,8 +1,11 @@
 //! Store operations on disk encryption sets and on a disk's encryption: creating and
 //! changing sets, moving disks to customer keys, re-wrapping DEKs on a key change.
 
-use super::des::{corrupt_placeholder, des_id, new_principal_id, validate_set_name, DES_DIR};
+use super::des::{
+    corrupt_placeholder, des_id, new_principal_id, validate_set_name, ProvisioningState, DES_DIR,
+};
 use super::*;
+use crate::vault::KeyId;
 
 /// Loads every `STORE/disk-encryption-sets/NAME.json`.
 pub(super) fn load_sets(dir: &Path) -> Result<BTreeMap<String, DesRecord>> {
@@ -101,7 +104,8 @@ impl Store {
         auto_rotate: bool,
     ) -> Result<Value> {
         validate_set_name(name)?;
-        let kind = parse_des_type(encryption_type.unwrap_or(CMK_TYPE))?;
+        let kind =
+            encryption_type.map_or(Ok(EncryptionType::CustomerKey), EncryptionType::for_des)?;
         let _ns = self.ns.lock();
         match self.keys.des(name) {
             Err(StoreError::DesNotFound(_)) => {}
@@ -115,12 +119,12 @@ impl Store {
         let active = self.resolve_des_key(key_url, auto_rotate)?;
         let rec = DesRecord {
             name: name.to_string(),
-            encryption_type: kind.to_string(),
+            encryption_type: kind,
             active_key: active,
             previous_keys: vec![],
             rotation_to_latest_key_version_enabled: auto_rotate,
             principal_id: new_principal_id()?,
-            provisioning_state: "Succeeded".into(),
+            provisioning_state: ProvisioningState::Succeeded,
             last_key_rotation_timestamp: None,
             auto_key_rotation_error: None,
             created: now_rfc3339(),
@@ -158,7 +162,7 @@ impl Store {
         let _ns = self.ns.lock();
         let mut rec = self.keys.des(name)?;
         if let Some(t) = encryption_type {
-            if parse_des_type(t)? != rec.encryption_type {
+            if EncryptionType::for_des(t)? != rec.encryption_type {
                 return Err(StoreError::NotPermitted(format!(
                     "the encryption type of disk encryption set '{}' cannot change; create a new set",
                     rec.name
@@ -175,8 +179,7 @@ impl Store {
             Some(k) if k != rec.active_key => {
                 // The new key must be usable before any disk moves to it.
                 self.keys
-                    .vault
-                    .can_wrap(&rec.caller(), &KeyRef::parse(&k)?)?;
+                    .usable_for_wrap(&rec.caller(), &KeyId::parse(&k)?)?;
                 // Keys of an unfinished earlier change stay listed until no disk uses them.
                 let mut prev = std::mem::take(&mut rec.previous_keys);
                 prev.push(rec.active_key.clone());
@@ -184,12 +187,12 @@ impl Store {
                 prev.dedup();
                 rec.previous_keys = prev;
                 rec.active_key = k;
-                rec.provisioning_state = "Updating".into();
+                rec.provisioning_state = ProvisioningState::Updating;
                 self.save_des(&rec)?;
                 crate::fault::point("rotate.begin");
                 self.finish_key_change(&mut rec)?;
             }
-            _ if rec.provisioning_state == "Updating" => {
+            _ if rec.provisioning_state == ProvisioningState::Updating => {
                 self.save_des(&rec)?;
                 self.finish_key_change(&mut rec)?;
             }
@@ -233,8 +236,7 @@ impl Store {
                 continue;
             }
             let enc = m.encryption.clone();
-            let active = rec.active_key.clone();
-            let r = self.rewrap_layer(&d, 0, enc, |dek| self.keys.wrap_with(rec, &active, dek));
+            let r = self.rewrap_layer(&d, 0, enc, |dek| self.keys.wrap_des(rec, dek));
             crate::fault::point("rotate.disk");
             if let Err(e) = r {
                 return Err(StoreError::NotPermitted(format!(
@@ -245,7 +247,7 @@ impl Store {
         }
         crate::fault::point("rotate.end");
         rec.previous_keys.clear();
-        rec.provisioning_state = "Succeeded".into();
+        rec.provisioning_state = ProvisioningState::Succeeded;
         // A rotation stopped by a revocation has now finished: its error is resolved.
         rec.auto_key_rotation_error = None;
         rec.last_key_rotation_timestamp = Some(now_rfc3339());
@@ -261,7 +263,7 @@ impl Store {
     /// Finishes key changes interrupted by a crash.
     pub(super) fn resume_key_changes(&self) {
         for mut rec in self.des_list() {
-            if rec.provisioning_state == "Updating" {
+            if rec.provisioning_state == ProvisioningState::Updating {
                 log::info!("resuming key change of disk encryption set '{}'", rec.name);
                 if let Err(e) = self.finish_key_change(&mut rec) {
                     log::error!("{e}");
@@ -317,7 +319,7 @@ impl Store {
             let p = layer
                 .parse()
                 .map_err(|r| StoreError::InvalidArgument(r.to_string()))?;
-            let dek = self.keys.unwrap(&m.encryption, &p.wrapped)?;
+            let dek = self.keys.unwrap(&m.encryption, &p)?;
             if key_check(&dek, &m.id, idx, p.cipher, &p.nonce) != layer.key_check {
                 return Err(StoreError::Unavailable {
                     disk: m.name.clone(),
@@ -328,14 +330,9 @@ impl Store {
         }
         disk.update_meta(|m| {
             m.encryption = enc;
-            let set = |l: &mut Layer, w: &WrappedKey| {
-                l.kid = w.kid.clone();
-                l.alg = w.alg.clone();
-                l.wrapped_key = encode_wrapped(&w.value);
-            };
-            set(&mut m.layers[idx], &wrapped[0]);
+            m.layers[idx].set_wrapped(&wrapped[0]);
             if let (Some(rk), Some(w)) = (m.rekey.as_mut(), wrapped.get(1)) {
-                set(&mut rk.layers[idx], w);
+                rk.layers[idx].set_wrapped(w);
             }
         })
     }
@@ -352,15 +349,8 @@ impl Store {
         let disk = self.get_usable(name)?;
         let target_des = des.map(|d| self.keys.des(d)).transpose()?;
         let target = match (encryption_type, &target_des) {
-            (Some(t), _) if t.eq_ignore_ascii_case(PLATFORM_KEY_TYPE) => PLATFORM_KEY_TYPE,
-            (Some(t), _) => parse_des_type(t)?,
-            (None, Some(d)) => {
-                if d.is_double() {
-                    DOUBLE_TYPE
-                } else {
-                    CMK_TYPE
-                }
-            }
+            (Some(t), _) => t.parse::<EncryptionType>()?,
+            (None, Some(d)) => d.encryption_type,
             (None, None) => {
                 return Err(StoreError::InvalidArgument(
                     "give --encryption-type and/or --disk-encryption-set".into(),
@@ -373,8 +363,8 @@ impl Store {
             )));
         }
         let current = disk.meta().encryption;
-        if target == PLATFORM_KEY_TYPE {
-            if current.kind != PLATFORM_KEY_TYPE {
+        if !target.uses_customer_key() {
+            if current.kind.uses_customer_key() {
                 return Err(StoreError::CmkCannotBeDisabled);
             }
             if target_des.is_some() {
@@ -395,21 +385,21 @@ impl Store {
                 des.name, des.encryption_type
             )));
         }
-        let from_platform = current.kind == PLATFORM_KEY_TYPE;
+        let from_platform = !current.kind.uses_customer_key();
         if !from_platform && current.kind != target {
             return Err(StoreError::NotPermitted(format!(
                 "changing a disk from {} to {target} would re-encrypt all its data; create a new disk with --disk-encryption-set {} and copy the data (e.g. qemu-img convert)",
                 current.kind, des.name
             )));
         }
-        if from_platform && target == DOUBLE_TYPE {
+        if from_platform && target == EncryptionType::PlatformAndCustomerKeys {
             return Err(StoreError::NotPermitted(format!(
                 "adding double encryption to a platform-key disk would re-encrypt all its data; create a new disk with --disk-encryption-set {} and copy the data (e.g. qemu-img convert)",
                 des.name
             )));
         }
         let enc = Encryption {
-            kind: target.to_string(),
+            kind: target,
             disk_encryption_set_id: Some(des.id()),
         };
         if current == enc {

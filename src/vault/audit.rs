@@ -58,6 +58,15 @@ impl Caller {
         }
     }
 
+    /// The platform itself, using its own key for a disk's platform-key layer.
+    pub fn platform() -> Caller {
+        Caller {
+            object_id: "platform".into(),
+            name: "the platform".into(),
+            is_service: true,
+        }
+    }
+
     /// A disk encryption set's system-assigned identity.
     pub fn des(name: &str, principal_id: &str) -> Caller {
         Caller {

@@ -1,19 +1,23 @@
 //! Key providers: who wraps and unwraps a disk's DEK.
 //!
-//! The store only sees the `KeyProvider` trait. The platform provider is the default;
-//! the customer-key vault and an HSM provider plug in behind the same trait.
+//! The store only sees the `KeyProvider` trait (see `provider`). The platform provider
+//! is the default; the customer-key vault and an HSM provider plug in behind the same
+//! trait.
 
 pub mod audit;
 pub mod keyvault;
+mod keyvault_provider;
 pub mod kid;
 mod platform;
+pub mod provider;
 
 pub use audit::Caller;
 pub use keyvault::{KeyOptions, KeyUpdate, KeyVault, RotationPolicy};
 pub use kid::KeyRef;
 pub use platform::PlatformKeys;
+pub use provider::{KeyId, KeyInfo, KeyProvider, PlatformKid, ProviderKind};
 
-use crate::crypto::{CryptoError, Secret};
+use crate::crypto::CryptoError;
 use thiserror::Error;
 
 /// A DEK in wrapped form, as stored in disk metadata.
@@ -299,17 +303,6 @@ fn split_offset(s: &str) -> Option<(&str, i64)> {
         return None;
     }
     Some((local, sign * (h * 3600 + m * 60)))
-}
-
-pub trait KeyProvider: Send + Sync {
-    /// The identifier that new wraps are made with.
-    fn current_kid(&self) -> String;
-    /// Wraps a DEK with the current key.
-    fn wrap(&self, dek: &Secret) -> Result<WrappedKey, VaultError>;
-    /// Unwraps a DEK; the unwrapped key never leaves as anything but a `Secret`.
-    fn unwrap(&self, wrapped: &WrappedKey) -> Result<Secret, VaultError>;
-    /// Length in bytes of a wrapped key made by `kid`, if the provider knows it.
-    fn wrapped_len(&self, kid: &str) -> Option<usize>;
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Platform-managed keys: an RSA-2048 key generated at store init, kept in
 //! `STORE/keys/platform.pem` (mode 0600). Azure's default for every disk.
 
-use super::{KeyProvider, VaultError, WrappedKey};
+use super::provider::{KeyId, KeyInfo, KeyProvider, PlatformKid, ProviderKind};
+use super::{Caller, VaultError, WrappedKey};
 use crate::crypto::wrap::{RsaKey, WRAP_ALG};
 use crate::crypto::Secret;
 use crate::durable;
@@ -12,14 +13,14 @@ pub const PLATFORM_KEY_FILE: &str = "platform.pem";
 const PLATFORM_KEY_BITS: usize = 2048;
 
 pub struct PlatformKeys {
-    kid: String,
+    kid: PlatformKid,
     key: RsaKey,
 }
 
 impl PlatformKeys {
     /// Key id: `platform/` and the first 32 hex digits of the SPKI SHA-256 fingerprint.
-    fn kid_for(key: &RsaKey) -> String {
-        format!("platform/{}", &key.fingerprint()[..32])
+    fn kid_for(key: &RsaKey) -> PlatformKid {
+        PlatformKid::from_fingerprint(&key.fingerprint())
     }
 
     pub fn path(keys_dir: &Path) -> PathBuf {
@@ -55,32 +56,58 @@ impl PlatformKeys {
             key,
         })
     }
+
+    /// The platform key is the only key it serves; any other id is unknown.
+    fn check(&self, key: &KeyId) -> Result<(), VaultError> {
+        match key {
+            KeyId::Platform(k) if *k == self.kid => Ok(()),
+            other => Err(VaultError::UnknownKey(other.to_string())),
+        }
+    }
 }
 
+/// No access control: the platform key is the service's own, so the caller is ignored.
 impl KeyProvider for PlatformKeys {
-    fn current_kid(&self) -> String {
-        self.kid.clone()
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Platform
     }
 
-    fn wrap(&self, dek: &Secret) -> Result<WrappedKey, VaultError> {
+    fn default_key(&self) -> Option<KeyId> {
+        Some(KeyId::Platform(self.kid.clone()))
+    }
+
+    fn wrap(&self, _: &Caller, key: &KeyId, dek: &Secret) -> Result<WrappedKey, VaultError> {
+        self.check(key)?;
         Ok(WrappedKey {
-            kid: self.kid.clone(),
+            kid: key.to_string(),
             alg: WRAP_ALG.to_string(),
             value: self.key.wrap(dek)?,
         })
     }
 
-    fn unwrap(&self, wrapped: &WrappedKey) -> Result<Secret, VaultError> {
+    fn unwrap(&self, _: &Caller, key: &KeyId, wrapped: &WrappedKey) -> Result<Secret, VaultError> {
         if wrapped.alg != WRAP_ALG {
             return Err(VaultError::UnsupportedAlg(wrapped.alg.clone()));
         }
-        if wrapped.kid != self.kid {
+        if !matches!(key, KeyId::Platform(k) if *k == self.kid) {
             return Err(VaultError::UnknownKey(wrapped.kid.clone()));
         }
         Ok(self.key.unwrap(&wrapped.value)?)
     }
 
-    fn wrapped_len(&self, kid: &str) -> Option<usize> {
-        (kid == self.kid).then(|| self.key.wrapped_len())
+    fn describe(&self, key: &KeyId) -> Result<KeyInfo, VaultError> {
+        self.check(key)?;
+        Ok(KeyInfo {
+            kid: key.clone(),
+            wrapped_len: Some(self.key.wrapped_len()),
+        })
+    }
+
+    fn usable_for_wrap(&self, _: &Caller, key: &KeyId) -> Result<(), VaultError> {
+        self.check(key)
+    }
+
+    fn usable_for_unwrap(&self, _: &Caller, key: &KeyId) -> Result<(), VaultError> {
+        self.check(key)
     }
 }
