@@ -133,7 +133,7 @@ fn read_set(c: &Control, p: &Params, _: &Caller) -> Result<Vec<u8>> {
         "key-url" => line(&d.active_key),
         "auto-rotate" => line(d.rotation_to_latest_key_version_enabled),
         "identity" => line(&d.principal_id),
-        "encryption-type" => line(&d.encryption_type),
+        "encryption-type" => line(d.encryption_type),
         other => unreachable!("no set file {other} in the route table"),
     })
 }
