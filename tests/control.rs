@@ -80,3 +80,21 @@ fn concurrent_cli_clients_each_get_their_own_reply() {
         "{last}"
     );
 }
+
+/// Through a mount a name is a path segment: `k1/../k1` must not reach `keys/k1`.
+#[test]
+fn a_name_cannot_walk_the_mounted_tree() {
+    let m = Mounted::new();
+    run_ok(&["key", "create", "k1", "--store", m.s()]);
+    for args in [
+        vec!["key", "delete", "k1/../k1"],
+        vec!["key", "set", "x/../k1", "--enabled", "false"],
+    ] {
+        let mut a = args.clone();
+        a.extend(["--store", m.s()]);
+        let err = run_err(&a);
+        assert!(err.contains("invalid name"), "{args:?}: {err}");
+    }
+    let k = run_ok(&["key", "show", "k1", "--store", m.s()]);
+    assert!(k.contains("\"enabled\": true"), "{k}");
+}

@@ -131,6 +131,7 @@ impl Access {
         match self {
             Access::Direct(c) => Ok(c.execute(&req, &Caller::current_user())?),
             Access::Mounted(mp) => {
+                req.check_names()?;
                 let (path, data) = req.wire();
                 Self::write_mounted(mp, &path, &data)
             }

@@ -2,7 +2,7 @@
 //! a wire form (a control file and the bytes written to it) that the daemon parses
 //! back into the same request; a unit test holds the two together.
 
-use super::{DiskRequest, KeyRequest, SetRequest, VaultRequest};
+use super::{ControlError, DiskRequest, KeyRequest, SetRequest, VaultRequest};
 use zeroize::Zeroizing;
 
 #[derive(Clone, Debug)]
@@ -32,6 +32,59 @@ impl Request {
                 (p, Zeroizing::new(b))
             }
         }
+    }
+}
+
+impl Request {
+    /// The names that become path segments of the wire form (objects and versions).
+    fn path_names(&self) -> Vec<&str> {
+        use KeyRequest as K;
+        match self {
+            Request::Vault(_) => vec![],
+            Request::Key(K::Create { .. } | K::Import { .. }) => vec![],
+            Request::Key(K::Update { name, version, .. }) => {
+                let mut v = vec![name.as_str()];
+                v.extend(version.as_deref());
+                v
+            }
+            Request::Key(
+                K::Rotate { name, .. }
+                | K::Grant { name, .. }
+                | K::RevokeGrant { name, .. }
+                | K::RotationPolicy { name, .. }
+                | K::Delete { name }
+                | K::Recover { name }
+                | K::Purge { name },
+            ) => vec![name],
+            Request::Set(SetRequest::Create { .. }) => vec![],
+            Request::Set(SetRequest::Update { name, .. } | SetRequest::Delete { name }) => {
+                vec![name]
+            }
+            Request::Disk(DiskRequest::Create { .. }) => vec![],
+            Request::Disk(
+                DiskRequest::Delete { name }
+                | DiskRequest::Encryption { name, .. }
+                | DiskRequest::Sku { name, .. }
+                | DiskRequest::Rekey { name },
+            ) => vec![name],
+        }
+    }
+
+    /// Refuses a name that would lead the wire form to another file (`a/b`, `..`):
+    /// through a mount, a name is a path segment.
+    pub fn check_names(&self) -> Result<(), ControlError> {
+        for n in self.path_names() {
+            if n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') {
+                return Err(ControlError::new(
+                    libc::EINVAL,
+                    format!(
+                        "invalid name '{}': a name is not empty, '.' or '..' and has no '/'",
+                        n.chars().take(80).collect::<String>()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -329,3 +329,37 @@ fn an_import_request_never_shows_its_key() {
     };
     assert!(!format!("{r:?}").contains("SECRET"));
 }
+
+#[test]
+fn names_that_are_not_one_path_segment_are_refused() {
+    let v = |version: &str| -> Request {
+        KeyRequest::Update {
+            name: "k1".into(),
+            version: Some(version.into()),
+            update: KeyUpdate::default(),
+        }
+        .into()
+    };
+    for bad in [
+        v("a/b"),
+        v(".."),
+        v(""),
+        KeyRequest::Delete {
+            name: "k1/versions/0123".into(),
+        }
+        .into(),
+        DiskRequest::Rekey { name: "..".into() }.into(),
+        SetRequest::Delete { name: ".".into() }.into(),
+    ] {
+        let e = bad.check_names().unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL, "{bad:?}");
+    }
+    assert!(v("0123456789abcdef0123456789abcdef").check_names().is_ok());
+    // A name inside the JSON body is checked by the daemon, not here.
+    let create: Request = KeyRequest::Create {
+        name: "a/b".into(),
+        options: KeyOptions::default(),
+    }
+    .into();
+    assert!(create.check_names().is_ok());
+}
