@@ -4,6 +4,7 @@
 //! → `store` (on-disk format, data path, locking) → `fs` (FUSE frontend) → `cli`.
 
 pub mod cli;
+pub mod control;
 pub mod crypto;
 pub mod durable;
 #[doc(hidden)]
@@ -11,7 +12,7 @@ pub mod fault;
 pub mod fs;
 pub mod lock;
 pub mod store;
-#[cfg(any(test, feature = "testing"))]
+/// Test support (seeded patterns, an openssl cross-check); not part of the API.
 #[doc(hidden)]
 pub mod testkit;
 pub mod vault;

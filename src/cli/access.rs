@@ -3,7 +3,7 @@
 //! Either way the same control-tree operation runs, so both paths behave alike.
 
 use super::CliError;
-use crate::fs::control::Control;
+use crate::control::{Control, Request};
 use crate::store::{Store, StoreError};
 use crate::vault::{Caller, VaultError};
 use serde_json::Value;
@@ -123,15 +123,18 @@ impl Access {
             .to_string())
     }
 
-    /// One write(2) to a control file: one command.
-    pub fn write(&self, path: &str, data: &[u8]) -> Result<(), CliError> {
+    /// Carries out one request: in-process, typed, when the store is not mounted;
+    /// otherwise as one write(2) to its control file, whose reply is read back on the
+    /// same handle.
+    pub fn send(&self, req: impl Into<Request>) -> Result<(), CliError> {
+        let req = req.into();
         match self {
-            Access::Direct(c) => {
-                let parts = Self::check(c, path)?;
-                let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
-                Ok(c.write(&refs, data, &Caller::current_user())?)
+            Access::Direct(c) => Ok(c.execute(&req, &Caller::current_user())?),
+            Access::Mounted(mp) => {
+                req.check_names()?;
+                let (path, data) = req.wire();
+                Self::write_mounted(mp, &path, &data)
             }
-            Access::Mounted(mp) => Self::write_mounted(mp, path, data),
         }
     }
 }
@@ -141,12 +144,4 @@ pub fn print_json(v: &Value) {
         "{}",
         serde_json::to_string_pretty(v).expect("JSON serializes")
     );
-}
-
-/// A value for one word of a control-file command: no spaces, no `=`.
-pub fn word(v: &str) -> Result<&str, CliError> {
-    if v.is_empty() || v.contains(char::is_whitespace) || v.contains('=') {
-        return Err(CliError(format!("'{v}' is not a valid value here")));
-    }
-    Ok(v)
 }

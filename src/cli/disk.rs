@@ -1,7 +1,10 @@
 //! `diskvault disk ...`.
 
-use super::access::{word, Access, StoreArg};
+use super::access::{Access, StoreArg};
 use super::{cell, human, print_object, print_rows, CliError, DiskName, Format, OutputArg};
+use crate::control::DiskRequest;
+use crate::crypto::CipherKind;
+use crate::store::{parse_size, CreateOptions, Sku};
 use crate::vault::{KeyId, ProviderKind};
 use clap::Subcommand;
 use serde_json::Value;
@@ -296,7 +299,7 @@ fn rekey(a: &Access, name: &str, quiet: bool) -> Result<(), CliError> {
         }
         Access::Mounted(_) => {
             let path = format!("disks/{name}/rekey");
-            a.write(&path, b"start")?;
+            a.send(DiskRequest::Rekey { name: name.into() })?;
             loop {
                 let st = a.read_json(&path)?;
                 let total = st["totalBytes"].as_u64().unwrap_or(0);
@@ -342,21 +345,20 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
                 (None, Some(g)) => format!("{g}G"),
                 (None, None) => unreachable!("clap requires --size or --size-gb"),
             };
+            let options = CreateOptions {
+                size: parse_size(&size)?,
+                sku: sku.parse::<Sku>()?,
+                cipher: Some(cipher.parse::<CipherKind>()?),
+                disk_encryption_set: disk_encryption_set.clone(),
+            };
             let a = Access::open(&store)?;
             if let Some(t) = &encryption_type {
                 check_create_type(&a, t, disk_encryption_set.as_deref())?;
             }
-            let mut line = format!(
-                "{} {} sku={} cipher={}",
-                word(name)?,
-                word(&size)?,
-                word(&sku)?,
-                word(&cipher)?
-            );
-            if let Some(d) = &disk_encryption_set {
-                line += &format!(" des={}", word(d)?);
-            }
-            a.write("disks/create", line.as_bytes())?;
+            a.send(DiskRequest::Create {
+                name: name.into(),
+                options,
+            })?;
             super::access::print_json(&a.read_json(&format!("disks/{name}/disk.json"))?);
         }
         DiskCmd::Update {
@@ -373,19 +375,20 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
                         .into(),
                 ));
             }
+            let sku = sku.map(|s| s.parse::<Sku>()).transpose()?;
             let a = Access::open(&store)?;
             if encryption_type.is_some() || disk_encryption_set.is_some() {
-                let mut line = String::new();
-                if let Some(t) = &encryption_type {
-                    line += &format!("type={} ", word(t)?);
-                }
-                if let Some(d) = &disk_encryption_set {
-                    line += &format!("des={}", word(d)?);
-                }
-                a.write(&format!("disks/{name}/encryption"), line.as_bytes())?;
+                a.send(DiskRequest::Encryption {
+                    name: name.into(),
+                    encryption_type,
+                    set: disk_encryption_set,
+                })?;
             }
-            if let Some(s) = &sku {
-                a.write(&format!("disks/{name}/sku"), word(s)?.as_bytes())?;
+            if let Some(sku) = sku {
+                a.send(DiskRequest::Sku {
+                    name: name.into(),
+                    sku,
+                })?;
             }
             super::access::print_json(&a.read_json(&format!("disks/{name}/disk.json"))?);
         }
@@ -426,7 +429,7 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
                     )
                 })
                 .unwrap_or_default();
-            a.write(&format!("disks/{name}/delete"), b"1")?;
+            a.send(DiskRequest::Delete { name: name.into() })?;
             println!("deleted disk {name}{what}; its data key is destroyed");
         }
     }

@@ -1,7 +1,10 @@
-//! `diskvault key ...`, `diskvault vault ...` and `diskvault des ...`.
+//! `diskvault key ...`: keys in the key vault.
 
-use super::access::{print_json, word, Access, StoreArg};
-use super::{cell, print_object, print_rows, CliError, Format, KeyName, OutputArg, SetName};
+use super::access::{print_json, Access, StoreArg};
+use super::{cell, print_object, print_rows, CliError, Format, KeyName, OutputArg};
+use crate::control::args::{bool_value, split_list};
+use crate::control::{self, KeyRequest};
+use crate::vault::{KeyOptions, KeyUpdate};
 use clap::Subcommand;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -182,20 +185,45 @@ impl AttrArgs {
             .or(self.disabled.map(|d| (!d).to_string()))
     }
 
-    fn words(&self) -> Result<String, CliError> {
-        let mut s = String::new();
-        for (k, v) in [
-            ("enabled", &self.enabled()),
-            ("nbf", &self.nbf),
-            ("exp", &self.exp),
-            ("ops", &self.ops),
-        ] {
-            if let Some(v) = v {
-                s += &format!(" {k}={}", word(v)?);
-            }
-        }
-        Ok(s)
+    fn is_empty(&self) -> bool {
+        self.enabled().is_none() && self.nbf.is_none() && self.exp.is_none() && self.ops.is_none()
     }
+
+    fn enabled_bool(&self) -> Result<Option<bool>, CliError> {
+        Ok(self
+            .enabled()
+            .map(|v| bool_value("enabled", &v))
+            .transpose()?)
+    }
+
+    /// Settings for a new key.
+    fn options(&self, size: Option<usize>) -> Result<KeyOptions, CliError> {
+        Ok(KeyOptions {
+            size,
+            key_ops: self.ops.as_deref().map(split_list),
+            nbf: time(&self.nbf, "nbf")?.flatten(),
+            exp: time(&self.exp, "exp")?.flatten(),
+            enabled: self.enabled_bool()?,
+        })
+    }
+
+    /// A change of attributes; `none` clears nbf or exp.
+    fn update(&self, force: bool) -> Result<KeyUpdate, CliError> {
+        Ok(KeyUpdate {
+            enabled: self.enabled_bool()?,
+            nbf: time(&self.nbf, "nbf")?,
+            exp: time(&self.exp, "exp")?,
+            key_ops: self.ops.as_deref().map(split_list),
+            force,
+        })
+    }
+}
+
+/// `--nbf`/`--exp`: `Some(None)` for `none`.
+fn time(v: &Option<String>, what: &str) -> Result<Option<Option<i64>>, CliError> {
+    Ok(v.as_deref()
+        .map(|s| control::time_value_of(what, s))
+        .transpose()?)
 }
 
 fn print_keys(keys: &[Value], fmt: Format) {
@@ -232,12 +260,12 @@ fn print_deleted_keys(keys: &[Value], fmt: Format) {
     print_rows(header.map(String::from).to_vec(), rows, fmt);
 }
 
-fn identity_words(who: &Identity) -> Result<String, CliError> {
-    Ok(match (&who.des, &who.object_id) {
-        (Some(d), _) => word(d)?.to_string(),
-        (_, Some(o)) => format!("object-id={}", word(o)?),
+fn identity(who: &Identity) -> control::Identity {
+    match (&who.des, &who.object_id) {
+        (Some(d), _) => control::Identity::Set(d.clone()),
+        (_, Some(o)) => control::Identity::ObjectId(o.clone()),
         _ => unreachable!("clap requires one"),
-    })
+    }
 }
 
 /// `NAME` and `VERSION` of a key URL `https://VAULT.vault.azure.net/keys/NAME/VERSION`.
@@ -290,33 +318,6 @@ fn report_disks(a: &Access, what: &str, disks: &[String]) {
     eprintln!("disks on {what}: {}", list.join(", "));
 }
 
-/// The vault's name as az's `--source-vault` gives it: a name, a resource id ending
-/// in `/vaults/NAME`, or the vault URI.
-fn source_vault_name(s: &str) -> &str {
-    let s = s.trim().trim_end_matches('/');
-    match s.strip_prefix("https://") {
-        Some(host) => host.split(['.', '/']).next().unwrap_or(host),
-        None => s.rsplit('/').next().unwrap_or(s),
-    }
-}
-
-/// Refuses a `--source-vault` that is not this store's key vault.
-fn check_source_vault(a: &Access, given: Option<&str>) -> Result<(), CliError> {
-    let Some(given) = given else {
-        return Ok(());
-    };
-    let ours = a.read_json("vault.json")?["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    if source_vault_name(given).eq_ignore_ascii_case(&ours) {
-        return Ok(());
-    }
-    Err(CliError(format!(
-        "--source-vault '{given}' is not this store's key vault '{ours}'; give --source-vault {ours} or leave it out"
-    )))
-}
-
 pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
     match cmd {
         KeyCmd::Create {
@@ -327,13 +328,12 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
         } => {
             let name = name.get();
             crate::vault::kid::validate_key_name(name)?;
+            let options = attrs.options(size)?;
             let a = Access::open(&store)?;
-            let mut line = word(name)?.to_string();
-            if let Some(s) = size {
-                line += &format!(" size={s}");
-            }
-            line += &attrs.words()?;
-            a.write("keys/create", line.as_bytes())?;
+            a.send(KeyRequest::Create {
+                name: name.into(),
+                options,
+            })?;
             print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
         }
         KeyCmd::Import {
@@ -348,10 +348,13 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
                     .map_err(|e| CliError(format!("cannot read {}: {e}", pem.display())))?,
             );
             crate::vault::kid::validate_key_name(name)?;
+            let options = attrs.options(None)?;
             let a = Access::open(&store)?;
-            let mut data = zeroize::Zeroizing::new(format!("{}{}\n", word(name)?, attrs.words()?));
-            data.push_str(&text);
-            a.write("keys/import", data.as_bytes())?;
+            a.send(KeyRequest::Import {
+                name: name.into(),
+                pem: text,
+                options,
+            })?;
             print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
         }
         KeyCmd::List {
@@ -394,23 +397,17 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             store,
         } => {
             let name = name.get();
-            let a = Access::open(&store)?;
-            let mut line = String::new();
-            if let Some(s) = size {
-                line += &format!("size={s} ");
-            }
-            if let Some(t) = &nbf {
-                line += &format!("nbf={} ", word(t)?);
-            }
-            if let Some(t) = &exp {
-                line += &format!("exp={} ", word(t)?);
-            }
-            let line = if line.is_empty() {
-                "1".to_string()
-            } else {
-                line.trim().to_string()
+            let options = KeyOptions {
+                size,
+                nbf: time(&nbf, "nbf")?.flatten(),
+                exp: time(&exp, "exp")?.flatten(),
+                ..Default::default()
             };
-            a.write(&format!("keys/{name}/rotate"), line.as_bytes())?;
+            let a = Access::open(&store)?;
+            a.send(KeyRequest::Rotate {
+                name: name.into(),
+                options,
+            })?;
             print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
         }
         KeyCmd::RotationPolicy {
@@ -422,15 +419,22 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             let name = name.get();
             let a = Access::open(&store)?;
             let path = format!("keys/{name}/rotation-policy");
-            if let Some(p) = set {
-                let text = match p.strip_prefix('@') {
-                    Some(f) => std::fs::read_to_string(f)
-                        .map_err(|e| CliError(format!("cannot read {f}: {e}")))?,
-                    None => p,
-                };
-                a.write(&path, text.as_bytes())?;
-            } else if clear {
-                a.write(&path, b"none")?;
+            let policy = match &set {
+                Some(p) => {
+                    let text = match p.strip_prefix('@') {
+                        Some(f) => std::fs::read_to_string(f)
+                            .map_err(|e| CliError(format!("cannot read {f}: {e}")))?,
+                        None => p.clone(),
+                    };
+                    control::parse_rotation_policy(&text)?
+                }
+                None => None,
+            };
+            if set.is_some() || clear {
+                a.send(KeyRequest::RotationPolicy {
+                    name: name.into(),
+                    policy,
+                })?;
             }
             print_json(&a.read_json(&path)?);
         }
@@ -442,21 +446,22 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             store,
         } => {
             let name = name.get();
-            let mut words = attrs.words()?;
-            if words.is_empty() {
+            if attrs.is_empty() {
                 return Err(CliError(
                     "nothing to change; give --enabled, --disabled, --nbf, --exp or --ops".into(),
                 ));
             }
-            if force {
-                words += " force=true";
-            }
+            let update = attrs.update(force)?;
             let a = Access::open(&store)?;
             let dir = match &version {
                 Some(v) => format!("keys/{name}/versions/{v}"),
                 None => format!("keys/{name}"),
             };
-            a.write(&format!("{dir}/update"), words.trim().as_bytes())?;
+            a.send(KeyRequest::Update {
+                name: name.into(),
+                version: version.clone(),
+                update,
+            })?;
             print_json(&a.read_json(&format!("{dir}/key.json"))?);
             // Enabling or disabling reaches every disk the key (version) wraps.
             if attrs.enabled().is_some() {
@@ -471,20 +476,20 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             let name = name.get();
             let a = Access::open(&store)?;
             let disks = disks_on_key(&a, name, None);
-            a.write(&format!("keys/{name}/delete"), b"1")?;
+            a.send(KeyRequest::Delete { name: name.into() })?;
             print_json(&a.read_json(&format!("deleted-keys/{name}/deleted.json"))?);
             report_disks(&a, &format!("deleted key {name}"), &disks);
         }
         KeyCmd::Recover { name, store } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            a.write(&format!("deleted-keys/{name}/recover"), b"1")?;
+            a.send(KeyRequest::Recover { name: name.into() })?;
             print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
         }
         KeyCmd::Purge { name, store } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            a.write(&format!("deleted-keys/{name}/purge"), b"1")?;
+            a.send(KeyRequest::Purge { name: name.into() })?;
             println!("purged key {name}");
         }
         KeyCmd::Grant {
@@ -495,276 +500,21 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
         } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            let line = format!(
-                "grant {} permissions={}",
-                identity_words(&who)?,
-                word(&permissions)?
-            );
-            a.write(&format!("keys/{name}/grants"), line.as_bytes())?;
+            a.send(KeyRequest::Grant {
+                name: name.into(),
+                identity: identity(&who),
+                permissions: Some(split_list(&permissions)),
+            })?;
             print_json(&a.read_json(&format!("keys/{name}/grants"))?);
         }
         KeyCmd::RevokeGrant { name, who, store } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            let line = format!("revoke {}", identity_words(&who)?);
-            a.write(&format!("keys/{name}/grants"), line.as_bytes())?;
+            a.send(KeyRequest::RevokeGrant {
+                name: name.into(),
+                identity: identity(&who),
+            })?;
             print_json(&a.read_json(&format!("keys/{name}/grants"))?);
-        }
-    }
-    Ok(())
-}
-
-#[derive(Subcommand)]
-pub enum VaultCmd {
-    /// Show the key vault, like `az keyvault show`.
-    Show {
-        #[command(flatten)]
-        output: OutputArg,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// Turn on purge protection (permanent) and/or set the soft-delete retention.
-    Set {
-        /// true turns on purge protection, permanently (disk encryption sets need it).
-        #[arg(long, value_name = "BOOL")]
-        purge_protection: Option<String>,
-        /// 7 to 90 days.
-        #[arg(long)]
-        retention_days: Option<u32>,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// Check the audit log's hash chain; names the first bad line.
-    VerifyAudit {
-        #[command(flatten)]
-        store: StoreArg,
-    },
-}
-
-/// vault.json without the key lists (those are `key list`).
-fn vault_json(a: &Access) -> Result<Value, CliError> {
-    let mut v = a.read_json("vault.json")?;
-    if let Some(o) = v.as_object_mut() {
-        o.remove("keyList");
-        o.remove("deletedKeyList");
-    }
-    Ok(v)
-}
-
-pub fn run_vault(cmd: VaultCmd) -> Result<(), CliError> {
-    match cmd {
-        VaultCmd::Show { output, store } => {
-            let a = Access::open(&store)?;
-            print_object(&vault_json(&a)?, output.format(Format::Json));
-        }
-        VaultCmd::Set {
-            purge_protection,
-            retention_days,
-            store,
-        } => {
-            if purge_protection.is_none() && retention_days.is_none() {
-                return Err(CliError(
-                    "nothing to change; give --purge-protection or --retention-days".into(),
-                ));
-            }
-            let a = Access::open(&store)?;
-            // Retention first: purge protection fixes it.
-            if let Some(d) = retention_days {
-                a.write("retention-days", d.to_string().as_bytes())?;
-            }
-            if let Some(p) = &purge_protection {
-                a.write("purge-protection", word(p)?.as_bytes())?;
-            }
-            print_json(&vault_json(&a)?);
-        }
-        VaultCmd::VerifyAudit { store } => {
-            let a = Access::open(&store)?;
-            let r = a.read_text("verify-audit")?;
-            match r.strip_prefix("FAILED: ") {
-                Some(why) => {
-                    return Err(CliError(format!(
-                        "{why}; the audit log was tampered with (or damaged)"
-                    )))
-                }
-                None => println!("{r}"),
-            }
-        }
-    }
-    Ok(())
-}
-
-#[derive(Subcommand)]
-pub enum DesCmd {
-    /// Create a disk encryption set (needs purge protection on the vault).
-    Create {
-        #[command(flatten)]
-        name: SetName,
-        /// Versioned key URL (NAME/VERSION or https://VAULT.vault.azure.net/keys/NAME/VERSION);
-        /// versionless only with --auto-rotate.
-        #[arg(long)]
-        key_url: String,
-        /// EncryptionAtRestWithCustomerKey (default) or EncryptionAtRestWithPlatformAndCustomerKeys.
-        #[arg(long)]
-        encryption_type: Option<String>,
-        /// Follow the key's latest version (rotationToLatestKeyVersionEnabled):
-        /// --auto-rotate, --auto-rotate true or --auto-rotate false.
-        #[arg(long, visible_alias = "enable-auto-key-rotation", num_args = 0..=1,
-              default_missing_value = "true", value_name = "BOOL")]
-        auto_rotate: Option<bool>,
-        /// As in az: the key's vault (name, id or URL); must be this store's vault.
-        #[arg(long)]
-        source_vault: Option<String>,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// Show a set, like `az disk-encryption-set show`.
-    Show {
-        #[command(flatten)]
-        name: SetName,
-        #[command(flatten)]
-        output: OutputArg,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// List disk encryption sets: type, state, active key.
-    List {
-        #[command(flatten)]
-        output: OutputArg,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// Change the key (re-wraps every disk of the set) or the auto-rotation flag.
-    Update {
-        #[command(flatten)]
-        name: SetName,
-        /// The new key: a versioned URL (NAME/VERSION or the full URL); re-wraps every disk.
-        #[arg(long)]
-        key_url: Option<String>,
-        /// Follow the key's latest version: --auto-rotate, --auto-rotate true or false.
-        #[arg(long, visible_alias = "enable-auto-key-rotation", num_args = 0..=1,
-              default_missing_value = "true", value_name = "BOOL")]
-        auto_rotate: Option<bool>,
-        /// As in az: the key's vault (name, id or URL); must be this store's vault.
-        #[arg(long)]
-        source_vault: Option<String>,
-        /// Refused unless unchanged: the encryption type is fixed at creation.
-        #[arg(long)]
-        encryption_type: Option<String>,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// Delete a set that no disk uses.
-    Delete {
-        #[command(flatten)]
-        name: SetName,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-}
-
-pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
-    match cmd {
-        DesCmd::Create {
-            name,
-            key_url,
-            encryption_type,
-            auto_rotate,
-            source_vault,
-            store,
-        } => {
-            let name = name.get();
-            crate::store::des::validate_set_name(name)?;
-            let a = Access::open(&store)?;
-            check_source_vault(&a, source_vault.as_deref())?;
-            let mut line = format!("{} {}", word(name)?, word(&key_url)?);
-            if let Some(t) = &encryption_type {
-                line += &format!(" type={}", word(t)?);
-            }
-            if let Some(on) = auto_rotate {
-                line += &format!(" auto-rotate={on}");
-            }
-            a.write("disk-encryption-sets/create", line.as_bytes())?;
-            print_json(&a.read_json(&format!("disk-encryption-sets/{name}/status.json"))?);
-        }
-        DesCmd::Show {
-            name,
-            output,
-            store,
-        } => {
-            let a = Access::open(&store)?;
-            let path = format!("disk-encryption-sets/{}/status.json", name.get());
-            print_object(&a.read_json(&path)?, output.format(Format::Json));
-        }
-        DesCmd::List { output, store } => {
-            let a = Access::open(&store)?;
-            let sets = a.read_json("status.json")?["diskEncryptionSets"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            match output.format(Format::Table) {
-                Format::Json => print_json(&Value::Array(sets)),
-                fmt => {
-                    let header = [
-                        "NAME",
-                        "ENCRYPTION TYPE",
-                        "STATE",
-                        "AUTO-ROTATE",
-                        "ACTIVE KEY",
-                    ];
-                    let rows = sets
-                        .iter()
-                        .map(|s| {
-                            vec![
-                                cell(&s["name"]),
-                                cell(&s["encryptionType"]),
-                                cell(&s["provisioningState"]),
-                                cell(&s["rotationToLatestKeyVersionEnabled"]),
-                                cell(&s["activeKey"]["keyUrl"]),
-                            ]
-                        })
-                        .collect();
-                    print_rows(header.map(String::from).to_vec(), rows, fmt);
-                }
-            }
-        }
-        DesCmd::Update {
-            name,
-            key_url,
-            auto_rotate,
-            source_vault,
-            encryption_type,
-            store,
-        } => {
-            let name = name.get();
-            let mut line = String::new();
-            let auto_rotate = auto_rotate.map(|b| b.to_string());
-            for (k, v) in [
-                ("key-url", &key_url),
-                ("auto-rotate", &auto_rotate),
-                ("type", &encryption_type),
-            ] {
-                if let Some(v) = v {
-                    line += &format!("{k}={} ", word(v)?);
-                }
-            }
-            if line.is_empty() {
-                return Err(CliError(
-                    "nothing to change; give --key-url or --auto-rotate".into(),
-                ));
-            }
-            let a = Access::open(&store)?;
-            check_source_vault(&a, source_vault.as_deref())?;
-            a.write(
-                &format!("disk-encryption-sets/{name}/update"),
-                line.trim().as_bytes(),
-            )?;
-            print_json(&a.read_json(&format!("disk-encryption-sets/{name}/status.json"))?);
-        }
-        DesCmd::Delete { name, store } => {
-            let name = name.get();
-            let a = Access::open(&store)?;
-            a.write(&format!("disk-encryption-sets/{name}/delete"), b"1")?;
-            println!("deleted disk encryption set {name}");
         }
     }
     Ok(())

@@ -3,8 +3,10 @@
 
 mod access;
 mod daemon;
+mod des;
 mod disk;
 mod key;
+mod vault;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::Value;
@@ -56,12 +58,12 @@ enum Cmd {
     /// The key vault itself: show, set purge protection and retention, verify the audit log.
     Vault {
         #[command(subcommand)]
-        cmd: key::VaultCmd,
+        cmd: vault::VaultCmd,
     },
     /// Disk encryption sets: create, show, list, update, delete.
     Des {
         #[command(subcommand)]
-        cmd: key::DesCmd,
+        cmd: des::DesCmd,
     },
 }
 
@@ -274,8 +276,8 @@ pub fn main() -> ExitCode {
         Cmd::Umount { mountpoint } => daemon::umount(&mountpoint),
         Cmd::Disk { cmd } => disk::run(cmd),
         Cmd::Key { cmd } => key::run_key(cmd),
-        Cmd::Vault { cmd } => key::run_vault(cmd),
-        Cmd::Des { cmd } => key::run_des(cmd),
+        Cmd::Vault { cmd } => vault::run_vault(cmd),
+        Cmd::Des { cmd } => des::run_des(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,6 @@ use super::error::{Result, StoreError};
 use crate::crypto::{random_bytes, wrap::hex};
 use crate::vault::Caller;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use std::fmt;
 use std::str::FromStr;
 
@@ -164,42 +163,6 @@ impl DesRecord {
         self.corrupt.as_ref().map(|reason| StoreError::DesCorrupt {
             name: self.name.clone(),
             reason: reason.clone(),
-        })
-    }
-
-    /// JSON shaped like `az disk-encryption-set show`.
-    pub fn to_json(&self, vault_name: &str) -> Value {
-        if let Some(e) = self.corrupt_error() {
-            return json!({
-                "name": self.name,
-                "id": self.id(),
-                "type": "Microsoft.Compute/diskEncryptionSets",
-                "provisioningState": self.provisioning_state,
-                "error": e.to_string(),
-            });
-        }
-        json!({
-            "name": self.name,
-            "id": self.id(),
-            "type": "Microsoft.Compute/diskEncryptionSets",
-            "location": "local",
-            "resourceGroup": "diskvault",
-            "encryptionType": self.encryption_type,
-            "activeKey": {
-                "keyUrl": self.active_key,
-                "sourceVault": {"id": format!("/diskvault/vaults/{vault_name}")},
-            },
-            "previousKeys": self.previous_keys.iter().map(|k| json!({"keyUrl": k})).collect::<Vec<_>>(),
-            "identity": {
-                "type": "SystemAssigned",
-                "principalId": self.principal_id,
-                "tenantId": TENANT_ID,
-            },
-            "provisioningState": self.provisioning_state,
-            "rotationToLatestKeyVersionEnabled": self.rotation_to_latest_key_version_enabled,
-            "lastKeyRotationTimestamp": self.last_key_rotation_timestamp,
-            "autoKeyRotationError": self.auto_key_rotation_error,
-            "timeCreated": self.created,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! depend on it and not on the reconciler.
 
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -67,8 +67,8 @@ impl Health {
         None
     }
 
-    /// For status.json.
-    pub fn to_json(&self) -> Value {
+    /// How the reconciler is doing, for status.
+    pub fn report(&self) -> HealthReport {
         let down = self.down();
         let state = match &down {
             None if self.enforcing.load(Ordering::Acquire) => "Running",
@@ -77,10 +77,19 @@ impl Health {
             Some(_) if self.failed.load(Ordering::Acquire) => "Failing",
             Some(_) => "Stalled",
         };
-        json!({
-            "state": state,
-            "error": down,
-            "panics": self.panics.load(Ordering::Acquire),
-        })
+        HealthReport {
+            state,
+            error: down,
+            panics: self.panics.load(Ordering::Acquire),
+        }
     }
+}
+
+/// The reconciler's state: Running, NotRunning, Failing, Stalled or Stopped, why it
+/// is down, and how many of its passes panicked.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HealthReport {
+    pub state: &'static str,
+    pub error: Option<String>,
+    pub panics: u64,
 }

@@ -45,6 +45,7 @@ pub use crate::lock::StoreLock;
 pub use disk::{Disk, Revocation, SeekKind};
 pub use encryption::{EncryptionType, LayerKind};
 pub use error::{Result, StoreError};
+pub use health::HealthReport;
 pub use reconcile::{panic_text, Delays, Invalidator};
 pub use rekey::{RekeyState, RekeyStatus};
 pub use spec::{parse_size, validate_name, Sku, MAX_DISK_SIZE};
@@ -58,7 +59,7 @@ use keyring::Keyring;
 use meta::{key_check, DiskMeta, Encryption, Layer};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sets::load_sets;
 use std::collections::BTreeMap;
 use std::fs;
@@ -75,7 +76,7 @@ pub const LOG_FILE: &str = "daemon.log";
 const KEYS_DIR: &str = "keys";
 const DISKS_DIR: &str = "disks";
 pub const VAULT_DIR: &str = "vault";
-const STORE_VERSION: u64 = 1;
+pub const STORE_VERSION: u64 = 1;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -378,41 +379,10 @@ impl Store {
         }
     }
 
-    /// JSON for one disk, shaped like `az disk show` plus diskvault's own fields.
-    pub fn disk_json(&self, disk: &Disk) -> Value {
-        let m = disk.meta();
-        let sku: Sku = m.sku.parse().unwrap_or_default();
-        let (cipher, kid) = m
-            .layers
-            .first()
-            .map(|l| (l.cipher.clone(), l.kid.clone()))
-            .unwrap_or_default();
-        let key_ids: Vec<&str> = m.layers.iter().map(|l| l.kid.as_str()).collect();
-        let state = self.key_state(disk, &m);
-        json!({
-            "name": m.name,
-            "id": disk_resource_id(&m.name),
-            "type": "Microsoft.Compute/disks",
-            "location": "local",
-            "uniqueId": m.id,
-            "sku": {"name": sku.name(), "tier": sku.tier()},
-            "diskSizeBytes": m.size_bytes,
-            "diskSizeGB": m.size_bytes.div_ceil(1 << 30),
-            "diskState": if disk.open_handles() > 0 { "Attached" } else { "Unattached" },
-            "provisioningState": "Succeeded",
-            "timeCreated": m.created_at,
-            "encryption": m.encryption,
-            "cipher": cipher,
-            "keyId": kid,
-            "layerKeyIds": key_ids,
-            "keyState": state,
-            "allocatedBytes": disk.allocated_bytes(),
-        })
-    }
-
     /// `keyState`: `Available`, `Revoked: WHY` or `Unavailable: WHY`, the last for
     /// every disk that can't be served for another reason than a revocation.
-    fn key_state(&self, disk: &Disk, m: &DiskMeta) -> String {
+    pub fn key_state(&self, disk: &Disk) -> String {
+        let m = &disk.meta();
         if let Some(r) = disk.corrupt_reason() {
             return format!("Unavailable: {r}");
         }
@@ -444,23 +414,9 @@ impl Store {
         }
     }
 
-    /// The whole store's status (`.vault/status.json`).
-    pub fn status_json(&self) -> Value {
-        let disks: Vec<Value> = self.list().iter().map(|d| self.disk_json(d)).collect();
-        json!({
-            "store": self.root.display().to_string(),
-            "formatVersion": STORE_VERSION,
-            "platformKeyId": self.keys.platform_key().map(|k| k.to_string()),
-            "reconcilerPasses": self.reconcile_passes(),
-            "reconciler": self.reconcile.health.to_json(),
-            "keyVault": self.keys.vault.show(),
-            "diskEncryptionSets": self
-                .des_list()
-                .iter()
-                .map(|d| d.to_json(&self.keys.vault.name()))
-                .collect::<Vec<_>>(),
-            "disks": disks,
-        })
+    /// The reconciler's health, for status.
+    pub fn reconciler_health(&self) -> HealthReport {
+        self.reconcile.health.report()
     }
 
     /// Persists sizes and drops every key (clean shutdown).

@@ -76,10 +76,6 @@ impl Store {
         self.keys.sets.read().values().cloned().collect()
     }
 
-    pub fn des_show(&self, name: &str) -> Result<Value> {
-        Ok(self.keys.des(name)?.to_json(&self.keys.vault.name()))
-    }
-
     /// Disks whose encryption names the set.
     pub fn disks_in_set(&self, name: &str) -> Vec<Arc<Disk>> {
         let id = des_id(des_name(name)).to_ascii_lowercase();
@@ -102,7 +98,7 @@ impl Store {
         key_url: &str,
         encryption_type: Option<&str>,
         auto_rotate: bool,
-    ) -> Result<Value> {
+    ) -> Result<()> {
         validate_set_name(name)?;
         let kind =
             encryption_type.map_or(Ok(EncryptionType::CustomerKey), EncryptionType::for_des)?;
@@ -135,7 +131,7 @@ impl Store {
             "created disk encryption set '{name}' ({kind}, key {})",
             rec.active_key
         );
-        Ok(rec.to_json(&self.keys.vault.name()))
+        Ok(())
     }
 
     /// `az disk-encryption-set update`: a new key (re-wraps every disk of the set)
@@ -147,7 +143,7 @@ impl Store {
         key_url: Option<&str>,
         auto_rotate: Option<bool>,
         encryption_type: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<()> {
         self.des_update_inner(name, key_url, auto_rotate, encryption_type, true)
     }
 
@@ -158,7 +154,7 @@ impl Store {
         auto_rotate: Option<bool>,
         encryption_type: Option<&str>,
         by_user: bool,
-    ) -> Result<Value> {
+    ) -> Result<()> {
         let _ns = self.ns.lock();
         let mut rec = self.keys.des(name)?;
         if let Some(t) = encryption_type {
@@ -198,7 +194,7 @@ impl Store {
             }
             _ => self.save_des(&rec)?,
         }
-        Ok(rec.to_json(&self.keys.vault.name()))
+        Ok(())
     }
 
     /// Re-wraps each disk of the set still on a previous key, then marks the set done.
@@ -344,7 +340,7 @@ impl Store {
         name: &str,
         encryption_type: Option<&str>,
         des: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<()> {
         let _ns = self.ns.lock();
         let disk = self.get_usable(name)?;
         let target_des = des.map(|d| self.keys.des(d)).transpose()?;
@@ -372,7 +368,7 @@ impl Store {
                     "a platform-key disk takes no disk encryption set".into(),
                 ));
             }
-            return Ok(self.disk_json(&disk));
+            return Ok(());
         }
         let Some(des) = target_des else {
             return Err(StoreError::InvalidArgument(format!(
@@ -403,7 +399,7 @@ impl Store {
             disk_encryption_set_id: Some(des.id()),
         };
         if current == enc {
-            return Ok(self.disk_json(&disk));
+            return Ok(());
         }
         disk.while_closed(|| {
             self.rewrap_layer(&disk, 0, enc, |dek| self.keys.wrap_des(&des, dek))
@@ -412,6 +408,6 @@ impl Store {
             "disk '{name}' now uses {target} through disk encryption set '{}'",
             des.name
         );
-        Ok(self.disk_json(&disk))
+        Ok(())
     }
 }

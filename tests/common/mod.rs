@@ -2,13 +2,26 @@
 //! unmounted on drop even when the test panics.
 #![allow(dead_code)]
 
+/// Without the `testing` feature the binary ignores fault injection, so the tests
+/// that use it would prove nothing: fail loudly instead (and still compile, so that
+/// `cargo clippy --all-targets` checks them).
 #[cfg(not(feature = "testing"))]
-compile_error!(
-    "the integration tests need fault injection: run `cargo test --release --features testing`"
-);
+#[test]
+fn the_testing_feature_is_on() {
+    panic!(
+        "the integration tests need fault injection: run `cargo test --release --features testing`"
+    );
+}
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// Customer-key steps run through the CLI and through the control files.
+pub mod cmk;
+/// A mounted store with customer keys, for the revocation and rotation tests.
+pub mod keyed;
+/// Raw writes and reads on the key vault's control files.
+pub mod vault;
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_diskvault")
@@ -260,6 +273,31 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     v
+}
+
+/// A disk (or any file) opened for reading and writing.
+pub fn rw(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
+/// `len` bytes read at `off` (fewer at the end of the file).
+pub fn read_at(f: &std::fs::File, off: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let n = f.read_at(&mut buf[done..], off + done as u64).unwrap();
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    buf.truncate(done);
+    buf
 }
 
 /// A tmpfs of `size` (e.g. "64M") mounted by the test at `at`, unmounted on drop even

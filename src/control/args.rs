@@ -74,20 +74,23 @@ pub fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
-fn split_list(s: &str) -> Vec<String> {
+/// A comma or space separated list.
+pub fn split_list(s: &str) -> Vec<String> {
     s.split(|c: char| c == ',' || c.is_whitespace())
         .filter(|x| !x.is_empty())
         .map(String::from)
         .collect()
 }
 
+/// A true/false value of option `name`.
+pub fn bool_value(name: &str, v: &str) -> Result<bool, StoreError> {
+    parse_bool(v).ok_or_else(|| invalid(format!("{name} must be true or false, not '{v}'")))
+}
+
 fn word_value(field: &Field, name: &str, v: &str) -> Result<Val, StoreError> {
     Ok(match field.ty {
         Ty::Str | Ty::NumOrStr => Val::Str(v.to_string()),
-        Ty::Bool => Val::Bool(
-            parse_bool(v)
-                .ok_or_else(|| invalid(format!("{name} must be true or false, not '{v}'")))?,
-        ),
+        Ty::Bool => Val::Bool(bool_value(name, v)?),
         Ty::List => Val::List(split_list(v)),
     })
 }

@@ -1,0 +1,265 @@
+//! `.vault/disks/`: managed disks' settings (the data itself is `MOUNT/disks/NAME`).
+
+use super::args::{f, invalid, parse, Ty, Val};
+use super::routes::{Params, Route, Seg, Seg::Lit};
+use super::{args, check_reserved, confirm_name, line, pretty, Control, Request};
+use crate::crypto::CipherKind;
+use crate::store::{parse_size, CreateOptions, Result, Sku, StoreError};
+use crate::vault::Caller;
+use serde_json::{json, Map, Value};
+
+/// A change to a disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskRequest {
+    Create {
+        name: String,
+        options: CreateOptions,
+    },
+    Delete {
+        name: String,
+    },
+    /// Encryption type (text, checked by the store) and/or disk encryption set.
+    Encryption {
+        name: String,
+        encryption_type: Option<String>,
+        set: Option<String>,
+    },
+    Sku {
+        name: String,
+        sku: Sku,
+    },
+    /// Re-encrypt under fresh data keys: in the background in a daemon, at once
+    /// otherwise.
+    Rekey {
+        name: String,
+    },
+}
+
+impl DiskRequest {
+    pub(super) fn wire(&self) -> (String, Vec<u8>) {
+        let obj =
+            |m: Map<String, Value>| serde_json::to_vec(&Value::Object(m)).expect("serializes");
+        match self {
+            DiskRequest::Create { name, options } => {
+                let mut m = Map::new();
+                m.insert("name".into(), json!(name));
+                m.insert("size".into(), json!(options.size));
+                m.insert("sku".into(), json!(options.sku.to_string()));
+                if let Some(c) = options.cipher {
+                    m.insert("cipher".into(), json!(c.name()));
+                }
+                if let Some(s) = &options.disk_encryption_set {
+                    m.insert("diskEncryptionSetId".into(), json!(s));
+                }
+                ("disks/create".into(), obj(m))
+            }
+            DiskRequest::Delete { name } => (format!("disks/{name}/delete"), b"1".to_vec()),
+            DiskRequest::Encryption {
+                name,
+                encryption_type,
+                set,
+            } => {
+                let mut m = Map::new();
+                if let Some(t) = encryption_type {
+                    m.insert("type".into(), json!(t));
+                }
+                if let Some(s) = set {
+                    m.insert("diskEncryptionSetId".into(), json!(s));
+                }
+                (format!("disks/{name}/encryption"), obj(m))
+            }
+            DiskRequest::Sku { name, sku } => (format!("disks/{name}/sku"), line(sku)),
+            DiskRequest::Rekey { name } => (format!("disks/{name}/rekey"), b"start".to_vec()),
+        }
+    }
+}
+
+const DISK_CREATE_FIELDS: &[args::Field] = &[
+    f(&["name"], true, true, Ty::Str),
+    f(&["size", "diskSizeBytes"], true, false, Ty::NumOrStr),
+    f(&["diskSizeGB"], false, false, Ty::NumOrStr),
+    f(&["sku"], false, false, Ty::Str),
+    f(&["cipher"], false, false, Ty::Str),
+    f(
+        &[
+            "des",
+            "diskEncryptionSet",
+            "diskEncryptionSetId",
+            "disk-encryption-set",
+        ],
+        false,
+        false,
+        Ty::Str,
+    ),
+];
+const ENCRYPTION_FIELDS: &[args::Field] = &[
+    f(&["type"], true, false, Ty::Str),
+    f(
+        &[
+            "des",
+            "diskEncryptionSetId",
+            "diskEncryptionSet",
+            "disk-encryption-set",
+        ],
+        true,
+        false,
+        Ty::Str,
+    ),
+];
+const VALUE_FIELDS: &[args::Field] = &[f(&["value"], true, true, Ty::Str)];
+
+const DISK: Seg = Seg::Disk;
+
+pub(super) fn routes() -> Vec<Route> {
+    let dir = Lit("disks");
+    vec![
+        Route::w(&[dir, Lit("create")], |_, data| {
+            let (name, options) = parse_disk_create(data)?;
+            Ok(Request::Disk(DiskRequest::Create { name, options }))
+        }),
+        Route::dir(&[dir, DISK]).rmdir(|p| {
+            Err(StoreError::NotPermitted(format!(
+                "delete the disk itself with 'rm disks/{d}' (or 'diskvault disk delete {d}')",
+                d = p.disk
+            )))
+        }),
+        Route::r(&[dir, DISK, Lit("disk.json")], read_disk),
+        Route::rw(&[dir, DISK, Lit("encryption")], read_disk, |p, data| {
+            let a = parse(data, ENCRYPTION_FIELDS, "write `TYPE [DES]`, e.g. `EncryptionAtRestWithCustomerKey set1`, or {\"type\":..., \"diskEncryptionSetId\":...}")?;
+            Ok(Request::Disk(DiskRequest::Encryption {
+                name: p.disk.into(),
+                encryption_type: a.str("type").map(String::from),
+                set: a.str("des").map(String::from),
+            }))
+        }),
+        Route::rw(&[dir, DISK, Lit("sku")], read_disk, |p, data| {
+            let a = parse(data, VALUE_FIELDS, "write a SKU name, e.g. Standard_LRS")?;
+            Ok(Request::Disk(DiskRequest::Sku {
+                name: p.disk.into(),
+                sku: a.str("value").unwrap_or_default().parse::<Sku>()?,
+            }))
+        }),
+        Route::rw(&[dir, DISK, Lit("rekey")], read_disk, |p, data| {
+            let t = args::text(data)?;
+            if t != "start" && t != "1" {
+                return Err(invalid(format!("unknown command '{}'; write `start` to re-encrypt the disk under fresh data keys", t.chars().take(40).collect::<String>())));
+            }
+            Ok(Request::Disk(DiskRequest::Rekey {
+                name: p.disk.into(),
+            }))
+        }),
+        // The write form of `rm disks/NAME`, so a reply can reach the writer.
+        Route::w(&[dir, DISK, Lit("delete")], |p, data| {
+            confirm_name(data, p.disk, "delete")?;
+            Ok(Request::Disk(DiskRequest::Delete {
+                name: p.disk.into(),
+            }))
+        }),
+    ]
+}
+
+fn read_disk(c: &Control, p: &Params, _: &Caller) -> Result<Vec<u8>> {
+    let store = c.store();
+    let disk = store.get_or_err(p.disk)?;
+    Ok(match p.file {
+        "disk.json" => pretty(&super::view::disk(store, &disk)),
+        "encryption" => pretty(&serde_json::to_value(disk.meta().encryption).expect("serializes")),
+        "sku" => line(disk.meta().sku),
+        "rekey" => pretty(&serde_json::to_value(store.rekey_status(&disk)).expect("serializes")),
+        other => unreachable!("no disk file {other} in the route table"),
+    })
+}
+
+/// Parses a write to `disks/create`.
+pub fn parse_disk_create(data: &[u8]) -> Result<(String, CreateOptions)> {
+    let a = parse(
+        data,
+        DISK_CREATE_FIELDS,
+        "write `NAME SIZE [sku=SKU] [cipher=CIPHER] [des=SET]`, e.g. `data1 30G`, or a JSON object",
+    )?;
+    let name = a.str("name").unwrap_or_default().to_string();
+    check_reserved(&name)?;
+    let size = match (a.get("size"), a.get("diskSizeGB")) {
+        (Some(Val::Num(n)), None) => *n,
+        (Some(Val::Str(s)), None) => parse_size(s)?,
+        (None, Some(Val::Num(g))) => parse_size(&format!("{g}G"))?,
+        (None, Some(Val::Str(g))) => parse_size(&format!("{g}G"))?,
+        (None, None) => return Err(invalid("a size is required, e.g. `data1 30G`")),
+        _ => return Err(invalid("give the size once (size or diskSizeGB)")),
+    };
+    let opts = CreateOptions {
+        size,
+        sku: a
+            .str("sku")
+            .map(|s| s.parse::<Sku>())
+            .transpose()?
+            .unwrap_or_default(),
+        cipher: a
+            .str("cipher")
+            .map(|c| c.parse::<CipherKind>())
+            .transpose()?,
+        disk_encryption_set: a.str("des").map(String::from),
+    };
+    Ok((name, opts))
+}
+
+pub(super) fn execute(c: &Control, r: &DiskRequest) -> std::result::Result<(), StoreError> {
+    let store = c.store();
+    match r {
+        DiskRequest::Create { name, options } => {
+            check_reserved(name)?;
+            store.create_disk(name, options)?;
+        }
+        DiskRequest::Delete { name } => store.delete_disk(name)?,
+        DiskRequest::Encryption {
+            name,
+            encryption_type,
+            set,
+        } => {
+            store.update_encryption(name, encryption_type.as_deref(), set.as_deref())?;
+        }
+        DiskRequest::Sku { name, sku } => store.set_sku(name, *sku)?,
+        DiskRequest::Rekey { name } => {
+            if c.live() {
+                store.rekey_spawn(name)?;
+            } else {
+                store.rekey(name, &|_, _| {})?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_create_words_and_json() {
+        let (n, a) =
+            parse_disk_create(b"d1 30G sku=Standard_LRS cipher=aes-256-ctr des=set1\n").unwrap();
+        let (n2, b) = parse_disk_create(
+            br#"{"name":"d1","size":"30G","sku":"Standard_LRS","cipher":"aes-256-ctr","diskEncryptionSetId":"set1"}"#,
+        )
+        .unwrap();
+        assert_eq!((n, &a), (n2, &b));
+        assert_eq!(a.size, 30 << 30);
+        assert_eq!(a.cipher, Some(CipherKind::Aes256Ctr));
+        let (_, c) = parse_disk_create(br#"{"name":"d2","diskSizeGB":2}"#).unwrap();
+        assert_eq!(c.size, 2 << 30);
+        for bad in [
+            &b"d1"[..],
+            b"d1 30Q",
+            b"d1 30G sku=Gold",
+            b"d1 30G cipher=rot13",
+            b"create 1G",
+            b"{\"name\":\"d1\",\"size\":true}",
+        ] {
+            assert!(
+                parse_disk_create(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The control service without a mount: the route table agrees with itself, and every
+//! typed request survives its wire form (what the CLI writes to a daemon).
+
+use super::*;
+use crate::store::{CreateOptions, InitOptions, Sku};
+use crate::vault::{KeyOptions, KeyUpdate, RotationPolicy};
+
+fn control() -> (tempfile::TempDir, Control) {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("s");
+    Store::init(&root, &InitOptions::default()).unwrap();
+    let store = Arc::new(Store::open(&root, None).unwrap());
+    (d, Control::new(store, None))
+}
+
+fn split(p: &str) -> Vec<&str> {
+    if p.is_empty() {
+        vec![]
+    } else {
+        p.split('/').collect()
+    }
+}
+
+/// Every entry a directory lists resolves to the kind the listing gave, and every
+/// directory's entries are listed; walks the whole tree.
+fn walk(c: &Control, path: &str, seen: &mut Vec<String>) {
+    let entries = c.list(&split(path)).expect("a directory lists");
+    for (name, kind) in entries {
+        let p = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}/{name}")
+        };
+        assert_eq!(c.kind(&split(&p)), Some(kind), "{p}");
+        seen.push(p.clone());
+        if kind == Kind::Dir {
+            walk(c, &p, seen);
+        } else {
+            assert!(c.list(&split(&p)).is_none(), "{p} is a file");
+        }
+    }
+}
+
+/// Purge protection, keys `keys`, set `s1` on the first key, and disk `d1`; returns
+/// the first key's versioned URL.
+fn objects(c: &Control, keys: &[&str]) -> String {
+    let caller = Caller::current_user();
+    let run = |r: Request| c.execute(&r, &caller).unwrap();
+    run(VaultRequest::PurgeProtection(true).into());
+    for k in keys {
+        run(KeyRequest::Create {
+            name: k.to_string(),
+            options: KeyOptions::default(),
+        }
+        .into());
+    }
+    let kid = c
+        .store()
+        .vault()
+        .resolve(&crate::vault::KeyRef::parse(keys[0]).unwrap())
+        .unwrap();
+    run(SetRequest::Create {
+        name: "s1".into(),
+        key_url: kid.clone(),
+        encryption_type: None,
+        auto_rotate: false,
+    }
+    .into());
+    run(DiskRequest::Create {
+        name: "d1".into(),
+        options: CreateOptions {
+            size: 1 << 20,
+            ..Default::default()
+        },
+    }
+    .into());
+    kid
+}
+
+#[test]
+fn the_tree_lists_what_it_resolves() {
+    let (_d, c) = control();
+    objects(&c, &["k1"]);
+    let mut seen = Vec::new();
+    walk(&c, "", &mut seen);
+    let version = c.store().vault().version_ids("k1").unwrap().remove(0);
+    for p in [
+        "README".to_string(),
+        "keys/create".into(),
+        "keys/k1/rotate".into(),
+        format!("keys/k1/versions/{version}/enabled"),
+        "disk-encryption-sets/s1/key-url".into(),
+        "disks/d1/rekey".into(),
+    ] {
+        assert!(seen.contains(&p), "{p} not listed: {seen:?}");
+    }
+    // Without a daemon there is no daemon.json, in listings or lookups.
+    assert!(!seen.iter().any(|p| p == "daemon.json"));
+    assert_eq!(c.kind(&["daemon.json"]), None);
+    // Files that only make sense at key level are not in a version's directory.
+    assert_eq!(
+        c.kind(&["keys", "k1", "versions", &version, "rotate"]),
+        None
+    );
+    assert_eq!(c.kind(&["keys", "nokey", "enabled"]), None);
+    assert_eq!(
+        c.kind(&["keys", "k1", "enabled"]),
+        Some(Kind::File {
+            read: true,
+            write: true
+        })
+    );
+    assert_eq!(
+        Kind::File {
+            read: true,
+            write: false
+        }
+        .mode(),
+        0o400
+    );
+    // Each path is declared once.
+    let mut paths: Vec<String> = routes::all()
+        .iter()
+        .map(|r| format!("{:?}", r.path))
+        .collect();
+    let n = paths.len();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), n, "a route is declared twice");
+}
+
+#[test]
+fn missing_and_read_only_paths_get_their_errno() {
+    let (_d, c) = control();
+    let caller = Caller::current_user();
+    let e = c.read(&["nothing"], &caller).unwrap_err();
+    assert_eq!(e.errno, libc::ENOENT);
+    let e = c.write(&["vault.json"], b"{}", &caller).unwrap_err();
+    assert_eq!(e.errno, libc::EACCES);
+    assert!(e.message.contains("read-only"), "{e}");
+    let e = c
+        .write(&["keys", "nokey", "enabled"], b"false", &caller)
+        .unwrap_err();
+    assert_eq!(e.errno, libc::ENOENT);
+    let e = c.mkdir(&["disks", "x"], &caller).unwrap_err();
+    assert_eq!(e.errno, libc::EPERM);
+    let e = c.write(&["retention-days"], b"lots", &caller).unwrap_err();
+    assert_eq!(e.errno, libc::EINVAL);
+    assert!(
+        e.message.starts_with("invalid argument: retention-days"),
+        "{e}"
+    );
+}
+
+/// What the CLI sends a daemon is parsed back into the very request it built.
+#[test]
+fn every_request_survives_its_wire_form() {
+    let (_d, c) = control();
+    let caller = Caller::current_user();
+    let kid = objects(&c, &["k1", "k2"]);
+    let version = kid.rsplit('/').next().unwrap().to_string();
+    c.execute(&KeyRequest::Delete { name: "k2".into() }.into(), &caller)
+        .unwrap();
+    let t = crate::vault::parse_time("2027-01-31T00:00:00Z").unwrap();
+    let policy: RotationPolicy = serde_json::from_str(
+        r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"P90D"},"action":{"type":"Rotate"}}],"attributes":{"expiryTime":"P1Y"}}"#,
+    )
+    .unwrap();
+    let full = KeyOptions {
+        size: Some(3072),
+        key_ops: Some(vec!["wrapKey".into(), "unwrapKey".into()]),
+        nbf: Some(t),
+        exp: Some(t + 86400),
+        enabled: Some(false),
+    };
+    let requests: Vec<Request> = vec![
+        VaultRequest::PurgeProtection(true).into(),
+        VaultRequest::RetentionDays(30).into(),
+        KeyRequest::Create {
+            name: "new".into(),
+            options: full.clone(),
+        }
+        .into(),
+        KeyRequest::Create {
+            name: "new".into(),
+            options: KeyOptions::default(),
+        }
+        .into(),
+        KeyRequest::Import {
+            name: "imp".into(),
+            pem: zeroize::Zeroizing::new(
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(),
+            ),
+            options: KeyOptions {
+                size: None,
+                ..full.clone()
+            },
+        }
+        .into(),
+        KeyRequest::Update {
+            name: "k1".into(),
+            version: None,
+            update: KeyUpdate {
+                enabled: Some(false),
+                nbf: Some(None),
+                exp: Some(Some(t)),
+                key_ops: Some(vec!["unwrapKey".into()]),
+                force: false,
+            },
+        }
+        .into(),
+        KeyRequest::Update {
+            name: "k1".into(),
+            version: Some(version.clone()),
+            update: KeyUpdate {
+                enabled: Some(true),
+                force: true,
+                ..Default::default()
+            },
+        }
+        .into(),
+        KeyRequest::Rotate {
+            name: "k1".into(),
+            options: KeyOptions::default(),
+        }
+        .into(),
+        KeyRequest::Rotate {
+            name: "k1".into(),
+            options: KeyOptions {
+                size: Some(4096),
+                nbf: Some(t),
+                exp: Some(t + 1),
+                ..Default::default()
+            },
+        }
+        .into(),
+        KeyRequest::Grant {
+            name: "k1".into(),
+            identity: Identity::Set("s1".into()),
+            permissions: None,
+        }
+        .into(),
+        KeyRequest::Grant {
+            name: "k1".into(),
+            identity: Identity::ObjectId("3f2504e0-4f89-41d3-9a0c-0305e82c3301".into()),
+            permissions: Some(vec!["get".into(), "unwrapKey".into()]),
+        }
+        .into(),
+        KeyRequest::RevokeGrant {
+            name: "k1".into(),
+            identity: Identity::Set("s1".into()),
+        }
+        .into(),
+        KeyRequest::RotationPolicy {
+            name: "k1".into(),
+            policy: Some(policy),
+        }
+        .into(),
+        KeyRequest::RotationPolicy {
+            name: "k1".into(),
+            policy: None,
+        }
+        .into(),
+        KeyRequest::Delete { name: "k1".into() }.into(),
+        KeyRequest::Recover { name: "k2".into() }.into(),
+        KeyRequest::Purge { name: "k2".into() }.into(),
+        SetRequest::Create {
+            name: "s2".into(),
+            key_url: "k1".into(),
+            encryption_type: Some("EncryptionAtRestWithPlatformAndCustomerKeys".into()),
+            auto_rotate: true,
+        }
+        .into(),
+        SetRequest::Update {
+            name: "s1".into(),
+            key_url: Some(kid.clone()),
+            auto_rotate: Some(false),
+            encryption_type: None,
+        }
+        .into(),
+        SetRequest::Delete { name: "s1".into() }.into(),
+        DiskRequest::Create {
+            name: "d2".into(),
+            options: CreateOptions {
+                size: 3 << 30,
+                sku: Sku::UltraSsdLrs,
+                cipher: Some(crate::crypto::CipherKind::Aes256Ctr),
+                disk_encryption_set: Some("s1".into()),
+            },
+        }
+        .into(),
+        DiskRequest::Delete { name: "d1".into() }.into(),
+        DiskRequest::Encryption {
+            name: "d1".into(),
+            encryption_type: Some("EncryptionAtRestWithCustomerKey".into()),
+            set: Some("s1".into()),
+        }
+        .into(),
+        DiskRequest::Sku {
+            name: "d1".into(),
+            sku: Sku::StandardLrs,
+        }
+        .into(),
+        DiskRequest::Rekey { name: "d1".into() }.into(),
+    ];
+    for req in requests {
+        let (path, bytes) = req.wire();
+        let parts = split(&path);
+        let back = c
+            .parse(&parts, &bytes)
+            .unwrap_or_else(|e| panic!("{req:?} as {path}: {e}"));
+        assert_eq!(format!("{back:?}"), format!("{req:?}"), "{path}");
+        if let (
+            Request::Key(KeyRequest::Import { pem: a, .. }),
+            Request::Key(KeyRequest::Import { pem: b, .. }),
+        ) = (&req, &back)
+        {
+            assert_eq!(a, b);
+        }
+    }
+}
+
+#[test]
+fn an_import_request_never_shows_its_key() {
+    let r = KeyRequest::Import {
+        name: "imp".into(),
+        pem: zeroize::Zeroizing::new("SECRET-PEM".into()),
+        options: KeyOptions::default(),
+    };
+    assert!(!format!("{r:?}").contains("SECRET"));
+}
+
+#[test]
+fn names_that_are_not_one_path_segment_are_refused() {
+    let v = |version: &str| -> Request {
+        KeyRequest::Update {
+            name: "k1".into(),
+            version: Some(version.into()),
+            update: KeyUpdate::default(),
+        }
+        .into()
+    };
+    for bad in [
+        v("a/b"),
+        v(".."),
+        v(""),
+        KeyRequest::Delete {
+            name: "k1/versions/0123".into(),
+        }
+        .into(),
+        DiskRequest::Rekey { name: "..".into() }.into(),
+        SetRequest::Delete { name: ".".into() }.into(),
+    ] {
+        let e = bad.check_names().unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL, "{bad:?}");
+    }
+    assert!(v("0123456789abcdef0123456789abcdef").check_names().is_ok());
+    // A name inside the JSON body is checked by the daemon, not here.
+    let create: Request = KeyRequest::Create {
+        name: "a/b".into(),
+        options: KeyOptions::default(),
+    }
+    .into();
+    assert!(create.check_names().is_ok());
+}

@@ -1,0 +1,90 @@
+//! Control-file handles: one command per open file, gathered imports, and the reply
+//! kept on the handle that carried the command.
+
+use super::{errno, split, DiskVaultFs, DISKS};
+use crate::control;
+use crate::store::StoreError;
+use crate::vault::Caller;
+use fuser::{Errno, INodeNo, Request};
+use parking_lot::Mutex;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+impl DiskVaultFs {
+    /// Carries out one control command and keeps its reply on the handle, so the
+    /// writer (the CLI) reads its own outcome, never another process's.
+    pub(super) fn run_write(
+        &self,
+        path: &str,
+        data: &[u8],
+        caller: &Caller,
+        last: &Mutex<Option<Vec<u8>>>,
+    ) -> Result<(), Errno> {
+        let parts = split(path);
+        match self.control.write(&parts, data, caller) {
+            Ok(()) => {
+                *last.lock() = Some(b"ok\n".to_vec());
+                // A disk deleted through .vault/ must vanish from disks/ at once, not
+                // when the kernel's cached entry times out.
+                if let ["disks", name, "delete"] = parts[..] {
+                    if let Some(n) = self.notifier.get() {
+                        let _ = n.inval_entry(INodeNo(DISKS), OsStr::new(name));
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                *last.lock() = Some(format!("error: {e}\n").into_bytes());
+                Err(self.fail(&format!("write .vault/{path}"), e))
+            }
+        }
+    }
+
+    /// One write(2) to a control file. A PEM import may come in several writes,
+    /// gathered until it is complete.
+    pub(super) fn write_control(
+        &self,
+        req: &Request,
+        path: &str,
+        data: &[u8],
+        last: &Mutex<Option<Vec<u8>>>,
+        pending: &Mutex<Vec<u8>>,
+        ran: &AtomicBool,
+    ) -> Result<(), Errno> {
+        // One command per open file: a later write continues the one before
+        // (bash's printf writes each line separately), so it is refused rather
+        // than run as a second command; a blank one, like a final newline
+        // written on its own, is fine.
+        // The position is no guide: a refused write doesn't advance it.
+        if ran.load(Ordering::Acquire) {
+            if data.iter().all(u8::is_ascii_whitespace) {
+                return Ok(());
+            }
+            let e = StoreError::InvalidArgument(
+                "one command per open file: an earlier write through this file was already taken as the command, carried out or refused (shells write each line of printf or echo -e separately); write each command with its own echo".into(),
+            );
+            // Not in last-error: that keeps the reason of the command itself.
+            log::info!("write .vault/{path}: {e}");
+            *last.lock() = Some(format!("error: {e}\n").into_bytes());
+            return Err(errno(&e));
+        }
+        let caller = Caller::user(req.uid());
+        let command = if control::gathers(&split(path)) {
+            let mut p = pending.lock();
+            // One allocation up front: no unzeroized copies of key material.
+            if p.capacity() == 0 {
+                p.reserve_exact(control::MAX_CONTROL_WRITE + (1 << 20));
+            }
+            p.extend_from_slice(data);
+            if !control::import_complete(&p) && p.len() <= control::MAX_CONTROL_WRITE {
+                return Ok(());
+            }
+            std::mem::take(&mut *p)
+        } else {
+            data.to_vec()
+        };
+        let command = zeroize::Zeroizing::new(command);
+        ran.store(true, Ordering::Release);
+        self.run_write(path, &command, &caller, last)
+    }
+}

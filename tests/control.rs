@@ -1,0 +1,100 @@
+//! Replies are bound to the caller: concurrent CLI clients of one mounted store each
+//! get their own command's outcome, never another's (the reply is read back on the
+//! handle that carried the command, not from the shared last-error).
+
+mod common;
+use common::*;
+use std::sync::{Arc, Barrier};
+
+const ROUNDS: usize = 200;
+
+#[test]
+fn concurrent_cli_clients_each_get_their_own_reply() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    run_ok(&["key", "create", "k1", "--store", &s]);
+    m.create("d1", "1M");
+    m.create("d2", "1M");
+
+    // Two clients whose commands the daemon refuses, each for its own reason, and
+    // one whose commands succeed, all at once.
+    type Check = fn(&std::process::Output) -> Result<(), String>;
+    let clients: Vec<(Vec<&str>, Check)> = vec![
+        (vec!["disk", "create", "d1", "--size", "1M"], |o| {
+            let err = String::from_utf8_lossy(&o.stderr);
+            if o.status.success() || !err.contains("a disk named 'd1' already exists") {
+                return Err(format!("create d1: {err}"));
+            }
+            Ok(())
+        }),
+        (vec!["key", "rotate", "k1", "--size", "1234"], |o| {
+            let err = String::from_utf8_lossy(&o.stderr);
+            if o.status.success() || !err.contains("1234") || err.contains("d1") {
+                return Err(format!("rotate --size 1234: {err}"));
+            }
+            Ok(())
+        }),
+        (vec!["disk", "update", "d2", "--sku", "Standard_LRS"], |o| {
+            let err = String::from_utf8_lossy(&o.stderr);
+            if !o.status.success() {
+                return Err(format!("update d2 failed: {err}"));
+            }
+            Ok(())
+        }),
+    ];
+    let start = Arc::new(Barrier::new(clients.len()));
+    let threads: Vec<_> = clients
+        .into_iter()
+        .map(|(args, check)| {
+            let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+            args.extend(["--store".to_string(), s.clone()]);
+            let start = start.clone();
+            std::thread::spawn(move || {
+                let refs: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+                start.wait();
+                let mut wrong = Vec::new();
+                for _ in 0..ROUNDS {
+                    if let Err(e) = check(&run(&refs)) {
+                        wrong.push(e);
+                    }
+                }
+                wrong
+            })
+        })
+        .collect();
+    let wrong: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} outcomes were not the client's own, e.g. {:?}",
+        wrong.len(),
+        3 * ROUNDS,
+        &wrong[..wrong.len().min(3)]
+    );
+    // Both refusals went to last-error too, for people using echo.
+    let last = std::fs::read_to_string(m.mnt.join(".vault/last-error")).unwrap();
+    assert!(
+        last.contains("already exists") || last.contains("1234"),
+        "{last}"
+    );
+}
+
+/// Through a mount a name is a path segment: `k1/../k1` must not reach `keys/k1`.
+#[test]
+fn a_name_cannot_walk_the_mounted_tree() {
+    let m = Mounted::new();
+    run_ok(&["key", "create", "k1", "--store", m.s()]);
+    for args in [
+        vec!["key", "delete", "k1/../k1"],
+        vec!["key", "set", "x/../k1", "--enabled", "false"],
+    ] {
+        let mut a = args.clone();
+        a.extend(["--store", m.s()]);
+        let err = run_err(&a);
+        assert!(err.contains("invalid name"), "{args:?}: {err}");
+    }
+    let k = run_ok(&["key", "show", "k1", "--store", m.s()]);
+    assert!(k.contains("\"enabled\": true"), "{k}");
+}
