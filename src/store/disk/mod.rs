@@ -146,8 +146,8 @@ impl Unlocked {
 ///    taken under `resize` shared.
 /// 4. `stripes`: the granule locks of the units a request touches, always several at
 ///    once in ascending index order; shared to read, exclusive to write or punch.
-/// 5. `revoked`: read to check (and to name the disk in the refusal), written alone
-///    by revoke and restore.
+/// 5. `revoked`: read to check (and to name the disk in the refusal), written by
+///    revoke and restore under `open_count` only.
 /// 6. `unlocked`: held only to take, clone or swap the `Arc<Unlocked>`; the data path
 ///    works on its clone, so a revocation never waits for I/O on this lock.
 /// 7. `key_verdict`: held while platform layers are unwrapped to fill it.
