@@ -129,6 +129,10 @@ fn audit_log_edits_and_deletions_are_found() {
     let (mut m, _) = prepared();
     let s = m.s().to_string();
     run_ok(&["key", "rotate", "k1", "--store", &s]);
+    // Reads are audited too (KeyGet): enough lines for the edits below.
+    for _ in 0..3 {
+        run_ok(&["key", "show", "k1", "--store", &s]);
+    }
     std::fs::read(m.disk("c1")).unwrap();
     let via_mount = std::fs::read_to_string(m.mnt.join(".vault/verify-audit")).unwrap();
     assert!(via_mount.starts_with("OK: "), "{via_mount}");

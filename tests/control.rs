@@ -81,20 +81,69 @@ fn concurrent_cli_clients_each_get_their_own_reply() {
     );
 }
 
-/// Through a mount a name is a path segment: `k1/../k1` must not reach `keys/k1`.
+/// Through a mount a name stays a name: `k1/../k1` or `../../x` never reaches
+/// `keys/k1` or a file outside the tree, for commands or for shows.
 #[test]
 fn a_name_cannot_walk_the_mounted_tree() {
     let m = Mounted::new();
     run_ok(&["key", "create", "k1", "--store", m.s()]);
+    let outside = m.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("status.json"), r#"{"name":"FORGED"}"#).unwrap();
+    std::fs::write(outside.join("disk.json"), r#"{"name":"FORGED"}"#).unwrap();
     for args in [
         vec!["key", "delete", "k1/../k1"],
         vec!["key", "set", "x/../k1", "--enabled", "false"],
+        vec!["des", "show", "../../../outside"],
+        vec!["disk", "show", "../../../outside"],
+        vec!["des", "show", ".."],
     ] {
         let mut a = args.clone();
         a.extend(["--store", m.s()]);
         let err = run_err(&a);
-        assert!(err.contains("invalid name"), "{args:?}: {err}");
+        assert!(!err.contains("FORGED"), "{args:?}: {err}");
     }
     let k = run_ok(&["key", "show", "k1", "--store", m.s()]);
     assert!(k.contains("\"enabled\": true"), "{k}");
+}
+
+/// What a command prints is its own result: eight clients set eight expiry times on
+/// one key at once, and each prints the time it set.
+#[test]
+fn concurrent_cli_clients_each_print_their_own_result() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    run_ok(&["key", "create", "k1", "--store", &s]);
+    let start = Arc::new(Barrier::new(8));
+    let threads: Vec<_> = (1..=8)
+        .map(|i| {
+            let (s, start) = (s.clone(), start.clone());
+            std::thread::spawn(move || {
+                let exp = format!("2030-01-0{i}T00:00:00Z");
+                start.wait();
+                let mut wrong = Vec::new();
+                for _ in 0..25 {
+                    let out = run_ok(&["key", "set", "k1", "--exp", &exp, "--store", &s]);
+                    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+                    if v["keyAttributes"]["expires"] != exp.as_str() {
+                        wrong.push(format!(
+                            "set {exp}, printed {}",
+                            v["keyAttributes"]["expires"]
+                        ));
+                    }
+                }
+                wrong
+            })
+        })
+        .collect();
+    let wrong: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} wrong, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(3)]
+    );
 }

@@ -67,26 +67,39 @@ impl Access {
         ))
     }
 
-    /// One command through a control file: write it, and on failure read the reply
-    /// bound to this very handle (the daemon keeps it per open file), so the message
-    /// is this command's own, whatever other processes do meanwhile.
-    fn write_mounted(mp: &Path, path: &str, data: &[u8]) -> Result<(), CliError> {
+    /// One request through `.vault/command`, a transaction file: write it, then read
+    /// the reply bound to this very handle (the daemon keeps it per open file), so the
+    /// outcome and the result are this command's own, whatever other processes do.
+    fn send_mounted(mp: &Path, req: &Request) -> Result<Option<Value>, CliError> {
         use std::os::unix::fs::FileExt;
+        let data = zeroize::Zeroizing::new(serde_json::to_vec(req).expect("serializes"));
         let mut f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(mp.join(".vault").join(path))
-            .map_err(|e| Self::read_error(path, e))?;
-        let Err(e) = f.write_all(data) else {
-            return Ok(());
-        };
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = f.read_at(&mut buf, 0).unwrap_or(0);
-        let reply = String::from_utf8_lossy(&buf[..n]);
-        match reply.trim().strip_prefix("error: ") {
-            Some(msg) if !msg.is_empty() => Err(CliError(msg.to_string())),
-            _ => Err(CliError(format!(
-                "the mounted store refused .vault/{path}: {e}"
+            .open(mp.join(".vault/command"))
+            .map_err(|e| Self::read_error("command", e))?;
+        let written = f.write_all(&data);
+        let mut reply = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match f.read_at(&mut buf, reply.len() as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+            }
+        }
+        let reply = String::from_utf8_lossy(&reply);
+        if let Err(e) = written {
+            return Err(match reply.trim().strip_prefix("error: ") {
+                Some(msg) if !msg.is_empty() => CliError(msg.to_string()),
+                _ => CliError(format!("the mounted store refused the command: {e}")),
+            });
+        }
+        match reply.strip_prefix("ok\n") {
+            Some(rest) if rest.trim().is_empty() => Ok(None),
+            Some(rest) => Ok(Some(serde_json::from_str(rest)?)),
+            None => Err(CliError(format!(
+                "the mounted store answered '{}' instead of a reply; is it an older diskvault? remount it",
+                reply.trim().chars().take(80).collect::<String>()
             ))),
         }
     }
@@ -108,6 +121,13 @@ impl Access {
                 Ok(c.read(&refs, &Caller::current_user())?)
             }
             Access::Mounted(mp) => {
+                // A name is one path segment; `..` must not lead out of the tree.
+                if path
+                    .split('/')
+                    .any(|s| s.is_empty() || s == "." || s == "..")
+                {
+                    return Err(missing(path));
+                }
                 std::fs::read(mp.join(".vault").join(path)).map_err(|e| Self::read_error(path, e))
             }
         }
@@ -123,20 +143,26 @@ impl Access {
             .to_string())
     }
 
-    /// Carries out one request: in-process, typed, when the store is not mounted;
-    /// otherwise as one write(2) to its control file, whose reply is read back on the
-    /// same handle.
-    pub fn send(&self, req: impl Into<Request>) -> Result<(), CliError> {
+    /// Carries out one request and returns its result (the object it created or
+    /// changed): in-process when the store is not mounted, through the daemon's
+    /// `.vault/command` when it is. Either way the same `Control::execute` runs.
+    pub fn send(&self, req: impl Into<Request>) -> Result<Option<Value>, CliError> {
         let req = req.into();
         match self {
-            Access::Direct(c) => Ok(c.execute(&req, &Caller::current_user())?),
-            Access::Mounted(mp) => {
-                req.check_names()?;
-                let (path, data) = req.wire();
-                Self::write_mounted(mp, &path, &data)
-            }
+            Access::Direct(c) => Ok(c.execute(&req, &Caller::current_user())?.result),
+            Access::Mounted(mp) => Self::send_mounted(mp, &req),
         }
     }
+}
+
+/// Prints a request's result; a request that answers none (it can't happen for the
+/// commands that call this, but an older daemon might) is shown by reading `path`.
+pub fn print_reply(a: &Access, reply: Option<Value>, path: &str) -> Result<(), CliError> {
+    match reply {
+        Some(v) => print_json(&v),
+        None => print_json(&a.read_json(path)?),
+    }
+    Ok(())
 }
 
 pub fn print_json(v: &Value) {

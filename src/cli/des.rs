@@ -1,6 +1,6 @@
 //! `diskvault des ...`: disk encryption sets.
 
-use super::access::{print_json, Access, StoreArg};
+use super::access::{print_json, print_reply, Access, StoreArg};
 use super::{cell, print_object, print_rows, CliError, Format, OutputArg, SetName};
 use crate::control::SetRequest;
 use clap::Subcommand;
@@ -116,13 +116,17 @@ pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
             crate::store::des::validate_set_name(name)?;
             let a = Access::open(&store)?;
             check_source_vault(&a, source_vault.as_deref())?;
-            a.send(SetRequest::Create {
+            let reply = a.send(SetRequest::Create {
                 name: name.into(),
                 key_url,
                 encryption_type,
                 auto_rotate: auto_rotate.unwrap_or(false),
             })?;
-            print_json(&a.read_json(&format!("disk-encryption-sets/{name}/status.json"))?);
+            print_reply(
+                &a,
+                reply,
+                &format!("disk-encryption-sets/{name}/status.json"),
+            )?;
         }
         DesCmd::Show {
             name,
@@ -181,13 +185,17 @@ pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
             }
             let a = Access::open(&store)?;
             check_source_vault(&a, source_vault.as_deref())?;
-            a.send(SetRequest::Update {
+            let reply = a.send(SetRequest::Update {
                 name: name.into(),
                 key_url,
                 auto_rotate,
                 encryption_type,
             })?;
-            print_json(&a.read_json(&format!("disk-encryption-sets/{name}/status.json"))?);
+            print_reply(
+                &a,
+                reply,
+                &format!("disk-encryption-sets/{name}/status.json"),
+            )?;
         }
         DesCmd::Delete { name, store } => {
             let name = name.get();

@@ -1,6 +1,6 @@
 //! `diskvault disk ...`.
 
-use super::access::{Access, StoreArg};
+use super::access::{print_reply, Access, StoreArg};
 use super::{cell, human, print_object, print_rows, CliError, DiskName, Format, OutputArg};
 use crate::control::DiskRequest;
 use crate::crypto::CipherKind;
@@ -355,11 +355,11 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
             if let Some(t) = &encryption_type {
                 check_create_type(&a, t, disk_encryption_set.as_deref())?;
             }
-            a.send(DiskRequest::Create {
+            let reply = a.send(DiskRequest::Create {
                 name: name.into(),
                 options,
             })?;
-            super::access::print_json(&a.read_json(&format!("disks/{name}/disk.json"))?);
+            print_reply(&a, reply, &format!("disks/{name}/disk.json"))?;
         }
         DiskCmd::Update {
             name,
@@ -377,20 +377,21 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
             }
             let sku = sku.map(|s| s.parse::<Sku>()).transpose()?;
             let a = Access::open(&store)?;
+            let mut reply = None;
             if encryption_type.is_some() || disk_encryption_set.is_some() {
-                a.send(DiskRequest::Encryption {
+                reply = a.send(DiskRequest::Encryption {
                     name: name.into(),
                     encryption_type,
                     set: disk_encryption_set,
                 })?;
             }
             if let Some(sku) = sku {
-                a.send(DiskRequest::Sku {
+                reply = a.send(DiskRequest::Sku {
                     name: name.into(),
                     sku,
                 })?;
             }
-            super::access::print_json(&a.read_json(&format!("disks/{name}/disk.json"))?);
+            print_reply(&a, reply, &format!("disks/{name}/disk.json"))?;
         }
         DiskCmd::Rekey { name, quiet, store } => {
             let a = Access::open(&store)?;

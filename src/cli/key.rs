@@ -1,6 +1,6 @@
 //! `diskvault key ...`: keys in the key vault.
 
-use super::access::{print_json, Access, StoreArg};
+use super::access::{print_json, print_reply, Access, StoreArg};
 use super::{cell, print_object, print_rows, CliError, Format, KeyName, OutputArg};
 use crate::control::args::{bool_value, split_list};
 use crate::control::{self, KeyRequest};
@@ -330,11 +330,11 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             crate::vault::kid::validate_key_name(name)?;
             let options = attrs.options(size)?;
             let a = Access::open(&store)?;
-            a.send(KeyRequest::Create {
+            let reply = a.send(KeyRequest::Create {
                 name: name.into(),
                 options,
             })?;
-            print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
+            print_reply(&a, reply, &format!("keys/{name}/key.json"))?;
         }
         KeyCmd::Import {
             name,
@@ -350,12 +350,12 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             crate::vault::kid::validate_key_name(name)?;
             let options = attrs.options(None)?;
             let a = Access::open(&store)?;
-            a.send(KeyRequest::Import {
+            let reply = a.send(KeyRequest::Import {
                 name: name.into(),
                 pem: text,
                 options,
             })?;
-            print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
+            print_reply(&a, reply, &format!("keys/{name}/key.json"))?;
         }
         KeyCmd::List {
             deleted,
@@ -404,11 +404,11 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
                 ..Default::default()
             };
             let a = Access::open(&store)?;
-            a.send(KeyRequest::Rotate {
+            let reply = a.send(KeyRequest::Rotate {
                 name: name.into(),
                 options,
             })?;
-            print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
+            print_reply(&a, reply, &format!("keys/{name}/key.json"))?;
         }
         KeyCmd::RotationPolicy {
             name,
@@ -430,13 +430,15 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
                 }
                 None => None,
             };
-            if set.is_some() || clear {
+            let reply = if set.is_some() || clear {
                 a.send(KeyRequest::RotationPolicy {
                     name: name.into(),
                     policy,
-                })?;
-            }
-            print_json(&a.read_json(&path)?);
+                })?
+            } else {
+                None
+            };
+            print_reply(&a, reply, &path)?;
         }
         KeyCmd::Set {
             name,
@@ -457,12 +459,12 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
                 Some(v) => format!("keys/{name}/versions/{v}"),
                 None => format!("keys/{name}"),
             };
-            a.send(KeyRequest::Update {
+            let reply = a.send(KeyRequest::Update {
                 name: name.into(),
                 version: version.clone(),
                 update,
             })?;
-            print_json(&a.read_json(&format!("{dir}/key.json"))?);
+            print_reply(&a, reply, &format!("{dir}/key.json"))?;
             // Enabling or disabling reaches every disk the key (version) wraps.
             if attrs.enabled().is_some() {
                 let what = match &version {
@@ -476,15 +478,15 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             let name = name.get();
             let a = Access::open(&store)?;
             let disks = disks_on_key(&a, name, None);
-            a.send(KeyRequest::Delete { name: name.into() })?;
-            print_json(&a.read_json(&format!("deleted-keys/{name}/deleted.json"))?);
+            let reply = a.send(KeyRequest::Delete { name: name.into() })?;
+            print_reply(&a, reply, &format!("deleted-keys/{name}/deleted.json"))?;
             report_disks(&a, &format!("deleted key {name}"), &disks);
         }
         KeyCmd::Recover { name, store } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            a.send(KeyRequest::Recover { name: name.into() })?;
-            print_json(&a.read_json(&format!("keys/{name}/key.json"))?);
+            let reply = a.send(KeyRequest::Recover { name: name.into() })?;
+            print_reply(&a, reply, &format!("keys/{name}/key.json"))?;
         }
         KeyCmd::Purge { name, store } => {
             let name = name.get();
@@ -500,21 +502,21 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
         } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            a.send(KeyRequest::Grant {
+            let reply = a.send(KeyRequest::Grant {
                 name: name.into(),
                 identity: identity(&who),
                 permissions: Some(split_list(&permissions)),
             })?;
-            print_json(&a.read_json(&format!("keys/{name}/grants"))?);
+            print_reply(&a, reply, &format!("keys/{name}/grants"))?;
         }
         KeyCmd::RevokeGrant { name, who, store } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            a.send(KeyRequest::RevokeGrant {
+            let reply = a.send(KeyRequest::RevokeGrant {
                 name: name.into(),
                 identity: identity(&who),
             })?;
-            print_json(&a.read_json(&format!("keys/{name}/grants"))?);
+            print_reply(&a, reply, &format!("keys/{name}/grants"))?;
         }
     }
     Ok(())

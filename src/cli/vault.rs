@@ -65,13 +65,17 @@ pub fn run_vault(cmd: VaultCmd) -> Result<(), CliError> {
             let purge_protection = purge_protection
                 .map(|p| bool_value("purge-protection", &p))
                 .transpose()?;
+            let mut reply = None;
             if let Some(d) = retention_days {
-                a.send(VaultRequest::RetentionDays(d))?;
+                reply = a.send(VaultRequest::RetentionDays(d))?;
             }
             if let Some(p) = purge_protection {
-                a.send(VaultRequest::PurgeProtection(p))?;
+                reply = a.send(VaultRequest::PurgeProtection(p))?;
             }
-            print_json(&vault_json(&a)?);
+            match reply {
+                Some(v) => print_json(&v),
+                None => print_json(&vault_json(&a)?),
+            }
         }
         VaultCmd::VerifyAudit { store } => {
             let a = Access::open(&store)?;

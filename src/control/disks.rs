@@ -9,7 +9,8 @@ use crate::vault::Caller;
 use serde_json::{json, Map, Value};
 
 /// A change to a disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum DiskRequest {
     Create {
         name: String,
@@ -203,31 +204,42 @@ pub fn parse_disk_create(data: &[u8]) -> Result<(String, CreateOptions)> {
     Ok((name, opts))
 }
 
-pub(super) fn execute(c: &Control, r: &DiskRequest) -> std::result::Result<(), StoreError> {
+pub(super) fn execute(
+    c: &Control,
+    r: &DiskRequest,
+) -> std::result::Result<Option<Value>, StoreError> {
     let store = c.store();
-    match r {
+    let disk = match r {
         DiskRequest::Create { name, options } => {
             check_reserved(name)?;
-            store.create_disk(name, options)?;
+            store.create_disk(name, options)?
         }
-        DiskRequest::Delete { name } => store.delete_disk(name)?,
+        DiskRequest::Delete { name } => {
+            store.delete_disk(name)?;
+            return Ok(None);
+        }
         DiskRequest::Encryption {
             name,
             encryption_type,
             set,
         } => {
             store.update_encryption(name, encryption_type.as_deref(), set.as_deref())?;
+            store.get_or_err(name)?
         }
-        DiskRequest::Sku { name, sku } => store.set_sku(name, *sku)?,
+        DiskRequest::Sku { name, sku } => {
+            store.set_sku(name, *sku)?;
+            store.get_or_err(name)?
+        }
         DiskRequest::Rekey { name } => {
             if c.live() {
                 store.rekey_spawn(name)?;
             } else {
                 store.rekey(name, &|_, _| {})?;
             }
+            return Ok(None);
         }
-    }
-    Ok(())
+    };
+    Ok(Some(super::view::disk(store, &disk)))
 }
 
 #[cfg(test)]

@@ -7,14 +7,16 @@ use serde_json::{json, Map, Value};
 use zeroize::Zeroizing;
 
 /// Who a grant is for: a disk encryption set's identity, or a principal id.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Identity {
     Set(String),
     ObjectId(String),
 }
 
 /// A change to a key. `version` (where present) narrows it to one version.
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum KeyRequest {
     Create {
         name: String,
@@ -219,16 +221,16 @@ pub(super) fn execute(
     c: &Control,
     r: &KeyRequest,
     caller: &Caller,
-) -> std::result::Result<(), StoreError> {
+) -> std::result::Result<Option<Value>, StoreError> {
     let vault = c.store().vault();
-    match r {
+    Ok(Some(match r {
         KeyRequest::Create { name, options } => {
             super::check_reserved(name)?;
-            vault.create_key(caller, name, options)?;
+            vault.create_key(caller, name, options)?
         }
         KeyRequest::Import { name, pem, options } => {
             super::check_reserved(name)?;
-            vault.import_key(caller, name, pem, options)?;
+            vault.import_key(caller, name, pem, options)?
         }
         KeyRequest::Update {
             name,
@@ -240,11 +242,9 @@ pub(super) fn execute(
                 name: name.clone(),
                 version: version.as_ref().map(|v| v.to_ascii_lowercase()),
             };
-            vault.update_key(caller, &r, update)?;
+            vault.update_key(caller, &r, update)?
         }
-        KeyRequest::Rotate { name, options } => {
-            vault.rotate_key(caller, name, options)?;
-        }
+        KeyRequest::Rotate { name, options } => vault.rotate_key(caller, name, options)?,
         KeyRequest::Grant {
             name,
             identity,
@@ -258,24 +258,23 @@ pub(super) fn execute(
                     .map(|s| s.to_string())
                     .collect(),
             };
-            vault.grant(caller, name, &object_id, &display, &perms)?;
+            vault.grant(caller, name, &object_id, &display, &perms)?
         }
         KeyRequest::RevokeGrant { name, identity } => {
             let (object_id, _) = resolve(c, identity)?;
-            vault.revoke_grant(caller, name, &object_id)?;
+            vault.revoke_grant(caller, name, &object_id)?
         }
         KeyRequest::RotationPolicy { name, policy } => {
             vault.set_rotation_policy(caller, name, policy.clone())?;
+            json!(policy)
         }
-        KeyRequest::Delete { name } => {
-            vault.delete_key(caller, name)?;
+        KeyRequest::Delete { name } => vault.delete_key(caller, name)?,
+        KeyRequest::Recover { name } => vault.recover_key(caller, name)?,
+        KeyRequest::Purge { name } => {
+            vault.purge_key(caller, name)?;
+            return Ok(None);
         }
-        KeyRequest::Recover { name } => {
-            vault.recover_key(caller, name)?;
-        }
-        KeyRequest::Purge { name } => vault.purge_key(caller, name)?,
-    }
-    Ok(())
+    }))
 }
 
 /// The principal id and display name of a grant's identity.

@@ -23,6 +23,7 @@ pub use disks::DiskRequest;
 pub use error::{errno, ControlError};
 pub use keys::{parse_rotation_policy, time_value_of, Identity, KeyRequest};
 pub use request::Request;
+
 pub use root::VaultRequest;
 pub use sets::SetRequest;
 
@@ -79,6 +80,27 @@ pub fn gathers(path: &[&str]) -> bool {
 }
 
 pub use keys::import_complete;
+
+/// What a request answers: the object it created or changed, as `show` would print
+/// it, where there is one. It is the result of this very request, so a client never
+/// prints what another one did meanwhile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reply {
+    pub result: Option<serde_json::Value>,
+    /// A disk this request deleted: the frontend drops its cached entry at once.
+    pub deleted_disk: Option<String>,
+}
+
+impl Reply {
+    /// The reply a read of the writer's handle shows: `ok`, then the result as JSON.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = b"ok\n".to_vec();
+        if let Some(v) = &self.result {
+            out.extend(pretty(v));
+        }
+        out
+    }
+}
 
 pub struct Control {
     store: Arc<Store>,
@@ -161,7 +183,12 @@ impl Control {
     }
 
     /// Carries out one write to a control file.
-    pub fn write(&self, path: &[&str], data: &[u8], caller: &Caller) -> Result<(), ControlError> {
+    pub fn write(
+        &self,
+        path: &[&str],
+        data: &[u8],
+        caller: &Caller,
+    ) -> Result<Reply, ControlError> {
         let req = self.parse(path, data)?;
         self.execute(&req, caller)
     }
@@ -180,7 +207,7 @@ impl Control {
         let (route, p) = routes::find(self, parent).ok_or_else(refused)?;
         let mkdir = route.mkdir.ok_or_else(refused)?;
         let req = mkdir(&p, name)?;
-        self.execute(&req, caller)
+        self.execute(&req, caller).map(|_| ())
     }
 
     /// rmdir: `keys/NAME` soft-deletes a key, `deleted-keys/NAME` purges it,
@@ -193,13 +220,13 @@ impl Control {
             ))
         })?;
         let req = rmdir(&p)?;
-        self.execute(&req, caller)
+        self.execute(&req, caller).map(|_| ())
     }
 
     /// Carries out one typed request; its effects are enforced before it returns. A
     /// revocation that took effect in memory but could not be saved is enforced too,
     /// and still fails.
-    pub fn execute(&self, req: &Request, caller: &Caller) -> Result<(), ControlError> {
+    pub fn execute(&self, req: &Request, caller: &Caller) -> Result<Reply, ControlError> {
         let r = match req {
             Request::Vault(r) => root::execute(self, r, caller),
             Request::Key(r) => key_request::execute(self, r, caller),
@@ -207,7 +234,17 @@ impl Control {
             Request::Disk(r) => disks::execute(self, r),
         };
         match r {
-            Ok(()) => Ok(self.after_change()?),
+            Ok(result) => {
+                self.after_change()?;
+                let deleted_disk = match req {
+                    Request::Disk(DiskRequest::Delete { name }) => Some(name.clone()),
+                    _ => None,
+                };
+                Ok(Reply {
+                    result,
+                    deleted_disk,
+                })
+            }
             Err(e @ StoreError::Vault(VaultError::RevokedNotSaved { .. })) => {
                 let _ = self.after_change();
                 Err(e.into())

@@ -1,11 +1,13 @@
-//! Typed requests: what a control-file write means, and what the CLI sends. Each has
-//! a wire form (a control file and the bytes written to it) that the daemon parses
-//! back into the same request; a unit test holds the two together.
+//! Typed requests: what a control-file write means, and what the CLI sends. The CLI
+//! sends the request itself, as JSON, to `.vault/command`; each request also has a
+//! file form (an object's control file and the words or JSON a person would write to
+//! it), and a unit test holds every request and its file form together.
 
-use super::{ControlError, DiskRequest, KeyRequest, SetRequest, VaultRequest};
+use super::{DiskRequest, KeyRequest, SetRequest, VaultRequest};
 use zeroize::Zeroizing;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Request {
     Vault(VaultRequest),
     Key(KeyRequest),
@@ -14,8 +16,8 @@ pub enum Request {
 }
 
 impl Request {
-    /// The control file (relative to `.vault/`) and the bytes that carry this request
-    /// to a daemon: one write(2), whose reply is read back on the same handle.
+    /// The control file (relative to `.vault/`) and the bytes that express this
+    /// request in the per-object tree, as a person would write them.
     pub fn wire(&self) -> (String, Zeroizing<Vec<u8>>) {
         match self {
             Request::Vault(r) => {
@@ -32,59 +34,6 @@ impl Request {
                 (p, Zeroizing::new(b))
             }
         }
-    }
-}
-
-impl Request {
-    /// The names that become path segments of the wire form (objects and versions).
-    fn path_names(&self) -> Vec<&str> {
-        use KeyRequest as K;
-        match self {
-            Request::Vault(_) => vec![],
-            Request::Key(K::Create { .. } | K::Import { .. }) => vec![],
-            Request::Key(K::Update { name, version, .. }) => {
-                let mut v = vec![name.as_str()];
-                v.extend(version.as_deref());
-                v
-            }
-            Request::Key(
-                K::Rotate { name, .. }
-                | K::Grant { name, .. }
-                | K::RevokeGrant { name, .. }
-                | K::RotationPolicy { name, .. }
-                | K::Delete { name }
-                | K::Recover { name }
-                | K::Purge { name },
-            ) => vec![name],
-            Request::Set(SetRequest::Create { .. }) => vec![],
-            Request::Set(SetRequest::Update { name, .. } | SetRequest::Delete { name }) => {
-                vec![name]
-            }
-            Request::Disk(DiskRequest::Create { .. }) => vec![],
-            Request::Disk(
-                DiskRequest::Delete { name }
-                | DiskRequest::Encryption { name, .. }
-                | DiskRequest::Sku { name, .. }
-                | DiskRequest::Rekey { name },
-            ) => vec![name],
-        }
-    }
-
-    /// Refuses a name that would lead the wire form to another file (`a/b`, `..`):
-    /// through a mount, a name is a path segment.
-    pub fn check_names(&self) -> Result<(), ControlError> {
-        for n in self.path_names() {
-            if n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') {
-                return Err(ControlError::new(
-                    libc::EINVAL,
-                    format!(
-                        "invalid name '{}': a name is not empty, '.' or '..' and has no '/'",
-                        n.chars().take(80).collect::<String>()
-                    ),
-                ));
-            }
-        }
-        Ok(())
     }
 }
 

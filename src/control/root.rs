@@ -7,7 +7,8 @@ use crate::vault::Caller;
 use serde_json::json;
 
 /// A change to the key vault's own settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum VaultRequest {
     /// Turns purge protection on (it can't be turned off).
     PurgeProtection(bool),
@@ -70,6 +71,14 @@ pub(super) fn routes() -> Vec<Route> {
             },
             parse_retention,
         ),
+        // A typed request as JSON (what the CLI sends): any command of the tree.
+        Route::w(&[Lit("command")], |_, data| {
+            serde_json::from_slice::<Request>(args::text(data)?.as_bytes()).map_err(|e| {
+                args::invalid(format!(
+                    "malformed command: {e}; the command file takes a request as the CLI sends it (see docs/control-files.md)"
+                ))
+            })
+        }),
         Route::dir(&[Lit("keys")]).mkdir(super::keys::mkdir),
         Route::dir(&[Lit("deleted-keys")]),
         Route::dir(&[Lit("disk-encryption-sets")]),
@@ -99,11 +108,11 @@ pub(super) fn execute(
     c: &Control,
     r: &VaultRequest,
     caller: &Caller,
-) -> std::result::Result<(), StoreError> {
+) -> std::result::Result<Option<serde_json::Value>, StoreError> {
     let vault = c.store().vault();
     match r {
         VaultRequest::PurgeProtection(on) => vault.set_props(caller, Some(*on), None)?,
         VaultRequest::RetentionDays(d) => vault.set_props(caller, None, Some(*d))?,
     };
-    Ok(())
+    Ok(Some(vault.show()))
 }

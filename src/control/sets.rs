@@ -9,7 +9,8 @@ use serde_json::{json, Map, Value};
 
 /// A change to a disk encryption set. Encryption types are given as text and checked
 /// by the store, which owns their messages.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum SetRequest {
     Create {
         name: String,
@@ -179,9 +180,12 @@ fn parse_update(p: &Params, data: &[u8]) -> Result<Request> {
     }))
 }
 
-pub(super) fn execute(c: &Control, r: &SetRequest) -> std::result::Result<(), StoreError> {
+pub(super) fn execute(
+    c: &Control,
+    r: &SetRequest,
+) -> std::result::Result<Option<Value>, StoreError> {
     let store = c.store();
-    match r {
+    let rec = match r {
         SetRequest::Create {
             name,
             key_url,
@@ -189,22 +193,23 @@ pub(super) fn execute(c: &Control, r: &SetRequest) -> std::result::Result<(), St
             auto_rotate,
         } => {
             check_reserved(name)?;
-            store.des_create(name, key_url, encryption_type.as_deref(), *auto_rotate)?;
+            store.des_create(name, key_url, encryption_type.as_deref(), *auto_rotate)?
         }
         SetRequest::Update {
             name,
             key_url,
             auto_rotate,
             encryption_type,
-        } => {
-            store.des_update(
-                name,
-                key_url.as_deref(),
-                *auto_rotate,
-                encryption_type.as_deref(),
-            )?;
+        } => store.des_update(
+            name,
+            key_url.as_deref(),
+            *auto_rotate,
+            encryption_type.as_deref(),
+        )?,
+        SetRequest::Delete { name } => {
+            store.des_delete(name)?;
+            return Ok(None);
         }
-        SetRequest::Delete { name } => store.des_delete(name)?,
-    }
-    Ok(())
+    };
+    Ok(Some(super::view::set_json(&rec, &store.vault().name())))
 }

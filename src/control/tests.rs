@@ -144,6 +144,11 @@ fn missing_and_read_only_paths_get_their_errno() {
     assert_eq!(e.errno, libc::ENOENT);
     let e = c.mkdir(&["disks", "x"], &caller).unwrap_err();
     assert_eq!(e.errno, libc::EPERM);
+    let e = c
+        .write(&["command"], br#"{"key":{"bogus":{}}}"#, &caller)
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EINVAL);
+    assert!(e.message.contains("malformed command"), "{e}");
     let e = c.write(&["retention-days"], b"lots", &caller).unwrap_err();
     assert_eq!(e.errno, libc::EINVAL);
     assert!(
@@ -310,6 +315,10 @@ fn every_request_survives_its_wire_form() {
             .parse(&parts, &bytes)
             .unwrap_or_else(|e| panic!("{req:?} as {path}: {e}"));
         assert_eq!(format!("{back:?}"), format!("{req:?}"), "{path}");
+        // And as the CLI sends it, typed, to `command`.
+        let json = serde_json::to_vec(&req).unwrap();
+        let typed = c.parse(&["command"], &json).unwrap();
+        assert_eq!(format!("{typed:?}"), format!("{req:?}"), "command");
         if let (
             Request::Key(KeyRequest::Import { pem: a, .. }),
             Request::Key(KeyRequest::Import { pem: b, .. }),
@@ -330,36 +339,31 @@ fn an_import_request_never_shows_its_key() {
     assert!(!format!("{r:?}").contains("SECRET"));
 }
 
+/// The examples of docs/control-files.md ("The command file") parse as documented.
 #[test]
-fn names_that_are_not_one_path_segment_are_refused() {
-    let v = |version: &str| -> Request {
-        KeyRequest::Update {
-            name: "k1".into(),
-            version: Some(version.into()),
-            update: KeyUpdate::default(),
-        }
-        .into()
-    };
-    for bad in [
-        v("a/b"),
-        v(".."),
-        v(""),
-        KeyRequest::Delete {
-            name: "k1/versions/0123".into(),
-        }
-        .into(),
-        DiskRequest::Rekey { name: "..".into() }.into(),
-        SetRequest::Delete { name: ".".into() }.into(),
-    ] {
-        let e = bad.check_names().unwrap_err();
-        assert_eq!(e.errno, libc::EINVAL, "{bad:?}");
+fn the_documented_command_examples_parse() {
+    let (_d, c) = control();
+    let doc = include_str!("../../docs/control-files.md");
+    let section = doc.split("## The command file").nth(1).unwrap();
+    let examples: Vec<&str> = section
+        .split("```json")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(examples.len(), 4);
+    let want = [
+        "Update k1 None KeyUpdate { enabled: Some(false)",
+        "Create { name: \"d1\", options: CreateOptions { size: 1073741824, sku: StandardLrs",
+        "Delete { name: \"s1\" }",
+        "RetentionDays(30)",
+    ];
+    for (e, w) in examples.iter().zip(want) {
+        let r = c.parse(&["command"], e.as_bytes()).unwrap();
+        assert!(format!("{r:?}").contains(w), "{e}: {r:?}");
     }
-    assert!(v("0123456789abcdef0123456789abcdef").check_names().is_ok());
-    // A name inside the JSON body is checked by the daemon, not here.
-    let create: Request = KeyRequest::Create {
-        name: "a/b".into(),
-        options: KeyOptions::default(),
-    }
-    .into();
-    assert!(create.check_names().is_ok());
 }

@@ -59,6 +59,20 @@ impl fmt::Display for CipherKind {
     }
 }
 
+/// As its name (`aes-256-xts`).
+impl serde::Serialize for CipherKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CipherKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for CipherKind {
     type Err = CryptoError;
     fn from_str(s: &str) -> Result<Self, CryptoError> {

@@ -22,14 +22,12 @@ impl DiskVaultFs {
     ) -> Result<(), Errno> {
         let parts = split(path);
         match self.control.write(&parts, data, caller) {
-            Ok(()) => {
-                *last.lock() = Some(b"ok\n".to_vec());
+            Ok(reply) => {
+                *last.lock() = Some(reply.to_bytes());
                 // A disk deleted through .vault/ must vanish from disks/ at once, not
                 // when the kernel's cached entry times out.
-                if let ["disks", name, "delete"] = parts[..] {
-                    if let Some(n) = self.notifier.get() {
-                        let _ = n.inval_entry(INodeNo(DISKS), OsStr::new(name));
-                    }
+                if let (Some(name), Some(n)) = (&reply.deleted_disk, self.notifier.get()) {
+                    let _ = n.inval_entry(INodeNo(DISKS), OsStr::new(name));
                 }
                 Ok(())
             }

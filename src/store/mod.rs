@@ -112,7 +112,8 @@ pub struct DaemonInfo {
 }
 
 /// Options for a new disk.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOptions {
     pub size: u64,
     pub sku: Sku,

@@ -98,7 +98,7 @@ impl Store {
         key_url: &str,
         encryption_type: Option<&str>,
         auto_rotate: bool,
-    ) -> Result<()> {
+    ) -> Result<DesRecord> {
         validate_set_name(name)?;
         let kind =
             encryption_type.map_or(Ok(EncryptionType::CustomerKey), EncryptionType::for_des)?;
@@ -131,7 +131,7 @@ impl Store {
             "created disk encryption set '{name}' ({kind}, key {})",
             rec.active_key
         );
-        Ok(())
+        Ok(rec)
     }
 
     /// `az disk-encryption-set update`: a new key (re-wraps every disk of the set)
@@ -143,7 +143,7 @@ impl Store {
         key_url: Option<&str>,
         auto_rotate: Option<bool>,
         encryption_type: Option<&str>,
-    ) -> Result<()> {
+    ) -> Result<DesRecord> {
         self.des_update_inner(name, key_url, auto_rotate, encryption_type, true)
     }
 
@@ -154,7 +154,7 @@ impl Store {
         auto_rotate: Option<bool>,
         encryption_type: Option<&str>,
         by_user: bool,
-    ) -> Result<()> {
+    ) -> Result<DesRecord> {
         let _ns = self.ns.lock();
         let mut rec = self.keys.des(name)?;
         if let Some(t) = encryption_type {
@@ -194,7 +194,7 @@ impl Store {
             }
             _ => self.save_des(&rec)?,
         }
-        Ok(())
+        Ok(rec)
     }
 
     /// Re-wraps each disk of the set still on a previous key, then marks the set done.

@@ -114,7 +114,8 @@ pub struct Deletion {
 }
 
 /// Settings for a new key or version.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyOptions {
     pub size: Option<usize>,
     pub key_ops: Option<Vec<String>>,
@@ -123,11 +124,29 @@ pub struct KeyOptions {
     pub enabled: Option<bool>,
 }
 
+/// A present field (a value, or null to clear) as `Some`; an absent one stays `None`.
+fn set_or_clear<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
 /// A change of attributes (`key set`). `Some(None)` clears nbf or exp.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyUpdate {
     pub enabled: Option<bool>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "set_or_clear"
+    )]
     pub nbf: Option<Option<i64>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "set_or_clear"
+    )]
     pub exp: Option<Option<i64>>,
     pub key_ops: Option<Vec<String>>,
     /// Disable a version even though a rotation still needs it (a revocation).
