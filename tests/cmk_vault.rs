@@ -208,6 +208,25 @@ fn separate_vault_directory_and_private_files() {
         s,
     ]);
     run_ok(&["key", "grant", "k1", "--des", "set1", "--store", s]);
+    // Mounted, the daemon's vault is the only one: naming it works, another is refused.
+    let v = vault.to_str().unwrap();
+    run_ok(&["key", "show", "k1", "--store", s, "--vault", v]);
+    let other = dir.path().join("other-vault");
+    std::fs::create_dir(&other).unwrap();
+    let e = run_err(&[
+        "key",
+        "create",
+        "k2",
+        "--store",
+        s,
+        "--vault",
+        other.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("not the key vault the mounted store uses"),
+        "{e}"
+    );
+    assert!(run_err(&["key", "show", "k2", "--store", s]).contains("KeyNotFound"));
     run_ok(&[
         "disk",
         "create",

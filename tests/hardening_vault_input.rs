@@ -272,6 +272,16 @@ fn rotation_policies_below_the_floor_are_refused() {
         assert!(e.contains("PT10S"), "{e}");
     }
     assert_eq!(read(&m, "keys/k1/rotation-policy").unwrap().trim(), "null");
+    // Nothing at all (an unset shell variable) is refused, not taken as `none`.
+    let policy = r#"{"lifetimeActions":[{"trigger":{"timeAfterCreate":"P90D"},"action":{"type":"Rotate"}}]}"#;
+    ctl(&m, "keys/k1/rotation-policy", policy).unwrap();
+    assert_eq!(ctl(&m, "keys/k1/rotation-policy", "\n"), Err(libc::EINVAL));
+    let e = run_err(&["key", "rotation-policy", "k1", "--set", "", "--store", &s]);
+    assert!(e.contains("empty"), "{e}");
+    assert!(read(&m, "keys/k1/rotation-policy")
+        .unwrap()
+        .contains("P90D"));
+    ctl(&m, "keys/k1/rotation-policy", "none").unwrap();
     // No rotation happened meanwhile.
     wait_reconciler_passes(&m, 3);
     assert_eq!(versions(&m, "k1"), 1);

@@ -48,6 +48,21 @@ impl Access {
             Ok(s) => Ok(Access::Direct(Control::new(Arc::new(s), None))),
             Err(e @ StoreError::Locked { .. }) => match Store::daemon_info(&arg.store) {
                 Some(d) if Path::new(&d.mountpoint).join(".vault").is_dir() => {
+                    // The daemon serves its own vault; another one can't be reached.
+                    if let Some(v) = &arg.vault {
+                        let same = match (std::fs::canonicalize(v), std::fs::canonicalize(&d.vault))
+                        {
+                            (Ok(a), Ok(b)) => a == b,
+                            _ => false,
+                        };
+                        if !same {
+                            return Err(CliError(format!(
+                                "--vault {} is not the key vault the mounted store uses ({}); leave --vault out, or unmount the store to use another vault",
+                                v.display(),
+                                d.vault
+                            )));
+                        }
+                    }
                     Ok(Access::Mounted(d.mountpoint.into()))
                 }
                 _ => Err(e.into()),

@@ -419,10 +419,16 @@ fn parse_grants(p: &Params, data: &[u8]) -> Result<Request> {
     }))
 }
 
-/// A rotation policy as Key Vault's JSON; `none` (or nothing) for no policy.
+/// A rotation policy as Key Vault's JSON; `none` for no policy. Nothing at all is
+/// refused, so an unset shell variable can't clear a policy by accident.
 pub fn parse_rotation_policy(t: &str) -> Result<Option<RotationPolicy>> {
     let t = t.trim();
-    if t.is_empty() || t == "none" || t == "null" {
+    if t.is_empty() {
+        return Err(invalid(
+            "the rotation policy is empty; give the policy as JSON, or `none` to remove it",
+        ));
+    }
+    if t == "none" || t == "null" {
         return Ok(None);
     }
     serde_json::from_str::<RotationPolicy>(t).map(Some).map_err(|e| {
