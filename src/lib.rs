@@ -11,6 +11,7 @@ pub mod durable;
 pub mod fault;
 pub mod fs;
 pub mod lock;
+pub mod shown;
 pub mod store;
 /// Test support (seeded patterns, an openssl cross-check); not part of the API.
 #[doc(hidden)]

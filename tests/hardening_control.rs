@@ -187,6 +187,24 @@ fn one_command_per_open_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(versions(), 3);
+    // The reply on the handle stays that of the command carried out.
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.mnt.join(".vault/keys/create"))
+        .unwrap();
+    f.write_all(b"w1").unwrap();
+    let e = f.write_all(b"w2").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    let mut buf = vec![0u8; 64 << 10];
+    let n = f.read_at(&mut buf, 0).unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        reply.starts_with("ok\n") && reply.contains("\"name\": \"w1\""),
+        "{reply}"
+    );
+    assert!(!m.mnt.join(".vault/keys/w2").exists());
 }
 
 /// The daemon log stays quiet: no fuser "[Not Implemented]" lines for Python's TCGETS

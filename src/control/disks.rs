@@ -10,7 +10,11 @@ use serde_json::{json, Map, Value};
 
 /// A change to a disk.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub enum DiskRequest {
     Create {
         name: String,
@@ -212,6 +216,13 @@ pub(super) fn execute(
     let disk = match r {
         DiskRequest::Create { name, options } => {
             check_reserved(name)?;
+            // As the words form and the CLI say it, whichever way the size came.
+            if options.size > crate::store::MAX_DISK_SIZE {
+                return Err(StoreError::InvalidSize {
+                    input: options.size.to_string(),
+                    reason: "the largest disk is 64T".into(),
+                });
+            }
             store.create_disk(name, options)?
         }
         DiskRequest::Delete { name } => {

@@ -12,10 +12,11 @@ pub struct ControlError {
 }
 
 impl ControlError {
+    /// Messages echo user input: never a PEM, never a second line, bounded.
     pub fn new(errno: i32, message: impl Into<String>) -> Self {
         ControlError {
             errno,
-            message: message.into(),
+            message: crate::shown::shown(&message.into(), MAX_MESSAGE),
         }
     }
 
@@ -44,12 +45,12 @@ impl fmt::Display for ControlError {
 
 impl std::error::Error for ControlError {}
 
+/// The longest message a reply, `last-error` or the log shows.
+const MAX_MESSAGE: usize = 2000;
+
 impl From<StoreError> for ControlError {
     fn from(e: StoreError) -> Self {
-        ControlError {
-            errno: errno(&e),
-            message: e.to_string(),
-        }
+        ControlError::new(errno(&e), e.to_string())
     }
 }
 

@@ -16,7 +16,11 @@ pub enum Identity {
 
 /// A change to a key. `version` (where present) narrows it to one version.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub enum KeyRequest {
     Create {
         name: String,

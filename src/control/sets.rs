@@ -10,7 +10,11 @@ use serde_json::{json, Map, Value};
 /// A change to a disk encryption set. Encryption types are given as text and checked
 /// by the store, which owns their messages.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub enum SetRequest {
     Create {
         name: String,

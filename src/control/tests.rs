@@ -367,3 +367,70 @@ fn the_documented_command_examples_parse() {
         assert!(format!("{r:?}").contains(w), "{e}: {r:?}");
     }
 }
+
+/// A private key pasted into the wrong field never reaches a reply, `last-error` or
+/// the (permanent) audit log.
+#[test]
+fn a_misplaced_pem_is_never_echoed() {
+    let (_d, c) = control();
+    let caller = Caller::current_user();
+    let pem = crate::crypto::wrap::RsaKey::generate(2048)
+        .unwrap()
+        .to_pkcs8_pem()
+        .unwrap();
+    let body = pem.lines().nth(1).unwrap().to_string();
+    let mixed = serde_json::json!({"name": pem.as_str(), "pem": pem.as_str()}).to_string();
+    let e = c
+        .write(&["keys", "import"], mixed.as_bytes(), &caller)
+        .unwrap_err();
+    assert!(!e.message.contains(&body), "{e}");
+    let typed = serde_json::json!({"key":{"create":{"name":"x","options":{"size": pem.as_str()}}}})
+        .to_string();
+    let e = c
+        .write(&["command"], typed.as_bytes(), &caller)
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EINVAL);
+    assert!(!e.message.contains(&body), "{e}");
+    let e = c
+        .write(&["keys", "k\nforged", "enabled"], b"false", &caller)
+        .unwrap_err();
+    assert!(!e.message.contains('\n'), "{e}");
+    let delete =
+        serde_json::json!({"key":{"delete":{"name": format!("zz\n{}", pem.as_str())}}}).to_string();
+    let e = c
+        .write(&["command"], delete.as_bytes(), &caller)
+        .unwrap_err();
+    assert!(
+        !e.message.contains('\n') && !e.message.contains(&body),
+        "{e}"
+    );
+    let audit = String::from_utf8(c.store().vault().audit_text()).unwrap();
+    assert!(!audit.contains(&body), "the audit log holds the key");
+}
+
+/// The command file takes the same camelCase fields and gives the same errno as the
+/// object's own file.
+#[test]
+fn the_command_file_agrees_with_the_object_files() {
+    let (_d, c) = control();
+    let caller = Caller::current_user();
+    let huge = r#"{"disk":{"create":{"name":"zk","options":{"size":70368744177665}}}}"#;
+    let e = c.write(&["command"], huge.as_bytes(), &caller).unwrap_err();
+    assert_eq!(e.errno, libc::EINVAL, "{e}");
+    assert!(e.message.contains("the largest disk is 64T"), "{e}");
+    let e = c
+        .write(
+            &["disks", "create"],
+            br#"{"name":"zj","diskSizeBytes":70368744177665}"#,
+            &caller,
+        )
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EINVAL, "{e}");
+    let set =
+        r#"{"set":{"update":{"name":"s1","keyUrl":"k1","autoRotate":true,"encryptionType":null}}}"#;
+    let r = c.parse(&["command"], set.as_bytes()).unwrap();
+    assert!(
+        format!("{r:?}").contains("auto_rotate: Some(true)"),
+        "{r:?}"
+    );
+}

@@ -61,9 +61,10 @@ impl DiskVaultFs {
             let e = StoreError::InvalidArgument(
                 "one command per open file: an earlier write through this file was already taken as the command, carried out or refused (shells write each line of printf or echo -e separately); write each command with its own echo".into(),
             );
-            // Not in last-error: that keeps the reason of the command itself.
+            // Not in last-error, and not the handle's reply: both keep the outcome of
+            // the command that was carried out; this write's errno tells its refusal.
             log::info!("write .vault/{path}: {e}");
-            *last.lock() = Some(format!("error: {e}\n").into_bytes());
+            let _ = last;
             return Err(errno(&e));
         }
         let caller = Caller::user(req.uid());

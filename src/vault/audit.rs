@@ -237,6 +237,9 @@ impl AuditLog {
             Some((sig, why)) => ("Failure", sig, why),
         };
         let seq = self.seq + 1;
+        // Ids and reasons echo user input: never a PEM, and bounded in size.
+        let description = crate::shown::shown(description, 1000);
+        let key_id = crate::shown::shown(key_id, 300);
         let body = json!({
             "time": crate::vault::now_iso(),
             "seq": seq,
