@@ -147,3 +147,31 @@ fn concurrent_cli_clients_each_print_their_own_result() {
         &wrong[..wrong.len().min(3)]
     );
 }
+
+/// Permission is checked when a control file is opened, so a command written through
+/// a handle that root opened and passed to another user is root's, and audited so.
+#[test]
+fn a_passed_handle_acts_as_its_opener() {
+    let m = Mounted::new();
+    let script = format!(
+        "exec 3<>'{}/.vault/keys/create' && setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'printf nb1 >&3'",
+        m.mnt.display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audit = std::fs::read_to_string(m.mnt.join(".vault/audit.log")).unwrap();
+    let create = audit
+        .lines()
+        .find(|l| l.contains("\"operationName\":\"KeyCreate\""))
+        .expect("the create is audited");
+    assert!(create.contains("local-uid-0"), "{create}");
+    assert!(!create.contains("65534"), "{create}");
+}

@@ -75,7 +75,7 @@ pub fn errno(e: &StoreError) -> i32 {
         | VersionlessKeyUrl(_)
         | Crypto(_) => libc::EINVAL,
         TooLarge => libc::EFBIG,
-        Busy(_) | Locked { .. } | Attached(_) | DesInUse { .. } => libc::EBUSY,
+        Busy(_) | RekeyRunning(_) | Locked { .. } | Attached(_) | DesInUse { .. } => libc::EBUSY,
         NoSpace { .. } => libc::ENOSPC,
         PurgeProtectionRequired | CmkCannotBeDisabled | NotPermitted(_) => libc::EPERM,
         Vault(v) => v.errno(),

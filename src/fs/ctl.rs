@@ -5,7 +5,7 @@ use super::{errno, split, DiskVaultFs, DISKS};
 use crate::control;
 use crate::store::StoreError;
 use crate::vault::Caller;
-use fuser::{Errno, INodeNo, Request};
+use fuser::{Errno, INodeNo};
 use parking_lot::Mutex;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,7 +42,7 @@ impl DiskVaultFs {
     /// gathered until it is complete.
     pub(super) fn write_control(
         &self,
-        req: &Request,
+        caller: &Caller,
         path: &str,
         data: &[u8],
         last: &Mutex<Option<Vec<u8>>>,
@@ -67,7 +67,6 @@ impl DiskVaultFs {
             let _ = last;
             return Err(errno(&e));
         }
-        let caller = Caller::user(req.uid());
         let command = if control::gathers(&split(path)) {
             let mut p = pending.lock();
             // One allocation up front: no unzeroized copies of key material.
@@ -84,6 +83,6 @@ impl DiskVaultFs {
         };
         let command = zeroize::Zeroizing::new(command);
         ran.store(true, Ordering::Release);
-        self.run_write(path, &command, &caller, last)
+        self.run_write(path, &command, caller, last)
     }
 }

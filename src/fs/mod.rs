@@ -65,6 +65,9 @@ enum Handle {
         pending: parking_lot::Mutex<Vec<u8>>,
         /// A command has been carried out through this handle.
         ran: std::sync::atomic::AtomicBool,
+        /// Who opened it: permission is checked at open, so commands through this
+        /// handle are that user's, even from a process it was passed to.
+        opener: u32,
     },
 }
 

@@ -237,6 +237,7 @@ impl Filesystem for DiskVaultFs {
                     reply: Default::default(),
                     pending: Default::default(),
                     ran: Default::default(),
+                    opener: req.uid(),
                 });
                 reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
             }
@@ -306,7 +307,7 @@ impl Filesystem for DiskVaultFs {
 
     fn write(
         &self,
-        req: &Request,
+        _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -330,11 +331,14 @@ impl Filesystem for DiskVaultFs {
                 reply: last,
                 pending,
                 ran,
+                opener,
                 ..
-            }) => match self.write_control(req, path, data, last, pending, ran) {
-                Ok(()) => reply.written(data.len() as u32),
-                Err(e) => reply.error(e),
-            },
+            }) => {
+                match self.write_control(&Caller::user(*opener), path, data, last, pending, ran) {
+                    Ok(()) => reply.written(data.len() as u32),
+                    Err(e) => reply.error(e),
+                }
+            }
             None => reply.error(Errno::EBADF),
         }
     }
@@ -358,7 +362,7 @@ impl Filesystem for DiskVaultFs {
 
     fn release(
         &self,
-        req: &Request,
+        _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -380,11 +384,12 @@ impl Filesystem for DiskVaultFs {
                 path,
                 reply: last,
                 pending,
+                opener,
                 ..
             }) => {
                 let rest = zeroize::Zeroizing::new(std::mem::take(&mut *pending.lock()));
                 if !rest.is_empty() {
-                    let _ = self.run_write(path, &rest, &Caller::user(req.uid()), last);
+                    let _ = self.run_write(path, &rest, &Caller::user(*opener), last);
                 }
             }
             None => {}

@@ -44,6 +44,8 @@ pub enum StoreError {
     Unavailable { disk: String, reason: String },
     #[error("disk '{0}' is in use; close every program that has it open and retry")]
     Busy(String),
+    #[error("a rekey of disk '{0}' is already running; follow it in .vault/disks/{0}/rekey (or 'diskvault disk rekey {0}' once it is done)")]
+    RekeyRunning(String),
     #[error("no disk encryption set named '{0}'; see 'diskvault des list'")]
     DesNotFound(String),
     #[error("invalid disk encryption set name '{name}': {reason}")]

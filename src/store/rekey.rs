@@ -197,7 +197,7 @@ impl Store {
                 .get(&disk.id)
                 .is_some_and(|s| s.state == RekeyState::Running)
             {
-                return Err(StoreError::Busy(name.to_string()));
+                return Err(StoreError::RekeyRunning(name.to_string()));
             }
             st.insert(
                 disk.id.clone(),
