@@ -6,7 +6,9 @@ use super::{args, check_reserved, confirm_name, line, pretty, Control, Request};
 use crate::crypto::CipherKind;
 use crate::store::{parse_size, CreateOptions, Result, Sku, StoreError};
 use crate::vault::Caller;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
+#[cfg(test)]
+use serde_json::{json, Map};
 
 /// A change to a disk.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -40,6 +42,8 @@ pub enum DiskRequest {
     },
 }
 
+/// The file form of a request, for the test that holds it to the parsers.
+#[cfg(test)]
 impl DiskRequest {
     pub(super) fn wire(&self) -> (String, Vec<u8>) {
         let obj =

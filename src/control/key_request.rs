@@ -2,8 +2,12 @@
 
 use super::Control;
 use crate::store::StoreError;
-use crate::vault::{secs_to_iso, Caller, KeyOptions, KeyRef, KeyUpdate, RotationPolicy};
-use serde_json::{json, Map, Value};
+#[cfg(test)]
+use crate::vault::secs_to_iso;
+use crate::vault::{Caller, KeyOptions, KeyRef, KeyUpdate, RotationPolicy};
+#[cfg(test)]
+use serde_json::Map;
+use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 /// Who a grant is for: a disk encryption set's identity, or a principal id.
@@ -93,6 +97,7 @@ impl std::fmt::Debug for KeyRequest {
     }
 }
 
+#[cfg(test)]
 fn key_dir(name: &str, version: Option<&str>) -> String {
     match version {
         Some(v) => format!("keys/{name}/versions/{v}"),
@@ -100,6 +105,7 @@ fn key_dir(name: &str, version: Option<&str>) -> String {
     }
 }
 
+#[cfg(test)]
 /// A time as the control files take it.
 fn time_value(t: Option<i64>) -> Value {
     match t {
@@ -108,6 +114,7 @@ fn time_value(t: Option<i64>) -> Value {
     }
 }
 
+#[cfg(test)]
 fn options_json(o: &KeyOptions, m: &mut Map<String, Value>) {
     if let Some(s) = o.size {
         m.insert("size".into(), json!(s));
@@ -126,6 +133,7 @@ fn options_json(o: &KeyOptions, m: &mut Map<String, Value>) {
     }
 }
 
+#[cfg(test)]
 fn identity_json(i: &Identity, m: &mut Map<String, Value>) {
     match i {
         Identity::Set(s) => m.insert("des".into(), json!(s)),
@@ -133,6 +141,8 @@ fn identity_json(i: &Identity, m: &mut Map<String, Value>) {
     };
 }
 
+/// The file form of a request, for the test that holds it to the parsers.
+#[cfg(test)]
 impl KeyRequest {
     /// The control file and the bytes that carry this request to a daemon.
     pub(super) fn wire(&self) -> (String, Zeroizing<Vec<u8>>) {

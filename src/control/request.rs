@@ -4,6 +4,7 @@
 //! it), and a unit test holds every request and its file form together.
 
 use super::{DiskRequest, KeyRequest, SetRequest, VaultRequest};
+#[cfg(test)]
 use zeroize::Zeroizing;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -18,6 +19,7 @@ pub enum Request {
 impl Request {
     /// The control file (relative to `.vault/`) and the bytes that express this
     /// request in the per-object tree, as a person would write them.
+    #[cfg(test)]
     pub fn wire(&self) -> (String, Zeroizing<Vec<u8>>) {
         match self {
             Request::Vault(r) => {

@@ -16,6 +16,8 @@ pub enum VaultRequest {
     RetentionDays(u32),
 }
 
+/// The file form of a request, for the test that holds it to the parsers.
+#[cfg(test)]
 impl VaultRequest {
     pub(super) fn wire(&self) -> (String, Vec<u8>) {
         match self {

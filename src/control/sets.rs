@@ -5,7 +5,9 @@ use super::routes::{Params, Route, Seg, Seg::Lit};
 use super::{check_reserved, confirm_name, flag, line, pretty, Control, Request};
 use crate::store::{Result, StoreError};
 use crate::vault::Caller;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
+#[cfg(test)]
+use serde_json::{json, Map};
 
 /// A change to a disk encryption set. Encryption types are given as text and checked
 /// by the store, which owns their messages.
@@ -33,6 +35,8 @@ pub enum SetRequest {
     },
 }
 
+/// The file form of a request, for the test that holds it to the parsers.
+#[cfg(test)]
 impl SetRequest {
     pub(super) fn wire(&self) -> (String, Vec<u8>) {
         let obj =

@@ -64,7 +64,6 @@ impl DiskVaultFs {
             // Not in last-error, and not the handle's reply: both keep the outcome of
             // the command that was carried out; this write's errno tells its refusal.
             log::info!("write .vault/{path}: {e}");
-            let _ = last;
             return Err(errno(&e));
         }
         let command = if control::gathers(&split(path)) {
