@@ -64,8 +64,10 @@ impl From<crate::vault::VaultError> for ControlError {
 pub fn errno(e: &StoreError) -> i32 {
     use StoreError::*;
     match e {
-        DiskNotFound(_) | DesNotFound(_) => libc::ENOENT,
-        DiskExists(_) | DesExists(_) => libc::EEXIST,
+        DiskNotFound(_) | DesNotFound(_) | ObjectNotFound { .. } => libc::ENOENT,
+        DiskExists(_) | DesExists(_) | ObjectExists { .. } => libc::EEXIST,
+        ReadOnly { .. } => libc::EROFS,
+        Refused(_) => libc::EINVAL,
         InvalidName { name, .. } if name.len() > 255 => libc::ENAMETOOLONG,
         InvalidName { .. }
         | InvalidSize { .. }

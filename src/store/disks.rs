@@ -4,9 +4,27 @@
 use super::*;
 
 impl Store {
-    /// Loads every disk; finishes or rolls back interrupted creates and deletes.
+    /// Loads every disk, snapshot and image; finishes or rolls back interrupted
+    /// creates and deletes, then removes deltas nothing uses.
     pub(super) fn scan(&self) -> Result<()> {
-        let dir = self.disks_dir();
+        for kind in ObjectKind::ALL {
+            self.scan_kind(kind)?;
+        }
+        let deltas = self.root.join(delta::DELTAS_DIR);
+        if !deltas.is_dir() {
+            durable::create_dir(&deltas, 0o700)
+                .map_err(|e| StoreError::io(format!("creating {}", deltas.display()), e))?;
+        }
+        self.collect_garbage_at_open();
+        Ok(())
+    }
+
+    fn scan_kind(&self, kind: ObjectKind) -> Result<()> {
+        let dir = self.kind_dir(kind);
+        if !dir.is_dir() && kind != ObjectKind::Disk {
+            durable::create_dir(&dir, 0o700)
+                .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        }
         let entries = fs::read_dir(&dir)
             .map_err(|e| StoreError::io(format!("reading {}", dir.display()), e))?;
         let mut names: Vec<_> = entries
@@ -20,15 +38,16 @@ impl Store {
             let path = dir.join(name);
             if name.ends_with(".creating") || name.ends_with(".deleted") {
                 log::info!("removing interrupted {}", path.display());
+                durable::shred(&path.join(disk::META_FILE));
                 let _ = fs::remove_dir_all(&path);
                 continue;
             }
             if !path.is_dir() {
                 continue;
             }
-            let disk = self.load_disk(&path, name);
+            let disk = self.load_disk(kind, &path, name);
             let disk_name = disk.name();
-            if disks.contains_key(&disk_name) {
+            if disks.contains_key(&(kind, disk_name.clone())) {
                 log::error!(
                     "disk directory {} repeats the name '{disk_name}'; ignoring it",
                     path.display()
@@ -38,7 +57,7 @@ impl Store {
             if let Err(e) = disk.reconcile() {
                 log::error!("cannot reconcile {}: {e}", path.display());
             }
-            disks.insert(disk_name, Arc::new(disk));
+            disks.insert((kind, disk_name), Arc::new(disk));
         }
         Ok(())
     }
@@ -67,11 +86,13 @@ impl Store {
     }
 
     /// Loads one disk; corrupt metadata yields an unavailable disk, not an error.
-    fn load_disk(&self, path: &Path, dir_name: &str) -> Disk {
+    pub(super) fn load_disk(&self, kind: ObjectKind, path: &Path, dir_name: &str) -> Disk {
         let meta_path = path.join(disk::META_FILE);
         let parsed = Self::read_meta(&meta_path, dir_name);
         match parsed {
             Ok(meta) => Disk::new(
+                kind,
+                self.root.clone(),
                 path.to_path_buf(),
                 meta,
                 None,
@@ -100,8 +121,14 @@ impl Store {
                     data_unit_size: crate::crypto::DATA_UNIT as u64,
                     layers: vec![],
                     rekey: None,
+                    stack: vec![],
+                    key_check_id: None,
+                    creation_data: None,
+                    incremental: None,
                 };
                 Disk::new(
+                    kind,
+                    self.root.clone(),
                     path.to_path_buf(),
                     placeholder,
                     Some(reason),
@@ -121,7 +148,7 @@ impl Store {
             return Err(StoreError::TooLarge);
         }
         let _ns = self.ns.lock();
-        if self.disks.read().contains_key(name) {
+        if self.get(name).is_some() {
             return Err(StoreError::DiskExists(name.to_string()));
         }
         let cipher = opts.cipher.unwrap_or(CipherKind::Aes256Xts);
@@ -153,6 +180,10 @@ impl Store {
             data_unit_size: crate::crypto::DATA_UNIT as u64,
             layers,
             rekey: None,
+            stack: vec![],
+            key_check_id: None,
+            creation_data: None,
+            incremental: None,
         };
         let dir = self.disks_dir();
         let staging = dir.join(format!("{id}.creating"));
@@ -187,6 +218,8 @@ impl Store {
             return Err(io(e));
         }
         let disk = Arc::new(Disk::new(
+            ObjectKind::Disk,
+            self.root.clone(),
             final_dir,
             meta,
             None,
@@ -194,7 +227,9 @@ impl Store {
             self.reconcile.health.clone(),
             self.serial(),
         ));
-        self.disks.write().insert(name.to_string(), disk.clone());
+        self.disks
+            .write()
+            .insert((ObjectKind::Disk, name.to_string()), disk.clone());
         log::info!(
             "created disk '{name}' ({} bytes, {cipher}, {})",
             opts.size,
@@ -211,22 +246,34 @@ impl Store {
     }
 
     fn delete_locked(&self, name: &str) -> Result<()> {
-        let disk = self.get_or_err(name)?;
+        self.delete_object_locked(ObjectKind::Disk, name)
+    }
+
+    /// Deletes a disk, snapshot or image: its metadata (the wrapped DEKs) is shredded
+    /// and the space only it used is freed; what others share stays.
+    pub(super) fn delete_object_locked(&self, kind: ObjectKind, name: &str) -> Result<()> {
+        let disk = self.get_kind_or_err(kind, name)?;
         let dir = disk.dir();
-        let doomed = self.disks_dir().join(format!("{}.deleted", disk.id));
-        let io = |e| StoreError::io(format!("deleting disk '{name}'"), e);
-        // One rename removes the disk; a crash after it finishes the delete at next open.
+        let kdir = self.kind_dir(kind);
+        let doomed = kdir.join(format!("{}.deleted", disk.id));
+        let io = |e| StoreError::io(format!("deleting {kind} '{name}'"), e);
+        let deltas = disk.stack();
+        // Deltas whose space may come free; recorded first so a crash after the
+        // rename below still frees it at the next open.
+        self.note_gc(&deltas).map_err(io)?;
+        // One rename removes the object; a crash after it finishes the delete at next open.
         fs::rename(&dir, &doomed).map_err(io)?;
-        durable::sync_dir(&self.disks_dir()).map_err(io)?;
+        durable::sync_dir(&kdir).map_err(io)?;
         disk.mark_deleted();
         disk.set_dir(doomed.clone());
-        self.disks.write().remove(name);
+        self.disks.write().remove(&(kind, name.to_string()));
         if disk.open_handles() > 0 {
             self.orphans.lock().push(disk.clone());
         }
         durable::shred(&doomed.join(disk::META_FILE));
         fs::remove_dir_all(&doomed).map_err(io)?;
-        log::info!("deleted disk '{name}' (wrapped key destroyed)");
+        self.collect_garbage(&deltas);
+        log::info!("deleted {kind} '{name}' (wrapped key destroyed)");
         Ok(())
     }
 
@@ -248,8 +295,8 @@ impl Store {
         }
         disk.update_meta(|m| m.name = to.to_string())?;
         let mut disks = self.disks.write();
-        disks.remove(from);
-        disks.insert(to.to_string(), disk);
+        disks.remove(&(ObjectKind::Disk, from.to_string()));
+        disks.insert((ObjectKind::Disk, to.to_string()), disk);
         log::info!("renamed disk '{from}' to '{to}'");
         Ok(())
     }

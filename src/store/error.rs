@@ -46,6 +46,26 @@ pub enum StoreError {
     Busy(String),
     #[error("a rekey of disk '{0}' is already running; follow it in .vault/disks/{0}/rekey (or 'diskvault disk rekey {0}' once it is done)")]
     RekeyRunning(String),
+    #[error("no {kind} named '{name}'; see 'diskvault {kind} list'")]
+    ObjectNotFound {
+        kind: super::ObjectKind,
+        name: String,
+    },
+    #[error(
+        "a {kind} named '{name}' already exists; choose another name or delete that {kind} first"
+    )]
+    ObjectExists {
+        kind: super::ObjectKind,
+        name: String,
+    },
+    #[error("{kind} '{name}' is read-only: snapshots and images never change; create a disk from it ('diskvault disk create NEW --source {name}') and write to that")]
+    ReadOnly {
+        kind: super::ObjectKind,
+        name: String,
+    },
+    /// A rule on keys or sources (the same disk encryption set, sizes only grow).
+    #[error("{0}")]
+    Refused(String),
     #[error("no disk encryption set named '{0}'; see 'diskvault des list'")]
     DesNotFound(String),
     #[error("invalid disk encryption set name '{name}': {reason}")]

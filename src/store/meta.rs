@@ -11,7 +11,11 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+/// Metadata of a disk without deltas (the first release's format, still written for
+/// such disks so older stores stay readable by older releases).
 pub const META_VERSION: u64 = 1;
+/// Metadata with a delta `stack` (snapshots, images and the disks they share with).
+pub const META_VERSION_LAYERED: u64 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -55,6 +59,34 @@ pub struct DiskMeta {
     /// A re-encryption under fresh DEKs in progress (`disk rekey`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rekey: Option<Rekey>,
+    /// Delta ids, bottom first (formatVersion 2). A disk's last delta is its writable
+    /// one; empty for a disk whose data is still `disks/ID/data` (formatVersion 1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stack: Vec<String>,
+    /// The id the layers' keyCheck binds to: the object whose DEKs these are, when
+    /// they are shared (a snapshot, an image, a disk made from them). Absent: `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_check_id: Option<String>,
+    /// Where the object came from (`az ... show`'s `creationData`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_data: Option<CreationData>,
+    /// Snapshots only: `--incremental`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<bool>,
+}
+
+/// `creationData` as in Azure: how and from what an object was made.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreationData {
+    /// `Empty`, `Copy` (from a disk or snapshot) or `FromImage`.
+    pub create_option: String,
+    /// `/diskvault/disks/NAME`, `/diskvault/snapshots/NAME` or `/diskvault/images/NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_resource_id: Option<String>,
+    /// The source's id (its uniqueId): a new object of the same name has another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_unique_id: Option<String>,
 }
 
 /// Rekey state: data units below `boundary` are encrypted with `layers` (new DEKs),
@@ -168,6 +200,11 @@ pub fn encode_wrapped(value: &[u8]) -> String {
 }
 
 impl DiskMeta {
+    /// The id the layers' keyCheck binds to.
+    pub fn dek_id(&self) -> &str {
+        self.key_check_id.as_deref().unwrap_or(&self.id)
+    }
+
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
         let meta: DiskMeta =
             serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
@@ -183,14 +220,41 @@ impl DiskMeta {
 
     /// Structural checks; the cryptographic check happens when the DEK is unwrapped.
     pub fn validate(&self) -> Result<(), String> {
-        if self.format_version != META_VERSION {
-            return Err(format!(
-                "formatVersion {} is not supported (expected 1)",
-                self.format_version
-            ));
+        let is_id = |s: &str| {
+            s.len() == 32
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        match self.format_version {
+            META_VERSION if !self.stack.is_empty() || self.key_check_id.is_some() => {
+                return Err("formatVersion 1 has no stack or keyCheckId".into())
+            }
+            META_VERSION => {}
+            META_VERSION_LAYERED if self.stack.is_empty() => {
+                return Err("formatVersion 2 needs a non-empty stack".into())
+            }
+            META_VERSION_LAYERED => {}
+            v => {
+                return Err(format!(
+                    "formatVersion {v} is not supported (expected 1 or 2)"
+                ))
+            }
         }
-        if self.id.len() != 32 || unhex(&self.id).is_none() {
-            return Err("id must be 32 hex digits".into());
+        if !is_id(&self.id) {
+            return Err("id must be 32 lowercase hex digits".into());
+        }
+        if let Some(s) = self.stack.iter().find(|s| !is_id(s)) {
+            return Err(format!("stack entry '{s}' is not 32 lowercase hex digits"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if !self.stack.iter().all(|s| seen.insert(s)) {
+            return Err("stack repeats a delta".into());
+        }
+        if self.stack.len() > super::MAX_STACK {
+            return Err(format!("stack is deeper than {}", super::MAX_STACK));
+        }
+        if self.key_check_id.as_deref().is_some_and(|k| !is_id(k)) {
+            return Err("keyCheckId must be 32 lowercase hex digits".into());
         }
         validate_name(&self.name).map_err(|e| e.to_string())?;
         if self.size_bytes > MAX_DISK_SIZE {
@@ -274,6 +338,10 @@ mod tests {
                 key_check: "00".repeat(32),
             }],
             rekey: None,
+            stack: vec![],
+            key_check_id: None,
+            creation_data: None,
+            incremental: None,
         }
     }
 

@@ -25,16 +25,21 @@
 //! error
 //! ```
 
+mod delta;
 pub mod des;
 mod disk;
 mod disks;
 pub mod encryption;
 mod error;
+mod extents;
 mod health;
 pub mod keyring;
 mod reconcile;
 mod rekey;
 mod sets;
+#[cfg(test)]
+mod snapshot_tests;
+mod snapshots;
 #[cfg(test)]
 mod tests;
 
@@ -48,7 +53,8 @@ pub use error::{Result, StoreError};
 pub use health::HealthReport;
 pub use reconcile::{panic_text, Delays, Invalidator};
 pub use rekey::{RekeyState, RekeyStatus};
-pub use spec::{parse_size, validate_name, Sku, MAX_DISK_SIZE};
+pub use snapshots::{CopyOptions, Diff, FromSourceOptions, Usage};
+pub use spec::{parse_size, validate_name, ObjectKind, Sku, MAX_DISK_SIZE};
 
 use crate::crypto::wrap::hex;
 use crate::crypto::{random_bytes, CipherKind, Secret};
@@ -64,7 +70,7 @@ use sets::load_sets;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -77,6 +83,9 @@ const KEYS_DIR: &str = "keys";
 const DISKS_DIR: &str = "disks";
 pub const VAULT_DIR: &str = "vault";
 pub const STORE_VERSION: u64 = 1;
+/// Deltas an object's stack may have (Azure keeps at most 500 incremental snapshots
+/// of a disk; each adds one).
+pub const MAX_STACK: usize = 1024;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -129,7 +138,8 @@ pub fn now_rfc3339() -> String {
 pub struct Store {
     root: PathBuf,
     keys: Arc<Keyring>,
-    disks: RwLock<BTreeMap<String, Arc<Disk>>>,
+    /// Every disk, snapshot and image, by kind and name (one namespace per kind).
+    disks: RwLock<BTreeMap<(ObjectKind, String), Arc<Disk>>>,
     /// Serializes namespace changes (create, rename, delete).
     ns: Mutex<()>,
     next_serial: AtomicU64,
@@ -332,12 +342,42 @@ impl Store {
         self.root.join(DISKS_DIR)
     }
 
+    fn kind_dir(&self, kind: ObjectKind) -> PathBuf {
+        self.root.join(kind.dir())
+    }
+
     fn serial(&self) -> u64 {
         self.next_serial.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Every object: disks, snapshots and images (rotation and revocation cover all).
     pub fn list(&self) -> Vec<Arc<Disk>> {
         self.disks.read().values().cloned().collect()
+    }
+
+    /// The objects of one kind, by name.
+    pub fn list_kind(&self, kind: ObjectKind) -> Vec<Arc<Disk>> {
+        self.disks
+            .read()
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
+
+    pub fn get_kind(&self, kind: ObjectKind, name: &str) -> Option<Arc<Disk>> {
+        self.disks.read().get(&(kind, name.to_string())).cloned()
+    }
+
+    pub fn get_kind_or_err(&self, kind: ObjectKind, name: &str) -> Result<Arc<Disk>> {
+        if kind == ObjectKind::Disk {
+            return self.get_or_err(name);
+        }
+        self.get_kind(kind, name)
+            .ok_or_else(|| StoreError::ObjectNotFound {
+                kind,
+                name: name.to_string(),
+            })
     }
 
     /// Every disk that can serve data: the listed ones and those deleted while open
@@ -359,8 +399,9 @@ impl Store {
             .cloned()
     }
 
+    /// The disk of this name (not a snapshot or image).
     pub fn get(&self, name: &str) -> Option<Arc<Disk>> {
-        self.disks.read().get(name).cloned()
+        self.get_kind(ObjectKind::Disk, name)
     }
 
     pub fn get_or_err(&self, name: &str) -> Result<Arc<Disk>> {

@@ -100,6 +100,11 @@ impl Store {
         let _ns = self.ns.lock();
         let disk = self.get_usable(name)?;
         let m = disk.meta();
+        if m.rekey.is_none() && m.stack.len() > 1 {
+            return Err(StoreError::NotPermitted(format!(
+                "disk '{name}' shares data with snapshots or images (or was made from one); rekeying such a disk is not supported yet: create a re-encrypted copy with 'diskvault disk create NEW --source {name} --disk-encryption-set SET' instead"
+            )));
+        }
         self.check_rekey_space(&disk)?;
         if m.rekey.is_none() {
             let layers = self.new_layers(&m)?;

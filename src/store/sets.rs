@@ -316,7 +316,7 @@ impl Store {
                 .parse()
                 .map_err(|r| StoreError::InvalidArgument(r.to_string()))?;
             let dek = self.keys.unwrap(&m.encryption, &p)?;
-            if key_check(&dek, &m.id, idx, p.cipher, &p.nonce) != layer.key_check {
+            if key_check(&dek, m.dek_id(), idx, p.cipher, &p.nonce) != layer.key_check {
                 return Err(StoreError::Unavailable {
                     disk: m.name.clone(),
                     reason: "its data key does not match its metadata (keyCheck mismatch)".into(),
@@ -358,6 +358,7 @@ impl Store {
                 "disk '{name}' is being rekeyed; change its encryption once the rekey is done"
             )));
         }
+        self.check_not_sharing_keys(&disk)?;
         let current = disk.meta().encryption;
         if !target.uses_customer_key() {
             if current.kind.uses_customer_key() {

@@ -4,6 +4,60 @@ use super::error::StoreError;
 use std::fmt;
 use std::str::FromStr;
 
+/// The kinds of object the store holds; each has its own directory and namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    Disk,
+    Snapshot,
+    Image,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 3] = [ObjectKind::Disk, ObjectKind::Snapshot, ObjectKind::Image];
+
+    /// Its directory in the store and in the mount: `disks`, `snapshots`, `images`.
+    pub fn dir(self) -> &'static str {
+        match self {
+            ObjectKind::Disk => "disks",
+            ObjectKind::Snapshot => "snapshots",
+            ObjectKind::Image => "images",
+        }
+    }
+
+    pub fn noun(self) -> &'static str {
+        match self {
+            ObjectKind::Disk => "disk",
+            ObjectKind::Snapshot => "snapshot",
+            ObjectKind::Image => "image",
+        }
+    }
+
+    /// Snapshots and images never change after they are made.
+    pub fn read_only(self) -> bool {
+        self != ObjectKind::Disk
+    }
+
+    /// Azure's resource type, for `type` in JSON.
+    pub fn resource_type(self) -> &'static str {
+        match self {
+            ObjectKind::Disk => "Microsoft.Compute/disks",
+            ObjectKind::Snapshot => "Microsoft.Compute/snapshots",
+            ObjectKind::Image => "Microsoft.Compute/images",
+        }
+    }
+
+    /// `/diskvault/disks/NAME` and the like: the id `sourceResourceId` holds.
+    pub fn resource_id(self, name: &str) -> String {
+        format!("/diskvault/{}/{name}", self.dir())
+    }
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.noun())
+    }
+}
+
 /// Azure's largest managed disk: 64 TiB (UltraSSD/PremiumV2 limit).
 pub const MAX_DISK_SIZE: u64 = 64 << 40;
 

@@ -1,9 +1,11 @@
 //! The data path of a disk: read, write, size changes, punch, allocate, seek and
 //! sync, under the locks described on `Disk`.
 
-use super::units::{carve, hole_runs, is_zero, round_down, round_up, Span, UNIT};
-use super::{Disk, Unlocked, DATA_FILE, GRANULE_SHIFT, STRIPES};
+use super::layered::From;
+use super::units::{carve, hole_runs, is_zero, round_down, round_up, units_in, Span, UNIT};
+use super::{Disk, Unlocked, GRANULE_SHIFT, STRIPES};
 use crate::crypto::DATA_UNIT;
+use crate::store::delta::append_whiteouts;
 use crate::store::error::{Result, StoreError};
 use crate::store::spec::MAX_DISK_SIZE;
 use parking_lot::{RwLockReadGuard, RwLockWriteGuard};
@@ -58,7 +60,8 @@ impl Disk {
         let mut buf = vec![0u8; span.unit_bytes()];
         {
             let _g = self.lock_units(span.first, span.last, false);
-            read_full(&u.file, &mut buf, span.start()).map_err(|e| self.io_err("read", e))?;
+            u.read_stored(span.first, &mut buf)
+                .map_err(|e| self.io_err("read", e))?;
             let b = self.boundary.load(Ordering::Acquire);
             for (i, unit) in buf.chunks_exact_mut(DATA_UNIT).enumerate() {
                 if !is_zero(unit) {
@@ -89,7 +92,8 @@ impl Disk {
         let b = self.boundary.load(Ordering::Acquire);
         let fill_unit = |unit: u64, buf: &mut [u8]| -> Result<()> {
             let slot = &mut buf[((unit - span.first) * UNIT) as usize..][..DATA_UNIT];
-            read_full(&u.file, slot, unit * UNIT).map_err(|e| self.io_err("read", e))?;
+            u.read_stored(unit, slot)
+                .map_err(|e| self.io_err("read", e))?;
             if !is_zero(slot) {
                 u.decrypt_unit(unit, slot, b);
             }
@@ -105,7 +109,9 @@ impl Disk {
         u.encrypt(span.first, &mut buf, b);
         u.file
             .write_all_at(&buf, span.start())
-            .map_err(|e| self.io_err("write", e))
+            .map_err(|e| self.io_err("write", e))?;
+        u.note_written(span.first..span.last);
+        Ok(())
     }
 
     /// Zeroes the undefined bytes between the current size and `upto` in the last unit.
@@ -121,6 +127,7 @@ impl Disk {
         if data.is_empty() {
             return Ok(0);
         }
+        self.check_writable()?;
         let end = off
             .checked_add(data.len() as u64)
             .filter(|&e| e <= MAX_DISK_SIZE)
@@ -147,11 +154,16 @@ impl Disk {
 
     /// Changes the size (truncate). Growing reads as zeros; shrinking discards data.
     pub fn set_size(&self, new: u64) -> Result<()> {
+        self.check_writable()?;
         if new > MAX_DISK_SIZE {
             return Err(StoreError::TooLarge);
         }
         let _w = self.resize.write();
         let old = self.size();
+        if new < old {
+            // Deltas below must not show through if the disk grows again.
+            self.white_out(units_in(new)..units_in(old))?;
+        }
         if new > old && !old.is_multiple_of(UNIT) {
             let u = self.unlocked()?;
             self.zero_tail(&u, old, new)?;
@@ -198,13 +210,55 @@ impl Disk {
         if self.deleted.load(Ordering::Acquire) {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
-        OpenOptions::new()
-            .write(true)
-            .open(self.dir().join(DATA_FILE))
+        OpenOptions::new().write(true).open(self.top_path())
+    }
+
+    /// Records durably that units `r` read as zeros whatever the deltas below hold
+    /// (before the top's own data there is freed, so a crash never lets old data
+    /// show through). Nothing to do for a disk without deltas below its top.
+    fn white_out(&self, r: std::ops::Range<u64>) -> Result<()> {
+        let Some(u) = self.unlocked.read().clone() else {
+            // Not open: index the deltas for this one change.
+            if self.stack().len() > 1 {
+                let u = self.unlocked()?;
+                return self.white_out_with(&u, r);
+            }
+            return Ok(());
+        };
+        self.white_out_with(&u, r)
+    }
+
+    fn white_out_with(&self, u: &Unlocked, r: std::ops::Range<u64>) -> Result<()> {
+        let Some(l) = u.layered.as_ref().filter(|l| l.top) else {
+            return Ok(());
+        };
+        let hide: Vec<_> = {
+            let wh = l.whiteouts.lock();
+            l.lower_data(r.clone())
+                .into_iter()
+                .flat_map(|x| {
+                    let mut left = crate::store::extents::RangeSet::from_ranges([x]);
+                    for w in wh.overlap(r.clone()) {
+                        left.remove(w);
+                    }
+                    left.iter().collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        if hide.is_empty() {
+            return Ok(());
+        }
+        append_whiteouts(&l.whiteout_log, &hide).map_err(|e| self.io_err("whiteout", e))?;
+        let mut wh = l.whiteouts.lock();
+        for h in hide {
+            wh.insert(h);
+        }
+        Ok(())
     }
 
     /// Returns `[off, off+len)` to zeros without changing the size (fallocate PUNCH_HOLE).
     pub fn punch(&self, off: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
         let _r = self.resize.read();
         let size = self.size();
         let end = off.saturating_add(len).min(size);
@@ -214,9 +268,14 @@ impl Disk {
         let c = carve(off, end, size);
         let u = self.unlocked()?;
         if !c.whole.is_empty() {
-            let _g = self.lock_units(c.whole.start / UNIT, c.whole.end / UNIT, true);
+            let units = c.whole.start / UNIT..c.whole.end / UNIT;
+            let _g = self.lock_units(units.start, units.end, true);
+            self.white_out_with(&u, units.clone())?;
             punch_file(&u.file, c.whole.start, c.whole.end - c.whole.start)
                 .map_err(|e| self.io_err("punch", e))?;
+            if let Some(l) = u.layered.as_ref().filter(|l| l.top) {
+                l.written.lock().remove(units);
+            }
         }
         for part in [c.head, c.tail] {
             if !part.is_empty() {
@@ -229,6 +288,7 @@ impl Disk {
 
     /// fallocate ZERO_RANGE: zeros, growing the disk unless `keep_size`.
     pub fn zero_range(&self, off: u64, len: u64, keep_size: bool) -> Result<()> {
+        self.check_writable()?;
         let end = off.checked_add(len).ok_or(StoreError::TooLarge)?;
         if !keep_size && end > self.size() {
             self.set_size(end)?;
@@ -240,6 +300,7 @@ impl Disk {
     /// `keep_size`. The size changes only once the space is reserved, so a failed
     /// fallocate (ENOSPC) leaves the disk as it was.
     pub fn allocate(&self, off: u64, len: u64, keep_size: bool) -> Result<()> {
+        self.check_writable()?;
         let end = off.checked_add(len).ok_or(StoreError::TooLarge)?;
         if end > MAX_DISK_SIZE {
             return Err(StoreError::TooLarge);
@@ -251,7 +312,9 @@ impl Disk {
             let grow = !keep_size && end > size;
             let target = if grow { end } else { size };
             let (a, b) = (round_down(off), round_up(end.min(target)));
-            if a < b {
+            // Over deltas, reserved (zero) blocks in the top would read as holes and
+            // let the data below show through; they are reserved only without deltas.
+            if a < b && u.layered.is_none() {
                 if let Err(e) = fallocate_keep_size(&u.file, a, b - a) {
                     if grow {
                         // Give back what was reserved past the old end before failing.
@@ -280,6 +343,9 @@ impl Disk {
             return Err(nxio());
         }
         let u = self.unlocked()?;
+        if let Some(l) = &u.layered {
+            return seek_layered(l, off, size, kind).ok_or_else(nxio);
+        }
         let f = &u.file;
         let whence = match kind {
             SeekKind::Data => libc::SEEK_DATA,
@@ -310,6 +376,29 @@ impl Disk {
             u.file.sync_data().map_err(|e| self.io_err("fsync", e))?;
         }
         self.persist_size()
+    }
+}
+
+/// SEEK_DATA / SEEK_HOLE over the index of a layered object, in bounded steps.
+fn seek_layered(l: &super::layered::Layered, off: u64, size: u64, kind: SeekKind) -> Option<u64> {
+    const STEP: u64 = 1 << 20;
+    let end = units_in(size);
+    let mut pos = off / UNIT;
+    while pos < end {
+        let stop = (pos + STEP).min(end);
+        for (r, from) in l.resolve(pos..stop) {
+            let data = from != From::Zero;
+            match kind {
+                SeekKind::Data if data => return Some((r.start * UNIT).max(off)),
+                SeekKind::Hole if !data => return Some((r.start * UNIT).max(off).min(size)),
+                _ => {}
+            }
+        }
+        pos = stop;
+    }
+    match kind {
+        SeekKind::Data => None,
+        SeekKind::Hole => Some(size),
     }
 }
 
@@ -364,7 +453,7 @@ fn fallocate_keep_size(f: &File, off: u64, len: u64) -> io::Result<()> {
 
 /// Frees a unit-aligned range of the backing file; falls back to writing zeros
 /// (which read back as a hole) where the filesystem can't punch.
-fn punch_file(f: &File, off: u64, len: u64) -> io::Result<()> {
+pub(in crate::store) fn punch_file(f: &File, off: u64, len: u64) -> io::Result<()> {
     // Safe because: the fd is valid while `f` lives; fallocate takes no pointers.
     let rc = unsafe {
         libc::fallocate(

@@ -9,22 +9,27 @@
 //! unit are undefined and are zeroed whenever the disk grows over them.
 
 mod io;
+pub(in crate::store) mod layered;
 mod rekey;
-mod units;
+pub(in crate::store) mod units;
 
+pub(in crate::store) use io::punch_file as io_punch_file;
 pub use io::SeekKind;
 #[cfg(test)]
 pub(super) use rekey::JOURNAL_FILE;
 pub(super) use rekey::REKEY_JOURNAL_BYTES;
 
+use super::delta::delta_path;
 use super::encryption::LayerKind;
 use super::error::{Result, StoreError};
 use super::health::Health;
 use super::keyring::Keyring;
 use super::meta::{key_check, DiskMeta, Layer};
+use super::spec::ObjectKind;
 use crate::crypto::{DataCipher, DATA_UNIT};
 use crate::durable;
 use crate::vault::KeyId;
+use layered::{open_ro, Layered};
 use parking_lot::{Mutex, RwLock};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -91,13 +96,33 @@ impl Drop for InflightGuard<'_> {
 /// State that exists only while the disk is unlocked: its backing file and ciphers.
 /// Dropping it zeroizes the keys (the AES key schedules zeroize on drop).
 struct Unlocked {
+    /// The writable data of a disk (its data file or top delta); for a snapshot or an
+    /// image its topmost delta, opened read-only.
     file: File,
-    layers: Vec<DataCipher>,
+    layers: Arc<Vec<DataCipher>>,
     /// During a rekey: the new layers, used for units below the boundary.
-    next: Option<Vec<DataCipher>>,
+    next: Option<Arc<Vec<DataCipher>>>,
+    /// The deltas below `file` and their index, for an object with more than one delta.
+    layered: Option<Layered>,
 }
 
 impl Unlocked {
+    /// Reads the stored bytes of whole units from `first` into `buf`, from whichever
+    /// delta holds each (zeros for holes).
+    fn read_stored(&self, first: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match &self.layered {
+            Some(l) => l.read(&self.file, first, buf),
+            None => io::read_full(&self.file, buf, first * UNIT),
+        }
+    }
+
+    /// Notes that units `r` of the writable top now hold ciphertext.
+    fn note_written(&self, r: std::ops::Range<u64>) {
+        if let Some(l) = self.layered.as_ref().filter(|l| l.top) {
+            l.written.lock().insert(r);
+        }
+    }
+
     fn stack(&self, unit: u64, boundary: u64) -> &[DataCipher] {
         match &self.next {
             Some(n) if unit < boundary => n,
@@ -114,11 +139,11 @@ impl Unlocked {
         };
         let (new, old) = buf.split_at_mut(((split - first_unit) * UNIT) as usize);
         if let Some(n) = &self.next {
-            for l in n {
+            for l in n.iter() {
                 l.encrypt_units(first_unit, new);
             }
         }
-        for l in &self.layers {
+        for l in self.layers.iter() {
             l.encrypt_units(split, old);
         }
     }
@@ -162,6 +187,10 @@ impl Unlocked {
 /// renames take disk locks under it).
 pub struct Disk {
     pub id: String,
+    /// Disk, snapshot or image; the last two are read-only.
+    pub kind: ObjectKind,
+    /// The store's root, where `deltas/` is.
+    root: PathBuf,
     /// Stable number for this process's lifetime; the FUSE layer derives inodes from it.
     pub serial: u64,
     dir: RwLock<PathBuf>,
@@ -201,7 +230,10 @@ pub struct Disk {
 }
 
 impl Disk {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
+        kind: ObjectKind,
+        root: PathBuf,
         dir: PathBuf,
         meta: DiskMeta,
         corrupt: Option<String>,
@@ -209,12 +241,14 @@ impl Disk {
         health: Arc<Health>,
         serial: u64,
     ) -> Self {
-        let mtime = std::fs::metadata(dir.join(DATA_FILE))
+        let mtime = std::fs::metadata(top_path(&root, &dir, &meta))
             .and_then(|m| m.modified())
             .unwrap_or_else(|_| SystemTime::now());
         let boundary = meta.rekey.as_ref().map_or(0, |r| r.boundary);
         Disk {
             id: meta.id.clone(),
+            kind,
+            root,
             serial,
             dir: RwLock::new(dir),
             size: AtomicU64::new(meta.size_bytes),
@@ -272,11 +306,50 @@ impl Disk {
         self.dir.read().clone()
     }
 
-    /// Bytes the backing file occupies (sparse files use less than their size).
+    /// Bytes its data file or deltas occupy (sparse files use less than their size),
+    /// shared ones included.
     pub fn allocated_bytes(&self) -> u64 {
-        std::fs::metadata(self.dir().join(DATA_FILE))
-            .map(|m| m.blocks() * 512)
-            .unwrap_or(0)
+        self.data_files()
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0))
+            .sum()
+    }
+
+    /// The file a disk writes to: `disks/ID/data`, or its top delta once it has deltas.
+    pub(super) fn top_path(&self) -> PathBuf {
+        top_path(&self.root, &self.dir(), &self.meta.lock())
+    }
+
+    /// Every file its data is in, bottom first.
+    pub(super) fn data_files(&self) -> Vec<PathBuf> {
+        let m = self.meta.lock();
+        if m.stack.is_empty() {
+            return vec![self.dir().join(DATA_FILE)];
+        }
+        m.stack.iter().map(|d| delta_path(&self.root, d)).collect()
+    }
+
+    /// Entries in the in-memory index of its deltas while it is open (None: not
+    /// open, or a disk with one delta, which needs no index).
+    pub fn index_entries(&self) -> Option<usize> {
+        let u = self.unlocked.read().clone()?;
+        u.layered.as_ref().map(|l| l.index_runs())
+    }
+
+    /// Delta ids, bottom first (empty: a disk with only `disks/ID/data`).
+    pub fn stack(&self) -> Vec<String> {
+        self.meta.lock().stack.clone()
+    }
+
+    /// Refuses a change to a snapshot or image.
+    pub(super) fn check_writable(&self) -> Result<()> {
+        if self.kind.read_only() {
+            return Err(StoreError::ReadOnly {
+                kind: self.kind,
+                name: self.name(),
+            });
+        }
+        Ok(())
     }
 
     fn unavailable(&self, reason: impl Into<String>) -> StoreError {
@@ -312,7 +385,7 @@ impl Disk {
                     self.unavailable(why)
                 }
             })?;
-            if key_check(&dek, &meta.id, i, p.cipher, &p.nonce) != layer.key_check {
+            if key_check(&dek, meta.dek_id(), i, p.cipher, &p.nonce) != layer.key_check {
                 return Err(fault(KEY_CHECK_MISMATCH.into()));
             }
             out.push(DataCipher::new(p.cipher, &dek, &p.nonce)?);
@@ -378,20 +451,34 @@ impl Disk {
                 Ok(d) => d,
                 Err(e) => return Some(format!("cannot unwrap its data key: {e}")),
             };
-            if key_check(&dek, &meta.id, i, p.cipher, &p.nonce) != layer.key_check {
+            if key_check(&dek, meta.dek_id(), i, p.cipher, &p.nonce) != layer.key_check {
                 return Some(KEY_CHECK_MISMATCH.into());
             }
         }
         None
     }
 
-    /// Whether the backing file is there, a regular file, and long enough.
+    /// Whether the backing files are there, regular files, and the writable one long
+    /// enough.
     fn data_problem(&self) -> Option<String> {
         // Sizes change with the file first when growing and last when shrinking;
         // these locks exclude both, so the comparison below is exact.
         let _r = self.resize.read();
         let _e = self.extend.lock();
-        let path = self.dir().join(DATA_FILE);
+        let files = self.data_files();
+        let (top, lower) = files.split_last()?;
+        for p in lower {
+            match std::fs::symlink_metadata(p) {
+                Ok(md) if md.is_file() => {}
+                _ => {
+                    return Some(format!(
+                        "its delta file {} is missing or not a regular file; restore it from a backup of the store",
+                        p.display()
+                    ))
+                }
+            }
+        }
+        let path = top.clone();
         let md = match std::fs::symlink_metadata(&path) {
             Ok(md) => md,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -409,7 +496,7 @@ impl Disk {
             ));
         }
         let want = round_up(self.size());
-        if md.len() < want {
+        if md.len() < want && !self.kind.read_only() {
             return Some(format!(
                 "its data file {} is shorter than the disk ({} of {want} bytes); restore it from a backup or delete the disk",
                 path.display(),
@@ -432,14 +519,45 @@ impl Disk {
         };
         self.set_key_verdict(&meta, None);
         *self.vault_blocked.lock() = None;
-        let path = self.dir().join(DATA_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| self.unavailable(format!("cannot open {}: {e}", path.display())))?;
-        Ok(Unlocked { file, layers, next })
+        let (file, layered) = self
+            .open_data(&meta)
+            .map_err(|(p, e)| self.unavailable(format!("cannot open {}: {e}", p.display())))?;
+        Ok(Unlocked {
+            file,
+            layers: Arc::new(layers),
+            next: next.map(Arc::new),
+            layered,
+        })
+    }
+
+    /// Opens the data files of `meta` and indexes its deltas. The error names the file.
+    fn open_data(
+        &self,
+        meta: &DiskMeta,
+    ) -> std::result::Result<(File, Option<Layered>), (PathBuf, std::io::Error)> {
+        let top = top_path(&self.root, &self.dir(), meta);
+        let file = if self.kind.read_only() {
+            open_ro(&top)
+        } else {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&top)
+        }
+        .map_err(|e| (top.clone(), e))?;
+        let in_stack = |e| (self.root.join(super::delta::DELTAS_DIR), e);
+        let layered = match (self.kind.read_only(), meta.stack.split_last()) {
+            (true, Some(_)) => {
+                Some(Layered::build(&self.root, &meta.stack, None).map_err(in_stack)?)
+            }
+            (false, Some((top_id, lower))) if !lower.is_empty() => Some(
+                Layered::build(&self.root, lower, Some((top_id.as_str(), &file)))
+                    .map_err(in_stack)?,
+            ),
+            _ => None,
+        };
+        Ok((file, layered))
     }
 
     /// Fails closed for a customer-key disk while revocations can't be enforced.
@@ -569,8 +687,12 @@ impl Disk {
         if self.corrupt.is_some() {
             return Ok(());
         }
+        if self.kind.read_only() {
+            return Ok(());
+        }
+        self.recover_moved_data()?;
         self.recover_rekey_journal()?;
-        let path = self.dir().join(DATA_FILE);
+        let path = self.top_path();
         let f = OpenOptions::new().write(true).open(&path)?;
         let want = round_up(self.size());
         if f.metadata()?.len() != want {
@@ -590,5 +712,35 @@ impl Disk {
 
     pub(super) fn data_path(dir: &Path) -> PathBuf {
         dir.join(DATA_FILE)
+    }
+
+    /// Finishes moving `disks/ID/data` to its delta (a crash between the metadata
+    /// naming the delta and the rename; see `Store::make_layered`).
+    fn recover_moved_data(&self) -> std::io::Result<()> {
+        let stack = self.stack();
+        let [only] = stack.as_slice() else {
+            return Ok(());
+        };
+        let old = self.dir().join(DATA_FILE);
+        let new = delta_path(&self.root, only);
+        if !new.exists() && old.exists() {
+            log::info!(
+                "disk '{}': finishing the move of its data to {}",
+                self.name(),
+                new.display()
+            );
+            std::fs::rename(&old, &new)?;
+            durable::sync_dir(new.parent().unwrap_or(Path::new(".")))?;
+            durable::sync_dir(&self.dir())?;
+        }
+        Ok(())
+    }
+}
+
+/// The writable (or, for a snapshot or image, topmost) data file of an object.
+fn top_path(root: &Path, dir: &Path, meta: &DiskMeta) -> PathBuf {
+    match meta.stack.last() {
+        Some(d) => delta_path(root, d),
+        None => dir.join(DATA_FILE),
     }
 }

@@ -4,7 +4,7 @@
 
 use super::io::{read_full, write_sparse};
 use super::units::{is_zero, units_in, UNIT};
-use super::{Disk, DATA_FILE};
+use super::Disk;
 use crate::crypto::DATA_UNIT;
 use crate::durable;
 use crate::store::error::{Result, StoreError};
@@ -131,6 +131,8 @@ impl Disk {
         self.update_meta(|m| {
             if let Some(r) = m.rekey.take() {
                 m.layers = r.layers;
+                // The new DEKs are the disk's own.
+                m.key_check_id = None;
             }
         })?;
         // Until the keys are reloaded every unit is under the new layers.
@@ -169,9 +171,7 @@ impl Disk {
                     "disk '{}': undoing an interrupted rekey step at unit {first}",
                     self.name()
                 );
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(self.dir().join(DATA_FILE))?;
+                let f = OpenOptions::new().write(true).open(self.top_path())?;
                 write_sparse(&f, data, first * UNIT)?;
                 f.sync_data()?;
             }

@@ -1,0 +1,214 @@
+//! Store-level tests of snapshots, images and clones without a mount: a seeded model
+//! test against an in-memory copy of every object, reopening the store on the way.
+
+use super::*;
+use crate::testkit::pattern;
+use std::collections::BTreeMap;
+
+const SIZE: u64 = 64 * 4096 + 100;
+
+fn open(root: &Path) -> Store {
+    Store::open(root, None).unwrap()
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn check(s: &Store, model: &BTreeMap<(ObjectKind, String), Vec<u8>>, ctx: &str) {
+    for ((k, name), want) in model {
+        let d = s
+            .get_kind(*k, name)
+            .unwrap_or_else(|| panic!("{ctx}: {k} {name} missing"));
+        assert_eq!(d.size(), want.len() as u64, "{ctx}: size of {k} {name}");
+        let got = d.read(0, want.len()).unwrap();
+        if got != *want {
+            let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
+            panic!(
+                "{ctx}: {k} {name} differs at byte {at} (unit {})",
+                at / 4096
+            );
+        }
+    }
+    let listed: Vec<_> = s.list().iter().map(|d| (d.kind, d.name())).collect();
+    assert_eq!(listed.len(), model.len(), "{ctx}: objects {listed:?}");
+}
+
+#[test]
+fn random_snapshots_clones_writes_and_deletes_match_a_model() {
+    let seed: u64 = std::env::var("DISKVAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    for round in 0..3u64 {
+        let mut rng = Rng(((seed + round) * 0x9e37_79b9_7f4a_7c15) | 1);
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        Store::init(&root, &InitOptions::default()).unwrap();
+        let mut s = open(&root);
+        let mut model: BTreeMap<(ObjectKind, String), Vec<u8>> = BTreeMap::new();
+        s.create_disk(
+            "d0",
+            &CreateOptions {
+                size: SIZE,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        model.insert((ObjectKind::Disk, "d0".into()), vec![0; SIZE as usize]);
+        let mut n = 0;
+        for step in 0..120 {
+            let ctx = format!("seed {seed} round {round} step {step}");
+            let disks: Vec<String> = model
+                .keys()
+                .filter(|(k, _)| *k == ObjectKind::Disk)
+                .map(|(_, n)| n.clone())
+                .collect();
+            let ro: Vec<(ObjectKind, String)> = model
+                .keys()
+                .filter(|(k, _)| *k != ObjectKind::Disk)
+                .cloned()
+                .collect();
+            n += 1;
+            match rng.below(10) {
+                0..=3 if !disks.is_empty() => {
+                    let name = &disks[rng.below(disks.len() as u64) as usize];
+                    let m = model.get_mut(&(ObjectKind::Disk, name.clone())).unwrap();
+                    let len = m.len() as u64;
+                    let off = rng.below(len);
+                    let l = 1 + rng.below((len - off).min(3 * 4096 + 7));
+                    let data = pattern(rng.next(), l as usize);
+                    s.get(name).unwrap().write(off, &data).unwrap();
+                    m[off as usize..(off + l) as usize].copy_from_slice(&data);
+                }
+                4 if !disks.is_empty() => {
+                    let name = &disks[rng.below(disks.len() as u64) as usize];
+                    let m = model.get_mut(&(ObjectKind::Disk, name.clone())).unwrap();
+                    let len = m.len() as u64;
+                    let off = rng.below(len);
+                    let l = 1 + rng.below((len - off).min(20 * 4096));
+                    s.get(name).unwrap().punch(off, l).unwrap();
+                    m[off as usize..(off + l) as usize].fill(0);
+                }
+                5 if !disks.is_empty() => {
+                    let src = disks[rng.below(disks.len() as u64) as usize].clone();
+                    let kind = if rng.below(3) == 0 {
+                        ObjectKind::Image
+                    } else {
+                        ObjectKind::Snapshot
+                    };
+                    let name = format!("c{n}");
+                    s.create_copy(kind, &name, &src, &CopyOptions::default())
+                        .unwrap();
+                    let content = model[&(ObjectKind::Disk, src)].clone();
+                    model.insert((kind, name), content);
+                }
+                6 if !ro.is_empty() => {
+                    let (k, src) = ro[rng.below(ro.len() as u64) as usize].clone();
+                    let name = format!("d{n}");
+                    let mut content = model[&(k, src.clone())].clone();
+                    let grow = rng.below(2) * rng.below(5 * 4096);
+                    let size = content.len() as u64 + grow;
+                    let opts = FromSourceOptions {
+                        size,
+                        ..Default::default()
+                    };
+                    s.create_disk_from(&name, &src, &opts, &|_, _| {}).unwrap();
+                    content.resize(size as usize, 0);
+                    model.insert((ObjectKind::Disk, name), content);
+                }
+                7 if model.len() > 1 => {
+                    let keys: Vec<_> = model.keys().cloned().collect();
+                    let (k, name) = keys[rng.below(keys.len() as u64) as usize].clone();
+                    s.delete_object(k, &name).unwrap();
+                    model.remove(&(k, name));
+                }
+                8 if !disks.is_empty() => {
+                    // Shrink or grow.
+                    let name = &disks[rng.below(disks.len() as u64) as usize];
+                    let m = model.get_mut(&(ObjectKind::Disk, name.clone())).unwrap();
+                    let new = (m.len() as u64 / 2 + rng.below(m.len() as u64 + 4096)).max(1);
+                    s.get(name).unwrap().set_size(new).unwrap();
+                    m.resize(new as usize, 0);
+                }
+                9 => {
+                    drop(s);
+                    s = open(&root);
+                    check(&s, &model, &format!("{ctx} after reopen"));
+                }
+                _ => {}
+            }
+            if step % 10 == 0 {
+                check(&s, &model, &ctx);
+            }
+        }
+        check(&s, &model, "end");
+        // Deleting everything frees every delta.
+        let keys: Vec<_> = model.keys().cloned().collect();
+        for (k, name) in keys {
+            s.delete_object(k, &name).unwrap();
+        }
+        drop(s);
+        let s = open(&root);
+        assert!(s.list().is_empty());
+        let left: Vec<_> = fs::read_dir(root.join("deltas"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "deltas left: {left:?}");
+    }
+}
+
+#[test]
+fn a_snapshot_keeps_its_content_while_the_disk_changes_and_after_it_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s");
+    Store::init(&root, &InitOptions::default()).unwrap();
+    let s = open(&root);
+    let d = s
+        .create_disk(
+            "d",
+            &CreateOptions {
+                size: 1 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    d.open().unwrap();
+    let a = pattern(1, 1 << 20);
+    d.write(0, &a).unwrap();
+    let snap = s
+        .create_copy(ObjectKind::Snapshot, "s1", "d", &CopyOptions::default())
+        .unwrap();
+    assert!(snap
+        .write(0, b"x")
+        .is_err_and(|e| matches!(e, StoreError::ReadOnly { .. })));
+    let b = pattern(2, 4096);
+    d.write(8192, &b).unwrap();
+    d.punch(0, 4096).unwrap();
+    assert_eq!(snap.read(0, 1 << 20).unwrap(), a);
+    let mut want = a.clone();
+    want[8192..12288].copy_from_slice(&b);
+    want[..4096].fill(0);
+    assert_eq!(d.read(0, 1 << 20).unwrap(), want);
+    // SEEK_HOLE on the disk finds the discarded unit; the snapshot has none.
+    assert_eq!(d.seek(0, SeekKind::Hole).unwrap(), 0);
+    assert_eq!(d.seek(0, SeekKind::Data).unwrap(), 4096);
+    assert_eq!(snap.seek(0, SeekKind::Hole).unwrap(), 1 << 20);
+    let diff = s.diff(&snap, &d).unwrap();
+    assert_eq!(diff.page_ranges, vec![(8192, 12287)]);
+    assert_eq!(diff.clear_ranges, vec![(0, 4095)]);
+    d.release().unwrap();
+    s.delete_disk("d").unwrap();
+    assert_eq!(snap.read(0, 1 << 20).unwrap(), a);
+}

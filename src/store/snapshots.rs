@@ -1,0 +1,816 @@
+//! Snapshots, images and disks made from them: O(1) copies that share deltas and
+//! DEKs with their source, their key rules, deletion with space reclaim, and diffs.
+//!
+//! Every object's data is a stack of deltas (see `delta.rs`). A snapshot of a disk
+//! freezes the disk's writable delta and gives the disk a fresh one; the snapshot's
+//! stack is the disk's stack at that moment. A disk made from a snapshot or image
+//! takes the source's stack plus a fresh writable delta. All objects of one stack
+//! family share the source's DEKs (each keeps its own wrapped copy in its metadata),
+//! so data is shared as ciphertext, never re-encrypted.
+
+use super::delta::{
+    create_delta, delta_path, read_whiteouts, remove_delta, scan_data, whiteout_owner,
+    whiteout_path, DELTAS_DIR,
+};
+use super::disk::layered::{open_ro, From, Layered};
+use super::disk::units::{round_up, units_in, UNIT};
+use super::extents::RangeSet;
+use super::meta::{CreationData, META_VERSION_LAYERED};
+use super::*;
+use serde_json::json;
+
+const GC_FILE: &str = ".gc";
+
+/// Options of `snapshot create` and `image create`.
+#[derive(Clone, Debug, Default)]
+pub struct CopyOptions {
+    /// `--incremental` (snapshots).
+    pub incremental: bool,
+    /// `--disk-encryption-set`: must be the source's, if the source has one.
+    pub disk_encryption_set: Option<String>,
+    /// `--encryption-type`: must be the source's.
+    pub encryption_type: Option<EncryptionType>,
+}
+
+/// Options of `disk create --source`.
+#[derive(Clone, Debug, Default)]
+pub struct FromSourceOptions {
+    /// 0: the source's size; otherwise at least that.
+    pub size: u64,
+    pub sku: Sku,
+    pub disk_encryption_set: Option<String>,
+    pub encryption_type: Option<EncryptionType>,
+}
+
+/// Bytes an object's deltas take: those only it uses, and those it shares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub unique: u64,
+    pub shared: u64,
+}
+
+/// Changed ranges between two objects of one family, in bytes, ends inclusive.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// Units that hold data in the newer object and may differ.
+    pub page_ranges: Vec<(u64, u64)>,
+    /// Units that read as zeros in the newer object and may have held data.
+    pub clear_ranges: Vec<(u64, u64)>,
+}
+
+impl Diff {
+    pub fn to_json(&self) -> Value {
+        let r = |v: &[(u64, u64)]| {
+            v.iter()
+                .map(|&(s, e)| json!({"start": s, "end": e}))
+                .collect::<Vec<_>>()
+        };
+        json!({"pageRanges": r(&self.page_ranges), "clearRanges": r(&self.clear_ranges)})
+    }
+}
+
+impl Store {
+    fn deltas_dir(&self) -> PathBuf {
+        self.root.join(DELTAS_DIR)
+    }
+
+    /// A source by name: a disk, snapshot or image, or a resource id
+    /// (`/diskvault/snapshots/NAME`). A bare name is looked up in `kinds` order.
+    pub fn find_source(&self, source: &str, kinds: &[ObjectKind]) -> Result<Arc<Disk>> {
+        for k in ObjectKind::ALL {
+            if let Some(name) = source.strip_prefix(&k.resource_id("")) {
+                if !kinds.contains(&k) {
+                    return Err(StoreError::Refused(format!(
+                        "a {k} can't be the source here; use a {}",
+                        kinds
+                            .iter()
+                            .map(|k| k.noun())
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    )));
+                }
+                return self.get_kind_or_err(k, name);
+            }
+        }
+        for &k in kinds {
+            if let Some(d) = self.get_kind(k, source) {
+                return Ok(d);
+            }
+        }
+        Err(StoreError::Refused(format!(
+            "no {} named '{source}'; see 'diskvault {} list'",
+            kinds
+                .iter()
+                .map(|k| k.noun())
+                .collect::<Vec<_>>()
+                .join(" or "),
+            kinds[0].noun()
+        )))
+    }
+
+    /// A new delta file of `len` bytes; its id.
+    fn new_delta(&self, len: u64) -> Result<String> {
+        let dir = self.deltas_dir();
+        if !dir.is_dir() {
+            durable::create_dir(&dir, 0o700)
+                .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        }
+        let id = hex(&random_bytes(16)?);
+        create_delta(&delta_path(&self.root, &id), round_up(len))
+            .map_err(|e| StoreError::io(format!("creating a delta in {}", dir.display()), e))?;
+        Ok(id)
+    }
+
+    /// Refuses a copy under other keys than its source's: a disk, its snapshots and
+    /// images, and disks made from them share DEKs and one disk encryption set.
+    fn check_same_key(
+        &self,
+        what: &str,
+        src: &Disk,
+        des: Option<&str>,
+        ty: Option<EncryptionType>,
+    ) -> Result<()> {
+        let m = src.meta();
+        let src_des = m.encryption.disk_encryption_set_id.clone();
+        let src_name = format!("{} '{}'", src.kind, m.name);
+        if let Some(t) = ty {
+            if t != m.encryption.kind {
+                return Err(StoreError::Refused(format!(
+                    "{what} must use the encryption of its source {src_name} ({}), not {t}: it shares the source's data and keys{}",
+                    m.encryption.kind,
+                    if src.kind.read_only() && !m.encryption.kind.uses_customer_key() {
+                        "; to re-encrypt, create a disk from it with --disk-encryption-set"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+        if let Some(d) = des {
+            let rec = self.keys.des(d)?;
+            if Some(rec.id()) != src_des {
+                return Err(StoreError::Refused(format!(
+                    "{what} must use the disk encryption set of its source {src_name} ({}), not '{}': a disk and its snapshots and images share one disk encryption set",
+                    src_des.as_deref().unwrap_or("none: it uses the platform key"),
+                    rec.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_object(&self, kind: ObjectKind, dir: PathBuf, meta: DiskMeta) -> Arc<Disk> {
+        let name = meta.name.clone();
+        let d = Arc::new(Disk::new(
+            kind,
+            self.root.clone(),
+            dir,
+            meta,
+            None,
+            self.keys.clone(),
+            self.reconcile.health.clone(),
+            self.serial(),
+        ));
+        self.disks.write().insert((kind, name), d.clone());
+        d
+    }
+
+    /// The metadata of a new read-only copy of `src` (its keys, encryption, stack).
+    fn copy_meta(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        src: &Disk,
+        m: &DiskMeta,
+        incremental: bool,
+    ) -> Result<DiskMeta> {
+        Ok(DiskMeta {
+            format_version: META_VERSION_LAYERED,
+            id: hex(&random_bytes(16)?),
+            name: name.to_string(),
+            size_bytes: m.size_bytes,
+            // Snapshots are standard-tier objects (Azure's default Standard_LRS).
+            sku: Sku::StandardLrs.name().to_string(),
+            created_at: now_rfc3339(),
+            encryption: m.encryption.clone(),
+            data_unit_size: m.data_unit_size,
+            layers: m.layers.clone(),
+            rekey: None,
+            stack: m.stack.clone(),
+            key_check_id: Some(m.dek_id().to_string()),
+            creation_data: Some(CreationData {
+                create_option: "Copy".into(),
+                source_resource_id: Some(src.kind.resource_id(&m.name)),
+                source_unique_id: Some(m.id.clone()),
+            }),
+            incremental: (kind == ObjectKind::Snapshot).then_some(incremental),
+        })
+    }
+
+    /// Writes `meta` in `KIND/ID.creating/` (to be renamed into place by `publish`).
+    fn stage(&self, kind: ObjectKind, meta: &DiskMeta) -> Result<PathBuf> {
+        let dir = self.kind_dir(kind);
+        let staging = dir.join(format!("{}.creating", meta.id));
+        durable::create_dir(&staging, 0o700)
+            .and_then(|()| {
+                durable::write_atomic(&staging.join(disk::META_FILE), &meta.to_json(), 0o600)
+            })
+            .map_err(|e| {
+                let _ = fs::remove_dir_all(&staging);
+                StoreError::io(
+                    format!("creating {kind} '{}' in {}", meta.name, dir.display()),
+                    e,
+                )
+            })?;
+        Ok(staging)
+    }
+
+    fn publish(&self, kind: ObjectKind, staging: &Path, id: &str) -> Result<PathBuf> {
+        let dir = self.kind_dir(kind);
+        let final_dir = dir.join(id);
+        fs::rename(staging, &final_dir)
+            .and_then(|()| durable::sync_dir(&dir))
+            .map_err(|e| StoreError::io(format!("creating a {kind} in {}", dir.display()), e))?;
+        Ok(final_dir)
+    }
+
+    fn discard_staging(&self, staging: &Path) {
+        durable::shred(&staging.join(disk::META_FILE));
+        let _ = fs::remove_dir_all(staging);
+    }
+
+    /// A read-only copy (snapshot or image) of a disk or snapshot, in O(1).
+    pub fn create_copy(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        source: &str,
+        opts: &CopyOptions,
+    ) -> Result<Arc<Disk>> {
+        validate_name(name)?;
+        let _ns = self.ns.lock();
+        if self.get_kind(kind, name).is_some() {
+            return Err(StoreError::ObjectExists {
+                kind,
+                name: name.to_string(),
+            });
+        }
+        let kinds: &[ObjectKind] = match kind {
+            ObjectKind::Image => &[ObjectKind::Disk, ObjectKind::Snapshot],
+            _ => &[ObjectKind::Disk, ObjectKind::Snapshot],
+        };
+        let src = self.find_source(source, kinds)?;
+        if let Some(r) = src.corrupt_reason() {
+            return Err(StoreError::Unavailable {
+                disk: src.name(),
+                reason: r.to_string(),
+            });
+        }
+        let what = format!("{kind} '{name}'");
+        self.check_same_key(
+            &what,
+            &src,
+            opts.disk_encryption_set.as_deref(),
+            opts.encryption_type,
+        )?;
+        let obj = if src.kind == ObjectKind::Disk {
+            if src.meta().rekey.is_some() {
+                return Err(StoreError::RekeyRunning(src.name()));
+            }
+            if src.stack().len() >= MAX_STACK {
+                return Err(StoreError::Refused(format!(
+                    "disk '{}' has {MAX_STACK} deltas; delete older snapshots of it, or rekey it ('diskvault disk rekey {0}'), which gives it one", src.name()
+                )));
+            }
+            src.make_layered()?;
+            let delta = self.new_delta(src.size())?;
+            let mut staged = None;
+            let r = src.push_delta(&delta, |m| {
+                let meta = self.copy_meta(kind, name, &src, m, opts.incremental)?;
+                staged = Some((self.stage(kind, &meta)?, meta));
+                Ok(())
+            });
+            match (r, staged) {
+                (Ok(()), Some((staging, meta))) => {
+                    crate::fault::point("snapshot.publish");
+                    let dir = self.publish(kind, &staging, &meta.id)?;
+                    self.insert_object(kind, dir, meta)
+                }
+                (r, staged) => {
+                    if let Some((staging, _)) = staged {
+                        self.discard_staging(&staging);
+                    }
+                    let _ = remove_delta(&self.root, &delta);
+                    r?;
+                    return Err(StoreError::InvalidArgument(
+                        "internal: snapshot not staged".into(),
+                    ));
+                }
+            }
+        } else {
+            let m = src.meta();
+            let meta = self.copy_meta(kind, name, &src, &m, opts.incremental)?;
+            let staging = self.stage(kind, &meta)?;
+            let dir = self
+                .publish(kind, &staging, &meta.id)
+                .inspect_err(|_| self.discard_staging(&staging))?;
+            self.insert_object(kind, dir, meta)
+        };
+        log::info!("created {kind} '{name}' from {} '{}'", src.kind, src.name());
+        Ok(obj)
+    }
+
+    /// `disk create NAME --source SNAPSHOT|IMAGE|DISK`: instant when it shares the
+    /// source's data (same keys); a full, re-encrypting copy from a platform-key
+    /// source to a customer key (`progress(done, total)` in bytes).
+    pub fn create_disk_from(
+        &self,
+        name: &str,
+        source: &str,
+        opts: &FromSourceOptions,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<Arc<Disk>> {
+        validate_name(name)?;
+        let _ns = self.ns.lock();
+        if self.get(name).is_some() {
+            return Err(StoreError::DiskExists(name.to_string()));
+        }
+        let src = self.find_source(
+            source,
+            &[ObjectKind::Snapshot, ObjectKind::Image, ObjectKind::Disk],
+        )?;
+        if let Some(r) = src.corrupt_reason() {
+            return Err(StoreError::Unavailable {
+                disk: src.name(),
+                reason: r.to_string(),
+            });
+        }
+        let sm = src.meta();
+        let size = if opts.size == 0 {
+            sm.size_bytes
+        } else {
+            opts.size
+        };
+        if size < sm.size_bytes {
+            return Err(StoreError::InvalidSize {
+                input: size.to_string(),
+                reason: format!(
+                    "a disk made from {} '{}' must be at least its size ({} bytes); sizes only grow",
+                    src.kind, sm.name, sm.size_bytes
+                ),
+            });
+        }
+        if size > MAX_DISK_SIZE {
+            return Err(StoreError::TooLarge);
+        }
+        let what = format!("disk '{name}'");
+        let customer_source = sm.encryption.kind.uses_customer_key();
+        let new_key = !customer_source
+            && (opts.disk_encryption_set.is_some()
+                || opts
+                    .encryption_type
+                    .is_some_and(|t| t != sm.encryption.kind));
+        if new_key {
+            drop(_ns);
+            return self.copy_disk_reencrypting(name, &src, size, opts, progress);
+        }
+        self.check_same_key(
+            &what,
+            &src,
+            opts.disk_encryption_set.as_deref(),
+            opts.encryption_type,
+        )?;
+        if src.kind == ObjectKind::Disk {
+            if sm.rekey.is_some() {
+                return Err(StoreError::RekeyRunning(src.name()));
+            }
+            src.make_layered()?;
+        }
+        let delta = self.new_delta(size)?;
+        let mut staged: Option<(PathBuf, DiskMeta)> = None;
+        let mut stage = |m: &DiskMeta| -> Result<()> {
+            let mut stack = m.stack.clone();
+            stack.push(delta.clone());
+            let meta = DiskMeta {
+                format_version: META_VERSION_LAYERED,
+                id: hex(&random_bytes(16)?),
+                name: name.to_string(),
+                size_bytes: m.size_bytes,
+                sku: opts.sku.name().to_string(),
+                created_at: now_rfc3339(),
+                encryption: m.encryption.clone(),
+                data_unit_size: m.data_unit_size,
+                layers: m.layers.clone(),
+                rekey: None,
+                stack,
+                key_check_id: Some(m.dek_id().to_string()),
+                creation_data: Some(CreationData {
+                    create_option: if src.kind == ObjectKind::Image {
+                        "FromImage"
+                    } else {
+                        "Copy"
+                    }
+                    .into(),
+                    source_resource_id: Some(src.kind.resource_id(&m.name)),
+                    source_unique_id: Some(m.id.clone()),
+                }),
+                incremental: None,
+            };
+            staged = Some((self.stage(ObjectKind::Disk, &meta)?, meta));
+            Ok(())
+        };
+        let r = if src.kind == ObjectKind::Disk {
+            // The source disk's writable delta is frozen and shared, as for a snapshot.
+            let extra = self.new_delta(sm.size_bytes)?;
+            let r = src.push_delta(&extra, |m| stage(m));
+            if r.is_err() {
+                let _ = remove_delta(&self.root, &extra);
+            }
+            r
+        } else {
+            stage(&sm)
+        };
+        let result = r.and_then(|()| {
+            let (staging, meta) = staged.take().expect("staged on success");
+            let disk = self.insert_staged(&staging, meta);
+            // The source's last unit may hold undefined bytes past its size; a bigger
+            // disk reads zeros there.
+            if size > disk.size() {
+                disk.set_size(size)
+                    .inspect_err(|_| self.drop_staged(&disk))?;
+            }
+            crate::fault::point("clone.staged");
+            let dir = self
+                .publish(ObjectKind::Disk, &staging, &disk.id)
+                .inspect_err(|_| self.drop_staged(&disk))?;
+            disk.set_dir(dir);
+            Ok(disk)
+        });
+        match result {
+            Ok(disk) => {
+                log::info!(
+                    "created disk '{name}' from {} '{}' (shared)",
+                    src.kind,
+                    src.name()
+                );
+                Ok(disk)
+            }
+            Err(e) => {
+                if let Some((staging, _)) = staged {
+                    self.discard_staging(&staging);
+                }
+                let _ = remove_delta(&self.root, &delta);
+                Err(e)
+            }
+        }
+    }
+
+    /// A staged disk, in the namespace so its data path works; `publish` makes it real.
+    fn insert_staged(&self, staging: &Path, meta: DiskMeta) -> Arc<Disk> {
+        self.insert_object(ObjectKind::Disk, staging.to_path_buf(), meta)
+    }
+
+    fn drop_staged(&self, disk: &Disk) {
+        self.disks.write().remove(&(ObjectKind::Disk, disk.name()));
+        self.discard_staging(&disk.dir());
+        if let Some(d) = disk.stack().last() {
+            let _ = remove_delta(&self.root, d);
+        }
+    }
+
+    /// A disk from a platform-key source under a customer key: new DEKs, every
+    /// unit of data decrypted and encrypted again. Not instant; staged until done.
+    fn copy_disk_reencrypting(
+        &self,
+        name: &str,
+        src: &Arc<Disk>,
+        size: u64,
+        opts: &FromSourceOptions,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<Arc<Disk>> {
+        let staging_name = format!(".{name}.copying");
+        let copy = CreateOptions {
+            size,
+            sku: opts.sku,
+            cipher: src
+                .meta()
+                .layers
+                .first()
+                .and_then(|l| l.cipher.parse().ok()),
+            disk_encryption_set: opts.disk_encryption_set.clone(),
+        };
+        if opts.disk_encryption_set.is_none() {
+            return Err(StoreError::Refused(format!(
+                "disk '{name}' with {} needs --disk-encryption-set",
+                opts.encryption_type
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            )));
+        }
+        if let Some(t) = opts.encryption_type {
+            let rec = self
+                .keys
+                .des(opts.disk_encryption_set.as_deref().unwrap_or_default())?;
+            if rec.encryption_type != t {
+                return Err(StoreError::Refused(format!(
+                    "disk encryption set '{}' is {}, not {t}; pick a set of that type",
+                    rec.name, rec.encryption_type
+                )));
+            }
+        }
+        let dst = self.create_disk(&staging_name, &copy)?;
+        let r = (|| -> Result<()> {
+            src.open()?;
+            let _close_src = scopeguard(|| {
+                let _ = src.release();
+            });
+            dst.open()?;
+            let _close_dst = scopeguard(|| {
+                let _ = dst.release();
+            });
+            let total = src.size();
+            let chunk = 1u64 << 20;
+            let mut off = 0;
+            while off < total {
+                let mut next = src.seek(off, SeekKind::Data).unwrap_or(total);
+                next = next / UNIT * UNIT;
+                if next >= total {
+                    break;
+                }
+                let len = chunk.min(total - next);
+                let buf = src.read(next, len as usize)?;
+                if buf.iter().any(|&b| b != 0) {
+                    dst.write(next, &buf)?;
+                }
+                off = next + len;
+                progress(off.min(total), total);
+            }
+            dst.sync()?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            let _ = self.delete_disk(&staging_name);
+            return Err(e);
+        }
+        let _ns = self.ns.lock();
+        if self.get(name).is_some() {
+            drop(_ns);
+            let _ = self.delete_disk(&staging_name);
+            return Err(StoreError::DiskExists(name.to_string()));
+        }
+        dst.update_meta(|m| {
+            m.name = name.to_string();
+            m.creation_data = Some(CreationData {
+                create_option: if src.kind == ObjectKind::Image {
+                    "FromImage"
+                } else {
+                    "Copy"
+                }
+                .into(),
+                source_resource_id: Some(src.kind.resource_id(&src.name())),
+                source_unique_id: Some(src.id.clone()),
+            });
+        })?;
+        let mut disks = self.disks.write();
+        disks.remove(&(ObjectKind::Disk, staging_name));
+        disks.insert((ObjectKind::Disk, name.to_string()), dst.clone());
+        log::info!(
+            "created disk '{name}' from {} '{}' (re-encrypted copy)",
+            src.kind,
+            src.name()
+        );
+        Ok(dst)
+    }
+
+    /// Other objects holding the DEKs of `obj` (its snapshots, images, clones).
+    pub fn key_family(&self, obj: &Disk) -> Vec<Arc<Disk>> {
+        let id = obj.meta().dek_id().to_string();
+        self.list()
+            .into_iter()
+            .filter(|d| d.id != obj.id && d.meta().dek_id() == id)
+            .collect()
+    }
+
+    /// Refuses to move a disk to other keys while others share its DEKs.
+    pub(super) fn check_not_sharing_keys(&self, disk: &Disk) -> Result<()> {
+        let fam = self.key_family(disk);
+        if let Some(o) = fam.first() {
+            return Err(StoreError::Refused(format!(
+                "disk '{}' shares its data and keys with {} '{}'{}; a disk and its snapshots and images keep one disk encryption set. Delete those, or create a re-encrypted copy ('diskvault disk create NEW --source {0} --disk-encryption-set SET')",
+                disk.name(),
+                o.kind,
+                o.name(),
+                if fam.len() > 1 { format!(" and {} more", fam.len() - 1) } else { String::new() }
+            )));
+        }
+        Ok(())
+    }
+
+    /// `snapshot delete` and `image delete`.
+    pub fn delete_object(&self, kind: ObjectKind, name: &str) -> Result<()> {
+        let _ns = self.ns.lock();
+        self.delete_object_locked(kind, name)
+    }
+
+    /// Records deltas whose space a delete may free (`deltas/.gc`), before it commits.
+    pub(super) fn note_gc(&self, ids: &[String]) -> std::io::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let path = self.deltas_dir().join(GC_FILE);
+        let mut all: Vec<String> = fs::read_to_string(&path)
+            .map(|s| s.lines().map(String::from).collect())
+            .unwrap_or_default();
+        all.extend(ids.iter().cloned());
+        all.sort();
+        all.dedup();
+        durable::write_atomic(&path, (all.join("\n") + "\n").as_bytes(), 0o600)
+    }
+
+    /// Objects (including deleted ones still open) whose stack holds `id`.
+    fn users_of(&self, id: &str) -> Vec<Arc<Disk>> {
+        self.served()
+            .into_iter()
+            .filter(|d| d.stack().iter().any(|s| s == id))
+            .collect()
+    }
+
+    /// Frees what no object can read any more in deltas `ids`: a delta no object
+    /// uses is removed; in the others, units every user sees through a delta above
+    /// are punched. Errors are logged (the space stays used, content is intact).
+    pub(super) fn collect_garbage(&self, ids: &[String]) {
+        for id in ids {
+            let users = self.users_of(id);
+            let r = if users.is_empty() {
+                remove_delta(&self.root, id).map(|()| log::info!("freed delta {id}"))
+            } else {
+                self.punch_dead(id, &users)
+            };
+            if let Err(e) = r {
+                log::error!("freeing space of delta {id}: {e}");
+                return;
+            }
+        }
+        let path = self.deltas_dir().join(GC_FILE);
+        let left: Vec<String> = fs::read_to_string(&path)
+            .map(|s| {
+                s.lines()
+                    .filter(|l| !ids.iter().any(|i| i == l))
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let r = if left.is_empty() {
+            fs::remove_file(&path).or_else(|e| {
+                if e.kind() == ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+        } else {
+            durable::write_atomic(&path, (left.join("\n") + "\n").as_bytes(), 0o600)
+        };
+        if let Err(e) = r {
+            log::warn!("updating {}: {e}", path.display());
+        }
+    }
+
+    /// Punches the units of delta `id` that no user reads: each user sees it only
+    /// where no delta above it in that user's stack holds data or a whiteout.
+    fn punch_dead(&self, id: &str, users: &[Arc<Disk>]) -> std::io::Result<()> {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(delta_path(&self.root, id))?;
+        let data = scan_data(&f)?;
+        let mut live = RangeSet::new();
+        for u in users {
+            let stack = u.stack();
+            let pos = stack
+                .iter()
+                .position(|s| s == id)
+                .expect("user's stack holds it");
+            let mut cover = RangeSet::new();
+            for above in &stack[pos + 1..] {
+                let af = open_ro(&delta_path(&self.root, above))?;
+                cover = cover
+                    .union(&scan_data(&af)?)
+                    .union(&read_whiteouts(&whiteout_path(&self.root, above))?);
+            }
+            live = live.union(&data.subtract(&cover));
+        }
+        let dead = data.subtract(&live);
+        for r in dead.iter() {
+            super::disk::io_punch_file(&f, r.start * UNIT, (r.end - r.start) * UNIT)?;
+        }
+        if !dead.is_empty() {
+            f.sync_data()?;
+            log::info!("freed {} bytes of delta {id}", dead.count() * UNIT);
+        }
+        Ok(())
+    }
+
+    /// At open: finishes space reclaim a crash interrupted, and removes deltas no
+    /// object uses (an interrupted create or delete). With any object's metadata
+    /// unreadable nothing is removed: that object may use them.
+    pub(super) fn collect_garbage_at_open(&self) {
+        let dir = self.deltas_dir();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
+        let pending: Vec<String> = fs::read_to_string(dir.join(GC_FILE))
+            .map(|s| s.lines().map(String::from).collect())
+            .unwrap_or_default();
+        if self.list().iter().any(|d| d.corrupt_reason().is_some()) {
+            log::warn!("not freeing unused deltas while an object's metadata is unreadable");
+            return;
+        }
+        let used: std::collections::HashSet<String> =
+            self.list().iter().flat_map(|d| d.stack()).collect();
+        for e in entries.filter_map(|e| e.ok()) {
+            let Some(name) = e.file_name().to_str().map(String::from) else {
+                continue;
+            };
+            let id = whiteout_owner(&name).unwrap_or(&name);
+            if name == GC_FILE || name.starts_with('.') || used.contains(id) {
+                continue;
+            }
+            log::info!("removing unused {}", e.path().display());
+            let _ = fs::remove_file(e.path());
+        }
+        if !pending.is_empty() {
+            self.collect_garbage(&pending);
+        }
+    }
+
+    /// Bytes used by `obj`'s deltas: only by it, and shared with other objects.
+    pub fn usage(&self, obj: &Disk) -> Usage {
+        let all = self.served();
+        let mut u = Usage::default();
+        for p in obj.data_files() {
+            let bytes = fs::metadata(&p).map(|m| m.blocks() * 512).unwrap_or(0);
+            let id = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let users = all.iter().filter(|d| d.stack().contains(&id)).count();
+            if users > 1 {
+                u.shared += bytes;
+            } else {
+                u.unique += bytes;
+            }
+        }
+        u
+    }
+
+    /// The ranges where `new` may differ from `old` (both of one family: one shares
+    /// deltas with the other). Answered from the deltas, without keys.
+    pub fn diff(&self, old: &Disk, new: &Disk) -> Result<Diff> {
+        let (a, b) = (old.stack(), new.stack());
+        let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        if common == 0 || old.meta().dek_id() != new.meta().dek_id() {
+            return Err(StoreError::Refused(format!(
+                "{} '{}' and {} '{}' are not of one snapshot family (neither was made from the other's data); diff works between a disk and its snapshots, and between snapshots of one disk",
+                old.kind, old.name(), new.kind, new.name()
+            )));
+        }
+        let io = |e| StoreError::io("diffing", e);
+        let mut changed = RangeSet::new();
+        for id in a[common..].iter().chain(&b[common..]) {
+            let f = open_ro(&delta_path(&self.root, id)).map_err(io)?;
+            changed = changed.union(&scan_data(&f).map_err(io)?);
+            changed = changed.union(&read_whiteouts(&whiteout_path(&self.root, id)).map_err(io)?);
+        }
+        let size = new.size().max(old.size());
+        changed.remove(units_in(size)..u64::MAX);
+        let view = Layered::build(&self.root, &b, None).map_err(io)?;
+        let mut d = Diff::default();
+        let clip = |r: std::ops::Range<u64>| (r.start * UNIT, (r.end * UNIT).min(size) - 1);
+        for r in changed.iter() {
+            for (piece, from) in view.resolve(r) {
+                let v = if from == From::Zero {
+                    &mut d.clear_ranges
+                } else {
+                    &mut d.page_ranges
+                };
+                v.push(clip(piece));
+            }
+        }
+        Ok(d)
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct G<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for G<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f()
+            }
+        }
+    }
+    G(Some(f))
+}
