@@ -39,6 +39,8 @@ mod rekey;
 mod sets;
 #[cfg(test)]
 mod snapshot_tests;
+#[cfg(test)]
+mod decrypt_tests;
 mod snapshots;
 #[cfg(test)]
 mod tests;
