@@ -16,11 +16,18 @@ const PLATFORM_KEY_TYPE: &str = "EncryptionAtRestWithPlatformKey";
 #[derive(Subcommand)]
 pub enum DiskCmd {
     /// Create a disk: platform key by default, customer key with --disk-encryption-set.
+    ///
+    /// With --source SNAPSHOT|IMAGE|DISK the disk starts with the source's content. It
+    /// is instant when it keeps the source's keys (the same disk encryption set, which
+    /// a customer-key source requires). From a platform-key source under a customer
+    /// key (--disk-encryption-set) the data must be re-encrypted: a full copy, with a
+    /// progress bar, not an instant clone.
     Create {
         #[command(flatten)]
         name: DiskName,
-        /// Size, e.g. 30G, 512M, 1T or bytes (binary units).
-        #[arg(long, required_unless_present = "size_gb", conflicts_with = "size_gb")]
+        /// Size, e.g. 30G, 512M, 1T or bytes (binary units). With --source: the
+        /// source's size unless given (it can only grow).
+        #[arg(long, required_unless_present_any = ["size_gb", "source"], conflicts_with = "size_gb")]
         size: Option<String>,
         /// Size in GiB, as in az (instead of --size).
         #[arg(long)]
@@ -29,8 +36,11 @@ pub enum DiskCmd {
         #[arg(long, default_value = "Premium_LRS")]
         sku: String,
         /// aes-256-xts (default) or aes-256-ctr (weaker when data is overwritten).
-        #[arg(long, default_value = "aes-256-xts")]
-        cipher: String,
+        #[arg(long, conflicts_with = "source")]
+        cipher: Option<String>,
+        /// A snapshot, image or disk to start from (name or /diskvault/snapshots/NAME).
+        #[arg(long)]
+        source: Option<String>,
         /// Disk encryption set (name or id) whose key wraps the disk's key.
         #[arg(long)]
         disk_encryption_set: Option<String>,
@@ -336,19 +346,29 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
             cipher,
             disk_encryption_set,
             encryption_type,
+            source,
             store,
         } => {
             let name = name.get();
             crate::store::validate_name(name)?;
             let size = match (size, size_gb) {
-                (Some(s), _) => s,
-                (None, Some(g)) => format!("{g}G"),
+                (Some(s), _) => parse_size(&s)?,
+                (None, Some(g)) => parse_size(&format!("{g}G"))?,
+                (None, None) if source.is_some() => 0,
                 (None, None) => unreachable!("clap requires --size or --size-gb"),
             };
+            let cipher = match (&source, cipher) {
+                (Some(_), _) => None,
+                (None, c) => Some(
+                    c.as_deref()
+                        .unwrap_or("aes-256-xts")
+                        .parse::<CipherKind>()?,
+                ),
+            };
             let options = CreateOptions {
-                size: parse_size(&size)?,
+                size,
                 sku: sku.parse::<Sku>()?,
-                cipher: Some(cipher.parse::<CipherKind>()?),
+                cipher,
                 disk_encryption_set: disk_encryption_set.clone(),
             };
             let a = Access::open(&store)?;
@@ -358,6 +378,7 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
             let reply = a.send(DiskRequest::Create {
                 name: name.into(),
                 options,
+                source,
             })?;
             print_reply(&a, reply, &format!("disks/{name}/disk.json"))?;
         }

@@ -2,6 +2,7 @@
 //! mounted, and through the mount's `.vault/` control files when it is.
 
 mod access;
+mod copies;
 mod daemon;
 mod des;
 mod disk;
@@ -64,6 +65,16 @@ enum Cmd {
     Des {
         #[command(subcommand)]
         cmd: des::DesCmd,
+    },
+    /// Snapshots: instant, read-only point-in-time copies of disks; list, show, diff, delete.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: copies::SnapshotCmd,
+    },
+    /// Images: captured from a disk or snapshot, to create disks from.
+    Image {
+        #[command(subcommand)]
+        cmd: copies::ImageCmd,
     },
 }
 
@@ -192,6 +203,11 @@ name_arg!(
     "The disk's name, as in az (instead of the positional NAME)."
 );
 name_arg!(
+    ObjName,
+    "The snapshot's or image's name.",
+    "The name, as in az (instead of the positional NAME)."
+);
+name_arg!(
     KeyName,
     "The key's name.",
     "The key's name, as in az (instead of the positional NAME)."
@@ -278,6 +294,8 @@ pub fn main() -> ExitCode {
         Cmd::Key { cmd } => key::run_key(cmd),
         Cmd::Vault { cmd } => vault::run_vault(cmd),
         Cmd::Des { cmd } => des::run_des(cmd),
+        Cmd::Snapshot { cmd } => copies::run_snapshot(cmd),
+        Cmd::Image { cmd } => copies::run_image(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,10 @@ pub enum DiskRequest {
     Create {
         name: String,
         options: CreateOptions,
+        /// A snapshot, image or disk to start from (`--source`); then a size of 0
+        /// means the source's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
     },
     Delete {
         name: String,
@@ -49,8 +53,15 @@ impl DiskRequest {
         let obj =
             |m: Map<String, Value>| serde_json::to_vec(&Value::Object(m)).expect("serializes");
         match self {
-            DiskRequest::Create { name, options } => {
+            DiskRequest::Create {
+                name,
+                options,
+                source,
+            } => {
                 let mut m = Map::new();
+                if let Some(s) = source {
+                    m.insert("source".into(), json!(s));
+                }
                 m.insert("name".into(), json!(name));
                 m.insert("size".into(), json!(options.size));
                 m.insert("sku".into(), json!(options.sku.to_string()));
@@ -86,6 +97,7 @@ impl DiskRequest {
 const DISK_CREATE_FIELDS: &[args::Field] = &[
     f(&["name"], true, true, Ty::Str),
     f(&["size", "diskSizeBytes"], true, false, Ty::NumOrStr),
+    f(&["source", "sourceResourceId"], false, false, Ty::Str),
     f(&["diskSizeGB"], false, false, Ty::NumOrStr),
     f(&["sku"], false, false, Ty::Str),
     f(&["cipher"], false, false, Ty::Str),
@@ -123,8 +135,12 @@ pub(super) fn routes() -> Vec<Route> {
     let dir = Lit("disks");
     vec![
         Route::w(&[dir, Lit("create")], |_, data| {
-            let (name, options) = parse_disk_create(data)?;
-            Ok(Request::Disk(DiskRequest::Create { name, options }))
+            let (name, options, source) = parse_disk_create(data)?;
+            Ok(Request::Disk(DiskRequest::Create {
+                name,
+                options,
+                source,
+            }))
         }),
         Route::dir(&[dir, DISK]).rmdir(|p| {
             Err(StoreError::NotPermitted(format!(
@@ -180,12 +196,13 @@ fn read_disk(c: &Control, p: &Params, _: &Caller) -> Result<Vec<u8>> {
 }
 
 /// Parses a write to `disks/create`.
-pub fn parse_disk_create(data: &[u8]) -> Result<(String, CreateOptions)> {
+pub fn parse_disk_create(data: &[u8]) -> Result<(String, CreateOptions, Option<String>)> {
     let a = parse(
         data,
         DISK_CREATE_FIELDS,
-        "write `NAME SIZE [sku=SKU] [cipher=CIPHER] [des=SET]`, e.g. `data1 30G`, or a JSON object",
+        "write `NAME SIZE [sku=SKU] [cipher=CIPHER] [des=SET]` or `NAME source=SNAPSHOT [SIZE]`, e.g. `data1 30G`, or a JSON object",
     )?;
+    let source = a.str("source").map(String::from);
     let name = a.str("name").unwrap_or_default().to_string();
     check_reserved(&name)?;
     let size = match (a.get("size"), a.get("diskSizeGB")) {
@@ -193,6 +210,7 @@ pub fn parse_disk_create(data: &[u8]) -> Result<(String, CreateOptions)> {
         (Some(Val::Str(s)), None) => parse_size(s)?,
         (None, Some(Val::Num(g))) => parse_size(&format!("{g}G"))?,
         (None, Some(Val::Str(g))) => parse_size(&format!("{g}G"))?,
+        (None, None) if source.is_some() => 0,
         (None, None) => return Err(invalid("a size is required, e.g. `data1 30G`")),
         _ => return Err(invalid("give the size once (size or diskSizeGB)")),
     };
@@ -209,7 +227,12 @@ pub fn parse_disk_create(data: &[u8]) -> Result<(String, CreateOptions)> {
             .transpose()?,
         disk_encryption_set: a.str("des").map(String::from),
     };
-    Ok((name, opts))
+    if source.is_some() && opts.cipher.is_some() {
+        return Err(invalid(
+            "a disk made from a source uses the source's cipher; leave out cipher=",
+        ));
+    }
+    Ok((name, opts, source))
 }
 
 pub(super) fn execute(
@@ -218,7 +241,21 @@ pub(super) fn execute(
 ) -> std::result::Result<Option<Value>, StoreError> {
     let store = c.store();
     let disk = match r {
-        DiskRequest::Create { name, options } => {
+        DiskRequest::Create {
+            name,
+            options,
+            source: Some(source),
+        } => {
+            check_reserved(name)?;
+            let opts = crate::store::FromSourceOptions {
+                size: options.size,
+                sku: options.sku,
+                disk_encryption_set: options.disk_encryption_set.clone(),
+                encryption_type: None,
+            };
+            store.create_disk_from(name, source, &opts, &|_, _| {})?
+        }
+        DiskRequest::Create { name, options, .. } => {
             check_reserved(name)?;
             // As the words form and the CLI say it, whichever way the size came.
             if options.size > crate::store::MAX_DISK_SIZE {
@@ -263,16 +300,18 @@ mod tests {
 
     #[test]
     fn disk_create_words_and_json() {
-        let (n, a) =
+        let (n, a, _) =
             parse_disk_create(b"d1 30G sku=Standard_LRS cipher=aes-256-ctr des=set1\n").unwrap();
-        let (n2, b) = parse_disk_create(
+        let (n2, b, _) = parse_disk_create(
             br#"{"name":"d1","size":"30G","sku":"Standard_LRS","cipher":"aes-256-ctr","diskEncryptionSetId":"set1"}"#,
         )
         .unwrap();
         assert_eq!((n, &a), (n2, &b));
         assert_eq!(a.size, 30 << 30);
         assert_eq!(a.cipher, Some(CipherKind::Aes256Ctr));
-        let (_, c) = parse_disk_create(br#"{"name":"d2","diskSizeGB":2}"#).unwrap();
+        let (_, c, _) = parse_disk_create(br#"{"name":"d2","diskSizeGB":2}"#).unwrap();
+        let (_, d, s) = parse_disk_create(b"d3 source=snap1").unwrap();
+        assert_eq!((d.size, s.as_deref()), (0, Some("snap1")));
         assert_eq!(c.size, 2 << 30);
         for bad in [
             &b"d1"[..],

@@ -9,6 +9,7 @@
 //! `fs/` calls this, and tests drive it without a mount. See docs/control-files.md.
 
 pub mod args;
+mod copies;
 mod disks;
 mod error;
 mod key_request;
@@ -19,6 +20,7 @@ mod routes;
 mod sets;
 pub mod view;
 
+pub use copies::{CopyRequest, Kind as CopyKind};
 pub use disks::DiskRequest;
 pub use error::{errno, ControlError};
 pub use keys::{parse_rotation_policy, time_value_of, Identity, KeyRequest};
@@ -232,6 +234,7 @@ impl Control {
             Request::Key(r) => key_request::execute(self, r, caller),
             Request::Set(r) => sets::execute(self, r),
             Request::Disk(r) => disks::execute(self, r),
+            Request::Copy(r) => copies::execute(self, r),
         };
         match r {
             Ok(result) => {

@@ -3,7 +3,7 @@
 //! file form (an object's control file and the words or JSON a person would write to
 //! it), and a unit test holds every request and its file form together.
 
-use super::{DiskRequest, KeyRequest, SetRequest, VaultRequest};
+use super::{CopyRequest, DiskRequest, KeyRequest, SetRequest, VaultRequest};
 #[cfg(test)]
 use zeroize::Zeroizing;
 
@@ -14,6 +14,7 @@ pub enum Request {
     Key(KeyRequest),
     Set(SetRequest),
     Disk(DiskRequest),
+    Copy(CopyRequest),
 }
 
 impl Request {
@@ -32,6 +33,10 @@ impl Request {
                 (p, Zeroizing::new(b))
             }
             Request::Disk(r) => {
+                let (p, b) = r.wire();
+                (p, Zeroizing::new(b))
+            }
+            Request::Copy(r) => {
                 let (p, b) = r.wire();
                 (p, Zeroizing::new(b))
             }
@@ -60,5 +65,11 @@ impl From<SetRequest> for Request {
 impl From<DiskRequest> for Request {
     fn from(r: DiskRequest) -> Self {
         Request::Disk(r)
+    }
+}
+
+impl From<CopyRequest> for Request {
+    fn from(r: CopyRequest) -> Self {
+        Request::Copy(r)
     }
 }

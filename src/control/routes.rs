@@ -3,7 +3,7 @@
 //! itself. A new area (snapshots, VMs) adds its routes and a request type.
 
 use super::{Control, Kind, Request};
-use crate::store::StoreError;
+use crate::store::{ObjectKind, StoreError};
 use crate::vault::{Caller, VaultError};
 use std::sync::LazyLock;
 
@@ -21,6 +21,8 @@ pub(super) enum Seg {
     DeletedKey,
     Set,
     Disk,
+    Snapshot,
+    Image,
 }
 
 /// The names a path's placeholders matched, and its last segment.
@@ -30,6 +32,8 @@ pub(super) struct Params<'a> {
     pub version: Option<&'a str>,
     pub set: &'a str,
     pub disk: &'a str,
+    /// A snapshot's or image's name.
+    pub obj: &'a str,
     /// The last segment (a file name), for handlers shared by several files.
     pub file: &'a str,
 }
@@ -126,6 +130,7 @@ static ROUTES: LazyLock<Vec<Route>> = LazyLock::new(|| {
     v.extend(super::keys::routes());
     v.extend(super::sets::routes());
     v.extend(super::disks::routes());
+    v.extend(super::copies::routes());
     v
 });
 
@@ -146,6 +151,8 @@ fn exists(c: &Control, seg: Seg, name: &str, p: &Params) -> bool {
         ),
         Seg::Set => !matches!(c.store.keyring().des(name), Err(StoreError::DesNotFound(_))),
         Seg::Disk => c.store.get(name).is_some(),
+        Seg::Snapshot => c.store.get_kind(ObjectKind::Snapshot, name).is_some(),
+        Seg::Image => c.store.get_kind(ObjectKind::Image, name).is_some(),
     }
 }
 
@@ -155,6 +162,7 @@ fn capture<'a>(p: &mut Params<'a>, seg: Seg, name: &'a str) {
         Seg::Version => p.version = Some(name),
         Seg::Set => p.set = name,
         Seg::Disk => p.disk = name,
+        Seg::Snapshot | Seg::Image => p.obj = name,
         Seg::Lit(_) => {}
     }
 }
@@ -216,7 +224,9 @@ pub(super) fn list(c: &Control, path: &[&str]) -> Option<Vec<(String, Kind)>> {
             Seg::Version => vault.version_ids(p.key).unwrap_or_default(),
             Seg::DeletedKey => vault.deleted_names(),
             Seg::Set => c.store.des_list().into_iter().map(|d| d.name).collect(),
-            Seg::Disk => c.store.list().iter().map(|d| d.name()).collect(),
+            Seg::Disk => names(c, ObjectKind::Disk),
+            Seg::Snapshot => names(c, ObjectKind::Snapshot),
+            Seg::Image => names(c, ObjectKind::Image),
         };
         for n in names {
             if !out.iter().any(|(x, _)| *x == n) {
@@ -225,6 +235,10 @@ pub(super) fn list(c: &Control, path: &[&str]) -> Option<Vec<(String, Kind)>> {
         }
     }
     Some(out)
+}
+
+fn names(c: &Control, kind: ObjectKind) -> Vec<String> {
+    c.store.list_kind(kind).iter().map(|d| d.name()).collect()
 }
 
 #[cfg(test)]

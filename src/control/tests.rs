@@ -2,6 +2,7 @@
 //! typed request survives its wire form (what the CLI writes to a daemon).
 
 use super::*;
+use crate::control::{CopyKind, CopyRequest};
 use crate::store::{CreateOptions, InitOptions, Sku};
 use crate::vault::{KeyOptions, KeyUpdate, RotationPolicy};
 
@@ -72,8 +73,20 @@ fn objects(c: &Control, keys: &[&str]) -> String {
             size: 1 << 20,
             ..Default::default()
         },
+        source: None,
     }
     .into());
+    for kind in [CopyKind::Snapshot, CopyKind::Image] {
+        run(CopyRequest::Create {
+            kind,
+            name: "c1".into(),
+            source: "d1".into(),
+            incremental: true,
+            set: None,
+            encryption_type: None,
+        }
+        .into());
+    }
     kid
 }
 
@@ -292,6 +305,37 @@ fn every_request_survives_its_wire_form() {
                 cipher: Some(crate::crypto::CipherKind::Aes256Ctr),
                 disk_encryption_set: Some("s1".into()),
             },
+            source: None,
+        }
+        .into(),
+        DiskRequest::Create {
+            name: "d3".into(),
+            options: CreateOptions {
+                size: 0,
+                sku: Sku::StandardLrs,
+                cipher: None,
+                disk_encryption_set: Some("s1".into()),
+            },
+            source: Some("c1".into()),
+        }
+        .into(),
+        CopyRequest::Create {
+            kind: CopyKind::Snapshot,
+            name: "c2".into(),
+            source: "/diskvault/disks/d1".into(),
+            incremental: false,
+            set: Some("s1".into()),
+            encryption_type: Some("EncryptionAtRestWithCustomerKey".into()),
+        }
+        .into(),
+        CopyRequest::Delete {
+            kind: CopyKind::Snapshot,
+            name: "c1".into(),
+        }
+        .into(),
+        CopyRequest::Delete {
+            kind: CopyKind::Image,
+            name: "c1".into(),
         }
         .into(),
         DiskRequest::Delete { name: "d1".into() }.into(),

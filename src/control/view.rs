@@ -4,7 +4,7 @@
 //! operations answer with them (as Key Vault's API does).
 
 use crate::store::des::{DesRecord, TENANT_ID};
-use crate::store::{disk_resource_id, Disk, Result, Sku, Store, STORE_VERSION};
+use crate::store::{disk_resource_id, Disk, ObjectKind, Result, Sku, Store, STORE_VERSION};
 use serde_json::{json, Value};
 
 /// `.vault/status.json`: the store, its reconciler, the vault, every set and disk.
@@ -22,8 +22,87 @@ pub fn status(store: &Store) -> Value {
             .iter()
             .map(|d| set_json(d, &vault.name()))
             .collect::<Vec<_>>(),
-        "disks": store.list().iter().map(|d| disk(store, d)).collect::<Vec<_>>(),
+        "disks": store.list_kind(ObjectKind::Disk).iter().map(|d| disk(store, d)).collect::<Vec<_>>(),
+        "snapshots": store.list_kind(ObjectKind::Snapshot).iter().map(|d| object(store, d)).collect::<Vec<_>>(),
+        "images": store.list_kind(ObjectKind::Image).iter().map(|d| object(store, d)).collect::<Vec<_>>(),
     })
+}
+
+/// `creationData` and the bytes an object uses, shared by every kind's view.
+fn copy_fields(store: &Store, obj: &Disk, v: &mut Value) {
+    let m = obj.meta();
+    let u = store.usage(obj);
+    v["creationData"] = match &m.creation_data {
+        Some(c) => serde_json::to_value(c).expect("serializes"),
+        None => json!({"createOption": "Empty"}),
+    };
+    v["usedBytes"] = json!({"unique": u.unique, "shared": u.shared});
+    v["deltas"] = json!(m.stack.len().max(1));
+    if let Some(n) = obj.index_entries() {
+        v["indexEntries"] = json!(n);
+    }
+}
+
+/// `snapshots/NAME/snapshot.json` and `images/NAME/image.json`: `az snapshot show`
+/// and `az image show`, flattened as the CLI prints them.
+pub fn object(store: &Store, obj: &Disk) -> Value {
+    if obj.kind == ObjectKind::Disk {
+        return disk(store, obj);
+    }
+    let m = obj.meta();
+    let mut v = json!({
+        "name": m.name,
+        "id": obj.kind.resource_id(&m.name),
+        "type": obj.kind.resource_type(),
+        "location": "local",
+        "uniqueId": m.id,
+        "diskSizeBytes": m.size_bytes,
+        "diskSizeGB": m.size_bytes.div_ceil(1 << 30),
+        "provisioningState": "Succeeded",
+        "timeCreated": m.created_at,
+        "encryption": m.encryption,
+        "keyState": store.key_state(obj),
+    });
+    match obj.kind {
+        ObjectKind::Snapshot => {
+            v["sku"] = json!({"name": "Standard_LRS", "tier": "Standard"});
+            v["incremental"] = json!(m.incremental.unwrap_or(false));
+            v["incrementalSnapshotFamilyId"] = json!(m.dek_id());
+            v["diskState"] = json!(if obj.open_handles() > 0 {
+                "ActiveSAS"
+            } else {
+                "Unattached"
+            });
+            v["completionPercent"] = json!(100);
+        }
+        _ => {
+            let src = m
+                .creation_data
+                .as_ref()
+                .and_then(|c| c.source_resource_id.clone());
+            let source_ref = match src.as_deref() {
+                Some(s) if s.starts_with("/diskvault/snapshots/") => json!({"snapshot": {"id": s}}),
+                Some(s) => json!({"managedDisk": {"id": s}}),
+                None => json!({}),
+            };
+            let mut os = json!({
+                "osType": "Linux",
+                "osState": "Generalized",
+                "diskSizeGB": m.size_bytes.div_ceil(1 << 30),
+                "storageAccountType": "Standard_LRS",
+            });
+            if let (Some(o), Some(s)) = (os.as_object_mut(), source_ref.as_object()) {
+                o.extend(s.clone());
+            }
+            if let Some(d) = &m.encryption.disk_encryption_set_id {
+                os["diskEncryptionSet"] = json!({"id": d});
+            }
+            v["storageProfile"] = json!({"osDisk": os, "dataDisks": [], "zoneResilient": false});
+            v["hyperVGeneration"] = json!("V2");
+        }
+    }
+    copy_fields(store, obj, &mut v);
+    v
 }
 
 /// `disks/NAME/disk.json`, shaped like `az disk show` plus diskvault's own fields.
@@ -36,7 +115,7 @@ pub fn disk(store: &Store, disk: &Disk) -> Value {
         .map(|l| (l.cipher.clone(), l.kid.clone()))
         .unwrap_or_default();
     let key_ids: Vec<&str> = m.layers.iter().map(|l| l.kid.as_str()).collect();
-    json!({
+    let mut v = json!({
         "name": m.name,
         "id": disk_resource_id(&m.name),
         "type": "Microsoft.Compute/disks",
@@ -54,7 +133,9 @@ pub fn disk(store: &Store, disk: &Disk) -> Value {
         "layerKeyIds": key_ids,
         "keyState": store.key_state(disk),
         "allocatedBytes": disk.allocated_bytes(),
-    })
+    });
+    copy_fields(store, disk, &mut v);
+    v
 }
 
 /// `disk-encryption-sets/NAME/status.json`, like `az disk-encryption-set show`.

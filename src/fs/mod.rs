@@ -30,6 +30,7 @@ const DISKS: u64 = 2;
 const SNAPSHOTS: u64 = 3;
 /// `.vault/`, the root of the control tree.
 const VAULT: u64 = 4;
+const IMAGES: u64 = 5;
 /// Disk files: DISK_BASE + the disk's serial.
 const DISK_BASE: u64 = 1000;
 /// Control-tree paths get inodes from here on, interned by path.
@@ -48,6 +49,8 @@ enum Node {
     Root,
     Disks,
     Snapshots,
+    Images,
+    /// A disk, or a read-only snapshot or image.
     DiskFile(Arc<Disk>),
     /// A path in the control tree (relative to `.vault/`) and what it is.
     Ctl(String, Kind),

@@ -77,6 +77,7 @@ impl DiskVaultFs {
             ROOT => Some(Node::Root),
             DISKS => Some(Node::Disks),
             SNAPSHOTS => Some(Node::Snapshots),
+            IMAGES => Some(Node::Images),
             i if i >= CTL_BASE || i == VAULT => {
                 let path = self.ctl_path(i)?;
                 let kind = self.control.kind(&split(&path))?;
@@ -135,7 +136,7 @@ impl DiskVaultFs {
             )
         };
         match node {
-            Node::Root | Node::Disks | Node::Snapshots => dir(0o755),
+            Node::Root | Node::Disks | Node::Snapshots | Node::Images => dir(0o755),
             Node::Ctl(_, Kind::Dir) => dir(0o700),
             // Control files show size 0, as in /proc; they are read to EOF.
             Node::Ctl(_, k) => (
@@ -143,7 +144,8 @@ impl DiskVaultFs {
                 ZERO_TTL,
             ),
             Node::DiskFile(d) => {
-                let mut a = self.attr(ino, FileType::RegularFile, 0o600, d.size(), d.mtime());
+                let perm = if d.kind.read_only() { 0o400 } else { 0o600 };
+                let mut a = self.attr(ino, FileType::RegularFile, perm, d.size(), d.mtime());
                 a.blocks = d.allocated_bytes() / 512;
                 (a, DISK_TTL)
             }
@@ -157,15 +159,15 @@ impl DiskVaultFs {
             Node::Root => vec![
                 (DISKS, Directory, "disks".into()),
                 (SNAPSHOTS, Directory, "snapshots".into()),
+                (IMAGES, Directory, "images".into()),
                 (VAULT, Directory, ".vault".into()),
             ],
-            Node::Disks => self
+            Node::Disks | Node::Snapshots | Node::Images => self
                 .store
-                .list()
+                .list_kind(dir_kind(node)?)
                 .iter()
                 .map(|d| (disk_ino(d), RegularFile, d.name()))
                 .collect(),
-            Node::Snapshots => vec![],
             Node::Ctl(path, Kind::Dir) => self
                 .control
                 .list(&split(path))?
@@ -192,14 +194,15 @@ impl DiskVaultFs {
                 let kind = self.control.kind(&split(&p))?;
                 Some((self.ctl_ino(&p), Node::Ctl(p, kind)))
             }
-            Node::Disks => self
+            Node::Disks | Node::Snapshots | Node::Images => self
                 .store
-                .get(name)
+                .get_kind(dir_kind(parent)?, name)
                 .map(|d| (disk_ino(&d), Node::DiskFile(d))),
             Node::Root => {
                 let ino = match name {
                     "disks" => DISKS,
                     "snapshots" => SNAPSHOTS,
+                    "images" => IMAGES,
                     ".vault" => VAULT,
                     _ => return None,
                 };
@@ -274,5 +277,16 @@ impl DiskVaultFs {
             Some(_) => Err(Errno::EPERM),
             None => Err(Errno::ENOENT),
         }
+    }
+}
+
+/// The kind of object a data directory holds.
+pub(super) fn dir_kind(node: &Node) -> Option<crate::store::ObjectKind> {
+    use crate::store::ObjectKind;
+    match node {
+        Node::Disks => Some(ObjectKind::Disk),
+        Node::Snapshots => Some(ObjectKind::Snapshot),
+        Node::Images => Some(ObjectKind::Image),
+        _ => None,
     }
 }

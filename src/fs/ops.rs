@@ -148,6 +148,17 @@ impl Filesystem for DiskVaultFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Some(kind) = self.node(parent.0).as_ref().and_then(nodes::dir_kind) {
+            if kind.read_only() {
+                let Ok(name) = self.name_str(name) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                return match self.store.delete_object(kind, name) {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(self.fail(&format!("delete {kind} '{name}'"), e)),
+                };
+            }
+        }
         if parent.0 != DISKS {
             return reply.error(match self.node(parent.0) {
                 Some(p) if self.child(&p, name).is_some() => Errno::EPERM,
@@ -213,6 +224,13 @@ impl Filesystem for DiskVaultFs {
         let acc = flags.0 & libc::O_ACCMODE;
         let (reading, writing) = (acc != libc::O_WRONLY, acc != libc::O_RDONLY);
         match self.node(ino.0) {
+            Some(Node::DiskFile(d)) if writing && d.kind.read_only() => {
+                let e = StoreError::ReadOnly {
+                    kind: d.kind,
+                    name: d.name(),
+                };
+                reply.error(self.fail(&format!("open {} '{}' for writing", d.kind, d.name()), e))
+            }
             Some(Node::DiskFile(d)) => match self.open_disk(d, flags.0) {
                 Ok((fh, f)) => reply.opened(fh, f),
                 Err(e) => reply.error(e),

@@ -25,6 +25,8 @@
 //! error
 //! ```
 
+#[cfg(test)]
+mod decrypt_tests;
 mod delta;
 pub mod des;
 mod disk;
@@ -39,8 +41,6 @@ mod rekey;
 mod sets;
 #[cfg(test)]
 mod snapshot_tests;
-#[cfg(test)]
-mod decrypt_tests;
 mod snapshots;
 #[cfg(test)]
 mod tests;

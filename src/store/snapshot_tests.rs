@@ -7,7 +7,18 @@ use std::collections::BTreeMap;
 
 const SIZE: u64 = 64 * 4096 + 100;
 
+/// Opens the store. Other tests in this process spawn programs; a child between its
+/// fork and exec briefly holds a copy of the lock's descriptor (flock follows it), so
+/// a reopen right after a close may find the lock held for that moment.
 fn open(root: &Path) -> Store {
+    for _ in 0..200 {
+        match Store::open(root, None) {
+            Err(StoreError::Locked { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => return r.unwrap(),
+        }
+    }
     Store::open(root, None).unwrap()
 }
 

@@ -1,0 +1,238 @@
+//! `diskvault snapshot ...` and `diskvault image ...`.
+
+use super::access::{print_json, print_reply, Access, StoreArg};
+use super::{cell, human, print_object, print_rows, CliError, Format, ObjName, OutputArg};
+use crate::control::{CopyKind, CopyRequest};
+use clap::Subcommand;
+use serde_json::Value;
+
+#[derive(Subcommand)]
+pub enum SnapshotCmd {
+    /// Take a snapshot: the disk's content at this moment, instantly and without
+    /// copying (it shares the disk's data and keys until the disk diverges).
+    /// Snapshots of customer-key disks use the disk's disk encryption set.
+    Create {
+        #[command(flatten)]
+        name: ObjName,
+        /// The disk (or snapshot) to copy: a name or /diskvault/disks/NAME.
+        #[arg(long)]
+        source: String,
+        /// Mark it incremental, as in az (every snapshot here stores only changes).
+        #[arg(long)]
+        incremental: bool,
+        /// Must be the source's set, if given (a disk and its snapshots share one).
+        #[arg(long)]
+        disk_encryption_set: Option<String>,
+        /// Must be the source's encryption type, if given.
+        #[arg(long)]
+        encryption_type: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// List snapshots: size, source, encryption, key state, bytes used.
+    List {
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Show one snapshot as JSON, like `az snapshot show`.
+    Show {
+        #[command(flatten)]
+        name: ObjName,
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Delete a snapshot; space only it used is freed, every other object keeps its content.
+    Delete {
+        #[command(flatten)]
+        name: ObjName,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// The byte ranges that changed from snapshot OLD to NEW (a later snapshot of the
+    /// same disk, or the disk; without NEW, OLD's disk), as JSON page and clear
+    /// ranges with inclusive ends, like Azure's page-range diff.
+    Diff {
+        /// The older snapshot.
+        old: String,
+        /// The newer snapshot or the disk.
+        new: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Capture an image of a disk or snapshot, instantly (it shares their data).
+    Create {
+        #[command(flatten)]
+        name: ObjName,
+        /// The disk or snapshot to capture.
+        #[arg(long)]
+        source: String,
+        /// Must be the source's set, if given.
+        #[arg(long)]
+        disk_encryption_set: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// List images.
+    List {
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Show one image as JSON, like `az image show`.
+    Show {
+        #[command(flatten)]
+        name: ObjName,
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Delete an image; disks made from it keep their content.
+    Delete {
+        #[command(flatten)]
+        name: ObjName,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+fn print_list(objs: &[Value], fmt: Format) {
+    let header = [
+        "NAME",
+        "SIZE",
+        "SOURCE",
+        "ENCRYPTION",
+        "KEY STATE",
+        "UNIQUE",
+        "SHARED",
+    ];
+    let rows = objs
+        .iter()
+        .map(|o| {
+            let size = |v: &Value| match fmt {
+                Format::Tsv => v.as_u64().unwrap_or(0).to_string(),
+                _ => human(v.as_u64().unwrap_or(0)),
+            };
+            vec![
+                cell(&o["name"]),
+                size(&o["diskSizeBytes"]),
+                cell(&o["creationData"]["sourceResourceId"]),
+                cell(&o["encryption"]["type"]),
+                cell(&o["keyState"]),
+                size(&o["usedBytes"]["unique"]),
+                size(&o["usedBytes"]["shared"]),
+            ]
+        })
+        .collect::<Vec<_>>();
+    print_rows(header.map(String::from).to_vec(), rows, fmt);
+}
+
+fn list(store: &StoreArg, output: &OutputArg, key: &str) -> Result<(), CliError> {
+    let a = Access::open(store)?;
+    let status = a.read_json("status.json")?;
+    let objs = status[key].as_array().cloned().unwrap_or_default();
+    match output.format(Format::Table) {
+        Format::Json => print_json(&Value::Array(objs)),
+        fmt => print_list(&objs, fmt),
+    }
+    Ok(())
+}
+
+fn delete(kind: CopyKind, name: &str, store: &StoreArg) -> Result<(), CliError> {
+    crate::store::validate_name(name)?;
+    let a = Access::open(store)?;
+    a.send(CopyRequest::Delete {
+        kind,
+        name: name.into(),
+    })?;
+    println!("deleted {} {name}", kind.object().noun());
+    Ok(())
+}
+
+pub fn run_snapshot(cmd: SnapshotCmd) -> Result<(), CliError> {
+    match cmd {
+        SnapshotCmd::Create {
+            name,
+            source,
+            incremental,
+            disk_encryption_set,
+            encryption_type,
+            store,
+        } => {
+            let name = name.get();
+            crate::store::validate_name(name)?;
+            let a = Access::open(&store)?;
+            let reply = a.send(CopyRequest::Create {
+                kind: CopyKind::Snapshot,
+                name: name.into(),
+                source,
+                incremental,
+                set: disk_encryption_set,
+                encryption_type,
+            })?;
+            print_reply(&a, reply, &format!("snapshots/{name}/snapshot.json"))?;
+        }
+        SnapshotCmd::List { output, store } => list(&store, &output, "snapshots")?,
+        SnapshotCmd::Show {
+            name,
+            output,
+            store,
+        } => {
+            let a = Access::open(&store)?;
+            let d = a.read_json(&format!("snapshots/{}/snapshot.json", name.get()))?;
+            print_object(&d, output.format(Format::Json));
+        }
+        SnapshotCmd::Delete { name, store } => delete(CopyKind::Snapshot, name.get(), &store)?,
+        SnapshotCmd::Diff { old, new, store } => {
+            let a = Access::open(&store)?;
+            let reply = a.send(CopyRequest::Diff { old, new })?;
+            print_json(&reply.unwrap_or(Value::Null));
+        }
+    }
+    Ok(())
+}
+
+pub fn run_image(cmd: ImageCmd) -> Result<(), CliError> {
+    match cmd {
+        ImageCmd::Create {
+            name,
+            source,
+            disk_encryption_set,
+            store,
+        } => {
+            let name = name.get();
+            crate::store::validate_name(name)?;
+            let a = Access::open(&store)?;
+            let reply = a.send(CopyRequest::Create {
+                kind: CopyKind::Image,
+                name: name.into(),
+                source,
+                incremental: false,
+                set: disk_encryption_set,
+                encryption_type: None,
+            })?;
+            print_reply(&a, reply, &format!("images/{name}/image.json"))?;
+        }
+        ImageCmd::List { output, store } => list(&store, &output, "images")?,
+        ImageCmd::Show {
+            name,
+            output,
+            store,
+        } => {
+            let a = Access::open(&store)?;
+            let d = a.read_json(&format!("images/{}/image.json", name.get()))?;
+            print_object(&d, output.format(Format::Json));
+        }
+        ImageCmd::Delete { name, store } => delete(CopyKind::Image, name.get(), &store)?,
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! `.vault/snapshots/` and `.vault/images/`: point-in-time copies of disks (the data
+//! itself is `MOUNT/snapshots/NAME` and `MOUNT/images/NAME`, read-only).
+
+use super::args::{f, parse, Ty};
+use super::routes::{Params, Route, Seg, Seg::Lit};
+use super::{check_reserved, confirm_name, pretty, Control, Request};
+use crate::store::{CopyOptions, EncryptionType, ObjectKind, Result, StoreError};
+use crate::vault::Caller;
+use serde_json::Value;
+
+/// A change to a snapshot or image, or a question about one.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum CopyRequest {
+    /// `snapshot create` / `image create`: from a disk or snapshot, in O(1).
+    Create {
+        kind: Kind,
+        name: String,
+        source: String,
+        #[serde(default)]
+        incremental: bool,
+        #[serde(default)]
+        set: Option<String>,
+        #[serde(default)]
+        encryption_type: Option<String>,
+    },
+    Delete {
+        kind: Kind,
+        name: String,
+    },
+    /// The changed ranges from snapshot `old` to `new` (a snapshot or, when absent,
+    /// the disk `old` was taken from).
+    Diff {
+        old: String,
+        #[serde(default)]
+        new: Option<String>,
+    },
+}
+
+/// Which read-only kind a request is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Kind {
+    Snapshot,
+    Image,
+}
+
+impl Kind {
+    pub fn object(self) -> ObjectKind {
+        match self {
+            Kind::Snapshot => ObjectKind::Snapshot,
+            Kind::Image => ObjectKind::Image,
+        }
+    }
+}
+
+const CREATE_FIELDS: &[super::args::Field] = &[
+    f(&["name"], true, true, Ty::Str),
+    f(&["source", "sourceResourceId"], true, true, Ty::Str),
+    f(&["incremental"], false, false, Ty::Bool),
+    f(
+        &[
+            "des",
+            "diskEncryptionSet",
+            "diskEncryptionSetId",
+            "disk-encryption-set",
+        ],
+        false,
+        false,
+        Ty::Str,
+    ),
+    f(
+        &["type", "encryptionType", "encryption-type"],
+        false,
+        false,
+        Ty::Str,
+    ),
+];
+
+fn parse_create(kind: Kind, data: &[u8]) -> Result<Request> {
+    let a = parse(
+        data,
+        CREATE_FIELDS,
+        "write `NAME SOURCE [incremental=true] [des=SET]`, e.g. `before-upgrade data1`, or a JSON object",
+    )?;
+    let name = a.str("name").unwrap_or_default().to_string();
+    check_reserved(&name)?;
+    Ok(Request::Copy(CopyRequest::Create {
+        kind,
+        name,
+        source: a.str("source").unwrap_or_default().to_string(),
+        incremental: a.bool("incremental").unwrap_or(false),
+        set: a.str("des").map(String::from),
+        encryption_type: a.str("type").map(String::from),
+    }))
+}
+
+pub(super) fn routes() -> Vec<Route> {
+    let (snaps, images) = (Lit("snapshots"), Lit("images"));
+    let (snap, image) = (Seg::Snapshot, Seg::Image);
+    vec![
+        Route::w(&[snaps, Lit("create")], |_, d| {
+            parse_create(Kind::Snapshot, d)
+        }),
+        Route::dir(&[snaps, snap]),
+        Route::r(&[snaps, snap, Lit("snapshot.json")], read),
+        Route::r(&[snaps, snap, Lit("diff")], read),
+        Route::w(&[snaps, snap, Lit("delete")], |p, data| {
+            confirm_name(data, p.obj, "delete")?;
+            Ok(Request::Copy(CopyRequest::Delete {
+                kind: Kind::Snapshot,
+                name: p.obj.into(),
+            }))
+        }),
+        Route::w(&[images, Lit("create")], |_, d| {
+            parse_create(Kind::Image, d)
+        }),
+        Route::dir(&[images, image]),
+        Route::r(&[images, image, Lit("image.json")], read),
+        Route::w(&[images, image, Lit("delete")], |p, data| {
+            confirm_name(data, p.obj, "delete")?;
+            Ok(Request::Copy(CopyRequest::Delete {
+                kind: Kind::Image,
+                name: p.obj.into(),
+            }))
+        }),
+    ]
+}
+
+fn read(c: &Control, p: &Params, _: &Caller) -> Result<Vec<u8>> {
+    let store = c.store();
+    Ok(match p.file {
+        "snapshot.json" => pretty(&super::view::object(
+            store,
+            &*store.get_kind_or_err(ObjectKind::Snapshot, p.obj)?,
+        )),
+        "image.json" => pretty(&super::view::object(
+            store,
+            &*store.get_kind_or_err(ObjectKind::Image, p.obj)?,
+        )),
+        "diff" => pretty(&diff(c, p.obj, None)?),
+        other => unreachable!("no snapshot file {other} in the route table"),
+    })
+}
+
+/// The diff's JSON: from `old` (a snapshot) to `new` (a snapshot, or `old`'s disk).
+fn diff(c: &Control, old: &str, new: Option<&str>) -> Result<Value> {
+    let store = c.store();
+    let a = store.get_kind_or_err(ObjectKind::Snapshot, old)?;
+    let b = match new {
+        Some(n) => store.find_source(n, &[ObjectKind::Snapshot, ObjectKind::Disk])?,
+        None => {
+            let src = a
+                .meta()
+                .creation_data
+                .and_then(|c| c.source_resource_id)
+                .unwrap_or_default();
+            let disk = src.strip_prefix(&ObjectKind::Disk.resource_id(""));
+            match disk.and_then(|d| store.get(d)) {
+                Some(d) if d.meta().dek_id() == a.meta().dek_id() => d,
+                _ => {
+                    return Err(StoreError::Refused(format!(
+                        "snapshot '{old}' has no disk to compare with (its source {src} is gone); name another snapshot of its family"
+                    )))
+                }
+            }
+        }
+    };
+    let d = store.diff(&a, &b)?;
+    let mut v = d.to_json();
+    v["source"] = Value::from(a.kind.resource_id(&a.name()));
+    v["target"] = Value::from(b.kind.resource_id(&b.name()));
+    v["sourceSizeBytes"] = Value::from(a.size());
+    v["targetSizeBytes"] = Value::from(b.size());
+    Ok(v)
+}
+
+pub(super) fn execute(
+    c: &Control,
+    r: &CopyRequest,
+) -> std::result::Result<Option<Value>, StoreError> {
+    let store = c.store();
+    match r {
+        CopyRequest::Create {
+            kind,
+            name,
+            source,
+            incremental,
+            set,
+            encryption_type,
+        } => {
+            check_reserved(name)?;
+            let opts = CopyOptions {
+                incremental: *incremental,
+                disk_encryption_set: set.clone(),
+                encryption_type: encryption_type
+                    .as_deref()
+                    .map(|t| t.parse::<EncryptionType>())
+                    .transpose()?,
+            };
+            let obj = store.create_copy(kind.object(), name, source, &opts)?;
+            Ok(Some(super::view::object(store, &obj)))
+        }
+        CopyRequest::Delete { kind, name } => {
+            store.delete_object(kind.object(), name)?;
+            Ok(None)
+        }
+        CopyRequest::Diff { old, new } => Ok(Some(diff(c, old, new.as_deref())?)),
+    }
+}
+
+/// The file form of a request, for the test that holds it to the parsers.
+#[cfg(test)]
+impl CopyRequest {
+    pub(super) fn wire(&self) -> (String, Vec<u8>) {
+        let dir = |k: &Kind| k.object().dir();
+        match self {
+            CopyRequest::Create {
+                kind,
+                name,
+                source,
+                incremental,
+                set,
+                encryption_type,
+            } => {
+                let mut w = format!("{name} {source} incremental={incremental}");
+                if let Some(s) = set {
+                    w += &format!(" des={s}");
+                }
+                if let Some(t) = encryption_type {
+                    w += &format!(" type={t}");
+                }
+                (format!("{}/create", dir(kind)), w.into_bytes())
+            }
+            CopyRequest::Delete { kind, name } => {
+                (format!("{}/{name}/delete", dir(kind)), b"1".to_vec())
+            }
+            CopyRequest::Diff { old, .. } => (format!("snapshots/{old}/diff"), Vec::new()),
+        }
+    }
+}
