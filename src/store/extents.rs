@@ -45,7 +45,6 @@ impl RangeSet {
         self.runs.iter().map(|(&s, &e)| s..e)
     }
 
-    #[cfg(test)]
     pub fn contains(&self, n: u64) -> bool {
         self.runs
             .range(..=n)
@@ -119,6 +118,16 @@ impl RangeSet {
             u.insert(r);
         }
         u
+    }
+
+    pub fn intersect(&self, other: &RangeSet) -> RangeSet {
+        let mut out = RangeSet::new();
+        for r in self.iter() {
+            for o in other.overlap(r) {
+                out.insert(o);
+            }
+        }
+        out
     }
 
     pub fn subtract(&self, other: &RangeSet) -> RangeSet {
@@ -306,11 +315,12 @@ mod tests {
                 assert!(runs.windows(2).all(|w| w[0].end < w[1].start));
             }
             let other = RangeSet::from_ranges([5..50, 120..190]);
-            let (u, d) = (s.union(&other), s.subtract(&other));
+            let (u, d, i) = (s.union(&other), s.subtract(&other), s.intersect(&other));
             for n in 0..200u64 {
                 let (a, b) = (s.contains(n), other.contains(n));
                 assert_eq!(u.contains(n), a || b);
                 assert_eq!(d.contains(n), a && !b);
+                assert_eq!(i.contains(n), a && b);
             }
         }
     }

@@ -101,9 +101,17 @@ impl Store {
         let disk = self.get_usable(name)?;
         let m = disk.meta();
         if m.rekey.is_none() && m.stack.len() > 1 {
-            return Err(StoreError::NotPermitted(format!(
-                "disk '{name}' shares data with snapshots or images (or was made from one); rekeying such a disk is not supported yet: create a re-encrypted copy with 'diskvault disk create NEW --source {name} --disk-encryption-set SET' instead"
-            )));
+            // Data shared with snapshots and images is copied into the disk's own
+            // delta first (same keys), so the rekey never touches theirs.
+            let shared = disk.lower_bytes()?;
+            self.check_rekey_space_for(&disk, shared)?;
+            self.note_gc(&m.stack)
+                .map_err(|e| StoreError::io("recording deltas to free", e))?;
+            let dropped = disk.materialize()?;
+            log::info!(
+                "disk '{name}': copied {shared} shared bytes into its own delta for the rekey"
+            );
+            self.collect_garbage(&dropped);
         }
         self.check_rekey_space(&disk)?;
         if m.rekey.is_none() {
@@ -124,21 +132,26 @@ impl Store {
     /// room for its journal (one chunk) and metadata updates; on copy-on-write
     /// filesystems every rewritten allocated unit needs a fresh block too.
     fn check_rekey_space(&self, disk: &Disk) -> Result<()> {
+        self.check_rekey_space_for(disk, 0)
+    }
+
+    /// As `check_rekey_space`, plus `shared` bytes to copy out of shared deltas.
+    fn check_rekey_space_for(&self, disk: &Disk, shared: u64) -> Result<()> {
         let dir = disk.dir();
         let (free, cow) = fs_space(&dir)
             .map_err(|e| StoreError::io(format!("checking free space in {}", dir.display()), e))?;
         let journal = disk::REKEY_JOURNAL_BYTES;
         let meta = 1 << 20;
         let rewrite = if cow { disk.allocated_bytes() } else { 0 };
-        let need = journal + meta + rewrite;
+        let need = journal + meta + rewrite + shared;
         if free < need {
             return Err(StoreError::NoSpace {
                 what: format!("the rekey of disk '{}'", disk.name()),
                 need,
-                detail: if cow {
-                    format!("journal {journal}, metadata {meta}, copy-on-write rewrite of {rewrite} allocated")
-                } else {
-                    format!("journal {journal}, metadata {meta}")
+                detail: match (cow, shared) {
+                    (true, _) => format!("journal {journal}, metadata {meta}, data shared with snapshots {shared}, copy-on-write rewrite of {rewrite} allocated"),
+                    (false, 0) => format!("journal {journal}, metadata {meta}"),
+                    (false, _) => format!("journal {journal}, metadata {meta}, data shared with snapshots and images to copy {shared}"),
                 },
                 free,
                 path: dir.display().to_string(),

@@ -223,3 +223,99 @@ fn a_snapshot_keeps_its_content_while_the_disk_changes_and_after_it_is_deleted()
     s.delete_disk("d").unwrap();
     assert_eq!(snap.read(0, 1 << 20).unwrap(), a);
 }
+
+#[test]
+fn zeros_inside_a_reported_extent_of_an_upper_delta_do_not_hide_the_data_below() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s");
+    Store::init(&root, &InitOptions::default()).unwrap();
+    let s = open(&root);
+    let d = s
+        .create_disk(
+            "d",
+            &CreateOptions {
+                size: 1 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let a = pattern(1, 1 << 20);
+    d.write(0, &a).unwrap();
+    s.create_copy(ObjectKind::Snapshot, "s1", "d", &CopyOptions::default())
+        .unwrap();
+    let b = pattern(2, 4096);
+    d.write(0, &b).unwrap();
+    // A file system with blocks bigger than a unit reports unit 1 as data: zeros.
+    let top = root.join("deltas").join(d.stack().last().unwrap());
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&top)
+        .unwrap()
+        .write_all_at(&[0u8; 4096], 4096)
+        .unwrap();
+    drop((d, s));
+    let s = open(&root);
+    let d = s.get("d").unwrap();
+    let mut want = a.clone();
+    want[..4096].copy_from_slice(&b);
+    assert_eq!(d.read(0, 1 << 20).unwrap(), want);
+    // Space reclaim must not take unit 1 from below either.
+    s.delete_object(ObjectKind::Snapshot, "s1").unwrap();
+    assert_eq!(d.read(0, 1 << 20).unwrap(), want);
+    drop((d, s));
+    let s = open(&root);
+    assert_eq!(s.get("d").unwrap().read(0, 1 << 20).unwrap(), want);
+}
+
+#[test]
+fn rekey_of_a_disk_with_snapshots_leaves_their_keys_and_data_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s");
+    Store::init(&root, &InitOptions::default()).unwrap();
+    let s = open(&root);
+    let d = s
+        .create_disk(
+            "d",
+            &CreateOptions {
+                size: 2 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let a = pattern(3, 2 << 20);
+    d.write(0, &a).unwrap();
+    let snap = s
+        .create_copy(ObjectKind::Snapshot, "s1", "d", &CopyOptions::default())
+        .unwrap();
+    let b = pattern(4, 8192);
+    d.write(1 << 20, &b).unwrap();
+    d.punch(0, 4096).unwrap();
+    let clone = s
+        .create_disk_from("c", "s1", &FromSourceOptions::default(), &|_, _| {})
+        .unwrap();
+    let (old_disk, old_snap) = (d.meta().layers, snap.meta().layers);
+    s.rekey("d", &|_, _| {}).unwrap();
+    let m = d.meta();
+    assert_eq!(m.stack.len(), 1, "the disk has its own delta only");
+    assert_eq!(m.key_check_id, None);
+    assert_ne!(m.layers[0].key_check, old_disk[0].key_check, "a fresh DEK");
+    assert_eq!(snap.meta().layers, old_snap);
+    let mut want = a.clone();
+    want[1 << 20..(1 << 20) + 8192].copy_from_slice(&b);
+    want[..4096].fill(0);
+    assert_eq!(d.read(0, 2 << 20).unwrap(), want);
+    assert_eq!(snap.read(0, 2 << 20).unwrap(), a);
+    assert_eq!(clone.read(0, 2 << 20).unwrap(), a);
+    drop((d, snap, clone, s));
+    let s = open(&root);
+    assert_eq!(s.get("d").unwrap().read(0, 2 << 20).unwrap(), want);
+    assert_eq!(
+        s.get_kind(ObjectKind::Snapshot, "s1")
+            .unwrap()
+            .read(0, 2 << 20)
+            .unwrap(),
+        a
+    );
+    assert_eq!(s.get("c").unwrap().read(0, 2 << 20).unwrap(), a);
+}

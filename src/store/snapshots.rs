@@ -694,8 +694,11 @@ impl Store {
             let mut cover = RangeSet::new();
             for above in &stack[pos + 1..] {
                 let af = open_ro(&delta_path(&self.root, above))?;
+                // Only units that really hold ciphertext cover: a file system may
+                // report data in blocks bigger than a unit.
+                let held = nonzero_units(&af, &scan_data(&af)?.subtract(&cover).intersect(&data))?;
                 cover = cover
-                    .union(&scan_data(&af)?)
+                    .union(&held)
                     .union(&read_whiteouts(&whiteout_path(&self.root, above))?);
             }
             live = live.union(&data.subtract(&cover));
@@ -800,6 +803,23 @@ impl Store {
         }
         Ok(d)
     }
+}
+
+/// The units of `candidates` whose stored bytes in `f` are not all zero.
+fn nonzero_units(f: &fs::File, candidates: &RangeSet) -> std::io::Result<RangeSet> {
+    use super::disk::units::is_zero;
+    use std::os::unix::fs::FileExt;
+    let mut out = RangeSet::new();
+    let mut buf = vec![0u8; UNIT as usize];
+    for r in candidates.iter() {
+        for n in r {
+            let got = f.read_at(&mut buf, n * UNIT)?;
+            if got > 0 && !is_zero(&buf[..got]) {
+                out.insert(n..n + 1);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Runs `f` when dropped.

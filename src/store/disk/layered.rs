@@ -15,6 +15,7 @@
 use super::super::delta::{read_whiteouts, scan_data, whiteout_path};
 use super::super::extents::{ExtentMap, RangeSet};
 use super::io::read_full;
+use super::units::is_zero;
 use parking_lot::Mutex;
 use std::fs::File;
 use std::io;
@@ -43,6 +44,9 @@ pub(in crate::store) enum From {
 pub(in crate::store) struct Layered {
     pub lower: Vec<File>,
     pub lower_ids: Vec<String>,
+    /// Each lower delta's data units (as the file system reports them, possibly in
+    /// blocks bigger than a unit) and whiteouts, for the rare walk down the stack.
+    pub sets: Vec<(RangeSet, RangeSet)>,
     pub map: ExtentMap<Src>,
     /// Whether the object's file is a writable top above `lower` (a disk).
     pub top: bool,
@@ -72,6 +76,7 @@ impl Layered {
         top: Option<(&str, &File)>,
     ) -> io::Result<Layered> {
         let mut lower = Vec::with_capacity(lower_ids.len());
+        let mut sets = Vec::with_capacity(lower_ids.len());
         let mut map = ExtentMap::new();
         for (i, id) in lower_ids.iter().enumerate() {
             let f = open_ro(&super::super::delta::delta_path(root, id))?;
@@ -79,6 +84,7 @@ impl Layered {
             let wh = read_whiteouts(&whiteout_path(root, id))?;
             overlay(&mut map, i as u32, &data, &wh);
             lower.push(f);
+            sets.push((data, wh));
         }
         let (written, whiteouts, log, is_top) = match top {
             Some((id, f)) => (
@@ -92,6 +98,7 @@ impl Layered {
         Ok(Layered {
             lower,
             lower_ids: lower_ids.to_vec(),
+            sets,
             map,
             top: is_top,
             written: Mutex::new(written),
@@ -153,12 +160,58 @@ impl Layered {
         for (r, from) in self.resolve(first..first + units) {
             let slot =
                 &mut buf[((r.start - first) * unit) as usize..((r.end - first) * unit) as usize];
-            match from {
-                From::Top => read_full(top, slot, r.start * unit)?,
-                From::Lower(i) => read_full(&self.lower[i as usize], slot, r.start * unit)?,
-                From::Zero => slot.fill(0),
+            let below = match from {
+                From::Top => {
+                    read_full(top, slot, r.start * unit)?;
+                    self.lower.len()
+                }
+                From::Lower(i) => {
+                    read_full(&self.lower[i as usize], slot, r.start * unit)?;
+                    i as usize
+                }
+                From::Zero => {
+                    slot.fill(0);
+                    continue;
+                }
+            };
+            // File systems report data in blocks that may be bigger than a unit: a
+            // unit inside a reported extent that holds no ciphertext is not this
+            // delta's, and the deltas below decide it.
+            for (k, u) in slot.chunks_exact_mut(unit as usize).enumerate() {
+                if is_zero(u) {
+                    self.read_below(r.start + k as u64, below, from == From::Top, u)?;
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Unit `n`, which the delta at `level` (`lower.len()` for the top) holds no
+    /// ciphertext for: that delta's whiteout, or the first delta below it with
+    /// ciphertext or a whiteout, decides it.
+    fn read_below(&self, n: u64, level: usize, top: bool, out: &mut [u8]) -> io::Result<()> {
+        let unit = crate::crypto::DATA_UNIT as u64;
+        let own_whiteout = if top {
+            self.whiteouts.lock().contains(n)
+        } else {
+            self.sets[level].1.contains(n)
+        };
+        if own_whiteout {
+            return Ok(());
+        }
+        for j in (0..level).rev() {
+            let (data, wh) = &self.sets[j];
+            if data.contains(n) {
+                read_full(&self.lower[j], out, n * unit)?;
+                if !is_zero(out) {
+                    return Ok(());
+                }
+            }
+            if wh.contains(n) {
+                break;
+            }
+        }
+        out.fill(0);
         Ok(())
     }
 
@@ -271,7 +324,7 @@ impl super::Disk {
             Some(u) => {
                 u.file.sync_data().map_err(|e| io("syncing the data", e))?;
                 let top_id = m.stack.last().expect("stack checked non-empty");
-                let (mut files, mut ids, mut map) = match &u.layered {
+                let (mut files, mut ids, mut map, mut sets) = match &u.layered {
                     Some(l) => (
                         l.lower
                             .iter()
@@ -280,8 +333,9 @@ impl super::Disk {
                             .map_err(|e| io("indexing", e))?,
                         l.lower_ids.clone(),
                         l.map.clone(),
+                        l.sets.clone(),
                     ),
-                    None => (vec![], vec![], ExtentMap::new()),
+                    None => (vec![], vec![], ExtentMap::new(), vec![]),
                 };
                 let (data, wh) = match &u.layered {
                     Some(l) => (l.written.lock().clone(), l.whiteouts.lock().clone()),
@@ -292,6 +346,7 @@ impl super::Disk {
                     ),
                 };
                 overlay(&mut map, files.len() as u32, &data, &wh);
+                sets.push((data, wh));
                 files
                     .push(open_ro(&delta_path(&self.root, top_id)).map_err(|e| io("indexing", e))?);
                 ids.push(top_id.clone());
@@ -302,6 +357,7 @@ impl super::Disk {
                     layered: Some(Layered {
                         lower: files,
                         lower_ids: ids,
+                        sets,
                         map,
                         top: true,
                         written: Mutex::new(RangeSet::new()),
@@ -323,6 +379,94 @@ impl super::Disk {
     }
 }
 
+impl super::Disk {
+    /// Bytes of the disk's content that lower deltas hold (what `materialize` copies).
+    pub(in crate::store) fn lower_bytes(&self) -> crate::store::Result<u64> {
+        let u = self.unlocked()?;
+        let Some(l) = u.layered.as_ref().filter(|l| l.top) else {
+            return Ok(0);
+        };
+        let units = super::units::units_in(self.size());
+        Ok(l.resolve(0..units)
+            .iter()
+            .filter(|(_, f)| matches!(f, From::Lower(_)))
+            .map(|(r, _)| (r.end - r.start) * super::units::UNIT)
+            .sum())
+    }
+
+    /// Gives a disk with deltas below its top all of its data in the top: the
+    /// ciphertext of every unit a lower delta holds is copied up (same DEKs, same
+    /// units, so the content does not change, and a crash part-way loses nothing),
+    /// then the metadata drops the lower deltas in one atomic write. Snapshots and
+    /// images keep theirs. Returns the deltas dropped. Runs under the store's `ns`
+    /// lock, so no snapshot freezes the top meanwhile.
+    pub(in crate::store) fn materialize(&self) -> crate::store::Result<Vec<String>> {
+        use super::units::{is_zero, units_in, UNIT};
+        use std::os::unix::fs::FileExt;
+        use std::sync::Arc;
+        self.check_writable()?;
+        let u = self.unlocked()?;
+        let Some(l) = u.layered.as_ref().filter(|l| l.top) else {
+            return Ok(vec![]);
+        };
+        const CHUNK: u64 = 256;
+        let mut b = 0;
+        loop {
+            let _r = self.resize.read();
+            let units = units_in(self.size());
+            if b >= units {
+                break;
+            }
+            let e = (b + CHUNK).min(units);
+            let _g = self.lock_units(b, e, true);
+            for (r, from) in l.resolve(b..e) {
+                let From::Lower(i) = from else { continue };
+                let mut buf = vec![0u8; ((r.end - r.start) * UNIT) as usize];
+                read_full(&l.lower[i as usize], &mut buf, r.start * UNIT)
+                    .map_err(|e| self.io_err("copying shared data", e))?;
+                for (k, unit) in buf.chunks_exact(UNIT as usize).enumerate() {
+                    if !is_zero(unit) {
+                        let n = r.start + k as u64;
+                        u.file
+                            .write_all_at(unit, n * UNIT)
+                            .map_err(|e| self.io_err("copying shared data", e))?;
+                    }
+                }
+                u.note_written(r);
+            }
+            b = e;
+        }
+        u.file
+            .sync_data()
+            .map_err(|e| self.io_err("copying shared data", e))?;
+        crate::fault::point("materialize.copied");
+        let n = self.open_count.lock();
+        let _w = self.resize.write();
+        let stack = self.stack();
+        let Some((top, lower)) = stack.split_last() else {
+            return Ok(vec![]);
+        };
+        let lower = lower.to_vec();
+        self.update_meta(|m| m.stack = vec![top.clone()])?;
+        if *n > 0 {
+            if let Some(cur) = self.unlocked.read().clone() {
+                let file = cur
+                    .file
+                    .try_clone()
+                    .map_err(|e| self.io_err("reopening", e))?;
+                let next = super::Unlocked {
+                    file,
+                    layers: cur.layers.clone(),
+                    next: cur.next.clone(),
+                    layered: None,
+                };
+                *self.unlocked.write() = Some(Arc::new(next));
+            }
+        }
+        Ok(lower)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::single_range_in_vec_init)]
 mod tests {
@@ -337,6 +481,7 @@ mod tests {
         Layered {
             lower: vec![],
             lower_ids: vec![],
+            sets: vec![],
             map,
             top,
             written: Mutex::new(RangeSet::from_ranges(written.iter().cloned())),
