@@ -92,7 +92,7 @@ expected_layers = {
 assert len(meta["layers"]) == expected_layers
 
 
-def unlock(layer_list):
+def unlock(layer_list, dek_id):
     out = []
     for i, layer in enumerate(layer_list):
         assert layer["alg"] == "RSA-OAEP-256"
@@ -109,9 +109,10 @@ def unlock(layer_list):
     return out
 
 
-layers = unlock(meta["layers"])
+layers = unlock(meta["layers"], dek_id)
 rekey = meta.get("rekey")
-new_layers = unlock(rekey["layers"]) if rekey else None
+# A rekey's new layers bind to rekey.keyCheckId, or to the object's own id.
+new_layers = unlock(rekey["layers"], rekey.get("keyCheckId", meta["id"])) if rekey else None
 boundary = rekey["boundary"] if rekey else 0
 
 

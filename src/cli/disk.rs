@@ -222,6 +222,8 @@ fn check_create_type(a: &Access, ty: &str, set: Option<&str>) -> Result<(), CliE
 /// Rekey progress: a bar on a terminal; otherwise a line at every 5% and at least every
 /// few seconds, so logs and pipes see it too.
 struct Progress {
+    /// What is being done: `rekey` or `copy`.
+    verb: &'static str,
     name: String,
     quiet: bool,
     tty: bool,
@@ -234,7 +236,12 @@ const LINE_EVERY: Duration = Duration::from_secs(5);
 
 impl Progress {
     fn new(name: &str, quiet: bool) -> Self {
+        Self::doing("rekey", name, quiet)
+    }
+
+    fn doing(verb: &'static str, name: &str, quiet: bool) -> Self {
         Progress {
+            verb,
             name: name.to_string(),
             quiet,
             tty: std::io::stderr().is_terminal(),
@@ -257,9 +264,10 @@ impl Progress {
             let bar = self.bar.get_or_insert_with(|| {
                 let b = indicatif::ProgressBar::new(total);
                 b.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "rekey {msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-                    )
+                    indicatif::ProgressStyle::with_template(&format!(
+                        "{} {{msg}} [{{bar:40}}] {{bytes}}/{{total_bytes}} ({{bytes_per_sec}}, {{eta}})",
+                        self.verb
+                    ))
                     .expect("valid template")
                     .progress_chars("=> "),
                 );
@@ -278,7 +286,8 @@ impl Progress {
         };
         if due {
             eprintln!(
-                "rekey {}: {pct}% ({} of {})",
+                "{} {}: {pct}% ({} of {})",
+                self.verb,
                 self.name,
                 human(done),
                 human(total)
@@ -372,12 +381,39 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
                 disk_encryption_set: disk_encryption_set.clone(),
             };
             let a = Access::open(&store)?;
-            if let Some(t) = &encryption_type {
+            if let (Some(t), None) = (&encryption_type, &source) {
                 check_create_type(&a, t, disk_encryption_set.as_deref())?;
+            }
+            // A disk from a source under new keys is a full, re-encrypting copy: show
+            // its progress when it runs here.
+            if let (Access::Direct(c), Some(src)) = (&a, &source) {
+                if options.disk_encryption_set.is_some() {
+                    let progress = std::cell::RefCell::new(Progress::doing("copy", name, false));
+                    let opts = crate::store::FromSourceOptions {
+                        size: options.size,
+                        sku: options.sku,
+                        disk_encryption_set: options.disk_encryption_set.clone(),
+                        encryption_type: encryption_type
+                            .as_deref()
+                            .map(|t| t.parse::<crate::store::EncryptionType>())
+                            .transpose()?,
+                    };
+                    let disk = c.store().create_disk_from(name, src, &opts, &|d, t| {
+                        progress.borrow_mut().update(d, t)
+                    })?;
+                    // A shared (instant) clone reports no progress: nothing to finish.
+                    let mut p = progress.borrow_mut();
+                    if p.last_pct.is_some() || p.bar.is_some() {
+                        p.finish(disk.size());
+                    }
+                    super::access::print_json(&crate::control::view::disk(c.store(), &disk));
+                    return Ok(());
+                }
             }
             let reply = a.send(DiskRequest::Create {
                 name: name.into(),
                 options,
+                encryption_type: encryption_type.filter(|_| source.is_some()),
                 source,
             })?;
             print_reply(&a, reply, &format!("disks/{name}/disk.json"))?;

@@ -103,6 +103,8 @@ pub(super) fn routes() -> Vec<Route> {
     let (snaps, images) = (Lit("snapshots"), Lit("images"));
     let (snap, image) = (Seg::Snapshot, Seg::Image);
     vec![
+        Route::dir(&[snaps]),
+        Route::dir(&[images]),
         Route::w(&[snaps, Lit("create")], |_, d| {
             parse_create(Kind::Snapshot, d)
         }),

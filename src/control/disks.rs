@@ -25,6 +25,9 @@ pub enum DiskRequest {
         /// means the source's.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         source: Option<String>,
+        /// With a source: the encryption type asked for (checked against the source's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encryption_type: Option<String>,
     },
     Delete {
         name: String,
@@ -57,10 +60,14 @@ impl DiskRequest {
                 name,
                 options,
                 source,
+                encryption_type,
             } => {
                 let mut m = Map::new();
                 if let Some(s) = source {
                     m.insert("source".into(), json!(s));
+                }
+                if let Some(t) = encryption_type {
+                    m.insert("encryptionType".into(), json!(t));
                 }
                 m.insert("name".into(), json!(name));
                 m.insert("size".into(), json!(options.size));
@@ -98,6 +105,12 @@ const DISK_CREATE_FIELDS: &[args::Field] = &[
     f(&["name"], true, true, Ty::Str),
     f(&["size", "diskSizeBytes"], true, false, Ty::NumOrStr),
     f(&["source", "sourceResourceId"], false, false, Ty::Str),
+    f(
+        &["type", "encryptionType", "encryption-type"],
+        false,
+        false,
+        Ty::Str,
+    ),
     f(&["diskSizeGB"], false, false, Ty::NumOrStr),
     f(&["sku"], false, false, Ty::Str),
     f(&["cipher"], false, false, Ty::Str),
@@ -135,11 +148,12 @@ pub(super) fn routes() -> Vec<Route> {
     let dir = Lit("disks");
     vec![
         Route::w(&[dir, Lit("create")], |_, data| {
-            let (name, options, source) = parse_disk_create(data)?;
+            let (name, options, source, encryption_type) = parse_disk_create(data)?;
             Ok(Request::Disk(DiskRequest::Create {
                 name,
                 options,
                 source,
+                encryption_type,
             }))
         }),
         Route::dir(&[dir, DISK]).rmdir(|p| {
@@ -196,7 +210,10 @@ fn read_disk(c: &Control, p: &Params, _: &Caller) -> Result<Vec<u8>> {
 }
 
 /// Parses a write to `disks/create`.
-pub fn parse_disk_create(data: &[u8]) -> Result<(String, CreateOptions, Option<String>)> {
+#[allow(clippy::type_complexity)]
+pub fn parse_disk_create(
+    data: &[u8],
+) -> Result<(String, CreateOptions, Option<String>, Option<String>)> {
     let a = parse(
         data,
         DISK_CREATE_FIELDS,
@@ -232,7 +249,13 @@ pub fn parse_disk_create(data: &[u8]) -> Result<(String, CreateOptions, Option<S
             "a disk made from a source uses the source's cipher; leave out cipher=",
         ));
     }
-    Ok((name, opts, source))
+    let ty = a.str("type").map(String::from);
+    if ty.is_some() && source.is_none() {
+        return Err(invalid(
+            "type= is for a disk made from a source; without one the disk encryption set decides it",
+        ));
+    }
+    Ok((name, opts, source, ty))
 }
 
 pub(super) fn execute(
@@ -245,13 +268,17 @@ pub(super) fn execute(
             name,
             options,
             source: Some(source),
+            encryption_type,
         } => {
             check_reserved(name)?;
             let opts = crate::store::FromSourceOptions {
                 size: options.size,
                 sku: options.sku,
                 disk_encryption_set: options.disk_encryption_set.clone(),
-                encryption_type: None,
+                encryption_type: encryption_type
+                    .as_deref()
+                    .map(|t| t.parse::<crate::store::EncryptionType>())
+                    .transpose()?,
             };
             store.create_disk_from(name, source, &opts, &|_, _| {})?
         }
@@ -300,17 +327,17 @@ mod tests {
 
     #[test]
     fn disk_create_words_and_json() {
-        let (n, a, _) =
+        let (n, a, _, _) =
             parse_disk_create(b"d1 30G sku=Standard_LRS cipher=aes-256-ctr des=set1\n").unwrap();
-        let (n2, b, _) = parse_disk_create(
+        let (n2, b, _, _) = parse_disk_create(
             br#"{"name":"d1","size":"30G","sku":"Standard_LRS","cipher":"aes-256-ctr","diskEncryptionSetId":"set1"}"#,
         )
         .unwrap();
         assert_eq!((n, &a), (n2, &b));
         assert_eq!(a.size, 30 << 30);
         assert_eq!(a.cipher, Some(CipherKind::Aes256Ctr));
-        let (_, c, _) = parse_disk_create(br#"{"name":"d2","diskSizeGB":2}"#).unwrap();
-        let (_, d, s) = parse_disk_create(b"d3 source=snap1").unwrap();
+        let (_, c, _, _) = parse_disk_create(br#"{"name":"d2","diskSizeGB":2}"#).unwrap();
+        let (_, d, s, _) = parse_disk_create(b"d3 source=snap1").unwrap();
         assert_eq!((d.size, s.as_deref()), (0, Some("snap1")));
         assert_eq!(c.size, 2 << 30);
         for bad in [

@@ -74,6 +74,7 @@ fn objects(c: &Control, keys: &[&str]) -> String {
             ..Default::default()
         },
         source: None,
+        encryption_type: None,
     }
     .into());
     for kind in [CopyKind::Snapshot, CopyKind::Image] {
@@ -306,6 +307,7 @@ fn every_request_survives_its_wire_form() {
                 disk_encryption_set: Some("s1".into()),
             },
             source: None,
+            encryption_type: None,
         }
         .into(),
         DiskRequest::Create {
@@ -317,6 +319,7 @@ fn every_request_survives_its_wire_form() {
                 disk_encryption_set: Some("s1".into()),
             },
             source: Some("c1".into()),
+            encryption_type: Some("EncryptionAtRestWithCustomerKey".into()),
         }
         .into(),
         CopyRequest::Create {

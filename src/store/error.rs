@@ -74,7 +74,7 @@ pub enum StoreError {
     DesCorrupt { name: String, reason: String },
     #[error("a disk encryption set named '{0}' already exists; choose another name")]
     DesExists(String),
-    #[error("disk encryption set '{name}' is used by {disks}; delete those disks or move them to another set first")]
+    #[error("disk encryption set '{name}' is used by {disks}; delete those, or move the disks to another set, first")]
     DesInUse { name: String, disks: String },
     #[error("a disk encryption set needs a key vault with purge protection; run 'diskvault vault set --purge-protection true' (it cannot be turned off again)")]
     PurgeProtectionRequired,

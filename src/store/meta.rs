@@ -97,6 +97,11 @@ pub struct Rekey {
     pub layers: Vec<Layer>,
     pub boundary: u64,
     pub started_at: String,
+    /// The id the new layers' keyCheck binds to, when it is not the object's `id`
+    /// (a disk whose old DEKs its snapshots keep gets a fresh one, so the two
+    /// families stay apart). It becomes `keyCheckId` when the rekey completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_check_id: Option<String>,
 }
 
 /// A layer after validation: parsed cipher, nonce, key id and wrapped key.
@@ -205,6 +210,14 @@ impl DiskMeta {
         self.key_check_id.as_deref().unwrap_or(&self.id)
     }
 
+    /// The id a rekey's new layers' keyCheck binds to.
+    pub fn rekey_dek_id(&self) -> &str {
+        self.rekey
+            .as_ref()
+            .and_then(|r| r.key_check_id.as_deref())
+            .unwrap_or(&self.id)
+    }
+
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
         let meta: DiskMeta =
             serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
@@ -253,7 +266,14 @@ impl DiskMeta {
         if self.stack.len() > super::MAX_STACK {
             return Err(format!("stack is deeper than {}", super::MAX_STACK));
         }
-        if self.key_check_id.as_deref().is_some_and(|k| !is_id(k)) {
+        let rekey_id = self.rekey.as_ref().and_then(|r| r.key_check_id.as_deref());
+        if self
+            .key_check_id
+            .as_deref()
+            .or(rekey_id)
+            .is_some_and(|k| !is_id(k))
+            || rekey_id.is_some_and(|k| !is_id(k))
+        {
             return Err("keyCheckId must be 32 lowercase hex digits".into());
         }
         validate_name(&self.name).map_err(|e| e.to_string())?;

@@ -81,7 +81,7 @@ pub(super) struct Rekeys {
 impl Store {
     /// New layers for `disk`: fresh DEKs and nonces, same ciphers, wrapped like the
     /// current ones (platform key, or the set's active customer key).
-    fn new_layers(&self, m: &DiskMeta) -> Result<Vec<Layer>> {
+    fn new_layers(&self, m: &DiskMeta, dek_id: &str) -> Result<Vec<Layer>> {
         let des = match &m.encryption.disk_encryption_set_id {
             Some(id) => Some(self.keys.des(id)?),
             None => None,
@@ -90,7 +90,7 @@ impl Store {
         let mut out = Vec::new();
         for (i, (&kind, old)) in kinds.zip(&m.layers).enumerate() {
             let cipher = old.parse().map_err(StoreError::InvalidArgument)?.cipher;
-            out.push(self.keys.seal(kind, des.as_ref(), cipher, &m.id, i)?);
+            out.push(self.keys.seal(kind, des.as_ref(), cipher, dek_id, i)?);
         }
         Ok(out)
     }
@@ -115,11 +115,22 @@ impl Store {
         }
         self.check_rekey_space(&disk)?;
         if m.rekey.is_none() {
-            let layers = self.new_layers(&m)?;
+            // DEKs others keep (snapshots, images, clones) are named by the id they
+            // were made under; the new ones get a fresh name, so the disk leaves
+            // that family. A disk that shares nothing keeps its own id.
+            let shared = m.key_check_id.is_some() || !self.key_family(&disk).is_empty();
+            let key_check_id = shared.then(|| hex(&random_bytes(16).unwrap_or_default()));
+            if key_check_id.as_deref().is_some_and(|k| k.len() != 32) {
+                return Err(StoreError::InvalidArgument(
+                    "no randomness for a key id".into(),
+                ));
+            }
+            let layers = self.new_layers(&m, key_check_id.as_deref().unwrap_or(&m.id))?;
             disk.begin_rekey(meta::Rekey {
                 layers,
                 boundary: 0,
                 started_at: now_rfc3339(),
+                key_check_id,
             })?;
             log::info!("disk '{name}': rekey started");
         } else {

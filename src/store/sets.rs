@@ -275,12 +275,12 @@ impl Store {
         let users: Vec<String> = self
             .disks_in_set(&rec.name)
             .iter()
-            .map(|d| d.name())
+            .map(|d| format!("{} {}", d.kind, d.name()))
             .collect();
         if !users.is_empty() {
             return Err(StoreError::DesInUse {
                 name: rec.name,
-                disks: format!("disk(s) {}", users.join(", ")),
+                disks: users.join(", "),
             });
         }
         let path = self.des_path(&rec.name);
@@ -311,12 +311,12 @@ impl Store {
             layers.push(rk.layers[idx].clone());
         }
         let mut wrapped = Vec::new();
-        for layer in &layers {
+        for (layer, id) in layers.iter().zip([m.dek_id(), m.rekey_dek_id()]) {
             let p = layer
                 .parse()
                 .map_err(|r| StoreError::InvalidArgument(r.to_string()))?;
             let dek = self.keys.unwrap(&m.encryption, &p)?;
-            if key_check(&dek, m.dek_id(), idx, p.cipher, &p.nonce) != layer.key_check {
+            if key_check(&dek, id, idx, p.cipher, &p.nonce) != layer.key_check {
                 return Err(StoreError::Unavailable {
                     disk: m.name.clone(),
                     reason: "its data key does not match its metadata (keyCheck mismatch)".into(),

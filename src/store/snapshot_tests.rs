@@ -298,7 +298,10 @@ fn rekey_of_a_disk_with_snapshots_leaves_their_keys_and_data_alone() {
     s.rekey("d", &|_, _| {}).unwrap();
     let m = d.meta();
     assert_eq!(m.stack.len(), 1, "the disk has its own delta only");
-    assert_eq!(m.key_check_id, None);
+    // The new DEKs are named apart from the family the snapshot keeps.
+    let fresh = m.key_check_id.clone().expect("a fresh key id");
+    assert_ne!(fresh, snap.meta().dek_id());
+    assert!(s.key_family(&d).is_empty(), "the disk left the family");
     assert_ne!(m.layers[0].key_check, old_disk[0].key_check, "a fresh DEK");
     assert_eq!(snap.meta().layers, old_snap);
     let mut want = a.clone();

@@ -20,6 +20,8 @@ use super::*;
 use serde_json::json;
 
 const GC_FILE: &str = ".gc";
+/// Suffix of the temporary name of a disk being filled by a re-encrypting copy.
+const COPYING: &str = ".copying";
 
 /// Options of `snapshot create` and `image create`.
 #[derive(Clone, Debug, Default)]
@@ -488,7 +490,7 @@ impl Store {
         opts: &FromSourceOptions,
         progress: &dyn Fn(u64, u64),
     ) -> Result<Arc<Disk>> {
-        let staging_name = format!(".{name}.copying");
+        let staging_name = format!(".{name}{COPYING}");
         let copy = CreateOptions {
             size,
             sku: opts.sku,
@@ -639,8 +641,14 @@ impl Store {
     /// uses is removed; in the others, units every user sees through a delta above
     /// are punched. Errors are logged (the space stays used, content is intact).
     pub(super) fn collect_garbage(&self, ids: &[String]) {
+        // Deltas a deleted object still open reads stay noted in `.gc`: the space
+        // they hold for it is freed at the next open of the store.
+        let mut keep: Vec<&String> = Vec::new();
         for id in ids {
             let users = self.users_of(id);
+            if users.iter().any(|u| u.is_deleted()) {
+                keep.push(id);
+            }
             let r = if users.is_empty() {
                 remove_delta(&self.root, id).map(|()| log::info!("freed delta {id}"))
             } else {
@@ -655,7 +663,7 @@ impl Store {
         let left: Vec<String> = fs::read_to_string(&path)
             .map(|s| {
                 s.lines()
-                    .filter(|l| !ids.iter().any(|i| i == l))
+                    .filter(|l| !ids.iter().any(|i| i == l) || keep.iter().any(|k| k == l))
                     .map(String::from)
                     .collect()
             })
@@ -718,6 +726,16 @@ impl Store {
     /// object uses (an interrupted create or delete). With any object's metadata
     /// unreadable nothing is removed: that object may use them.
     pub(super) fn collect_garbage_at_open(&self) {
+        // A re-encrypting copy a crash interrupted is not a disk anyone asked for.
+        for d in self.list_kind(ObjectKind::Disk) {
+            let name = d.name();
+            if name.starts_with('.') && name.ends_with(COPYING) {
+                log::info!("removing the interrupted copy '{name}'");
+                if let Err(e) = self.delete_object_locked(ObjectKind::Disk, &name) {
+                    log::error!("removing the interrupted copy '{name}': {e}");
+                }
+            }
+        }
         let dir = self.deltas_dir();
         let Ok(entries) = fs::read_dir(&dir) else {
             return;
@@ -747,25 +765,55 @@ impl Store {
         }
     }
 
-    /// Bytes used by `obj`'s deltas: only by it, and shared with other objects.
+    /// Bytes used by `obj`: `unique` is what deleting it would free (its own
+    /// deltas, and units of shared ones no other object reads), `shared` the units
+    /// it reads that others read too. Counted from the file systems' extents.
     pub fn usage(&self, obj: &Disk) -> Usage {
         let all = self.served();
         let mut u = Usage::default();
-        for p in obj.data_files() {
-            let bytes = fs::metadata(&p).map(|m| m.blocks() * 512).unwrap_or(0);
-            let id = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-            let users = all.iter().filter(|d| d.stack().contains(&id)).count();
-            if users > 1 {
-                u.shared += bytes;
-            } else {
-                u.unique += bytes;
+        let stack = obj.stack();
+        if stack.is_empty() {
+            u.unique = obj.allocated_bytes();
+            return u;
+        }
+        for id in &stack {
+            let others: Vec<_> = all
+                .iter()
+                .filter(|d| d.id != obj.id && d.stack().contains(id))
+                .collect();
+            if others.is_empty() {
+                u.unique += fs::metadata(delta_path(&self.root, id))
+                    .map(|m| m.blocks() * 512)
+                    .unwrap_or(0);
+                continue;
             }
+            let Ok(mine) = self.live_units(id, &stack) else {
+                continue;
+            };
+            let mut theirs = RangeSet::new();
+            for o in others {
+                if let Ok(l) = self.live_units(id, &o.stack()) {
+                    theirs = theirs.union(&l);
+                }
+            }
+            u.unique += mine.subtract(&theirs).count() * UNIT;
+            u.shared += mine.intersect(&theirs).count() * UNIT;
         }
         u
+    }
+
+    /// The units of delta `id` an object with `stack` reads (no delta above it in
+    /// that stack holds data or a whiteout there), from the reported extents.
+    fn live_units(&self, id: &str, stack: &[String]) -> std::io::Result<RangeSet> {
+        let f = open_ro(&delta_path(&self.root, id))?;
+        let mut live = scan_data(&f)?;
+        let pos = stack.iter().position(|s| s == id).unwrap_or(stack.len());
+        for above in stack.iter().skip(pos + 1) {
+            let af = open_ro(&delta_path(&self.root, above))?;
+            live = live.subtract(&scan_data(&af)?);
+            live = live.subtract(&read_whiteouts(&whiteout_path(&self.root, above))?);
+        }
+        Ok(live)
     }
 
     /// The ranges where `new` may differ from `old` (both of one family: one shares

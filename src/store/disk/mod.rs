@@ -366,7 +366,12 @@ impl Disk {
 
     /// Unwraps and checks the DEKs of `layers` (the disk's, or a rekey's new ones).
     /// A fault in the metadata itself is recorded for `keyState`.
-    fn unlock_layers(&self, meta: &DiskMeta, layers: &[Layer]) -> Result<Vec<DataCipher>> {
+    fn unlock_layers(
+        &self,
+        meta: &DiskMeta,
+        layers: &[Layer],
+        dek_id: &str,
+    ) -> Result<Vec<DataCipher>> {
         let fault = |reason: String| {
             self.set_key_verdict(meta, Some(reason.clone()));
             self.unavailable(reason)
@@ -385,7 +390,7 @@ impl Disk {
                     self.unavailable(why)
                 }
             })?;
-            if key_check(&dek, meta.dek_id(), i, p.cipher, &p.nonce) != layer.key_check {
+            if key_check(&dek, dek_id, i, p.cipher, &p.nonce) != layer.key_check {
                 return Err(fault(KEY_CHECK_MISMATCH.into()));
             }
             out.push(DataCipher::new(p.cipher, &dek, &p.nonce)?);
@@ -429,8 +434,9 @@ impl Disk {
             return v.clone();
         }
         let mut fault = None;
-        for layers in std::iter::once(&set.0).chain(set.1.iter()) {
-            fault = fault.or_else(|| self.check_platform_layers(&meta, layers));
+        let ids = [meta.dek_id(), meta.rekey_dek_id()];
+        for (layers, id) in std::iter::once(&set.0).chain(set.1.iter()).zip(ids) {
+            fault = fault.or_else(|| self.check_platform_layers(&meta, layers, id));
         }
         *verdict = Some((set, fault.clone()));
         fault
@@ -438,7 +444,12 @@ impl Disk {
 
     /// Unwraps the platform-key layers among `layers` (no vault, no audit record) and
     /// compares their keyCheck.
-    fn check_platform_layers(&self, meta: &DiskMeta, layers: &[Layer]) -> Option<String> {
+    fn check_platform_layers(
+        &self,
+        meta: &DiskMeta,
+        layers: &[Layer],
+        dek_id: &str,
+    ) -> Option<String> {
         for (i, layer) in layers.iter().enumerate() {
             let p = match layer.parse() {
                 Ok(p) => p,
@@ -451,7 +462,7 @@ impl Disk {
                 Ok(d) => d,
                 Err(e) => return Some(format!("cannot unwrap its data key: {e}")),
             };
-            if key_check(&dek, meta.dek_id(), i, p.cipher, &p.nonce) != layer.key_check {
+            if key_check(&dek, dek_id, i, p.cipher, &p.nonce) != layer.key_check {
                 return Some(KEY_CHECK_MISMATCH.into());
             }
         }
@@ -512,9 +523,9 @@ impl Disk {
             return Err(self.unavailable(reason.clone()));
         }
         let meta = self.meta.lock().clone();
-        let layers = self.unlock_layers(&meta, &meta.layers)?;
+        let layers = self.unlock_layers(&meta, &meta.layers, meta.dek_id())?;
         let next = match &meta.rekey {
-            Some(rk) => Some(self.unlock_layers(&meta, &rk.layers)?),
+            Some(rk) => Some(self.unlock_layers(&meta, &rk.layers, meta.rekey_dek_id())?),
             None => None,
         };
         self.set_key_verdict(&meta, None);
@@ -704,6 +715,11 @@ impl Disk {
 
     pub(super) fn set_dir(&self, dir: PathBuf) {
         *self.dir.write() = dir;
+    }
+
+    /// Deleted, but kept alive by open handles.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
     }
 
     pub(super) fn mark_deleted(&self) {

@@ -131,8 +131,8 @@ impl Disk {
         self.update_meta(|m| {
             if let Some(r) = m.rekey.take() {
                 m.layers = r.layers;
-                // The new DEKs are the disk's own.
-                m.key_check_id = None;
+                // The new DEKs are the disk's own, under their own id.
+                m.key_check_id = r.key_check_id;
             }
         })?;
         // Until the keys are reloaded every unit is under the new layers.
