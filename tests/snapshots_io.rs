@@ -623,12 +623,14 @@ fn snapshot_space_is_shared_then_freed_on_delete() {
     write_sync(&disk, 0, &new);
     let full = store_data_bytes(&m.store);
     about(full, 2 * n, 2 * slack, "after overwriting the disk");
+    // `unique` is what a delete would free: the disk no longer reads the old data,
+    // so it is s1's alone now.
     let (u, s) = used(&listed(&m, "disk", "sp"));
     about(u, n, slack, "the disk's new data is its own");
-    about(s, n, slack, "the old data is still shared");
+    assert_eq!(s, 0, "the disk reads none of the old data");
     let (u, s) = used(&listed(&m, "snapshot", "s1"));
-    assert_eq!(u, 0);
-    about(s, n, slack, "s1's data");
+    about(u, n, slack, "s1's data is its alone");
+    assert_eq!(s, 0);
     assert_same(
         &read_all(&m.mnt.join("snapshots/s1")),
         &[pattern(41, n as usize), vec![0; n as usize]].concat(),
@@ -669,6 +671,8 @@ fn snapshot_space_is_shared_then_freed_on_delete() {
         "m2",
     );
     let before = store_data_bytes(&m.store);
+    let (u2, _) = used(&listed(&m, "snapshot", "m2"));
+    about(u2, MIB, slack, "m2's own bytes: what deleting it frees");
     let (u1, s1) = used(&listed(&m, "snapshot", "m1"));
     let (u3, _) = used(&listed(&m, "snapshot", "m3"));
     run_ok(&["snapshot", "delete", "m2", "--store", m.s()]);

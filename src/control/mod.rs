@@ -89,8 +89,9 @@ pub use keys::import_complete;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Reply {
     pub result: Option<serde_json::Value>,
-    /// A disk this request deleted: the frontend drops its cached entry at once.
-    pub deleted_disk: Option<String>,
+    /// A disk, snapshot or image this request deleted: the frontend drops its cached
+    /// entry at once.
+    pub deleted: Option<(crate::store::ObjectKind, String)>,
 }
 
 impl Reply {
@@ -239,14 +240,16 @@ impl Control {
         match r {
             Ok(result) => {
                 self.after_change()?;
-                let deleted_disk = match req {
-                    Request::Disk(DiskRequest::Delete { name }) => Some(name.clone()),
+                let deleted = match req {
+                    Request::Disk(DiskRequest::Delete { name }) => {
+                        Some((crate::store::ObjectKind::Disk, name.clone()))
+                    }
+                    Request::Copy(CopyRequest::Delete { kind, name }) => {
+                        Some((kind.object(), name.clone()))
+                    }
                     _ => None,
                 };
-                Ok(Reply {
-                    result,
-                    deleted_disk,
-                })
+                Ok(Reply { result, deleted })
             }
             Err(e @ StoreError::Vault(VaultError::RevokedNotSaved { .. })) => {
                 let _ = self.after_change();

@@ -1,9 +1,9 @@
 //! Control-file handles: one command per open file, gathered imports, and the reply
 //! kept on the handle that carried the command.
 
-use super::{errno, split, DiskVaultFs, DISKS};
+use super::{errno, split, DiskVaultFs, DISKS, IMAGES, SNAPSHOTS};
 use crate::control;
-use crate::store::StoreError;
+use crate::store::{ObjectKind, StoreError};
 use crate::vault::Caller;
 use fuser::{Errno, INodeNo};
 use parking_lot::Mutex;
@@ -24,10 +24,15 @@ impl DiskVaultFs {
         match self.control.write(&parts, data, caller) {
             Ok(reply) => {
                 *last.lock() = Some(reply.to_bytes());
-                // A disk deleted through .vault/ must vanish from disks/ at once, not
-                // when the kernel's cached entry times out.
-                if let (Some(name), Some(n)) = (&reply.deleted_disk, self.notifier.get()) {
-                    let _ = n.inval_entry(INodeNo(DISKS), OsStr::new(name));
+                // An object deleted through .vault/ must vanish from its directory at
+                // once, not when the kernel's cached entry times out.
+                if let (Some((kind, name)), Some(n)) = (&reply.deleted, self.notifier.get()) {
+                    let dir = match kind {
+                        ObjectKind::Disk => DISKS,
+                        ObjectKind::Snapshot => SNAPSHOTS,
+                        ObjectKind::Image => IMAGES,
+                    };
+                    let _ = n.inval_entry(INodeNo(dir), OsStr::new(name));
                 }
                 Ok(())
             }

@@ -392,7 +392,7 @@ impl Filesystem for DiskVaultFs {
         match h.as_deref() {
             Some(Handle::Disk(d)) => {
                 self.io_failures_closed(fh, &d.name());
-                if let Err(e) = d.release() {
+                if let Err(e) = self.store.release(d) {
                     return reply.error(self.fail(&format!("close '{}'", d.name()), e));
                 }
             }

@@ -143,6 +143,12 @@ impl Store {
     /// Creates a disk: a fresh DEK from the OS CSPRNG for each layer of its encryption
     /// type, each wrapped with RSA-OAEP-256 (see `Layer::seal`).
     pub fn create_disk(&self, name: &str, opts: &CreateOptions) -> Result<Arc<Disk>> {
+        check_not_staging(name)?;
+        self.create_disk_named(name, opts)
+    }
+
+    /// `create_disk` without the reserved-name check (for a copy's staging disk).
+    pub(super) fn create_disk_named(&self, name: &str, opts: &CreateOptions) -> Result<Arc<Disk>> {
         validate_name(name)?;
         if opts.size > MAX_DISK_SIZE {
             return Err(StoreError::TooLarge);
@@ -261,9 +267,11 @@ impl Store {
         // Deltas whose space may come free; recorded first so a crash after the
         // rename below still frees it at the next open.
         self.note_gc(&deltas).map_err(io)?;
+        crate::fault::point("delete.noted");
         // One rename removes the object; a crash after it finishes the delete at next open.
         fs::rename(&dir, &doomed).map_err(io)?;
         durable::sync_dir(&kdir).map_err(io)?;
+        crate::fault::point("delete.renamed");
         disk.mark_deleted();
         disk.set_dir(doomed.clone());
         self.disks.write().remove(&(kind, name.to_string()));
@@ -272,6 +280,7 @@ impl Store {
         }
         durable::shred(&doomed.join(disk::META_FILE));
         fs::remove_dir_all(&doomed).map_err(io)?;
+        crate::fault::point("delete.removed");
         self.collect_garbage(&deltas);
         log::info!("deleted {kind} '{name}' (wrapped key destroyed)");
         Ok(())
@@ -280,6 +289,7 @@ impl Store {
     /// Renames a disk; with `replace`, an existing disk of the new name is deleted first.
     pub fn rename_disk(&self, from: &str, to: &str, replace: bool) -> Result<()> {
         validate_name(to)?;
+        check_not_staging(to)?;
         let _ns = self.ns.lock();
         let disk = self.get_or_err(from)?;
         if from == to {
@@ -306,4 +316,16 @@ impl Store {
         let disk = self.get_usable(name)?;
         disk.update_meta(|m| m.sku = sku.name().to_string())
     }
+}
+
+/// Names `.NAME.copying` are the staging disks of re-encrypting copies, removed at open
+/// when a crash interrupted them; users can't take them.
+fn check_not_staging(name: &str) -> Result<()> {
+    if name.starts_with('.') && name.ends_with(snapshots::COPYING) {
+        return Err(StoreError::InvalidName {
+            name: name.to_string(),
+            reason: "names that start with '.' and end with '.copying' are reserved for copies in progress".into(),
+        });
+    }
+    Ok(())
 }

@@ -21,7 +21,7 @@ use serde_json::json;
 
 const GC_FILE: &str = ".gc";
 /// Suffix of the temporary name of a disk being filled by a re-encrypting copy.
-const COPYING: &str = ".copying";
+pub(super) const COPYING: &str = ".copying";
 
 /// Options of `snapshot create` and `image create`.
 #[derive(Clone, Debug, Default)]
@@ -313,6 +313,7 @@ impl Store {
             let m = src.meta();
             let meta = self.copy_meta(kind, name, &src, &m, opts.incremental)?;
             let staging = self.stage(kind, &meta)?;
+            crate::fault::point("snapshot.publish");
             let dir = self
                 .publish(kind, &staging, &meta.id)
                 .inspect_err(|_| self.discard_staging(&staging))?;
@@ -520,7 +521,7 @@ impl Store {
                 )));
             }
         }
-        let dst = self.create_disk(&staging_name, &copy)?;
+        let dst = self.create_disk_named(&staging_name, &copy)?;
         let r = (|| -> Result<()> {
             src.open()?;
             let _close_src = scopeguard(|| {
@@ -546,6 +547,7 @@ impl Store {
                 }
                 off = next + len;
                 progress(off.min(total), total);
+                crate::fault::point("copy.chunk");
             }
             dst.sync()?;
             Ok(())
@@ -560,6 +562,7 @@ impl Store {
             let _ = self.delete_disk(&staging_name);
             return Err(StoreError::DiskExists(name.to_string()));
         }
+        crate::fault::point("copy.renaming");
         dst.update_meta(|m| {
             m.name = name.to_string();
             m.creation_data = Some(CreationData {
@@ -606,6 +609,23 @@ impl Store {
             )));
         }
         Ok(())
+    }
+
+    /// Closes a handle of `obj`. The last close of a deleted object frees the space
+    /// of deltas only it still read (if a store change is under way, the next open
+    /// of the store does, from `.gc`).
+    pub fn release(&self, obj: &Arc<Disk>) -> Result<()> {
+        let r = obj.release();
+        if obj.is_deleted() && obj.open_handles() == 0 {
+            let stack = obj.stack();
+            if !stack.is_empty() {
+                if let Some(_ns) = self.ns.try_lock() {
+                    self.orphans.lock().retain(|d| !Arc::ptr_eq(d, obj));
+                    self.collect_garbage(&stack);
+                }
+            }
+        }
+        r
     }
 
     /// `snapshot delete` and `image delete`.
@@ -659,6 +679,7 @@ impl Store {
                 return;
             }
         }
+        crate::fault::point("gc.punched");
         let path = self.deltas_dir().join(GC_FILE);
         let left: Vec<String> = fs::read_to_string(&path)
             .map(|s| {
