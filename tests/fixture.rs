@@ -17,7 +17,11 @@ fn sha256_hex(b: &[u8]) -> String {
 
 /// The fixture, copied so that mounting it changes nothing in the repository.
 fn copy_fixture(to: &Path) {
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/store-v1");
+    copy_named_fixture("store-v1", to)
+}
+
+fn copy_named_fixture(name: &str, to: &Path) {
+    let src = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     let st = Command::new("cp")
         .arg("-r")
         .arg(src)
@@ -92,4 +96,81 @@ fn a_store_made_by_old_code_mounts_and_decrypts() {
     assert_eq!(got, new);
     let p1 = std::fs::read(m.disk("p1")).unwrap();
     assert_eq!(sha256_hex(&p1), want[0].1, "p1 is untouched");
+}
+
+/// A store with snapshots, images and disks made from them (tests/fixtures/store-v2,
+/// made by the release that introduced them): every object reads its recorded
+/// content through the mount and through the independent decryptor, and the store
+/// keeps working (a new snapshot, a delete).
+#[test]
+fn a_layered_store_made_by_the_snapshot_release_mounts_and_decrypts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    copy_named_fixture("store-v2", &store);
+    let want: Vec<(String, String)> = include_str!("fixtures/store-v2.sha256")
+        .lines()
+        .map(|l| {
+            let (n, h) = l.split_once(' ').unwrap();
+            (n.to_string(), h.to_string())
+        })
+        .collect();
+    assert_eq!(want.len(), 10);
+    // Independently first, from the files alone.
+    for (path, sum) in &want {
+        let out = dir.path().join("plain");
+        let st = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/independent_decrypt.py"
+            ))
+            .arg(&store)
+            .arg(path)
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(st.success(), "independent decryption of {path}");
+        assert_eq!(
+            &sha256_hex(&std::fs::read(&out).unwrap()),
+            sum,
+            "{path}, decrypted independently"
+        );
+    }
+    let mut m = Mounted::attach(dir.path(), &store, &mnt);
+    let check = |m: &Mounted, skip: &str| {
+        for (path, sum) in &want {
+            if path == skip {
+                continue;
+            }
+            let data = std::fs::read(m.mnt.join(path)).unwrap();
+            assert_eq!(&sha256_hex(&data), sum, "{path} reads its old content");
+        }
+    };
+    check(&m, "");
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mnt.join(".vault/status.json")).unwrap()).unwrap();
+    for key in ["disks", "snapshots", "images"] {
+        for o in status[key].as_array().unwrap() {
+            assert_eq!(o["keyState"], "Available", "{o}");
+        }
+    }
+    assert_eq!(status["snapshots"].as_array().unwrap().len(), 4);
+    // It keeps working: a new snapshot, and deleting one in the middle of a chain.
+    run_ok(&[
+        "snapshot",
+        "create",
+        "p1-c",
+        "--source",
+        "p1",
+        "--store",
+        m.s(),
+    ]);
+    let p1 = std::fs::read(m.mnt.join("disks/p1")).unwrap();
+    assert_eq!(std::fs::read(m.mnt.join("snapshots/p1-c")).unwrap(), p1);
+    run_ok(&["snapshot", "delete", "p1-b", "--store", m.s()]);
+    check(&m, "snapshots/p1-b");
+    m.umount();
+    m.mount();
+    check(&m, "snapshots/p1-b");
 }
