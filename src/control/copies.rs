@@ -164,7 +164,13 @@ fn diff(c: &Control, old: &str, new: Option<&str>) -> Result<Value> {
             let disk = src.strip_prefix(&ObjectKind::Disk.resource_id(""));
             match disk.and_then(|d| store.get(d)) {
                 Some(d) if d.meta().dek_id() == a.meta().dek_id() => d,
-                _ => {
+                Some(d) => {
+                    return Err(StoreError::Refused(format!(
+                        "disk '{}' no longer shares data with snapshot '{old}' (it was rekeyed, or deleted and made again); name another snapshot of its family",
+                        d.name()
+                    )))
+                }
+                None => {
                     return Err(StoreError::Refused(format!(
                         "snapshot '{old}' has no disk to compare with (its source {src} is gone); name another snapshot of its family"
                     )))

@@ -64,7 +64,9 @@ impl From<crate::vault::VaultError> for ControlError {
 pub fn errno(e: &StoreError) -> i32 {
     use StoreError::*;
     match e {
-        DiskNotFound(_) | DesNotFound(_) | ObjectNotFound { .. } => libc::ENOENT,
+        DiskNotFound(_) | DesNotFound(_) | ObjectNotFound { .. } | SourceNotFound(_) => {
+            libc::ENOENT
+        }
         DiskExists(_) | DesExists(_) | ObjectExists { .. } => libc::EEXIST,
         ReadOnly { .. } => libc::EROFS,
         Refused(_) => libc::EINVAL,

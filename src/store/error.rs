@@ -63,6 +63,9 @@ pub enum StoreError {
         kind: super::ObjectKind,
         name: String,
     },
+    /// A source by bare name that is no disk, snapshot or image of the kinds asked for.
+    #[error("{0}")]
+    SourceNotFound(String),
     /// A rule on keys or sources (the same disk encryption set, sizes only grow).
     #[error("{0}")]
     Refused(String),

@@ -260,6 +260,18 @@ fn zeros_inside_a_reported_extent_of_an_upper_delta_do_not_hide_the_data_below()
     let mut want = a.clone();
     want[..4096].copy_from_slice(&b);
     assert_eq!(d.read(0, 1 << 20).unwrap(), want);
+    // Nor does a rekey, which first copies what the disk reads from below into its
+    // own delta.
+    s.rekey("d", &|_, _| {}).unwrap();
+    assert_eq!(d.stack().len(), 1);
+    assert_eq!(d.read(0, 1 << 20).unwrap(), want);
+    assert_eq!(
+        s.get_kind(ObjectKind::Snapshot, "s1")
+            .unwrap()
+            .read(0, 1 << 20)
+            .unwrap(),
+        a
+    );
     // Space reclaim must not take unit 1 from below either.
     s.delete_object(ObjectKind::Snapshot, "s1").unwrap();
     assert_eq!(d.read(0, 1 << 20).unwrap(), want);

@@ -83,7 +83,8 @@ impl Store {
             if let Some(name) = source.strip_prefix(&k.resource_id("")) {
                 if !kinds.contains(&k) {
                     return Err(StoreError::Refused(format!(
-                        "a {k} can't be the source here; use a {}",
+                        "{} {k} can't be the source here; use a {}",
+                        if k == ObjectKind::Image { "an" } else { "a" },
                         kinds
                             .iter()
                             .map(|k| k.noun())
@@ -99,7 +100,7 @@ impl Store {
                 return Ok(d);
             }
         }
-        Err(StoreError::Refused(format!(
+        Err(StoreError::SourceNotFound(format!(
             "no {} named '{source}'; see 'diskvault {} list'",
             kinds
                 .iter()

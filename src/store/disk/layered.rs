@@ -395,9 +395,12 @@ impl super::Disk {
             return Ok(0);
         };
         let units = super::units::units_in(self.size());
+        // The top's own units count too: some may hold no ciphertext and read from
+        // below (file systems report data in blocks bigger than a unit). An upper
+        // bound, as a space check wants.
         Ok(l.resolve(0..units)
             .iter()
-            .filter(|(_, f)| matches!(f, From::Lower(_)))
+            .filter(|(_, f)| *f != From::Zero)
             .map(|(r, _)| (r.end - r.start) * super::units::UNIT)
             .sum())
     }
@@ -427,20 +430,26 @@ impl super::Disk {
             }
             let e = (b + CHUNK).min(units);
             let _g = self.lock_units(b, e, true);
-            for (r, from) in l.resolve(b..e) {
-                let From::Lower(i) = from else { continue };
-                let mut buf = vec![0u8; ((r.end - r.start) * UNIT) as usize];
-                read_full(&l.lower[i as usize], &mut buf, r.start * UNIT)
-                    .map_err(|e| self.io_err("copying shared data", e))?;
-                for (k, unit) in buf.chunks_exact(UNIT as usize).enumerate() {
-                    if !is_zero(unit) {
-                        let n = r.start + k as u64;
-                        u.file
-                            .write_all_at(unit, n * UNIT)
-                            .map_err(|e| self.io_err("copying shared data", e))?;
-                    }
+            if l.resolve(b..e).iter().all(|(_, f)| *f == From::Zero) {
+                b = e;
+                continue;
+            }
+            // What the disk reads (ciphertext, resolved through the stack) against
+            // what its top holds: every unit that differs comes from below.
+            let io = |e| self.io_err("copying shared data", e);
+            let len = ((e - b) * UNIT) as usize;
+            let (mut want, mut own) = (vec![0u8; len], vec![0u8; len]);
+            l.read(&u.file, b, &mut want).map_err(io)?;
+            read_full(&u.file, &mut own, b * UNIT).map_err(io)?;
+            let chunks = want
+                .chunks_exact(UNIT as usize)
+                .zip(own.chunks_exact(UNIT as usize));
+            for (k, (w, o)) in chunks.enumerate() {
+                if w != o && !is_zero(w) {
+                    let n = b + k as u64;
+                    u.file.write_all_at(w, n * UNIT).map_err(io)?;
+                    u.note_written(n..n + 1);
                 }
-                u.note_written(r);
             }
             b = e;
         }
