@@ -4,12 +4,15 @@
 //! operations answer with them (as Key Vault's API does).
 
 use crate::store::des::{DesRecord, TENANT_ID};
+use crate::store::Usage;
 use crate::store::{disk_resource_id, Disk, ObjectKind, Result, Sku, Store, STORE_VERSION};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 
 /// `.vault/status.json`: the store, its reconciler, the vault, every set and disk.
 pub fn status(store: &Store) -> Value {
     let vault = store.vault();
+    let usage = store.usage_all();
     json!({
         "store": store.root().display().to_string(),
         "formatVersion": STORE_VERSION,
@@ -22,16 +25,24 @@ pub fn status(store: &Store) -> Value {
             .iter()
             .map(|d| set_json(d, &vault.name()))
             .collect::<Vec<_>>(),
-        "disks": store.list_kind(ObjectKind::Disk).iter().map(|d| disk(store, d)).collect::<Vec<_>>(),
-        "snapshots": store.list_kind(ObjectKind::Snapshot).iter().map(|d| object(store, d)).collect::<Vec<_>>(),
-        "images": store.list_kind(ObjectKind::Image).iter().map(|d| object(store, d)).collect::<Vec<_>>(),
+        "disks": list(store, ObjectKind::Disk, &usage),
+        "snapshots": list(store, ObjectKind::Snapshot, &usage),
+        "images": list(store, ObjectKind::Image, &usage),
     })
 }
 
 /// `creationData` and the bytes an object uses, shared by every kind's view.
-fn copy_fields(store: &Store, obj: &Disk, v: &mut Value) {
+/// The objects of one kind, with their usage from one pass over the store.
+fn list(store: &Store, kind: ObjectKind, usage: &HashMap<String, Usage>) -> Vec<Value> {
+    store
+        .list_kind(kind)
+        .iter()
+        .map(|d| object_with(store, d, usage.get(&d.id).copied().unwrap_or_default()))
+        .collect()
+}
+
+fn copy_fields(obj: &Disk, u: Usage, v: &mut Value) {
     let m = obj.meta();
-    let u = store.usage(obj);
     v["creationData"] = match &m.creation_data {
         Some(c) => serde_json::to_value(c).expect("serializes"),
         None => json!({"createOption": "Empty"}),
@@ -46,8 +57,12 @@ fn copy_fields(store: &Store, obj: &Disk, v: &mut Value) {
 /// `snapshots/NAME/snapshot.json` and `images/NAME/image.json`: `az snapshot show`
 /// and `az image show`, flattened as the CLI prints them.
 pub fn object(store: &Store, obj: &Disk) -> Value {
+    object_with(store, obj, store.usage(obj))
+}
+
+fn object_with(store: &Store, obj: &Disk, usage: Usage) -> Value {
     if obj.kind == ObjectKind::Disk {
-        return disk(store, obj);
+        return disk_with(store, obj, usage);
     }
     let m = obj.meta();
     let mut v = json!({
@@ -101,12 +116,16 @@ pub fn object(store: &Store, obj: &Disk) -> Value {
             v["hyperVGeneration"] = json!("V2");
         }
     }
-    copy_fields(store, obj, &mut v);
+    copy_fields(obj, usage, &mut v);
     v
 }
 
 /// `disks/NAME/disk.json`, shaped like `az disk show` plus diskvault's own fields.
 pub fn disk(store: &Store, disk: &Disk) -> Value {
+    disk_with(store, disk, store.usage(disk))
+}
+
+fn disk_with(store: &Store, disk: &Disk, usage: Usage) -> Value {
     let m = disk.meta();
     let sku: Sku = m.sku.parse().unwrap_or_default();
     let (cipher, kid) = m
@@ -134,7 +153,7 @@ pub fn disk(store: &Store, disk: &Disk) -> Value {
         "keyState": store.key_state(disk),
         "allocatedBytes": disk.allocated_bytes(),
     });
-    copy_fields(store, disk, &mut v);
+    copy_fields(disk, usage, &mut v);
     v
 }
 

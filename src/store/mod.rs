@@ -150,6 +150,9 @@ pub struct Store {
     /// Disks deleted (or replaced by a rename) while open: gone from the namespace but
     /// still served to their handles, so still subject to revocation.
     orphans: Mutex<Vec<Arc<Disk>>>,
+    /// Data extents and whiteouts of deltas that no longer change (no disk's top),
+    /// for space accounting; pruned to the deltas in use.
+    delta_sets: snapshots::DeltaSetCache,
     /// Declared last so it is released last: whoever waits for it finds everything
     /// else (the vault included, unless a disk still holds it) released.
     _lock: StoreLock,
@@ -322,6 +325,7 @@ impl Store {
             reconcile: Default::default(),
             rekeys: Default::default(),
             orphans: Default::default(),
+            delta_sets: Default::default(),
         };
         store.scan()?;
         store.resume_key_changes();

@@ -18,6 +18,11 @@ use super::extents::RangeSet;
 use super::meta::{CreationData, META_VERSION_LAYERED};
 use super::*;
 use serde_json::json;
+use std::collections::{HashMap, HashSet};
+
+/// See `Store::delta_sets`.
+#[derive(Default)]
+pub(super) struct DeltaSetCache(Mutex<HashMap<String, Arc<(RangeSet, RangeSet)>>>);
 
 const GC_FILE: &str = ".gc";
 /// Suffix of the temporary name of a disk being filled by a re-encrypting copy.
@@ -787,55 +792,110 @@ impl Store {
         }
     }
 
-    /// Bytes used by `obj`: `unique` is what deleting it would free (its own
-    /// deltas, and units of shared ones no other object reads), `shared` the units
-    /// it reads that others read too. Counted from the file systems' extents.
+    /// Bytes used by `obj` (see `usage_all`).
     pub fn usage(&self, obj: &Disk) -> Usage {
-        let all = self.served();
-        let mut u = Usage::default();
-        let stack = obj.stack();
-        if stack.is_empty() {
-            u.unique = obj.allocated_bytes();
-            return u;
-        }
-        for id in &stack {
-            let others: Vec<_> = all
-                .iter()
-                .filter(|d| d.id != obj.id && d.stack().contains(id))
-                .collect();
-            if others.is_empty() {
-                u.unique += fs::metadata(delta_path(&self.root, id))
-                    .map(|m| m.blocks() * 512)
-                    .unwrap_or(0);
-                continue;
-            }
-            let Ok(mine) = self.live_units(id, &stack) else {
-                continue;
-            };
-            let mut theirs = RangeSet::new();
-            for o in others {
-                if let Ok(l) = self.live_units(id, &o.stack()) {
-                    theirs = theirs.union(&l);
-                }
-            }
-            u.unique += mine.subtract(&theirs).count() * UNIT;
-            u.shared += mine.intersect(&theirs).count() * UNIT;
-        }
-        u
+        self.usage_all().remove(&obj.id).unwrap_or_default()
     }
 
-    /// The units of delta `id` an object with `stack` reads (no delta above it in
-    /// that stack holds data or a whiteout there), from the reported extents.
-    fn live_units(&self, id: &str, stack: &[String]) -> std::io::Result<RangeSet> {
-        let f = open_ro(&delta_path(&self.root, id))?;
-        let mut live = scan_data(&f)?;
-        let pos = stack.iter().position(|s| s == id).unwrap_or(stack.len());
-        for above in stack.iter().skip(pos + 1) {
-            let af = open_ro(&delta_path(&self.root, above))?;
-            live = live.subtract(&scan_data(&af)?);
-            live = live.subtract(&read_whiteouts(&whiteout_path(&self.root, above))?);
+    /// Bytes used by every object, by id: `unique` is what deleting it would free
+    /// (deltas only it uses, and units of shared ones no other object reads),
+    /// `shared` the units it reads that others read too. Counted from the file
+    /// systems' extents, in one pass over every stack (frozen deltas' extents are
+    /// cached), so a status of many snapshots stays cheap.
+    pub fn usage_all(&self) -> HashMap<String, Usage> {
+        let objs = self.served();
+        let tops: HashSet<String> = objs
+            .iter()
+            .filter(|o| !o.kind.read_only())
+            .filter_map(|o| o.stack().last().cloned())
+            .collect();
+        let mut fresh: HashMap<String, Arc<(RangeSet, RangeSet)>> = HashMap::new();
+        let mut live: HashMap<String, Vec<(String, RangeSet)>> = HashMap::new();
+        let mut out: HashMap<String, Usage> = HashMap::new();
+        let stacks: Vec<(Arc<Disk>, Vec<String>)> =
+            objs.iter().map(|o| (o.clone(), o.stack())).collect();
+        for (o, stack) in &stacks {
+            if stack.is_empty() {
+                out.insert(
+                    o.id.clone(),
+                    Usage {
+                        unique: o.allocated_bytes(),
+                        shared: 0,
+                    },
+                );
+                continue;
+            }
+            let mut cover = RangeSet::new();
+            for d in stack.iter().rev() {
+                let Some(sets) = self.sets_of(d, tops.contains(d), &mut fresh) else {
+                    continue;
+                };
+                live.entry(d.clone())
+                    .or_default()
+                    .push((o.id.clone(), sets.0.subtract(&cover)));
+                cover = cover.union(&sets.0).union(&sets.1);
+            }
         }
-        Ok(live)
+        for (o, stack) in &stacks {
+            if stack.is_empty() {
+                continue;
+            }
+            let u = out.entry(o.id.clone()).or_default();
+            for d in stack {
+                let Some(users) = live.get(d) else { continue };
+                if users.len() <= 1 {
+                    u.unique += fs::metadata(delta_path(&self.root, d))
+                        .map(|m| m.blocks() * 512)
+                        .unwrap_or(0);
+                    continue;
+                }
+                let mut theirs = RangeSet::new();
+                let mut mine = RangeSet::new();
+                for (id, l) in users {
+                    if *id == o.id {
+                        mine = l.clone();
+                    } else {
+                        theirs = theirs.union(l);
+                    }
+                }
+                u.unique += mine.subtract(&theirs).count() * UNIT;
+                u.shared += mine.intersect(&theirs).count() * UNIT;
+            }
+        }
+        // Keep only what is still in use.
+        let mut cache = self.delta_sets.0.lock();
+        cache.retain(|id, _| live.contains_key(id));
+        out
+    }
+
+    /// A delta's extents and whiteouts: cached once it can't change any more.
+    fn sets_of(
+        &self,
+        id: &str,
+        is_top: bool,
+        fresh: &mut HashMap<String, Arc<(RangeSet, RangeSet)>>,
+    ) -> Option<Arc<(RangeSet, RangeSet)>> {
+        if let Some(s) = fresh.get(id) {
+            return Some(s.clone());
+        }
+        if !is_top {
+            if let Some(s) = self.delta_sets.0.lock().get(id) {
+                return Some(s.clone());
+            }
+        }
+        let f = open_ro(&delta_path(&self.root, id)).ok()?;
+        let sets = Arc::new((
+            scan_data(&f).ok()?,
+            read_whiteouts(&whiteout_path(&self.root, id)).ok()?,
+        ));
+        if !is_top {
+            self.delta_sets
+                .0
+                .lock()
+                .insert(id.to_string(), sets.clone());
+        }
+        fresh.insert(id.to_string(), sets.clone());
+        Some(sets)
     }
 
     /// The ranges where `new` may differ from `old` (both of one family: one shares
