@@ -1,9 +1,17 @@
 //! Text from users, made safe to show: in replies, `last-error`, logs and the audit
 //! log. A PEM block is never echoed (a private key pasted into the wrong field must not
 //! land in a permanent, hash-chained log), control characters are escaped (so a
-//! value can't forge a second line), and the length is capped.
+//! value can't forge a second line), and the length is capped. A long run of base64
+//! (a key body pasted without its PEM lines) is not shown either.
 
 const PEM_BEGIN: &str = "-----BEGIN";
+/// Base64 runs this long are hidden: longer than any id or name a message needs
+/// (key URLs, which may be longer, are recognised by their `/keys/`).
+const LONG_BASE64: usize = 64;
+
+fn is_b64(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=')
+}
 
 /// `s` with PEM blocks removed, control characters escaped, at most `max` characters.
 pub fn shown(s: &str, max: usize) -> String {
@@ -25,6 +33,14 @@ pub fn shown(s: &str, max: usize) -> String {
                 }
                 None => "",
             };
+            continue;
+        }
+        let run = rest.find(|c: char| !is_b64(c)).unwrap_or(rest.len());
+        let at_start = !out.chars().next_back().is_some_and(is_b64);
+        if at_start && run >= LONG_BASE64 && !rest[..run].contains("/keys/") {
+            out.push_str("[long base64 text not shown]");
+            n += 28;
+            rest = &rest[run..];
             continue;
         }
         let c = rest.chars().next().expect("not empty");
@@ -63,6 +79,18 @@ mod tests {
             "zz\\n2026 [0] forged\\u{0}tail"
         );
         assert_eq!(shown(&"é".repeat(10), 4), "éééé…");
+        // A key body without its PEM lines, as `tr -d '\n'` leaves it.
+        let flat = "unexpected word 'KEY-----MIICeAIBADANBgkqhkiG9w0BAQEFAASCAmIwggJeAgEAAoGBAMxyz0123456789abcdefABCDEF+/==-----END'";
+        let s = shown(flat, 1000);
+        assert!(
+            !s.contains("MIIC") && s.contains("[long base64 text not shown]"),
+            "{s}"
+        );
+        // Ids, hashes of ordinary length and key URLs stay.
+        let url = "https://v1.vault.azure.net/keys/a-rather-long-key-name-of-many-words-indeed/6f0e1a2b3c4d5e6f7a8b9c0d1e2f3a4b";
+        assert_eq!(shown(url, 1000), url);
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(shown(id, 100), id);
         assert_eq!(shown("plain", 5), "plain");
     }
 }

@@ -469,7 +469,7 @@ fn snapshot_files_are_read_only_and_keep_holes_and_data() {
         Some(libc::EROFS)
     );
     let e = last_error();
-    assert!(e.contains("truncate 's'") && e.contains("read-only"), "{e}");
+    assert!(e.contains("snapshot 's'") && e.contains("read-only"), "{e}");
     assert!(
         Command::new("sh")
             .arg("-c")
@@ -908,4 +908,53 @@ fn snapshots_of_a_store_made_by_old_code() {
         m.s(),
     ]);
     assert_eq!(sha256_hex(&read_all(&m.disk("c1-clone"))), sum("c1"));
+}
+
+/// A full store: creating a copy fails with ENOSPC and a message that names the fix,
+/// changing nothing; deleting a snapshot, which is how space comes back, works.
+#[test]
+fn on_a_full_store_copies_are_refused_and_deletes_free_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::new(&dir.path().join("t"), "40M");
+    let store = dir.path().join("t/store");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut m = Mounted::attach(dir.path(), &store, &mnt);
+    m.create("f", "16M");
+    let data = pattern(61, 8 << 20);
+    write_sync(&m.disk("f"), 0, &data);
+    snapshot(&m, "f1", "f");
+    let filler = fs.fill();
+    let listed_before = run_ok(&["snapshot", "list", "-o", "json", "--store", m.s()]);
+    let out = run(&[
+        "snapshot",
+        "create",
+        "f2",
+        "--source",
+        "f",
+        "--store",
+        m.s(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        assert!(err.contains("full") && err.contains("delete"), "{err}");
+        assert_eq!(
+            run_ok(&["snapshot", "list", "-o", "json", "--store", m.s()]),
+            listed_before,
+            "a refused create changes nothing"
+        );
+    } else {
+        run_ok(&["snapshot", "delete", "f2", "--store", m.s()]);
+    }
+    // Overwrite the disk, so that the snapshot holds data only it reads, then fill
+    // the store again: deleting the snapshot must work and give that space back.
+    std::fs::remove_file(&filler).unwrap();
+    write_sync(&m.disk("f"), 0, &pattern(62, 8 << 20));
+    let filler = fs.fill();
+    let before = store_data_bytes(&m.store);
+    run_ok(&["snapshot", "delete", "f1", "--store", m.s()]);
+    assert!(store_data_bytes(&m.store) < before, "space came back");
+    drop(filler);
+    m.umount();
+    drop(fs);
 }

@@ -169,7 +169,7 @@ pub fn run_snapshot(cmd: SnapshotCmd) -> Result<(), CliError> {
             store,
         } => {
             let name = name.get();
-            crate::store::validate_name(name)?;
+            crate::store::validate_object_name(crate::store::ObjectKind::Snapshot, name)?;
             let a = Access::open(&store)?;
             let reply = a.send(CopyRequest::Create {
                 kind: CopyKind::Snapshot,
@@ -210,7 +210,7 @@ pub fn run_image(cmd: ImageCmd) -> Result<(), CliError> {
             store,
         } => {
             let name = name.get();
-            crate::store::validate_name(name)?;
+            crate::store::validate_object_name(crate::store::ObjectKind::Image, name)?;
             let a = Access::open(&store)?;
             let reply = a.send(CopyRequest::Create {
                 kind: CopyKind::Image,

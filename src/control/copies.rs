@@ -3,7 +3,7 @@
 
 use super::args::{f, parse, Ty};
 use super::routes::{Params, Route, Seg, Seg::Lit};
-use super::{check_reserved, confirm_name, pretty, Control, Request};
+use super::{check_reserved, confirm_exact_name, pretty, Control, Request};
 use crate::store::{CopyOptions, EncryptionType, ObjectKind, Result, StoreError};
 use crate::vault::Caller;
 use serde_json::Value;
@@ -112,7 +112,7 @@ pub(super) fn routes() -> Vec<Route> {
         Route::r(&[snaps, snap, Lit("snapshot.json")], read),
         Route::r(&[snaps, snap, Lit("diff")], read),
         Route::w(&[snaps, snap, Lit("delete")], |p, data| {
-            confirm_name(data, p.obj, "delete")?;
+            confirm_exact_name(data, p.obj, "delete")?;
             Ok(Request::Copy(CopyRequest::Delete {
                 kind: Kind::Snapshot,
                 name: p.obj.into(),
@@ -124,7 +124,7 @@ pub(super) fn routes() -> Vec<Route> {
         Route::dir(&[images, image]),
         Route::r(&[images, image, Lit("image.json")], read),
         Route::w(&[images, image, Lit("delete")], |p, data| {
-            confirm_name(data, p.obj, "delete")?;
+            confirm_exact_name(data, p.obj, "delete")?;
             Ok(Request::Copy(CopyRequest::Delete {
                 kind: Kind::Image,
                 name: p.obj.into(),
@@ -152,17 +152,22 @@ fn read(c: &Control, p: &Params, _: &Caller) -> Result<Vec<u8>> {
 /// The diff's JSON: from `old` (a snapshot) to `new` (a snapshot, or `old`'s disk).
 fn diff(c: &Control, old: &str, new: Option<&str>) -> Result<Value> {
     let store = c.store();
-    let a = store.get_kind_or_err(ObjectKind::Snapshot, old)?;
+    let a = store.find_source(old, &[ObjectKind::Snapshot])?;
     let b = match new {
         Some(n) => store.find_source(n, &[ObjectKind::Snapshot, ObjectKind::Disk])?,
         None => {
-            let src = a
-                .meta()
-                .creation_data
-                .and_then(|c| c.source_resource_id)
+            let cd = a.meta().creation_data;
+            let src = cd
+                .as_ref()
+                .and_then(|c| c.source_resource_id.clone())
                 .unwrap_or_default();
-            let disk = src.strip_prefix(&ObjectKind::Disk.resource_id(""));
-            match disk.and_then(|d| store.get(d)) {
+            // The source disk by its unique id: a rename keeps it.
+            let uid = cd.and_then(|c| c.source_unique_id);
+            let by_id = store
+                .list_kind(ObjectKind::Disk)
+                .into_iter()
+                .find(|d| Some(&d.id) == uid.as_ref());
+            match by_id {
                 Some(d) if d.meta().dek_id() == a.meta().dek_id() => d,
                 Some(d) => {
                     return Err(StoreError::Refused(format!(

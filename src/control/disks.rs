@@ -2,7 +2,7 @@
 
 use super::args::{f, invalid, parse, Ty, Val};
 use super::routes::{Params, Route, Seg, Seg::Lit};
-use super::{args, check_reserved, confirm_name, line, pretty, Control, Request};
+use super::{args, check_reserved, confirm_exact_name, line, pretty, Control, Request};
 use crate::crypto::CipherKind;
 use crate::store::{parse_size, CreateOptions, Result, Sku, StoreError};
 use crate::vault::Caller;
@@ -189,7 +189,7 @@ pub(super) fn routes() -> Vec<Route> {
         }),
         // The write form of `rm disks/NAME`, so a reply can reach the writer.
         Route::w(&[dir, DISK, Lit("delete")], |p, data| {
-            confirm_name(data, p.disk, "delete")?;
+            confirm_exact_name(data, p.disk, "delete")?;
             Ok(Request::Disk(DiskRequest::Delete {
                 name: p.disk.into(),
             }))

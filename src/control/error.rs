@@ -70,8 +70,11 @@ pub fn errno(e: &StoreError) -> i32 {
         DiskExists(_) | DesExists(_) | ObjectExists { .. } => libc::EEXIST,
         ReadOnly { .. } => libc::EROFS,
         Refused(_) => libc::EINVAL,
-        InvalidName { name, .. } if name.len() > 255 => libc::ENAMETOOLONG,
+        InvalidName { name, .. } | InvalidObjectName { name, .. } if name.len() > 255 => {
+            libc::ENAMETOOLONG
+        }
         InvalidName { .. }
+        | InvalidObjectName { .. }
         | InvalidSize { .. }
         | InvalidSku(_)
         | InvalidArgument(_)

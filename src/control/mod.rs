@@ -288,6 +288,20 @@ fn confirm_name(data: &[u8], name: &str, what: &str) -> Result<(), StoreError> {
     if t == "1" || t.eq_ignore_ascii_case(name) {
         return Ok(());
     }
+    confirm_refused(t, name, what)
+}
+
+/// As `confirm_name`, for disks, snapshots and images, whose names are case-sensitive
+/// here (`Ab` and `ab` may both exist): the name must match exactly.
+fn confirm_exact_name(data: &[u8], name: &str, what: &str) -> Result<(), StoreError> {
+    let t = args::text(data)?;
+    if t == "1" || t == name {
+        return Ok(());
+    }
+    confirm_refused(t, name, what)
+}
+
+fn confirm_refused(t: &str, name: &str, what: &str) -> Result<(), StoreError> {
     Err(args::invalid(format!(
         "{what} takes `1` or the name ('{name}'), not '{}'",
         t.chars().take(40).collect::<String>()

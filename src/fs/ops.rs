@@ -77,6 +77,14 @@ impl Filesystem for DiskVaultFs {
             let (a, t) = self.node_attr(ino.0, &node);
             return reply.attr(&t, &a);
         };
+        // Snapshots and images never change, their times included.
+        if d.kind.read_only() && (size.is_some() || mtime.is_some()) {
+            let e = StoreError::ReadOnly {
+                kind: d.kind,
+                name: d.name(),
+            };
+            return reply.error(self.fail(&format!("change {} '{}'", d.kind, d.name()), e));
+        }
         // Disk files stay 0600 and the mounting user's: a chmod or chown (as `cp -a`
         // and rsync send) is accepted and ignored, so copying images just works.
         if mode.is_some_and(|m| m & 0o7777 != 0o600)

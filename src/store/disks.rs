@@ -103,7 +103,7 @@ impl Store {
             Err((name, reason)) => {
                 let name = name.unwrap_or_else(|| dir_name.to_string());
                 let reason = format!(
-                    "metadata {} is corrupt: {reason}; restore it from a backup or delete the disk",
+                    "metadata {} is corrupt: {reason}; restore it from a backup or delete the {kind}",
                     meta_path.display()
                 );
                 log::error!("disk '{name}': {reason}");
@@ -266,7 +266,12 @@ impl Store {
         let deltas = disk.stack();
         // Deltas whose space may come free; recorded first so a crash after the
         // rename below still frees it at the next open.
-        self.note_gc(&deltas).map_err(io)?;
+        // Deleting is how a full store gets space back: if even this small note
+        // can't be written, go on; what it would free is found at the next open
+        // (unused deltas are removed then), only dead units of shared ones wait.
+        if let Err(e) = self.note_gc(&deltas) {
+            log::warn!("deleting {kind} '{name}': cannot note its deltas for space reclaim: {e}");
+        }
         crate::fault::point("delete.noted");
         // One rename removes the object; a crash after it finishes the delete at next open.
         fs::rename(&dir, &doomed).map_err(io)?;

@@ -26,6 +26,12 @@ pub enum StoreError {
     DiskExists(String),
     #[error("invalid disk name '{name}': {reason}")]
     InvalidName { name: String, reason: String },
+    #[error("invalid {kind} name '{name}': {reason}")]
+    InvalidObjectName {
+        kind: super::ObjectKind,
+        name: String,
+        reason: String,
+    },
     #[error("invalid size '{input}': {reason}")]
     InvalidSize { input: String, reason: String },
     #[error("unknown sku '{0}'; use Premium_LRS, StandardSSD_LRS, Standard_LRS, UltraSSD_LRS or PremiumV2_LRS")]
@@ -112,10 +118,13 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        StoreError::Io {
-            context: context.into(),
-            source,
+        let mut context = context.into();
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            context.push_str(
+                " (the store's file system is full: delete snapshots, images or disks you no longer need, or give it more space, and retry)",
+            );
         }
+        StoreError::Io { context, source }
     }
 }
 

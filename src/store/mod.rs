@@ -56,7 +56,7 @@ pub use health::HealthReport;
 pub use reconcile::{panic_text, Delays, Invalidator};
 pub use rekey::{RekeyState, RekeyStatus};
 pub use snapshots::{CopyOptions, Diff, FromSourceOptions, Usage};
-pub use spec::{parse_size, validate_name, ObjectKind, Sku, MAX_DISK_SIZE};
+pub use spec::{parse_size, validate_name, validate_object_name, ObjectKind, Sku, MAX_DISK_SIZE};
 
 use crate::crypto::wrap::hex;
 use crate::crypto::{random_bytes, CipherKind, Secret};

@@ -124,8 +124,23 @@ impl Store {
                 .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         }
         let id = hex(&random_bytes(16)?);
-        create_delta(&delta_path(&self.root, &id), round_up(len))
-            .map_err(|e| StoreError::io(format!("creating a delta in {}", dir.display()), e))?;
+        let path = delta_path(&self.root, &id);
+        if let Err(e) = create_delta(&path, round_up(len)) {
+            let _ = fs::remove_file(&path);
+            if e.raw_os_error() == Some(libc::EFBIG) {
+                return Err(StoreError::InvalidSize {
+                    input: len.to_string(),
+                    reason: format!(
+                        "the store's file system can't hold a file that large (ext4 stops at 16 TiB); make the disk smaller or keep the store on XFS or btrfs ({})",
+                        dir.display()
+                    ),
+                });
+            }
+            return Err(StoreError::io(
+                format!("creating a delta in {}", dir.display()),
+                e,
+            ));
+        }
         Ok(id)
     }
 
@@ -255,7 +270,7 @@ impl Store {
         source: &str,
         opts: &CopyOptions,
     ) -> Result<Arc<Disk>> {
-        validate_name(name)?;
+        validate_object_name(kind, name)?;
         let _ns = self.ns.lock();
         if self.get_kind(kind, name).is_some() {
             return Err(StoreError::ObjectExists {
@@ -548,8 +563,11 @@ impl Store {
                 }
                 let len = chunk.min(total - next);
                 let buf = src.read(next, len as usize)?;
-                if buf.iter().any(|&b| b != 0) {
-                    dst.write(next, &buf)?;
+                // Zero units stay holes, as in the source.
+                for (r, data) in super::disk::units::hole_runs(&buf) {
+                    if data {
+                        dst.write(next + r.start as u64, &buf[r])?;
+                    }
                 }
                 off = next + len;
                 progress(off.min(total), total);

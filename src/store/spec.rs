@@ -100,6 +100,32 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Validates a snapshot's or image's name: Azure's rule (1-80 characters of letters,
+/// digits, '_', '.' and '-', starting with a letter or digit, ending with a letter,
+/// digit or '_'); the temporary `.NAME` form is for disk files only.
+pub fn validate_object_name(kind: ObjectKind, name: &str) -> Result<(), StoreError> {
+    if kind == ObjectKind::Disk {
+        return validate_name(name);
+    }
+    let bad = |reason: &str| {
+        Err(StoreError::InvalidObjectName {
+            kind,
+            name: name.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if name.starts_with('.') {
+        return bad("it must start with a letter or digit");
+    }
+    if name.is_empty() || name.len() > 80 {
+        return bad("it must be 1 to 80 characters long");
+    }
+    match validate_name(name) {
+        Err(StoreError::InvalidName { reason, .. }) => bad(&reason),
+        r => r,
+    }
+}
+
 /// Parses sizes like `30G`, `30GiB`, `512M`, `1T`, `4096` (bytes). Suffixes are binary
 /// (K=1024), as `az disk create --size-gb` and qemu-img use GiB.
 pub fn parse_size(s: &str) -> Result<u64, StoreError> {
@@ -226,6 +252,19 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad} should be rejected");
         }
+    }
+
+    #[test]
+    fn snapshot_and_image_names_follow_azure_without_the_temporary_form() {
+        for k in [ObjectKind::Snapshot, ObjectKind::Image] {
+            assert!(validate_object_name(k, "before-upgrade_1").is_ok());
+            for bad in [".hidden", "", "-x", "x.", &"a".repeat(81), "a/b"] {
+                let e = validate_object_name(k, bad).unwrap_err().to_string();
+                assert!(e.starts_with(&format!("invalid {k} name")), "{e}");
+            }
+        }
+        // Disks keep the temporary names that copying tools use.
+        assert!(validate_object_name(ObjectKind::Disk, ".data1.aB12cD").is_ok());
     }
 
     #[test]
