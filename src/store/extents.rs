@@ -130,12 +130,30 @@ impl RangeSet {
         out
     }
 
+    /// `self` without `other`, in time that grows with `self`'s runs and what of
+    /// `other` overlaps them (not with all of `other`).
     pub fn subtract(&self, other: &RangeSet) -> RangeSet {
-        let mut d = self.clone();
-        for r in other.iter() {
-            d.remove(r);
+        let mut d = RangeSet::new();
+        for r in self.iter() {
+            let mut pos = r.start;
+            for o in other.overlap(r.clone()) {
+                if o.start > pos {
+                    d.runs.insert(pos, o.start);
+                }
+                pos = o.end;
+            }
+            if pos < r.end {
+                d.runs.insert(pos, r.end);
+            }
         }
         d
+    }
+
+    /// Adds every run of `other`.
+    pub fn add(&mut self, other: &RangeSet) {
+        for r in other.iter() {
+            self.insert(r);
+        }
     }
 }
 

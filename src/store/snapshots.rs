@@ -851,7 +851,8 @@ impl Store {
                 live.entry(d.clone())
                     .or_default()
                     .push((o.id.clone(), sets.0.subtract(&cover)));
-                cover = cover.union(&sets.0).union(&sets.1);
+                cover.add(&sets.0);
+                cover.add(&sets.1);
             }
         }
         for (o, stack) in &stacks {
@@ -873,7 +874,7 @@ impl Store {
                     if *id == o.id {
                         mine = l.clone();
                     } else {
-                        theirs = theirs.union(l);
+                        theirs.add(l);
                     }
                 }
                 u.unique += mine.subtract(&theirs).count() * UNIT;
