@@ -410,12 +410,31 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
                     return Ok(());
                 }
             }
-            let reply = a.send(DiskRequest::Create {
+            // Through the mount the daemon copies while this request waits: watch the
+            // staging disk grow meanwhile.
+            let watch = match (&a, &source, &options.disk_encryption_set) {
+                (Access::Mounted(mp), Some(src), Some(_)) => Some((mp.clone(), src.clone())),
+                _ => None,
+            };
+            let req = DiskRequest::Create {
                 name: name.into(),
                 options,
                 encryption_type: encryption_type.filter(|_| source.is_some()),
                 source,
-            })?;
+            };
+            let reply = match watch {
+                Some((mp, src)) => {
+                    let done = std::sync::atomic::AtomicBool::new(false);
+                    std::thread::scope(|s| {
+                        let w = s.spawn(|| watch_copy(Access::Mounted(mp), name, &src, &done));
+                        let r = a.send(req);
+                        done.store(true, std::sync::atomic::Ordering::Release);
+                        let _ = w.join();
+                        r
+                    })?
+                }
+                None => a.send(req)?,
+            };
             print_reply(&a, reply, &format!("disks/{name}/disk.json"))?;
         }
         DiskCmd::Update {
@@ -492,4 +511,40 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Progress of a re-encrypting copy run by the daemon: the staging disk
+/// (`.NAME.copying`) against the bytes the source holds, until `done`.
+fn watch_copy(a: Access, name: &str, source: &str, done: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    let bare = source.rsplit('/').next().unwrap_or(source);
+    let total = [
+        format!("snapshots/{bare}/snapshot.json"),
+        format!("images/{bare}/image.json"),
+        format!("disks/{bare}/disk.json"),
+    ]
+    .iter()
+    .find_map(|p| a.read_json(p).ok())
+    .map(|v| {
+        let used = v["usedBytes"]["unique"].as_u64().unwrap_or(0)
+            + v["usedBytes"]["shared"].as_u64().unwrap_or(0);
+        if used > 0 {
+            used
+        } else {
+            v["diskSizeBytes"].as_u64().unwrap_or(0)
+        }
+    })
+    .unwrap_or(0);
+    let mut p = Progress::doing("copy", name, false);
+    let path = format!("disks/.{name}.copying/disk.json");
+    while !done.load(Ordering::Acquire) {
+        if let Ok(v) = a.read_json(&path) {
+            p.update(v["allocatedBytes"].as_u64().unwrap_or(0).min(total), total);
+        }
+        // A display refresh, not synchronisation: the copy ends when `done` is set.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if p.last_pct.is_some() || p.bar.is_some() {
+        p.finish(total);
+    }
 }
