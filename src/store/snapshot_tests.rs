@@ -7,6 +7,14 @@ use std::collections::BTreeMap;
 
 const SIZE: u64 = 64 * 4096 + 100;
 
+/// A new, empty store in a temporary directory (kept while the guard lives).
+fn new_store() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s");
+    Store::init(&root, &InitOptions::default()).unwrap();
+    (dir, root)
+}
+
 /// Opens the store. Other tests in this process spawn programs; a child between its
 /// fork and exec briefly holds a copy of the lock's descriptor (flock follows it), so
 /// a reopen right after a close may find the lock held for that moment.
@@ -62,9 +70,7 @@ fn random_snapshots_clones_writes_and_deletes_match_a_model() {
         .unwrap_or(7);
     for round in 0..3u64 {
         let mut rng = Rng(((seed + round) * 0x9e37_79b9_7f4a_7c15) | 1);
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("s");
-        Store::init(&root, &InitOptions::default()).unwrap();
+        let (_dir, root) = new_store();
         let mut s = open(&root);
         let mut model: BTreeMap<(ObjectKind, String), Vec<u8>> = BTreeMap::new();
         s.create_disk(
@@ -182,9 +188,7 @@ fn random_snapshots_clones_writes_and_deletes_match_a_model() {
 
 #[test]
 fn a_snapshot_keeps_its_content_while_the_disk_changes_and_after_it_is_deleted() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("s");
-    Store::init(&root, &InitOptions::default()).unwrap();
+    let (_dir, root) = new_store();
     let s = open(&root);
     let d = s
         .create_disk(
@@ -227,9 +231,7 @@ fn a_snapshot_keeps_its_content_while_the_disk_changes_and_after_it_is_deleted()
 #[test]
 fn zeros_inside_a_reported_extent_of_an_upper_delta_do_not_hide_the_data_below() {
     use std::os::unix::fs::FileExt;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("s");
-    Store::init(&root, &InitOptions::default()).unwrap();
+    let (_dir, root) = new_store();
     let s = open(&root);
     let d = s
         .create_disk(
@@ -282,9 +284,7 @@ fn zeros_inside_a_reported_extent_of_an_upper_delta_do_not_hide_the_data_below()
 
 #[test]
 fn rekey_of_a_disk_with_snapshots_leaves_their_keys_and_data_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("s");
-    Store::init(&root, &InitOptions::default()).unwrap();
+    let (_dir, root) = new_store();
     let s = open(&root);
     let d = s
         .create_disk(

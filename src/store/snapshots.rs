@@ -221,11 +221,8 @@ impl Store {
             rekey: None,
             stack: m.stack.clone(),
             key_check_id: Some(m.dek_id().to_string()),
-            creation_data: Some(CreationData {
-                create_option: "Copy".into(),
-                source_resource_id: Some(src.kind.resource_id(&m.name)),
-                source_unique_id: Some(m.id.clone()),
-            }),
+            // Sources of copies are disks and snapshots: always `Copy`.
+            creation_data: Some(creation_data(src)),
             incremental: (kind == ObjectKind::Snapshot).then_some(incremental),
         })
     }
@@ -428,16 +425,7 @@ impl Store {
                 rekey: None,
                 stack,
                 key_check_id: Some(m.dek_id().to_string()),
-                creation_data: Some(CreationData {
-                    create_option: if src.kind == ObjectKind::Image {
-                        "FromImage"
-                    } else {
-                        "Copy"
-                    }
-                    .into(),
-                    source_resource_id: Some(src.kind.resource_id(&m.name)),
-                    source_unique_id: Some(m.id.clone()),
-                }),
+                creation_data: Some(creation_data(&src)),
                 incremental: None,
             };
             staged = Some((self.stage(ObjectKind::Disk, &meta)?, meta));
@@ -589,16 +577,7 @@ impl Store {
         crate::fault::point("copy.renaming");
         dst.update_meta(|m| {
             m.name = name.to_string();
-            m.creation_data = Some(CreationData {
-                create_option: if src.kind == ObjectKind::Image {
-                    "FromImage"
-                } else {
-                    "Copy"
-                }
-                .into(),
-                source_resource_id: Some(src.kind.resource_id(&src.name())),
-                source_unique_id: Some(src.id.clone()),
-            });
+            m.creation_data = Some(creation_data(src));
         })?;
         let mut disks = self.disks.write();
         disks.remove(&(ObjectKind::Disk, staging_name));
@@ -951,6 +930,20 @@ impl Store {
             }
         }
         Ok(d)
+    }
+}
+
+/// `creationData` of a disk made from `src`: `FromImage` from an image, else `Copy`.
+fn creation_data(src: &Disk) -> CreationData {
+    CreationData {
+        create_option: if src.kind == ObjectKind::Image {
+            "FromImage"
+        } else {
+            "Copy"
+        }
+        .into(),
+        source_resource_id: Some(src.kind.resource_id(&src.name())),
+        source_unique_id: Some(src.id.clone()),
     }
 }
 

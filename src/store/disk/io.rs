@@ -232,19 +232,11 @@ impl Disk {
         let Some(l) = u.layered.as_ref().filter(|l| l.top) else {
             return Ok(());
         };
-        let hide: Vec<_> = {
-            let wh = l.whiteouts.lock();
-            l.lower_data(r.clone())
-                .into_iter()
-                .flat_map(|x| {
-                    let mut left = crate::store::extents::RangeSet::from_ranges([x]);
-                    for w in wh.overlap(r.clone()) {
-                        left.remove(w);
-                    }
-                    left.iter().collect::<Vec<_>>()
-                })
-                .collect()
-        };
+        // Lower data in `r` that no whiteout of the top hides yet.
+        let hide: Vec<_> = crate::store::extents::RangeSet::from_ranges(l.lower_data(r))
+            .subtract(&l.whiteouts.lock())
+            .iter()
+            .collect();
         if hide.is_empty() {
             return Ok(());
         }
