@@ -1,7 +1,8 @@
 //! diskvault: Azure Managed Disks server-side encryption, emulated on one machine.
 //!
 //! Layers, lowest first: `crypto` (ciphers, key wrapping) → `vault` (key providers)
-//! → `store` (on-disk format, data path, locking) → `fs` (FUSE frontend) → `cli`.
+//! → `store` (on-disk format, data path, locking) → `vm` (QEMU processes) → `control`
+//! (the operations behind `.vault/` and the CLI) → `fs` (FUSE frontend) → `cli`.
 
 pub mod cli;
 pub mod control;
@@ -17,3 +18,4 @@ pub mod store;
 #[doc(hidden)]
 pub mod testkit;
 pub mod vault;
+pub mod vm;

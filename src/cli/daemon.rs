@@ -253,9 +253,11 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
             started_at: now_rfc3339(),
         };
         let sigs = block_signals();
+        let vms = crate::vm::VmManager::new(store.clone(), Some(mp.clone()));
         let opts = MountOptions {
             allow_other: args.allow_other,
             threads: args.threads,
+            vms: Some(vms.clone()),
         };
         let mut session = fs::mount(store.clone(), info.clone(), &mp, &opts).map_err(|e| {
             CliError(format!(
@@ -266,19 +268,22 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
         let json = serde_json::to_vec_pretty(&info).expect("serializes");
         durable::write_atomic(&store_path.join(DAEMON_FILE), &json, 0o600)?;
         let mut unmounter = session.unmount_callable();
+        let signal_vms = vms.clone();
         std::thread::spawn(move || {
             let mut sig = 0;
             // Safe because: `sigs` is an initialized set and `sig` a valid out-pointer.
             unsafe { libc::sigwait(&sigs, &mut sig) };
-            log::info!("signal {sig}: unmounting");
+            log::info!("signal {sig}: stopping VMs and unmounting");
+            // VMs hold disk files open, which would keep the mount busy.
+            signal_vms.shutdown(&format!("the diskvault daemon received signal {sig}"));
             let _ = unmounter.unmount();
         });
         store.spawn_reconciler()?;
         store.resume_rekeys();
         log::info!("serving {} on {}", store_path.display(), mp.display());
-        Ok::<_, CliError>((session, store))
+        Ok::<_, CliError>((session, store, vms))
     })();
-    let (session, store) = match result {
+    let (session, store, vms) = match result {
         Ok(v) => v,
         Err(CliError(msg)) => {
             if let Some(f) = ready.as_mut() {
@@ -290,9 +295,36 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
     if let Some(mut f) = ready.take() {
         let _ = writeln!(f, "OK");
     }
+    sd_notify("READY=1");
     let r = session.run();
+    vms.shutdown("the store was unmounted");
+    drop(vms);
     drop(store);
     r.map_err(|e| CliError(format!("FUSE session ended with an error: {e}")))
+}
+
+/// Tells systemd (`Type=notify`) about the daemon's state, when it runs under it.
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return log::warn!("sd_notify: {e}"),
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = match bytes.strip_prefix(b"@") {
+        // An abstract socket: '@' stands for the leading NUL.
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
+                .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+        }
+        None => sock.send_to(state.as_bytes(), &path),
+    };
+    if let Err(e) = r {
+        log::warn!("sd_notify to {}: {e}", path.to_string_lossy());
+    }
 }
 
 /// Reads which store a mount serves from its `.vault/daemon.json`.
@@ -387,7 +419,41 @@ fn loop_devices_under(mp: &Path) -> Vec<(String, String)> {
     found
 }
 
-pub fn umount(mp: &Path) -> Result<(), CliError> {
+/// VMs that run on the mount keep its disk files open: refuse, or stop them first.
+fn stop_vms_on(abs: &Path, shown: &str, stop: bool) -> Result<(), CliError> {
+    let ctl = abs.join(".vault");
+    let Ok(bytes) = std::fs::read(ctl.join("status.json")) else {
+        return Ok(());
+    };
+    let status: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let running: Vec<String> = status["virtualMachines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["powerState"] == "VM running")
+        .filter_map(|v| v["name"].as_str().map(String::from))
+        .collect();
+    if running.is_empty() {
+        return Ok(());
+    }
+    if !stop {
+        return Err(CliError(format!(
+            "VMs run on {shown}: {}; stop them first ('diskvault vm stop NAME'), or unmount with --stop-vms to power them off",
+            running.join(", ")
+        )));
+    }
+    for vm in running {
+        std::fs::write(ctl.join("vms").join(&vm).join("stop"), b"1").map_err(|e| {
+            CliError(format!(
+                "cannot stop VM '{vm}' ({e}; see {shown}/.vault/last-error); left {shown} mounted"
+            ))
+        })?;
+        eprintln!("stopped VM {vm}");
+    }
+    Ok(())
+}
+
+pub fn umount(mp: &Path, stop_vms: bool) -> Result<(), CliError> {
     let abs = mountinfo_path(mp);
     let shown = mp.display();
     // Only ever unmount diskvault's own mounts, never what else is mounted there.
@@ -400,6 +466,7 @@ pub fn umount(mp: &Path) -> Result<(), CliError> {
         )));
     }
     let info = daemon_of(&abs);
+    stop_vms_on(&abs, &shown.to_string(), stop_vms)?;
     let c = std::ffi::CString::new(abs.as_os_str().as_encoded_bytes())
         .map_err(|_| CliError("mountpoint path contains a NUL byte".into()))?;
     // Safe because: `c` is a valid NUL-terminated path.

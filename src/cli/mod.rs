@@ -8,6 +8,7 @@ mod des;
 mod disk;
 mod key;
 mod vault;
+mod vm;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::Value;
@@ -45,6 +46,10 @@ enum Cmd {
     Umount {
         /// The mountpoint.
         mountpoint: PathBuf,
+        /// Power off the VMs that run on the mount first (else their open disks keep
+        /// it busy and umount refuses).
+        #[arg(long)]
+        stop_vms: bool,
     },
     /// Create, update, list, show and delete managed disks.
     Disk {
@@ -75,6 +80,12 @@ enum Cmd {
     Image {
         #[command(subcommand)]
         cmd: copies::ImageCmd,
+    },
+    /// Virtual machines on QEMU, on the store's disks: create, start, stop, attach;
+    /// stopped when a key their disks need is revoked.
+    Vm {
+        #[command(subcommand)]
+        cmd: vm::VmCmd,
     },
 }
 
@@ -289,13 +300,17 @@ pub fn main() -> ExitCode {
             vault_name,
         } => init(&store, vault.as_deref(), vault_name),
         Cmd::Mount(args) => daemon::mount(args),
-        Cmd::Umount { mountpoint } => daemon::umount(&mountpoint),
+        Cmd::Umount {
+            mountpoint,
+            stop_vms,
+        } => daemon::umount(&mountpoint, stop_vms),
         Cmd::Disk { cmd } => disk::run(cmd),
         Cmd::Key { cmd } => key::run_key(cmd),
         Cmd::Vault { cmd } => vault::run_vault(cmd),
         Cmd::Des { cmd } => des::run_des(cmd),
         Cmd::Snapshot { cmd } => copies::run_snapshot(cmd),
         Cmd::Image { cmd } => copies::run_image(cmd),
+        Cmd::Vm { cmd } => vm::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -64,10 +64,13 @@ impl From<crate::vault::VaultError> for ControlError {
 pub fn errno(e: &StoreError) -> i32 {
     use StoreError::*;
     match e {
-        DiskNotFound(_) | DesNotFound(_) | ObjectNotFound { .. } | SourceNotFound(_) => {
-            libc::ENOENT
-        }
-        DiskExists(_) | DesExists(_) | ObjectExists { .. } => libc::EEXIST,
+        DiskNotFound(_)
+        | DesNotFound(_)
+        | ObjectNotFound { .. }
+        | SourceNotFound(_)
+        | VmNotFound(_) => libc::ENOENT,
+        DiskExists(_) | DesExists(_) | ObjectExists { .. } | VmExists(_) => libc::EEXIST,
+        VmCannotStart(_) => libc::EKEYREVOKED,
         ReadOnly { .. } => libc::EROFS,
         Refused(_) => libc::EINVAL,
         InvalidName { name, .. } | InvalidObjectName { name, .. } if name.len() > 255 => {
@@ -82,7 +85,12 @@ pub fn errno(e: &StoreError) -> i32 {
         | VersionlessKeyUrl(_)
         | Crypto(_) => libc::EINVAL,
         TooLarge => libc::EFBIG,
-        Busy(_) | RekeyRunning(_) | Locked { .. } | Attached(_) | DesInUse { .. } => libc::EBUSY,
+        Busy(_)
+        | RekeyRunning(_)
+        | Locked { .. }
+        | Attached(_)
+        | DesInUse { .. }
+        | VmConflict(_) => libc::EBUSY,
         NoSpace { .. } => libc::ENOSPC,
         PurgeProtectionRequired | CmkCannotBeDisabled | NotPermitted(_) => libc::EPERM,
         Vault(v) => v.errno(),

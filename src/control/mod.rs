@@ -19,6 +19,7 @@ mod root;
 mod routes;
 mod sets;
 pub mod view;
+mod vms;
 
 pub use copies::{CopyRequest, Kind as CopyKind};
 pub use disks::DiskRequest;
@@ -28,11 +29,13 @@ pub use request::Request;
 
 pub use root::VaultRequest;
 pub use sets::SetRequest;
+pub use vms::VmRequest;
 
 pub use args::MAX_CONTROL_WRITE;
 
 use crate::store::{DaemonInfo, Store, StoreError};
 use crate::vault::{Caller, VaultError};
+use crate::vm::VmManager;
 use parking_lot::Mutex;
 use routes::{Params, Route};
 use std::sync::Arc;
@@ -108,16 +111,29 @@ impl Reply {
 pub struct Control {
     store: Arc<Store>,
     daemon: Option<DaemonInfo>,
+    vms: Arc<VmManager>,
     last_error: Mutex<(String, u64)>,
 }
 
 impl Control {
+    /// Without a daemon: VMs can be defined and changed, not run.
     pub fn new(store: Arc<Store>, daemon: Option<DaemonInfo>) -> Self {
+        let vms = VmManager::new(store.clone(), None);
+        Self::with_vms(store, daemon, vms)
+    }
+
+    /// In a daemon, with the supervisor of its VMs.
+    pub fn with_vms(store: Arc<Store>, daemon: Option<DaemonInfo>, vms: Arc<VmManager>) -> Self {
         Control {
             store,
             daemon,
+            vms,
             last_error: Mutex::new((String::new(), 0)),
         }
+    }
+
+    pub fn vms(&self) -> &Arc<VmManager> {
+        &self.vms
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -236,6 +252,7 @@ impl Control {
             Request::Set(r) => sets::execute(self, r),
             Request::Disk(r) => disks::execute(self, r),
             Request::Copy(r) => copies::execute(self, r),
+            Request::Vm(r) => vms::execute(self, r),
         };
         match r {
             Ok(result) => {

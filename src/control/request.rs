@@ -3,7 +3,7 @@
 //! file form (an object's control file and the words or JSON a person would write to
 //! it), and a unit test holds every request and its file form together.
 
-use super::{CopyRequest, DiskRequest, KeyRequest, SetRequest, VaultRequest};
+use super::{CopyRequest, DiskRequest, KeyRequest, SetRequest, VaultRequest, VmRequest};
 #[cfg(test)]
 use zeroize::Zeroizing;
 
@@ -15,6 +15,7 @@ pub enum Request {
     Set(SetRequest),
     Disk(DiskRequest),
     Copy(CopyRequest),
+    Vm(VmRequest),
 }
 
 impl Request {
@@ -37,6 +38,10 @@ impl Request {
                 (p, Zeroizing::new(b))
             }
             Request::Copy(r) => {
+                let (p, b) = r.wire();
+                (p, Zeroizing::new(b))
+            }
+            Request::Vm(r) => {
                 let (p, b) = r.wire();
                 (p, Zeroizing::new(b))
             }
@@ -71,5 +76,11 @@ impl From<DiskRequest> for Request {
 impl From<CopyRequest> for Request {
     fn from(r: CopyRequest) -> Self {
         Request::Copy(r)
+    }
+}
+
+impl From<VmRequest> for Request {
+    fn from(r: VmRequest) -> Self {
+        Request::Vm(r)
     }
 }

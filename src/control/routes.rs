@@ -23,6 +23,8 @@ pub(super) enum Seg {
     Disk,
     Snapshot,
     Image,
+    /// A virtual machine (its name goes to `obj`).
+    Vm,
 }
 
 /// The names a path's placeholders matched, and its last segment.
@@ -131,6 +133,7 @@ static ROUTES: LazyLock<Vec<Route>> = LazyLock::new(|| {
     v.extend(super::sets::routes());
     v.extend(super::disks::routes());
     v.extend(super::copies::routes());
+    v.extend(super::vms::routes());
     v
 });
 
@@ -153,6 +156,7 @@ fn exists(c: &Control, seg: Seg, name: &str, p: &Params) -> bool {
         Seg::Disk => c.store.get(name).is_some(),
         Seg::Snapshot => c.store.get_kind(ObjectKind::Snapshot, name).is_some(),
         Seg::Image => c.store.get_kind(ObjectKind::Image, name).is_some(),
+        Seg::Vm => c.store.vm_get(name).is_ok(),
     }
 }
 
@@ -162,7 +166,7 @@ fn capture<'a>(p: &mut Params<'a>, seg: Seg, name: &'a str) {
         Seg::Version => p.version = Some(name),
         Seg::Set => p.set = name,
         Seg::Disk => p.disk = name,
-        Seg::Snapshot | Seg::Image => p.obj = name,
+        Seg::Snapshot | Seg::Image | Seg::Vm => p.obj = name,
         Seg::Lit(_) => {}
     }
 }
@@ -227,6 +231,7 @@ pub(super) fn list(c: &Control, path: &[&str]) -> Option<Vec<(String, Kind)>> {
             Seg::Disk => names(c, ObjectKind::Disk),
             Seg::Snapshot => names(c, ObjectKind::Snapshot),
             Seg::Image => names(c, ObjectKind::Image),
+            Seg::Vm => c.store.vm_list().into_iter().map(|r| r.name).collect(),
         };
         for n in names {
             if !out.iter().any(|(x, _)| *x == n) {

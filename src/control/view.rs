@@ -5,7 +5,11 @@
 
 use crate::store::des::{DesRecord, TENANT_ID};
 use crate::store::Usage;
-use crate::store::{disk_resource_id, Disk, ObjectKind, Result, Sku, Store, STORE_VERSION};
+use crate::store::{
+    disk_resource_id, vm_resource_id, Disk, ObjectKind, Result, Sku, Store, VmDisk, VmRecord,
+    STORE_VERSION,
+};
+use crate::vm::RuntimeInfo;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -28,6 +32,90 @@ pub fn status(store: &Store) -> Value {
         "disks": list(store, ObjectKind::Disk, &usage),
         "snapshots": list(store, ObjectKind::Snapshot, &usage),
         "images": list(store, ObjectKind::Image, &usage),
+        "virtualMachines": store
+            .vm_list()
+            .iter()
+            .map(|r| json!({"name": r.name, "powerState": r.power_state.display()}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// One VM disk as `storageProfile` shows it.
+fn vm_disk(store: &Store, d: &VmDisk) -> Value {
+    let mut v = json!({
+        "name": d.name,
+        "createOption": d.create_option,
+        "caching": "None",
+    });
+    if let Some(l) = d.lun {
+        v["lun"] = json!(l);
+        v["toBeDetached"] = json!(false);
+    }
+    let mut managed = json!({ "id": disk_resource_id(&d.name) });
+    if let Some(disk) = store.get(&d.name) {
+        let m = disk.meta();
+        let sku: Sku = m.sku.parse().unwrap_or_default();
+        v["diskSizeGB"] = json!(m.size_bytes.div_ceil(1 << 30));
+        managed["storageAccountType"] = json!(sku.name());
+        if let Some(set) = &m.encryption.disk_encryption_set_id {
+            managed["diskEncryptionSet"] = json!({ "id": set });
+        }
+        v["encryption"] = json!(m.encryption.kind);
+        v["keyState"] = json!(store.key_state(&disk));
+    } else {
+        v["keyState"] = json!("Unavailable: the disk no longer exists");
+    }
+    v["managedDisk"] = managed;
+    v
+}
+
+/// `vms/NAME/vm.json`, like `az vm show -d`: the record, the disks with their
+/// encryption, the power state and the QEMU process.
+pub fn vm(
+    store: &Store,
+    rec: &VmRecord,
+    rt: Option<RuntimeInfo>,
+    serial: &std::path::Path,
+) -> Value {
+    let statuses = json!([
+        {"code": "ProvisioningState/succeeded", "level": "Info", "displayStatus": "Provisioning succeeded"},
+        {"code": rec.power_state.code(), "level": "Info", "displayStatus": rec.power_state.display()},
+    ]);
+    let mut local = json!({
+        "vcpus": rec.vcpus,
+        "memoryMb": rec.memory_mb,
+        "pid": rt.as_ref().and_then(|r| r.pid),
+        "accel": rt.as_ref().and_then(|r| r.accel),
+        "qmpSocket": rt.as_ref().map(|r| r.qmp.display().to_string()),
+        "serialLog": serial.display().to_string(),
+        "statusReason": rec.status_reason,
+        "kernel": rec.kernel,
+        "initrd": rec.initrd,
+        "append": rec.append,
+    });
+    if let Some(e) = &rec.external {
+        local["external"] = json!({ "qmp": e.qmp });
+    }
+    json!({
+        "name": rec.name,
+        "id": vm_resource_id(&rec.name),
+        "type": "Microsoft.Compute/virtualMachines",
+        "location": "local",
+        "vmId": rec.vm_id,
+        "hardwareProfile": { "vmSize": rec.size },
+        "storageProfile": {
+            "osDisk": rec.os_disk.as_ref().map(|d| {
+                let mut v = vm_disk(store, d);
+                v["osType"] = json!("Linux");
+                v
+            }),
+            "dataDisks": rec.data_disks.iter().map(|d| vm_disk(store, d)).collect::<Vec<_>>(),
+        },
+        "provisioningState": "Succeeded",
+        "powerState": rec.power_state.display(),
+        "timeCreated": rec.time_created,
+        "instanceView": { "statuses": statuses },
+        "diskvault": local,
     })
 }
 
@@ -121,6 +209,15 @@ fn object_with(store: &Store, obj: &Disk, usage: Usage) -> Value {
 }
 
 /// `disks/NAME/disk.json`, shaped like `az disk show` plus diskvault's own fields.
+/// A VM's disk is `Attached` while the VM is allocated and `Reserved` once it is
+/// deallocated; any other disk open by a program counts as `Attached`.
+fn disk_state(store: &Store, disk: &Disk) -> &'static str {
+    match store.disk_state(&disk.name()) {
+        ("Unattached", _) if disk.open_handles() > 0 => "Attached",
+        (s, _) => s,
+    }
+}
+
 pub fn disk(store: &Store, disk: &Disk) -> Value {
     disk_with(store, disk, store.usage(disk))
 }
@@ -143,7 +240,7 @@ fn disk_with(store: &Store, disk: &Disk, usage: Usage) -> Value {
         "sku": {"name": sku.name(), "tier": sku.tier()},
         "diskSizeBytes": m.size_bytes,
         "diskSizeGB": m.size_bytes.div_ceil(1 << 30),
-        "diskState": if disk.open_handles() > 0 { "Attached" } else { "Unattached" },
+        "diskState": disk_state(store, disk),
         "provisioningState": "Succeeded",
         "timeCreated": m.created_at,
         "encryption": m.encryption,
@@ -153,6 +250,9 @@ fn disk_with(store: &Store, disk: &Disk, usage: Usage) -> Value {
         "keyState": store.key_state(disk),
         "allocatedBytes": disk.allocated_bytes(),
     });
+    if let (_, Some(vm)) = store.disk_state(&m.name) {
+        v["managedBy"] = json!(vm);
+    }
     copy_fields(disk, usage, &mut v);
     v
 }

@@ -118,11 +118,11 @@ fn split(path: &str) -> Vec<&str> {
 }
 
 impl DiskVaultFs {
-    pub fn new(store: Arc<Store>, daemon: DaemonInfo) -> Self {
+    pub fn new(store: Arc<Store>, daemon: DaemonInfo, vms: Arc<crate::vm::VmManager>) -> Self {
         // Safe because: getuid/getgid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         DiskVaultFs {
-            control: Control::new(store.clone(), Some(daemon)),
+            control: Control::with_vms(store.clone(), Some(daemon), vms),
             store,
             uid,
             gid,
@@ -142,10 +142,12 @@ impl DiskVaultFs {
 }
 
 /// Mount options for `mount`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct MountOptions {
     pub allow_other: bool,
     pub threads: usize,
+    /// The supervisor of the store's VMs (their disks are files of this mount).
+    pub vms: Option<Arc<crate::vm::VmManager>>,
 }
 
 /// Mounts the store; returns once the kernel has completed the FUSE handshake.
@@ -156,7 +158,11 @@ pub fn mount(
     opts: &MountOptions,
 ) -> std::io::Result<fuser::Session<DiskVaultFs>> {
     use fuser::{Config, MountOption, SessionACL};
-    let fs = DiskVaultFs::new(store.clone(), daemon);
+    let vms = opts.vms.clone().unwrap_or_else(|| {
+        crate::vm::VmManager::new(store.clone(), Some(mountpoint.to_path_buf()))
+    });
+    vms.install_revocation_hook();
+    let fs = DiskVaultFs::new(store.clone(), daemon, vms);
     let slot = fs.notifier_slot();
     let mut config = Config::default();
     config.mount_options = vec![

@@ -259,6 +259,9 @@ impl Store {
     /// and the space only it used is freed; what others share stays.
     pub(super) fn delete_object_locked(&self, kind: ObjectKind, name: &str) -> Result<()> {
         let disk = self.get_kind_or_err(kind, name)?;
+        if kind == ObjectKind::Disk {
+            self.check_not_attached(name, "deleted")?;
+        }
         let dir = disk.dir();
         let kdir = self.kind_dir(kind);
         let doomed = kdir.join(format!("{}.deleted", disk.id));
@@ -300,10 +303,12 @@ impl Store {
         if from == to {
             return Ok(());
         }
+        self.check_not_attached(from, "renamed")?;
         if self.get(to).is_some() {
             if !replace {
                 return Err(StoreError::DiskExists(to.to_string()));
             }
+            self.check_not_attached(to, "replaced")?;
             // As with unlink, handles still open on the replaced disk keep working
             // until closed (and a close the kernel has not sent yet is no obstacle).
             self.delete_locked(to)?;
@@ -319,6 +324,9 @@ impl Store {
     /// Changes a disk's SKU (`az disk update --sku`).
     pub fn set_sku(&self, name: &str, sku: Sku) -> Result<()> {
         let disk = self.get_usable(name)?;
+        if disk.meta().sku != sku.name() {
+            self.check_not_allocated(name, "Changing the SKU")?;
+        }
         disk.update_meta(|m| m.sku = sku.name().to_string())
     }
 }

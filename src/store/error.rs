@@ -105,6 +105,19 @@ pub enum StoreError {
         free: u64,
         path: String,
     },
+    #[error("no VM named '{0}'; see 'diskvault vm list'")]
+    VmNotFound(String),
+    #[error("a VM named '{0}' already exists; choose another name or delete that VM first")]
+    VmExists(String),
+    /// Azure's `OperationNotAllowed`/`Conflict` for VMs and their disks.
+    #[error("{0}")]
+    VmConflict(String),
+    /// A VM that can't start because a disk can't be used (its key is revoked).
+    #[error("{0}")]
+    VmCannotStart(String),
+    /// QEMU failed, or could not be reached.
+    #[error("{0}")]
+    Hypervisor(String),
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]

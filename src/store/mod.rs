@@ -8,6 +8,8 @@
 //! STORE/vault/                 the embedded key vault (see vault::keyvault), unless
 //!                             the store was created with --vault DIR
 //! STORE/disk-encryption-sets/NAME.json   disk encryption sets (0600)
+//! STORE/vms/NAME.json         virtual machine records (0600)
+//! STORE/vms/NAME.serial.log   a VM's serial console
 //! STORE/lock                  flock held by the serving process
 //! STORE/daemon.json           where the store is mounted (while mounted)
 //! STORE/daemon.log            background daemon log
@@ -44,6 +46,7 @@ mod snapshot_tests;
 mod snapshots;
 #[cfg(test)]
 mod tests;
+mod vms;
 
 pub mod meta;
 pub mod spec;
@@ -53,10 +56,14 @@ pub use disk::{Disk, Revocation, SeekKind};
 pub use encryption::{EncryptionType, LayerKind};
 pub use error::{Result, StoreError};
 pub use health::HealthReport;
-pub use reconcile::{panic_text, Delays, Invalidator};
+pub use reconcile::{panic_text, Delays, Invalidator, RevokeHook};
 pub use rekey::{RekeyState, RekeyStatus};
 pub use snapshots::{CopyOptions, Diff, FromSourceOptions, Usage};
 pub use spec::{parse_size, validate_name, validate_object_name, ObjectKind, Sku, MAX_DISK_SIZE};
+pub use vms::{
+    validate_vm_name, vm_resource_id, External, PowerState, VmDisk, VmRecord, MAX_DATA_DISKS,
+    VMS_DIR, VM_RESERVED,
+};
 
 use crate::crypto::wrap::hex;
 use crate::crypto::{random_bytes, CipherKind, Secret};
@@ -153,6 +160,8 @@ pub struct Store {
     /// Data extents and whiteouts of deltas that no longer change (no disk's top),
     /// for space accounting; pruned to the deltas in use.
     delta_sets: snapshots::DeltaSetCache,
+    /// Virtual machine records (the processes are `vm/`'s).
+    vms: vms::Vms,
     /// Declared last so it is released last: whoever waits for it finds everything
     /// else (the vault included, unless a disk still holds it) released.
     _lock: StoreLock,
@@ -326,8 +335,10 @@ impl Store {
             rekeys: Default::default(),
             orphans: Default::default(),
             delta_sets: Default::default(),
+            vms: Default::default(),
         };
         store.scan()?;
+        store.load_vms()?;
         store.resume_key_changes();
         Ok(store)
     }

@@ -23,12 +23,17 @@ pub struct Delays {
 /// Called with a disk whose cached plaintext pages must go (set by the FUSE layer).
 pub type Invalidator = Box<dyn Fn(&Disk) + Send + Sync>;
 
+/// Called with a disk just revoked, after its I/O has begun to fail (set by the VM
+/// supervisor, which stops the VMs that use it). It returns once they are stopped.
+pub type RevokeHook = Box<dyn Fn(&Disk, &Revocation) + Send + Sync>;
+
 #[derive(Default)]
 pub(super) struct ReconcileState {
     pub delays: Mutex<Delays>,
     /// Disks whose key became unusable, and since when (for the revocation delay).
     pending: Mutex<HashMap<u64, Instant>>,
     pub invalidator: std::sync::OnceLock<Invalidator>,
+    pub on_revoke: std::sync::OnceLock<RevokeHook>,
     wake: Mutex<bool>,
     cond: Condvar,
     stop: std::sync::atomic::AtomicBool,
@@ -126,6 +131,10 @@ impl Store {
     /// Where revoked disks' cached pages are dropped (the FUSE notifier).
     pub fn set_invalidator(&self, f: Invalidator) {
         let _ = self.reconcile.invalidator.set(f);
+    }
+
+    pub fn set_revoke_hook(&self, f: RevokeHook) {
+        let _ = self.reconcile.on_revoke.set(f);
     }
 
     /// Asks the reconciler thread for a pass now.
@@ -355,14 +364,18 @@ impl Store {
                         reason +=
                             &format!("; open handles keep working until closed ({})", sku.name());
                     }
-                    d.revoke(Revocation {
+                    let revocation = Revocation {
                         reason: reason.clone(),
                         keep_open,
-                    });
+                    };
+                    d.revoke(revocation.clone());
                     if !keep_open {
                         if let Some(inv) = self.reconcile.invalidator.get() {
                             inv(&d);
                         }
+                    }
+                    if let Some(hook) = self.reconcile.on_revoke.get() {
+                        hook(&d, &revocation);
                     }
                     log::warn!("disk '{}': {reason}", m.name);
                     self.keys.vault.audit_event(

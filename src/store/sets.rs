@@ -402,6 +402,9 @@ impl Store {
         if current == enc {
             return Ok(());
         }
+        // Azure: "Your existing disks must not be attached to a running VM in order
+        // for you to encrypt them"; the open-file rule below covers other programs.
+        self.check_not_allocated(name, "Changing the encryption")?;
         disk.while_closed(|| {
             self.rewrap_layer(&disk, 0, enc, |dek| self.keys.wrap_des(&des, dek))
         })?;
