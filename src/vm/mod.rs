@@ -759,24 +759,27 @@ impl VmManager {
         if let Some(run) = run {
             let id = format!("lun{lun}");
             let dev = format!("dev-{id}");
-            Qmp::connect(&run.qmp, Duration::from_secs(2))
-                .and_then(|mut q| {
-                    q.execute("device_del", json!({ "id": dev }))?;
-                    q.wait_event(
-                        "DEVICE_DELETED",
-                        |d| d.get("device").and_then(Value::as_str) == Some(&dev),
-                        Instant::now() + UNPLUG_TIMEOUT,
-                    )?;
-                    // A hot-plugged disk's node stays until deleted; a disk given at
-                    // start went with its device.
-                    let _ = q.execute("blockdev-del", json!({ "node-name": id }));
-                    Ok(())
-                })
-                .map_err(|e| {
-                    StoreError::VmConflict(format!(
+            let r = Qmp::connect(&run.qmp, Duration::from_secs(2)).and_then(|mut q| {
+                q.execute("device_del", json!({ "id": dev }))?;
+                q.wait_event(
+                    "DEVICE_DELETED",
+                    |d| d.get("device").and_then(Value::as_str) == Some(&dev),
+                    Instant::now() + UNPLUG_TIMEOUT,
+                )?;
+                // A hot-plugged disk's node stays until deleted; a disk given at
+                // start went with its device.
+                let _ = q.execute("blockdev-del", json!({ "node-name": id }));
+                Ok(())
+            });
+            // A guest that powers off right after releasing the device may take
+            // QEMU down before its event is sent: gone either way.
+            if let Err(e) = r {
+                if !run.wait_exit(Duration::from_millis(500)) {
+                    return Err(StoreError::VmConflict(format!(
                         "cannot detach disk '{disk}' from running VM '{vm}': {e} (the guest must release the device; stop the VM and detach it then)"
-                    ))
-                })?;
+                    )));
+                }
+            }
         }
         self.store.vm_detach(vm, disk)?;
         log::info!("detached disk '{disk}' from VM '{vm}'");

@@ -231,7 +231,9 @@ pub fn command(rec: &VmRecord, mount: &Path, paths: &Paths, accel: Accel) -> Com
     }
     let disks = mount.join("disks");
     if let Some(os) = &rec.os_disk {
-        c.args(disk_args(&disks.join(&os.name), "osdisk", true));
+        // With -kernel, QEMU's linuxboot ROM holds boot index 0.
+        let boot = rec.kernel.is_none();
+        c.args(disk_args(&disks.join(&os.name), "osdisk", boot));
     }
     for d in &rec.data_disks {
         let id = format!("lun{}", d.lun.unwrap_or(0));

@@ -18,6 +18,8 @@ use std::process::{Command, Output};
 
 /// Customer-key steps run through the CLI and through the control files.
 pub mod cmk;
+/// Tiny Linux guests under QEMU (TCG) for the VM tests.
+pub mod guest;
 /// A mounted store with customer keys, for the revocation and rotation tests.
 pub mod keyed;
 /// Raw writes and reads on the key vault's control files.
@@ -219,7 +221,8 @@ impl Drop for Mounted {
         if !self.mounted {
             return;
         }
-        let ok = run(&["umount", self.mnt.to_str().unwrap()])
+        // VMs keep their disks open: power them off so the mount can go.
+        let ok = run(&["umount", "--stop-vms", self.mnt.to_str().unwrap()])
             .status
             .success();
         if !ok {
