@@ -42,7 +42,8 @@ fn readme_walkthrough_runs_top_to_bottom() {
         .arg(format!("set -euo pipefail\n{script}"))
         .env("PATH", path)
         .env_remove("DISKVAULT_STORE")
-        .current_dir(dir.path())
+        // From the clone, as a reader runs it (it uses scripts/).
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
     assert!(
