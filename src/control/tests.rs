@@ -2,9 +2,10 @@
 //! typed request survives its wire form (what the CLI writes to a daemon).
 
 use super::*;
-use crate::control::{CopyKind, CopyRequest};
+use crate::control::{CopyKind, CopyRequest, VmRequest};
 use crate::store::{CreateOptions, InitOptions, Sku};
 use crate::vault::{KeyOptions, KeyUpdate, RotationPolicy};
+use crate::vm::CreateSpec;
 
 fn control() -> (tempfile::TempDir, Control) {
     let d = tempfile::tempdir().unwrap();
@@ -88,6 +89,14 @@ fn objects(c: &Control, keys: &[&str]) -> String {
         }
         .into());
     }
+    let exe = std::env::current_exe().unwrap().display().to_string();
+    run(VmRequest::Create(Box::new(CreateSpec {
+        name: "v1".into(),
+        kernel: Some(exe),
+        no_start: true,
+        ..Default::default()
+    }))
+    .into());
     kid
 }
 
@@ -354,6 +363,56 @@ fn every_request_survives_its_wire_form() {
         }
         .into(),
         DiskRequest::Rekey { name: "d1".into() }.into(),
+        VmRequest::Create(Box::new(CreateSpec {
+            name: "v2".into(),
+            image: Some("img".into()),
+            os_disk_encryption_set: Some("s1".into()),
+            os_disk_size_gb: Some(64),
+            storage_sku: Some("UltraSSD_LRS".into()),
+            data_disk_sizes_gb: vec![1, 128],
+            data_disk_encryption_sets: vec!["s1".into(), "s1".into()],
+            size: Some("Standard_B2s".into()),
+            kernel: Some("/k".into()),
+            initrd: Some("/i".into()),
+            append: Some("console=ttyS0 quiet".into()),
+            no_start: true,
+            ..Default::default()
+        }))
+        .into(),
+        VmRequest::Create(Box::new(CreateSpec {
+            name: "v3".into(),
+            attach_os_disk: Some("d1".into()),
+            ..Default::default()
+        }))
+        .into(),
+        VmRequest::Start { name: "v1".into() }.into(),
+        VmRequest::Stop { name: "v1".into() }.into(),
+        VmRequest::Deallocate { name: "v1".into() }.into(),
+        VmRequest::Restart { name: "v1".into() }.into(),
+        VmRequest::Delete { name: "v1".into() }.into(),
+        VmRequest::Attach {
+            vm: "v1".into(),
+            disk: "d1".into(),
+            lun: Some(7),
+        }
+        .into(),
+        VmRequest::Attach {
+            vm: "v1".into(),
+            disk: "d1".into(),
+            lun: None,
+        }
+        .into(),
+        VmRequest::Detach {
+            vm: "v1".into(),
+            disk: "d1".into(),
+        }
+        .into(),
+        VmRequest::Register {
+            name: "ext".into(),
+            qmp: "/run/q.sock".into(),
+            disks: vec!["d1".into(), "d2".into()],
+        }
+        .into(),
     ];
     for req in requests {
         let (path, bytes) = req.wire();
