@@ -238,6 +238,12 @@ impl VmManager {
         if self.store.vm_get(&spec.name).is_ok() {
             return Err(StoreError::VmExists(spec.name.clone()));
         }
+        if !spec.no_start && self.mount.is_none() {
+            return Err(StoreError::NotPermitted(format!(
+                "VM '{}' would start at once, but VMs run only while the store is mounted; mount it first ('diskvault mount STORE MOUNTPOINT'), or create it with --no-start",
+                spec.name
+            )));
+        }
         let (size, vcpus, memory_mb) =
             qemu::size(spec.size.as_deref().unwrap_or(qemu::DEFAULT_SIZE)).map_err(invalid)?;
         if spec.image.is_some() && spec.attach_os_disk.is_some() {
@@ -398,8 +404,19 @@ impl VmManager {
         if spec.no_start {
             return Ok(rec);
         }
-        self.start_locked(&rec.name)?;
-        self.store.vm_get(&rec.name)
+        // The VM and its disks stay (as in Azure, a failed start leaves them): say so.
+        let left = |m: String| {
+            format!(
+                "VM '{}' was created but did not start: {m}; once fixed, run 'diskvault vm start {}' (or 'diskvault vm delete {}')",
+                rec.name, rec.name, rec.name
+            )
+        };
+        match self.start_locked(&rec.name) {
+            Ok(()) => self.store.vm_get(&rec.name),
+            Err(StoreError::VmCannotStart(m)) => Err(StoreError::VmCannotStart(left(m))),
+            Err(StoreError::Hypervisor(m)) => Err(StoreError::Hypervisor(left(m))),
+            Err(e) => Err(StoreError::Hypervisor(left(e.to_string()))),
+        }
     }
 
     pub fn start(&self, name: &str) -> Result<()> {
@@ -969,4 +986,76 @@ fn uuid() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::InitOptions;
+
+    fn manager() -> (tempfile::TempDir, Arc<VmManager>) {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("s");
+        Store::init(&root, &InitOptions::default()).unwrap();
+        let store = Arc::new(Store::open(&root, None).unwrap());
+        (d, VmManager::new(store, None))
+    }
+
+    fn spec(name: &str) -> CreateSpec {
+        CreateSpec {
+            name: name.into(),
+            kernel: Some(std::env::current_exe().unwrap().display().to_string()),
+            data_disk_sizes_gb: vec![1, 2],
+            ..Default::default()
+        }
+    }
+
+    /// Without a mount a VM can't run: a create that would start it is refused before
+    /// anything is made; with --no-start it is made, and its disks.
+    #[test]
+    fn unmounted_create_makes_nothing_unless_told_not_to_start() {
+        let (_d, m) = manager();
+        let e = m.create(&spec("v1")).unwrap_err();
+        assert!(e.to_string().contains("--no-start"), "{e}");
+        assert!(m.store.list().is_empty() && m.store.vm_list().is_empty());
+        let rec = m
+            .create(&CreateSpec {
+                no_start: true,
+                ..spec("v1")
+            })
+            .unwrap();
+        assert_eq!(rec.power_state, PowerState::Deallocated);
+        assert_eq!(rec.data_disks.len(), 2);
+        assert_eq!(m.store.get("v1_DataDisk_1").unwrap().size(), 2 << 30);
+        let e = m.start("v1").unwrap_err();
+        assert!(e.to_string().contains("mounted"), "{e}");
+    }
+
+    /// A create that fails part-way (the OS disk made from the image, then a data
+    /// disk's set does not exist) removes the disks it made.
+    #[test]
+    fn a_failed_create_removes_its_disks() {
+        let (_d, m) = manager();
+        let opts = crate::store::CreateOptions {
+            size: 1 << 20,
+            ..Default::default()
+        };
+        m.store.create_disk("src", &opts).unwrap();
+        m.store
+            .create_copy(ObjectKind::Image, "img", "src", &Default::default())
+            .unwrap();
+        let e = m
+            .create(&CreateSpec {
+                no_start: true,
+                image: Some("img".into()),
+                data_disk_sizes_gb: vec![1],
+                data_disk_encryption_sets: vec!["nope".into()],
+                ..spec("v1")
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+        let names: Vec<String> = m.store.list().iter().map(|d| d.name()).collect();
+        assert_eq!(names, ["src", "img"], "disks left behind");
+        assert!(m.store.vm_list().is_empty());
+    }
 }
