@@ -98,6 +98,17 @@ fn dirs() -> Dirs {
     Dirs { dir, store, mnt }
 }
 
+/// `diskvault init STORE [--vault DIR]`: the helper never creates a store by itself.
+fn init(store: &Path, vault: Option<&Path>) {
+    let mut args = vec!["init".as_ref(), store.as_os_str()];
+    if let Some(v) = vault {
+        args.push("--vault".as_ref());
+        args.push(v.as_os_str());
+    }
+    let out = Command::new(bin()).args(&args).output().unwrap();
+    assert!(out.status.success(), "init: {}", text(&out.stderr));
+}
+
 /// mount(8) with the test's binary.
 fn mount8(args: &[&OsStr]) -> Output {
     Command::new("mount")
@@ -188,6 +199,7 @@ fn assert_refused(d: &Dirs, out: &Output, code: i32, names: &[&str]) {
 fn mount_t_fuse_diskvault_maps_every_option() {
     let d = dirs();
     let vault = d.dir.path().join("vault");
+    init(&d.store, Some(&vault));
     let _sbin = SbinHelpers::install();
     let mut m = Mounted::adopt(&d.store, &d.mnt);
     let opts = format!(
@@ -225,7 +237,7 @@ fn mount_t_fuse_diskvault_maps_every_option() {
         "{args:?}"
     );
     assert!(args.iter().any(|a| a == "--allow-other"), "{args:?}");
-    // The new store keeps its key vault where vault= said.
+    // The store keeps its key vault where vault= said.
     let info: Value =
         serde_json::from_slice(&std::fs::read(d.mnt.join(".vault/daemon.json")).unwrap()).unwrap();
     assert_eq!(info["vault"], vault.to_str().unwrap());
@@ -239,6 +251,7 @@ fn mount_t_fuse_diskvault_maps_every_option() {
 #[test]
 fn mount_t_diskvault_alias_and_plain_umount() {
     let d = dirs();
+    init(&d.store, None);
     let _sbin = SbinHelpers::install();
     let _m = Mounted::adopt(&d.store, &d.mnt);
     let out = mount8(&[
@@ -264,6 +277,7 @@ fn mount_t_diskvault_alias_and_plain_umount() {
 #[test]
 fn fstab_line_mounts_with_mount_capital_t() {
     let d = dirs();
+    init(&d.store, None);
     let fstab = d.dir.path().join("fstab");
     std::fs::write(
         &fstab,
@@ -318,6 +332,38 @@ fn unknown_or_malformed_options_are_refused_on_one_line() {
 }
 
 #[test]
+fn a_missing_store_is_refused_unless_create_is_asked_for() {
+    let d = dirs();
+    let _sbin = SbinHelpers::install();
+    let mut m = Mounted::adopt(&d.store, &d.mnt);
+    let mount = |opts: &str| {
+        mount8(&[
+            "-t".as_ref(),
+            "fuse.diskvault".as_ref(),
+            d.store.as_os_str(),
+            d.mnt.as_os_str(),
+            "-o".as_ref(),
+            opts.as_ref(),
+        ])
+    };
+    // A typo in fstab must not make a new, empty store.
+    assert_refused(
+        &d,
+        &mount("nofail"),
+        32,
+        &["not a diskvault store", "diskvault init"],
+    );
+    let out = mount("create,nofail");
+    assert!(
+        out.status.success(),
+        "mount -o create: {}",
+        text(&out.stderr)
+    );
+    assert_diskvault_mount(&d.store, &d.mnt);
+    m.umount();
+}
+
+#[test]
 fn a_failed_mount_exits_32_with_diskvaults_message() {
     let d = dirs();
     std::fs::write(d.mnt.join("occupied"), b"x").unwrap();
@@ -357,7 +403,7 @@ fn mount_f_fakes_and_mount_s_tolerates() {
     );
     assert!(
         err.contains(&format!(
-            "{} mount --revocation-delay=2s -- {} {}",
+            "{} mount --no-create --revocation-delay=2s -- {} {}",
             bin(),
             d.store.display(),
             d.mnt.display()
@@ -522,7 +568,9 @@ fn install_sh_installs_idempotently_and_uninstalls_everything() {
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains(&format!("{bindir}/diskvault mount --threads=2 -- /s /m")),
+        err.contains(&format!(
+            "{bindir}/diskvault mount --no-create --threads=2 -- /s /m"
+        )),
         "{err}"
     );
     let mut un = vars.clone();

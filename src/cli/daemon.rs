@@ -42,6 +42,10 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// Refuse a STORE that does not exist instead of creating it (fstab and systemd
+    /// use it: a typo in a path must not make a new, empty store).
+    #[arg(long)]
+    no_create: bool,
     /// Internal: fd on which a background daemon reports readiness.
     #[arg(long, hide = true)]
     ready_fd: Option<i32>,
@@ -109,6 +113,7 @@ pub fn mount(args: MountArgs) -> Result<(), CliError> {
     }
     check_mountpoint(&args.mountpoint)?;
     if !Store::is_store(&store) {
+        refuse_missing(&args, &store)?;
         Store::init(&store, &init_options(&args))?;
         eprintln!(
             "diskvault: created new store {} with a fresh platform key",
@@ -227,6 +232,17 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+fn refuse_missing(args: &MountArgs, store: &Path) -> Result<(), CliError> {
+    if args.no_create {
+        return Err(CliError(format!(
+            "{} is not a diskvault store and --no-create forbids making one; check the path, or create the store with 'diskvault init {}'",
+            store.display(),
+            store.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The daemon proper: open the store, mount, report readiness, serve until unmounted.
 fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
     // Safe because: ready_fd was passed by our parent and is open and owned only here.
@@ -236,6 +252,7 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
     let result = (|| {
         let mp = check_mountpoint(&args.mountpoint)?;
         if !Store::is_store(store_path) && args.ready_fd.is_none() {
+            refuse_missing(args, store_path)?;
             Store::init(store_path, &init_options(args))?;
         }
         init_logging(ready.as_ref().map(|_| store_path.join(LOG_FILE)).as_deref());
