@@ -11,9 +11,16 @@ use std::time::{Duration, Instant};
 pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
-    /// Events seen while waiting for replies, for `wait_event`.
+    /// Events seen while waiting for replies, for `wait_event` (the latest few).
     events: Vec<Value>,
+    /// How long one command may take in all, however much the other end sends.
+    timeout: Duration,
 }
+
+/// The longest message taken from QEMU; its replies here are a few KiB.
+const MAX_LINE: u64 = 1 << 20;
+/// Events kept for `wait_event`.
+const MAX_EVENTS: usize = 64;
 
 fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("QMP {what}: {e}")
@@ -31,6 +38,7 @@ impl Qmp {
             reader: BufReader::new(s),
             writer,
             events: Vec::new(),
+            timeout,
         };
         let greeting = q.read_msg()?;
         if greeting.get("QMP").is_none() {
@@ -64,15 +72,26 @@ impl Qmp {
     }
 
     fn read_msg(&mut self) -> Result<Value, String> {
-        let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
+        use std::io::Read;
+        let mut line = Vec::new();
+        let n = (&mut self.reader)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut line)
             .map_err(|e| err("read", e))?;
         if n == 0 {
             return Err(err("read", "QEMU closed the connection"));
         }
-        serde_json::from_str(&line).map_err(|e| err("reply", e))
+        if !line.ends_with(b"\n") {
+            return Err(err("read", "a message without end (not a QMP server?)"));
+        }
+        serde_json::from_slice(&line).map_err(|e| err("reply", e))
+    }
+
+    fn keep_event(&mut self, v: Value) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.remove(0);
+        }
+        self.events.push(v);
     }
 
     /// Runs one command and returns its `return` value.
@@ -86,7 +105,11 @@ impl Qmp {
         self.writer
             .write_all(&bytes)
             .map_err(|e| err(&format!("send {cmd}"), e))?;
+        let deadline = Instant::now() + self.timeout;
         loop {
+            if Instant::now() > deadline {
+                return Err(format!("QEMU sent no reply to {cmd} in {:?}", self.timeout));
+            }
             let v = self.read_msg()?;
             if let Some(r) = v.get("return") {
                 return Ok(r.clone());
@@ -96,7 +119,7 @@ impl Qmp {
                 return Err(format!("QEMU refused {cmd}: {desc}"));
             }
             if v.get("event").is_some() {
-                self.events.push(v);
+                self.keep_event(v);
             }
         }
     }
@@ -128,5 +151,94 @@ impl Qmp {
                 return Ok(v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A fake QMP server that runs `serve` on its one connection.
+    fn server(serve: fn(UnixStream)) -> (tempfile::TempDir, std::path::PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("q.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            if let Ok((s, _)) = l.accept() {
+                serve(s);
+            }
+        });
+        (d, path)
+    }
+
+    fn bounded(path: &Path) -> (Result<Qmp, String>, Duration) {
+        let t = Instant::now();
+        let r = Qmp::connect(path, Duration::from_millis(300));
+        (r, t.elapsed())
+    }
+
+    /// Whatever the other end does, a call ends with an error within its timeout
+    /// (plus one read), and memory stays bounded.
+    #[test]
+    fn a_hostile_peer_gets_an_error_in_time() {
+        let silent: fn(UnixStream) = |s| {
+            std::thread::sleep(Duration::from_secs(3));
+            drop(s);
+        };
+        let endless_line: fn(UnixStream) = |mut s| {
+            let junk = vec![b'x'; 64 << 10];
+            while s.write_all(&junk).is_ok() {}
+        };
+        let not_qmp: fn(UnixStream) = |mut s| {
+            let _ = s.write_all(b"{\"hello\": 1}\n");
+            std::thread::sleep(Duration::from_secs(3));
+        };
+        let event_flood: fn(UnixStream) = |mut s| {
+            let _ = s.write_all(b"{\"QMP\": {}}\n");
+            let ev = b"{\"event\": \"X\", \"data\": {}}\n".repeat(100);
+            while s.write_all(&ev).is_ok() {}
+        };
+        for (what, f) in [
+            ("silent", silent),
+            ("endless line", endless_line),
+            ("not QMP", not_qmp),
+            ("event flood", event_flood),
+        ] {
+            let (_d, path) = server(f);
+            let (r, took) = bounded(&path);
+            assert!(r.is_err(), "{what}: connected");
+            assert!(took < Duration::from_secs(2), "{what}: took {took:?}");
+        }
+    }
+
+    #[test]
+    fn a_qmp_peer_is_spoken_to() {
+        let (_d, path) = server(|s| {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            w.write_all(b"{\"QMP\": {\"version\": {}}}\n").unwrap();
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let reply = match v["execute"].as_str() {
+                    Some("query-status") => {
+                        "{\"event\": \"E\"}\n{\"return\": {\"status\": \"running\"}}\n"
+                    }
+                    Some("bad") => "{\"error\": {\"desc\": \"no such command\"}}\n",
+                    _ => "{\"return\": {}}\n",
+                };
+                w.write_all(reply.as_bytes()).unwrap();
+                line.clear();
+            }
+        });
+        let mut q = Qmp::connect(&path, Duration::from_secs(2)).unwrap();
+        let st = q.execute("query-status", serde_json::json!({})).unwrap();
+        assert_eq!(st["status"], "running");
+        let e = q.execute("bad", serde_json::json!({})).unwrap_err();
+        assert!(e.contains("no such command"), "{e}");
+        // The event that came before the reply is kept for wait_event.
+        q.wait_event("E", |_| true, Instant::now()).unwrap();
+        assert_eq!(q.peer_pid(), Some(std::process::id()));
     }
 }
