@@ -357,3 +357,42 @@ fn des_create_names_the_set_in_a_name_error() {
     ]);
     assert!(e.contains("invalid disk encryption set name 'bad!'"), "{e}");
 }
+
+/// A command-line mistake is one line naming it and the help to read, exit 2.
+#[test]
+fn usage_errors_are_one_line() {
+    for (args, want) in [
+        (
+            vec![
+                "vm",
+                "disk",
+                "attach",
+                "--vm-name",
+                "v",
+                "--name",
+                "d",
+                "--lun",
+                "64",
+                "--store",
+                "/x",
+            ],
+            "'diskvault vm disk attach --help'",
+        ),
+        (vec!["vm", "show"], "--store"),
+        (
+            vec!["mount", "--revocation-delay", "99999999999999h", "/a", "/b"],
+            "366d",
+        ),
+        (vec!["bogus"], "'bogus'"),
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // Help is still help.
+    let out = run(&["vm", "--help"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: diskvault vm"));
+}

@@ -359,6 +359,11 @@ fn disks_hot_plug_and_unplug_in_a_running_guest() {
     );
     wait_state(&m, "hv", "VM stopped", BOOT);
     guest::verify_pattern(&m.disk("hp"), 31, 256).unwrap();
+    // Deleting the VM takes its console (guest output) with it; the disks stay.
+    assert!(serial(&m, "hv").exists());
+    run_ok(&["vm", "delete", "hv", "--store", s]);
+    assert!(!serial(&m, "hv").exists());
+    assert!(m.disk("hp").exists());
 }
 
 #[test]
@@ -402,10 +407,25 @@ fn an_attached_disk_keeps_its_key_until_the_vm_is_deallocated() {
     assert_eq!(e.raw_os_error(), Some(libc::EBUSY));
     let e = std::fs::rename(m.disk("rd"), m.disk("rd2")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EBUSY));
+    // Nor does its size change under the (allocated) VM.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.disk("rd"))
+        .unwrap();
+    let e = f.set_len(1 << 20).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EBUSY));
+    assert_eq!(std::fs::metadata(m.disk("rd")).unwrap().len(), 16 << 20);
+    drop(f);
 
     run_ok(&["vm", "deallocate", "vr", "--store", s]);
     let d = json(&run_ok(&["disk", "show", "rd", "--store", s]));
     assert_eq!(d["diskState"], "Reserved");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.disk("rd"))
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
     run_ok(&cmk);
     let d = json(&run_ok(&["disk", "show", "rd", "--store", s]));
     assert_eq!(d["encryption"]["type"], "EncryptionAtRestWithCustomerKey");
@@ -650,6 +670,22 @@ fn vm_input_is_checked() {
         s,
     ]);
     assert!(err.contains("not a file"), "{err}");
+    // A FIFO is refused without being opened (an open would block the daemon).
+    let fifo = m.dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // Safe because: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let err = run_err(&[
+        "vm",
+        "create",
+        "v1",
+        "--kernel",
+        fifo.to_str().unwrap(),
+        "--no-start",
+        "--store",
+        s,
+    ]);
+    assert!(err.contains("not a file"), "{err}");
     let err = run_err(&["vm", "start", "nope", "--store", s]);
     assert!(err.contains("no VM named 'nope'"), "{err}");
     let ctl = m.mnt.join(".vault/vms");
@@ -669,4 +705,38 @@ fn vm_input_is_checked() {
             .count(),
         0
     );
+}
+
+/// While a revocation waits out `--revocation-delay`, a running VM runs on, but a
+/// stopped one does not start: its disk can't be opened any more.
+#[test]
+fn a_pending_revocation_already_refuses_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut m = Mounted::adopt(&store, &mnt);
+    m.dir = dir;
+    m.mount_with(&["--revocation-delay", "1h"], &[("DISKVAULT_ACCEL", "tcg")]);
+    let s = m.s();
+    cmk_setup(&m, &[("pd", "16M", "Premium_LRS")]);
+    define(&m, "vp", "true", &["pd"]);
+    run_ok(&["key", "revoke-grant", "k1", "--des", "set1", "--store", s]);
+    let d = json(&run_ok(&["disk", "show", "pd", "--store", s]));
+    assert!(
+        d["keyState"]
+            .as_str()
+            .unwrap()
+            .contains("revocation pending"),
+        "{d}"
+    );
+    let out = run(&["vm", "start", "vp", "--store", s]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("disk 'pd'") && err.contains("key grant k1 --des set1"),
+        "{err}"
+    );
+    assert_eq!(show(&m, "vp")["powerState"], "VM deallocated");
 }

@@ -51,9 +51,16 @@ pub struct MountArgs {
     ready_fd: Option<i32>,
 }
 
+/// The longest delay taken: a year (Azure's is an hour); longer ones are typos.
+const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(366 * 86400);
+
 fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("'{s}' is not a duration like 0s, 30s or 1h: {e}"))
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration like 0s, 30s or 1h: {e}"))?;
+    if d > MAX_DELAY {
+        return Err(format!("'{s}' is longer than the longest delay, 366d"));
+    }
+    Ok(d)
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -282,13 +282,55 @@ fn init(store: &Path, vault: Option<&Path>, vault_name: Option<String>) -> Resul
     }
 }
 
+/// A command-line mistake as one line naming it and where the help is (clap's own
+/// report spans several lines); help and version print as clap does.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as K;
+    if matches!(
+        e.kind(),
+        K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let mut lines = text.lines();
+    let mut first = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string();
+    // "the following required arguments were not provided:" lists them below.
+    if first.ends_with(':') {
+        let items: Vec<&str> = lines
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        first = format!("{} {}", first, items.join(", "));
+    }
+    // The (sub)command the arguments name, for its help.
+    let mut cmd = Cli::command();
+    let mut path = vec!["diskvault".to_string()];
+    for a in std::env::args().skip(1) {
+        let Some(sub) = cmd.find_subcommand(&a).cloned() else {
+            break;
+        };
+        path.push(a);
+        cmd = sub;
+    }
+    eprintln!("diskvault: {first}; see '{} --help'", path.join(" "));
+    ExitCode::from(2)
+}
+
 pub fn main() -> ExitCode {
     // Die quietly when stdout is a closed pipe (`disk list | head`, also `--help`)
     // instead of panicking in println!. The daemon keeps ignoring SIGPIPE, as Rust
     // programs do.
     // Safe because: setting a signal disposition has no preconditions.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
     if matches!(cli.cmd, Cmd::Mount(_)) {
         // Safe because: as above.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };

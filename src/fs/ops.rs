@@ -97,7 +97,7 @@ impl Filesystem for DiskVaultFs {
             );
         }
         if let Some(s) = size {
-            if let Err(e) = d.set_size(s) {
+            if let Err(e) = self.store.resize(d, s) {
                 return reply.error(self.fail(&format!("truncate '{}'", d.name()), e));
             }
         }

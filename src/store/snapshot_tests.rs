@@ -334,3 +334,38 @@ fn rekey_of_a_disk_with_snapshots_leaves_their_keys_and_data_alone() {
     );
     assert_eq!(s.get("c").unwrap().read(0, 2 << 20).unwrap(), a);
 }
+
+/// A rekey of a disk that is open (a VM holds it) and has a snapshot copies the
+/// shared data up and swaps the open handle's view without blocking on itself.
+#[test]
+fn rekey_of_an_open_disk_with_a_snapshot_finishes() {
+    let (_dir, root) = new_store();
+    let s = Arc::new(open(&root));
+    let d = s
+        .create_disk(
+            "d",
+            &CreateOptions {
+                size: 1 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let a = pattern(5, 1 << 20);
+    d.write(0, &a).unwrap();
+    s.create_copy(ObjectKind::Snapshot, "s1", "d", &CopyOptions::default())
+        .unwrap();
+    d.open().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s2 = s.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(s2.rekey("d", &|_, _| {}).map_err(|e| e.to_string()));
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the rekey of an open disk with a snapshot hangs");
+    r.unwrap();
+    assert_eq!(d.meta().stack.len(), 1);
+    // The open handle reads the same data through the new keys.
+    assert_eq!(d.read(0, 1 << 20).unwrap(), a);
+    d.release().unwrap();
+}

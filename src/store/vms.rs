@@ -281,6 +281,22 @@ impl Store {
         Ok(out)
     }
 
+    /// A change of state that has already happened (QEMU is gone): made in memory
+    /// even when the file can't be saved, whose error is then returned saying so.
+    pub fn vm_update_volatile(&self, name: &str, f: impl FnOnce(&mut VmRecord)) -> Result<()> {
+        let _ns = self.ns.lock();
+        let mut rec = self.vm_get(name)?;
+        f(&mut rec);
+        let saved = self.write_vm(&rec);
+        self.vms.records.write().insert(name.to_string(), rec);
+        saved.map_err(|e| {
+            StoreError::Hypervisor(format!(
+                "VM '{name}' is {}, but its record could not be saved ({e}); it is saved at the next change, or found stopped at the next mount",
+                self.vm_get(name).map(|r| r.power_state.display()).unwrap_or("changed")
+            ))
+        })
+    }
+
     /// Attaches disk `disk` at `lun` (the lowest free one if `None`); Azure's errors
     /// for a taken LUN, a full VM and a disk another VM owns.
     pub fn vm_attach(&self, vm: &str, disk: &str, lun: Option<u32>) -> Result<u32> {
@@ -402,6 +418,15 @@ impl Store {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// Truncate: a disk whose VM is allocated keeps its size (Azure resizes a disk
+    /// only while its VM is deallocated, and never shrinks one).
+    pub fn resize(&self, disk: &Disk, size: u64) -> Result<()> {
+        if size != disk.size() && disk.kind == ObjectKind::Disk {
+            self.check_not_allocated(&disk.name(), "Resizing")?;
+        }
+        disk.set_size(size)
     }
 
     /// `diskState`: `Attached` (its VM is allocated), `Reserved` (its VM is

@@ -88,6 +88,14 @@ pub struct CreateSpec {
     pub no_start: bool,
 }
 
+/// What a disk check is for, for its message.
+#[derive(Clone, Copy)]
+enum Action {
+    Start,
+    Attach,
+    Register,
+}
+
 /// Runtime facts for `vm show`.
 pub struct RuntimeInfo {
     pub pid: Option<u32>,
@@ -191,42 +199,58 @@ impl VmManager {
         );
     }
 
-    /// Refuses to start (or attach to a running VM) a disk that can't serve data.
-    fn check_usable(&self, vm: &str, disk: &str) -> Result<()> {
+    /// Refuses to start a VM on (or hot-plug, or register) a disk that can't serve
+    /// data now, or whose key is revoked with the revocation still pending.
+    fn check_usable(&self, vm: &str, disk: &str, action: Action) -> Result<()> {
+        let (what, then) = match action {
+            Action::Start => (format!("VM '{vm}' can't start"), "start the VM".to_string()),
+            Action::Attach => (
+                format!("disk '{disk}' can't be attached to VM '{vm}'"),
+                "attach it".to_string(),
+            ),
+            Action::Register => (
+                format!("VM '{vm}' can't be registered"),
+                "register it".to_string(),
+            ),
+        };
         let d = self.store.get_or_err(disk).map_err(|_| {
             StoreError::VmCannotStart(format!(
-                "VM '{vm}' can't start: its disk '{disk}' no longer exists; detach it ('diskvault vm disk detach --vm-name {vm} --name {disk}')"
+                "{what}: its disk '{disk}' no longer exists; detach it ('diskvault vm disk detach --vm-name {vm} --name {disk}')"
             ))
         })?;
         let state = self.store.key_state(&d);
-        if state.starts_with("Available") {
+        if state == "Available" {
             return Ok(());
         }
-        let set = d
-            .meta()
+        let m = d.meta();
+        let set = m
             .encryption
             .disk_encryption_set_id
-            .and_then(|s| s.rsplit('/').next().map(String::from))
-            .unwrap_or_default();
-        let fix = if state.starts_with("Revoked") {
-            let key = self
-                .store
-                .keyring()
-                .des(&set)
-                .ok()
-                .and_then(|d| match crate::vault::KeyId::parse(&d.active_key) {
-                    Ok(crate::vault::KeyId::Vault(r)) => Some(r.name),
-                    _ => None,
-                })
-                .unwrap_or_else(|| "KEY".into());
+            .as_deref()
+            .and_then(|s| s.rsplit('/').next())
+            .unwrap_or("")
+            .to_string();
+        // The key the disk's data key is wrapped with (during a set's key change,
+        // the one it still needs).
+        let key = m
+            .layers
+            .iter()
+            .find_map(|l| match crate::vault::KeyId::parse(&l.kid) {
+                Ok(crate::vault::KeyId::Vault(r)) => Some(r.name),
+                _ => None,
+            })
+            .unwrap_or_else(|| "KEY".into());
+        let fix = if state.starts_with("Revoked") || state.contains("revocation pending") {
             format!(
-                "enable key '{key}' again ('diskvault key set {key} --enabled true'; recover it first if deleted) or give disk encryption set '{set}' a usable key ('diskvault des update {set} --key-url URL'), then start the VM"
+                "restore access to key '{key}' (enable the key and the version that wraps the disk: 'diskvault key set {key} [--version V] --enabled true'; recover it if deleted; grant set '{set}' again: 'diskvault key grant {key} --des {set}'), or give set '{set}' a usable key ('diskvault des update {set} --key-url URL'), then {then}"
             )
         } else {
-            "fix the disk (see 'diskvault disk show') and start the VM again".to_string()
+            format!(
+                "fix the disk (see 'diskvault disk show {disk}' and STORE/daemon.log), then {then}"
+            )
         };
         Err(StoreError::VmCannotStart(format!(
-            "VM '{vm}' can't start: disk '{disk}' can't be used ({state}); {fix}"
+            "{what}: disk '{disk}' can't be used ({state}); {fix}"
         )))
     }
 
@@ -440,10 +464,12 @@ impl VmManager {
             )));
         };
         for d in rec.disks() {
-            self.check_usable(name, &d.name)?;
+            self.check_usable(name, &d.name, Action::Start)?;
         }
         let accel = qemu::accel(&self.vms_dir());
         let paths = self.paths(&rec);
+        qemu::private_socket_dir(&paths.qmp, &self.vms_dir())
+            .map_err(|e| hv(format!("VM '{name}' can't start: {e}")))?;
         let _ = std::fs::remove_file(&paths.qmp);
         // The console may show guest data: private, and fresh for each boot (QEMU
         // truncates it and keeps this mode).
@@ -550,7 +576,7 @@ impl VmManager {
             run.kill();
             run.wait_exit(QUIT_TIMEOUT);
             return Err(hv(format!(
-                "VM '{name}' can't start: {e}; QEMU said: {}",
+                "VM '{name}' can't start: {e}; QEMU said: {} (STORE/daemon.log may say why a disk could not be opened)",
                 last_lines(&paths.qemu_log)
             )));
         }
@@ -561,18 +587,25 @@ impl VmManager {
                 paths.qemu_log.display()
             )));
         }
-        self.store.vm_update(name, |r| {
+        let saved = self.store.vm_update(name, |r| {
             r.power_state = PowerState::Running;
             r.pid = Some(pid);
             r.status_reason = None;
             Ok(())
-        })?;
+        });
         drop(running);
+        if let Err(e) = saved {
+            // A VM whose record says it is not running must not run.
+            *run.stopping.lock() = Some((rec.power_state, rec.status_reason.clone()));
+            run.kill();
+            run.wait_exit(QUIT_TIMEOUT);
+            return Err(e);
+        }
         log::info!("VM '{name}' started (QEMU pid {pid}, {})", accel.name());
         // A revocation may have landed between the check and the start: the hook saw
         // the VM in the table and stopped it, or the check below does.
         for d in rec.disks() {
-            if let Err(e) = self.check_usable(name, &d.name) {
+            if let Err(e) = self.check_usable(name, &d.name, Action::Start) {
                 let _ = self.stop_running(name, PowerState::Stopped, Some(e.to_string()));
                 return Err(e);
             }
@@ -597,13 +630,14 @@ impl VmManager {
             };
             (PowerState::Stopped, Some(why))
         });
-        let r = self.store.vm_update(name, |r| {
+        // Recorded in memory even if the file can't be saved (a full store): the
+        // process is gone, and the next open finds a saved `running` stopped anyway.
+        let r = self.store.vm_update_volatile(name, |r| {
             r.power_state = state;
             r.pid = None;
             if reason.is_some() {
                 r.status_reason = reason.clone();
             }
-            Ok(())
         });
         if let Err(e) = r {
             if !matches!(e, StoreError::VmNotFound(_)) {
@@ -668,10 +702,8 @@ impl VmManager {
         }
         if state == PowerState::Deallocated {
             // The exit handler recorded the state asked for; make sure of it.
-            self.store.vm_update(name, |r| {
-                r.power_state = PowerState::Deallocated;
-                Ok(())
-            })?;
+            self.store
+                .vm_update_volatile(name, |r| r.power_state = PowerState::Deallocated)?;
         }
         Ok(())
     }
@@ -685,10 +717,8 @@ impl VmManager {
             PowerState::Stopped
         };
         self.stop_running(name, state, None)?;
-        self.store.vm_update(name, |r| {
-            r.status_reason = None;
-            Ok(())
-        })
+        self.store
+            .vm_update_volatile(name, |r| r.status_reason = None)
     }
 
     pub fn restart(&self, name: &str) -> Result<()> {
@@ -711,7 +741,13 @@ impl VmManager {
         let _op = self.ops.lock();
         self.store.vm_get(name)?;
         self.stop_running(name, PowerState::Deallocated, None)?;
+        let rec = self.store.vm_get(name)?;
         self.store.vm_remove(name)?;
+        // Its console may show guest data; a VM made later under the name starts clean.
+        let p = self.paths(&rec);
+        for f in [&p.serial, &p.qemu_log, &p.qmp] {
+            let _ = std::fs::remove_file(f);
+        }
         log::info!("deleted VM '{name}'; its disks stay");
         Ok(())
     }
@@ -722,7 +758,7 @@ impl VmManager {
         self.store.get_usable(disk)?;
         let run = self.running.lock().get(vm).cloned();
         if run.is_some() {
-            self.check_usable(vm, disk)?;
+            self.check_usable(vm, disk, Action::Attach)?;
         }
         let lun = self.store.vm_attach(vm, disk, lun)?;
         let Some(run) = run else {
@@ -831,7 +867,7 @@ impl VmManager {
         let blocks = q.execute("query-block", json!({})).map_err(hv)?.to_string();
         drop(q);
         for d in disks {
-            self.check_usable(name, d)?;
+            self.check_usable(name, d, Action::Register)?;
             if !blocks.contains(&format!("/disks/{d}\"")) {
                 return Err(StoreError::InvalidArgument(format!(
                     "the QEMU at {} has no drive on MOUNT/disks/{d}; give only the disks it uses",
@@ -925,8 +961,24 @@ use std::os::unix::process::CommandExt;
 fn boot_file(p: &str) -> Result<String> {
     let path = std::path::absolute(p)
         .map_err(|e| StoreError::InvalidArgument(format!("bad path '{p}': {e}")))?;
-    match std::fs::File::open(&path).and_then(|f| f.metadata()) {
-        Ok(m) if m.is_file() => Ok(path.display().to_string()),
+    // stat first: opening a FIFO (or a device) could block the daemon.
+    let readable = |m: std::fs::Metadata| {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .map(|_| m)
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => readable(m)
+            .map(|_| path.display().to_string())
+            .map_err(|e| {
+                StoreError::InvalidArgument(format!(
+                    "cannot read {}: {e}; give a kernel (e.g. /boot/vmlinuz-*) or initrd file",
+                    path.display()
+                ))
+            }),
         Ok(_) => Err(StoreError::InvalidArgument(format!(
             "{} is not a file; give a kernel (e.g. /boot/vmlinuz-*) or initrd file",
             path.display()

@@ -190,7 +190,6 @@ pub fn paths(vms_dir: &Path, rec: &VmRecord) -> Paths {
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir)
             .join(format!("diskvault-{uid}"));
-        let _ = crate::durable::create_dir(&base, 0o700);
         base.join(format!("{}.qmp", rec.vm_id))
     };
     Paths {
@@ -198,6 +197,35 @@ pub fn paths(vms_dir: &Path, rec: &VmRecord) -> Paths {
         qemu_log: vms_dir.join(format!("{}.qemu.log", rec.name)),
         qmp,
     }
+}
+
+/// Makes sure the directory of a QMP socket outside the store is ours alone: in a
+/// shared /tmp someone else could have made it first and swap our socket for theirs.
+pub fn private_socket_dir(qmp: &Path, vms_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(dir) = qmp.parent() else {
+        return Ok(());
+    };
+    if dir == vms_dir {
+        return Ok(());
+    }
+    match crate::durable::create_dir(dir, 0o700) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Safe because: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != me || m.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} (for the VM's QMP socket, the store path being too long for one) is not a private directory of uid {me} (owner {}, mode {:o}); remove it, or set XDG_RUNTIME_DIR to a private directory",
+            dir.display(),
+            m.uid(),
+            m.permissions().mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// The whole command line of a VM whose disks are files under `mount/disks/`.
@@ -245,6 +273,34 @@ pub fn command(rec: &VmRecord, mount: &Path, paths: &Paths, accel: Accel) -> Com
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A socket directory outside the store must be ours and private: one made by
+    /// someone else (or open to others) is refused, a missing one is made 0700.
+    #[test]
+    fn socket_dirs_outside_the_store_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = std::env::temp_dir().join(format!("dv-sockdir-{}", std::process::id()));
+        let store = d.join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        let inside = store.join("v.qmp");
+        private_socket_dir(&inside, &store).unwrap();
+        let fresh = d.join("fresh").join("v.qmp");
+        private_socket_dir(&fresh, &store).unwrap();
+        let mode = std::fs::metadata(d.join("fresh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let open = d.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = private_socket_dir(&open.join("v.qmp"), &store).unwrap_err();
+        assert!(e.contains("not a private directory"), "{e}");
+        let link = d.join("link");
+        std::os::unix::fs::symlink(d.join("fresh"), &link).unwrap();
+        assert!(private_socket_dir(&link.join("v.qmp"), &store).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     /// The embedded probe is the firmware its comment describes: it must make TCG
     /// (which runs any correct guest) exit with the probe's status.

@@ -302,7 +302,9 @@ impl super::Disk {
             crate::store::StoreError::io(format!("{what} of disk '{}'", self.name()), e)
         };
         // Most dirty data goes out before I/O is held.
-        if let Some(u) = self.unlocked.read().clone() {
+        // Not under the read guard: a revocation must not wait for the sync.
+        let u = self.unlocked.read().clone();
+        if let Some(u) = u {
             u.file.sync_data().map_err(|e| io("syncing the data", e))?;
         }
         let _n = self.open_count.lock();
@@ -466,7 +468,10 @@ impl super::Disk {
         let lower = lower.to_vec();
         self.update_meta(|m| m.stack = vec![top.clone()])?;
         if *n > 0 {
-            if let Some(cur) = self.unlocked.read().clone() {
+            // The read guard must be gone before the write below (edition 2021 keeps
+            // an `if let` scrutinee's temporaries to the end of the block).
+            let cur = self.unlocked.read().clone();
+            if let Some(cur) = cur {
                 let file = cur
                     .file
                     .try_clone()
