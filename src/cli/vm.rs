@@ -164,7 +164,7 @@ pub enum VmDiskCmd {
         #[arg(short = 'n', long)]
         name: String,
         /// The LUN (0-63).
-        #[arg(long, value_parser = clap::value_parser!(u32).range(0..64))]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=63))]
         lun: Option<u32>,
         #[command(flatten)]
         store: StoreArg,

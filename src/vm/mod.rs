@@ -249,8 +249,15 @@ impl VmManager {
                 "fix the disk (see 'diskvault disk show {disk}' and STORE/daemon.log), then {then}"
             )
         };
+        let why = match state.strip_prefix("Available (revocation pending: ") {
+            Some(p) => format!(
+                "its key was revoked ({}; the VM running on it keeps going until --revocation-delay ends, but it can't be opened again)",
+                p.trim_end_matches(')')
+            ),
+            None => state,
+        };
         Err(StoreError::VmCannotStart(format!(
-            "{what}: disk '{disk}' can't be used ({state}); {fix}"
+            "{what}: disk '{disk}' can't be used ({why}); {fix}"
         )))
     }
 
@@ -465,6 +472,10 @@ impl VmManager {
         };
         for d in rec.disks() {
             self.check_usable(name, &d.name, Action::Start)?;
+        }
+        // The boot files were checked at create; they may have changed since.
+        for f in rec.kernel.iter().chain(rec.initrd.iter()) {
+            boot_file(f).map_err(|e| hv(format!("VM '{name}' can't start: {e}")))?;
         }
         let accel = qemu::accel(&self.vms_dir());
         let paths = self.paths(&rec);

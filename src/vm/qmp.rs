@@ -3,14 +3,17 @@
 //! can't hang the daemon.
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    sock: UnixStream,
+    /// Bytes read past the last complete message.
+    pending: Vec<u8>,
+    /// When the current operation (connect, one command) must be done by.
+    deadline: Instant,
     /// Events seen while waiting for replies, for `wait_event` (the latest few).
     events: Vec<Value>,
     /// How long one command may take in all, however much the other end sends.
@@ -30,13 +33,12 @@ impl Qmp {
     /// Connects and leaves capabilities negotiation done.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp, String> {
         let s = UnixStream::connect(path).map_err(|e| err("connect", e))?;
-        s.set_read_timeout(Some(timeout))
-            .and_then(|_| s.set_write_timeout(Some(timeout)))
+        s.set_write_timeout(Some(timeout))
             .map_err(|e| err("setup", e))?;
-        let writer = s.try_clone().map_err(|e| err("setup", e))?;
         let mut q = Qmp {
-            reader: BufReader::new(s),
-            writer,
+            sock: s,
+            pending: Vec::new(),
+            deadline: Instant::now() + timeout,
             events: Vec::new(),
             timeout,
         };
@@ -57,11 +59,11 @@ impl Qmp {
             gid: 0,
         };
         let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        // Safe because: the fd is an open socket owned by `self.writer`, and `cred`
+        // Safe because: the fd is an open socket owned by `self.sock`, and `cred`
         // and `len` are valid out-pointers of the size passed.
         let r = unsafe {
             libc::getsockopt(
-                self.writer.as_raw_fd(),
+                self.sock.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_PEERCRED,
                 (&mut cred as *mut libc::ucred).cast(),
@@ -71,20 +73,37 @@ impl Qmp {
         (r == 0 && cred.pid > 0).then_some(cred.pid as u32)
     }
 
+    /// The next message, by the current deadline: however the other end sends (a
+    /// byte at a time included), the wait never outlasts it.
     fn read_msg(&mut self) -> Result<Value, String> {
         use std::io::Read;
-        let mut line = Vec::new();
-        let n = (&mut self.reader)
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| err("read", e))?;
-        if n == 0 {
-            return Err(err("read", "QEMU closed the connection"));
+        loop {
+            if let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=i).collect();
+                return serde_json::from_slice(&line).map_err(|e| err("reply", e));
+            }
+            if self.pending.len() as u64 >= MAX_LINE {
+                return Err(err("read", "a message without end (not a QMP server?)"));
+            }
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(err(
+                    "read",
+                    format!("no complete reply within {:?}", self.timeout),
+                ));
+            }
+            self.sock
+                .set_read_timeout(Some(left))
+                .map_err(|e| err("setup", e))?;
+            let mut buf = [0u8; 64 << 10];
+            let n = match self.sock.read(&mut buf) {
+                Ok(0) => return Err(err("read", "QEMU closed the connection")),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(err("read", e)),
+            };
+            self.pending.extend_from_slice(&buf[..n]);
         }
-        if !line.ends_with(b"\n") {
-            return Err(err("read", "a message without end (not a QMP server?)"));
-        }
-        serde_json::from_slice(&line).map_err(|e| err("reply", e))
     }
 
     fn keep_event(&mut self, v: Value) {
@@ -102,15 +121,14 @@ impl Qmp {
         }
         let mut bytes = serde_json::to_vec(&msg).expect("serializes");
         bytes.push(b'\n');
-        self.writer
+        self.deadline = Instant::now() + self.timeout;
+        self.sock
             .write_all(&bytes)
             .map_err(|e| err(&format!("send {cmd}"), e))?;
-        let deadline = Instant::now() + self.timeout;
         loop {
-            if Instant::now() > deadline {
-                return Err(format!("QEMU sent no reply to {cmd} in {:?}", self.timeout));
-            }
-            let v = self.read_msg()?;
+            let v = self
+                .read_msg()
+                .map_err(|e| format!("QEMU sent no reply to {cmd}: {e}"))?;
             if let Some(r) = v.get("return") {
                 return Ok(r.clone());
             }
@@ -138,15 +156,11 @@ impl Qmp {
         if let Some(i) = self.events.iter().position(matches) {
             return Ok(self.events.remove(i));
         }
+        self.deadline = deadline;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("QEMU sent no {name} event in time"));
-            }
-            let _ = self
-                .writer
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))));
-            let v = self.read_msg()?;
+            let v = self
+                .read_msg()
+                .map_err(|e| format!("QEMU sent no {name} event: {e}"))?;
             if matches(&v) {
                 return Ok(v);
             }
@@ -157,6 +171,7 @@ impl Qmp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader};
     use std::os::unix::net::UnixListener;
 
     /// A fake QMP server that runs `serve` on its one connection.
@@ -199,7 +214,14 @@ mod tests {
             let ev = b"{\"event\": \"X\", \"data\": {}}\n".repeat(100);
             while s.write_all(&ev).is_ok() {}
         };
+        let drip: fn(UnixStream) = |mut s| {
+            let _ = s.write_all(b"{\"QMP\": {}}\n");
+            while s.write_all(b" ").is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
         for (what, f) in [
+            ("drip", drip),
             ("silent", silent),
             ("endless line", endless_line),
             ("not QMP", not_qmp),
