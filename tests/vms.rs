@@ -15,13 +15,18 @@ const BOOT: Duration = Duration::from_secs(60);
 
 /// A mounted store whose daemon runs VMs under TCG (one test probes KVM itself).
 fn lab() -> Mounted {
+    lab_with(&[])
+}
+
+/// `lab` with more `mount` arguments.
+fn lab_with(args: &[&str]) -> Mounted {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let mut m = Mounted::adopt(&store, &mnt);
     m.dir = dir;
-    m.mount_with(&[], &[("DISKVAULT_ACCEL", "tcg")]);
+    m.mount_with(args, &[("DISKVAULT_ACCEL", "tcg")]);
     m
 }
 
@@ -711,13 +716,7 @@ fn vm_input_is_checked() {
 /// stopped one does not start: its disk can't be opened any more.
 #[test]
 fn a_pending_revocation_already_refuses_a_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mut m = Mounted::adopt(&store, &mnt);
-    m.dir = dir;
-    m.mount_with(&["--revocation-delay", "1h"], &[("DISKVAULT_ACCEL", "tcg")]);
+    let m = lab_with(&["--revocation-delay", "1h"]);
     let s = m.s();
     cmk_setup(&m, &[("pd", "16M", "Premium_LRS")]);
     define(&m, "vp", "true", &["pd"]);

@@ -19,6 +19,12 @@ pub struct VmName {
     name_opt: Option<String>,
 }
 
+impl From<VmName> for String {
+    fn from(n: VmName) -> String {
+        n.get().to_string()
+    }
+}
+
 impl VmName {
     fn get(&self) -> &str {
         self.name
@@ -267,30 +273,14 @@ pub fn run(cmd: VmCmd) -> Result<(), CliError> {
             };
             send_show(&store, VmRequest::Create(Box::new(spec)))?;
         }
-        VmCmd::Start { name, store } => send_show(
-            &store,
-            VmRequest::Start {
-                name: name.get().into(),
-            },
-        )?,
-        VmCmd::Stop { name, store } => send_show(
-            &store,
-            VmRequest::Stop {
-                name: name.get().into(),
-            },
-        )?,
-        VmCmd::Deallocate { name, store } => send_show(
-            &store,
-            VmRequest::Deallocate {
-                name: name.get().into(),
-            },
-        )?,
-        VmCmd::Restart { name, store } => send_show(
-            &store,
-            VmRequest::Restart {
-                name: name.get().into(),
-            },
-        )?,
+        VmCmd::Start { name, store } => send_show(&store, VmRequest::Start { name: name.into() })?,
+        VmCmd::Stop { name, store } => send_show(&store, VmRequest::Stop { name: name.into() })?,
+        VmCmd::Deallocate { name, store } => {
+            send_show(&store, VmRequest::Deallocate { name: name.into() })?
+        }
+        VmCmd::Restart { name, store } => {
+            send_show(&store, VmRequest::Restart { name: name.into() })?
+        }
         VmCmd::Show {
             name,
             output,

@@ -48,6 +48,17 @@ struct Running {
 }
 
 impl Running {
+    fn new(pid: Option<u32>, qmp: PathBuf, accel: Option<qemu::Accel>) -> Arc<Self> {
+        Arc::new(Running {
+            pid: Mutex::new(pid),
+            qmp,
+            accel,
+            stopping: Mutex::new(None),
+            exited: Mutex::new(false),
+            exited_cond: Condvar::new(),
+        })
+    }
+
     fn wait_exit(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut e = self.exited.lock();
@@ -516,14 +527,7 @@ impl VmManager {
                 Ok(())
             });
         }
-        let run = Arc::new(Running {
-            pid: Mutex::new(None),
-            qmp: paths.qmp.clone(),
-            accel: Some(accel),
-            stopping: Mutex::new(None),
-            exited: Mutex::new(false),
-            exited_cond: Condvar::new(),
-        });
+        let run = Running::new(None, paths.qmp.clone(), Some(accel));
         self.running.lock().insert(name.to_string(), run.clone());
         let (tx, rx) = std::sync::mpsc::channel();
         let weak = self.this.clone();
@@ -914,14 +918,7 @@ impl VmManager {
             time_created: crate::store::now_rfc3339(),
         };
         self.store.vm_create(&rec)?;
-        let run = Arc::new(Running {
-            pid: Mutex::new(Some(pid)),
-            qmp: qmp_path.to_path_buf(),
-            accel: None,
-            stopping: Mutex::new(None),
-            exited: Mutex::new(false),
-            exited_cond: Condvar::new(),
-        });
+        let run = Running::new(Some(pid), qmp_path.to_path_buf(), None);
         self.running.lock().insert(name.to_string(), run.clone());
         let weak = self.this.clone();
         let vm = name.to_string();
