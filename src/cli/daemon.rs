@@ -42,6 +42,10 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// Readahead of the mount in KiB (0: the kernel's 128). Sequential reads turn into
+    /// requests this big, up to FUSE's 1 MiB. Needs root; others keep the default.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(0..=65536))]
+    readahead_kb: u32,
     /// Refuse a STORE that does not exist instead of creating it (fstab and systemd
     /// use it: a typo in a path must not make a new, empty store).
     #[arg(long)]
@@ -142,6 +146,8 @@ pub fn mount(args: MountArgs) -> Result<(), CliError> {
         .arg(wr_raw.to_string())
         .arg("--threads")
         .arg(args.threads.to_string())
+        .arg("--readahead-kb")
+        .arg(args.readahead_kb.to_string())
         .arg("--revocation-delay")
         .arg(format!("{}ms", args.revocation_delay.as_millis()))
         .arg("--auto-rotate-delay")
@@ -281,6 +287,7 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
         let opts = MountOptions {
             allow_other: args.allow_other,
             threads: args.threads,
+            readahead_kb: args.readahead_kb,
             vms: Some(vms.clone()),
         };
         let mut session = fs::mount(store.clone(), info.clone(), &mp, &opts).map_err(|e| {

@@ -13,6 +13,7 @@ impl Filesystem for DiskVaultFs {
     }
 
     fn destroy(&mut self) {
+        self.sizes.log();
         self.handles.write().clear();
         self.store.shutdown();
         let _ = std::fs::remove_file(self.store.root().join(crate::store::DAEMON_FILE));
@@ -311,9 +312,14 @@ impl Filesystem for DiskVaultFs {
             Some(Handle::Disk(d)) => {
                 // Counted until replied, so revocation can drop cached pages after it.
                 let _inflight = d.inflight();
-                match d.read(offset, size as usize) {
-                    Ok(buf) => reply.data(&buf),
-                    Err(e) => reply.error(self.fail_io(fh, &format!("read '{}'", d.name()), e)),
+                self.sizes.read(size as usize);
+                // Replied from the store's buffer while its data is there.
+                let mut reply = Some(reply);
+                let r = d.read_with(offset, size as usize, |data| {
+                    reply.take().expect("one reply").data(data)
+                });
+                if let (Err(e), Some(reply)) = (r, reply) {
+                    reply.error(self.fail_io(fh, &format!("read '{}'", d.name()), e));
                 }
             }
             Some(Handle::Control {
@@ -346,6 +352,7 @@ impl Filesystem for DiskVaultFs {
         match self.handle(fh).as_deref() {
             Some(Handle::Disk(d)) => {
                 let _inflight = d.inflight();
+                self.sizes.write(data.len());
                 match d.write(offset, data) {
                     Ok(n) => reply.written(n as u32),
                     Err(e) => reply.error(self.fail_io(fh, &format!("write '{}'", d.name()), e)),

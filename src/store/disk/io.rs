@@ -11,6 +11,7 @@ use crate::store::spec::MAX_DISK_SIZE;
 use parking_lot::{RwLockReadGuard, RwLockWriteGuard};
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
@@ -51,30 +52,37 @@ impl Disk {
 
     /// Reads up to `len` bytes at `off`; shorter at the end of the disk.
     pub fn read(&self, off: u64, len: usize) -> Result<Vec<u8>> {
+        self.read_with(off, len, |data| data.to_vec())
+    }
+
+    /// Reads up to `len` bytes at `off` (shorter at the end of the disk) into this
+    /// thread's scratch buffer and hands them to `f` once the locks are dropped. The
+    /// FUSE reply is written straight from the buffer: no allocation, no zero-filling
+    /// and no copy per request.
+    pub fn read_with<R>(&self, off: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        with_scratch(|buf| {
+            let range = self.read_into(off, len, buf)?;
+            Ok(f(&buf[range]))
+        })
+    }
+
+    /// Decrypts the units `[off, off+len)` touches into `buf` (grown as needed, never
+    /// shrunk); returns where in `buf` the requested bytes are.
+    fn read_into(&self, off: u64, len: usize, buf: &mut Vec<u8>) -> Result<Range<usize>> {
         let _r = self.resize.read();
         let u = self.unlocked()?;
         let end = self.size().min(off.saturating_add(len as u64));
         let Some(span) = Span::new(off, end) else {
-            return Ok(Vec::new());
+            return Ok(0..0);
         };
-        let mut buf = vec![0u8; span.unit_bytes()];
-        {
-            let _g = self.lock_units(span.first, span.last, false);
-            u.read_stored(span.first, &mut buf)
-                .map_err(|e| self.io_err("read", e))?;
-            let b = self.boundary.load(Ordering::Acquire);
-            for (i, unit) in buf.chunks_exact_mut(DATA_UNIT).enumerate() {
-                if !is_zero(unit) {
-                    u.decrypt_unit(span.first + i as u64, unit, b);
-                }
-            }
-        }
-        let n = span.len as usize;
-        if span.head > 0 {
-            buf.copy_within(span.head..span.head + n, 0);
-        }
-        buf.truncate(n);
-        Ok(buf)
+        let buf = scratch_slice(buf, span.unit_bytes());
+        let _g = self.lock_units(span.first, span.last, false);
+        // Every byte of `buf` is overwritten here (holes and past-EOF as zeros).
+        u.read_stored(span.first, buf)
+            .map_err(|e| self.io_err("read", e))?;
+        let b = self.boundary.load(Ordering::Acquire);
+        u.decrypt_stored(span.first, buf, b);
+        Ok(span.head..span.head + span.len as usize)
     }
 
     pub(super) fn io_err(&self, what: &str, e: io::Error) -> StoreError {
@@ -87,7 +95,12 @@ impl Disk {
         let Some(span) = Span::new(off, off + data.len() as u64) else {
             return Ok(());
         };
-        let mut buf = vec![0u8; span.unit_bytes()];
+        with_scratch(|buf| self.write_units(u, span, data, buf))
+    }
+
+    /// `write_range` with a scratch buffer to encrypt in.
+    fn write_units(&self, u: &Unlocked, span: Span, data: &[u8], buf: &mut Vec<u8>) -> Result<()> {
+        let buf = scratch_slice(buf, span.unit_bytes());
         let _g = self.lock_units(span.first, span.last, true);
         let b = self.boundary.load(Ordering::Acquire);
         let fill_unit = |unit: u64, buf: &mut [u8]| -> Result<()> {
@@ -100,15 +113,15 @@ impl Disk {
             Ok(())
         };
         if span.partial_head() {
-            fill_unit(span.first, &mut buf)?;
+            fill_unit(span.first, buf)?;
         }
         if span.partial_tail() {
-            fill_unit(span.last - 1, &mut buf)?;
+            fill_unit(span.last - 1, buf)?;
         }
         buf[span.head..span.head + data.len()].copy_from_slice(data);
-        u.encrypt(span.first, &mut buf, b);
+        u.encrypt(span.first, buf, b);
         u.file
-            .write_all_at(&buf, span.start())
+            .write_all_at(buf, span.start())
             .map_err(|e| self.io_err("write", e))?;
         u.note_written(span.first..span.last);
         Ok(())
@@ -369,6 +382,34 @@ impl Disk {
         }
         self.persist_size()
     }
+}
+
+/// Largest scratch buffer a thread keeps between requests (a FUSE request is at most
+/// 1 MiB plus the partial units around it); a bigger one is freed after use.
+const SCRATCH_KEEP: usize = 4 << 20;
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer. Taken out of the slot while in use, so
+/// a nested call gets a fresh one instead of a panic.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    let mut buf = SCRATCH.take();
+    let r = f(&mut buf);
+    if buf.capacity() <= SCRATCH_KEEP {
+        SCRATCH.set(buf);
+    }
+    r
+}
+
+/// The first `n` bytes of `buf`, growing it (zero-filled once) when it is shorter;
+/// the bytes hold whatever the last request left, so callers overwrite them all.
+fn scratch_slice(buf: &mut Vec<u8>, n: usize) -> &mut [u8] {
+    if buf.len() < n {
+        buf.resize(n, 0);
+    }
+    &mut buf[..n]
 }
 
 /// SEEK_DATA / SEEK_HOLE over the index of a layered object, in bounded steps.

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
-use units::{round_up, UNIT};
+use units::{is_zero, round_up, UNIT};
 
 /// Units per lock granule: one lock covers 64 KiB, so a 1 MiB request takes 16 locks.
 const GRANULE_SHIFT: u32 = 4;
@@ -151,6 +151,32 @@ impl Unlocked {
     fn decrypt_unit(&self, unit: u64, buf: &mut [u8], boundary: u64) {
         for l in self.stack(unit, boundary).iter().rev() {
             l.decrypt_units(unit, buf);
+        }
+    }
+
+    /// Decrypts whole stored units in place, each run of ciphertext units in one call
+    /// per layer; holes (all-zero units) stay zeros.
+    fn decrypt_stored(&self, first_unit: u64, buf: &mut [u8], boundary: u64) {
+        let units = buf.len() / DATA_UNIT;
+        let hole = |buf: &[u8], k: usize| is_zero(&buf[k * DATA_UNIT..][..DATA_UNIT]);
+        let mut i = 0;
+        while i < units {
+            if hole(buf, i) {
+                i += 1;
+                continue;
+            }
+            // The run ends at a hole or where a rekey's boundary splits new from old keys.
+            let n = first_unit + i as u64;
+            let side = n < boundary;
+            let mut j = i + 1;
+            while j < units && !hole(buf, j) && ((first_unit + j as u64) < boundary) == side {
+                j += 1;
+            }
+            let run = &mut buf[i * DATA_UNIT..j * DATA_UNIT];
+            for l in self.stack(n, boundary).iter().rev() {
+                l.decrypt_units(n, run);
+            }
+            i = j;
         }
     }
 }
