@@ -9,7 +9,7 @@ mod xts;
 pub use self::ctr::Ctr256;
 pub use error::CryptoError;
 pub use keys::{random_bytes, Secret};
-pub use xts::Xts256;
+pub use xts::{Xts256, XtsBackend};
 
 use std::fmt;
 use std::str::FromStr;
@@ -104,22 +104,14 @@ impl DataCipher {
     /// (the last one may be short only for CTR callers; the store always passes whole units).
     pub fn encrypt_units(&self, first_unit: u64, buf: &mut [u8]) {
         match self {
-            DataCipher::Xts(x) => {
-                for (i, unit) in buf.chunks_exact_mut(DATA_UNIT).enumerate() {
-                    x.encrypt_unit(first_unit as u128 + i as u128, unit);
-                }
-            }
+            DataCipher::Xts(x) => x.encrypt_units(first_unit.into(), buf),
             DataCipher::Ctr(c) => c.apply(first_unit * DATA_UNIT as u64, buf),
         }
     }
 
     pub fn decrypt_units(&self, first_unit: u64, buf: &mut [u8]) {
         match self {
-            DataCipher::Xts(x) => {
-                for (i, unit) in buf.chunks_exact_mut(DATA_UNIT).enumerate() {
-                    x.decrypt_unit(first_unit as u128 + i as u128, unit);
-                }
-            }
+            DataCipher::Xts(x) => x.decrypt_units(first_unit.into(), buf),
             DataCipher::Ctr(c) => c.apply(first_unit * DATA_UNIT as u64, buf),
         }
     }

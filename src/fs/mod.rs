@@ -174,16 +174,13 @@ fn set_readahead(mountpoint: &std::path::Path, kb: u32) -> std::io::Result<()> {
 fn mount_device(mountinfo: &str, mountpoint: &std::path::Path) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;
     let want = mountpoint.as_os_str().as_bytes();
-    mountinfo
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let sep = f.iter().position(|&x| x == "-")?;
-            let fstype = f.get(sep + 1)?;
-            (fstype.starts_with("fuse") && unescape_mountinfo(f.get(4)?) == want)
-                .then(|| f[2].to_string())
-        })
+    mountinfo.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sep = f.iter().position(|&x| x == "-")?;
+        let fstype = f.get(sep + 1)?;
+        (fstype.starts_with("fuse") && unescape_mountinfo(f.get(4)?) == want)
+            .then(|| f[2].to_string())
+    })
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, and tab, newline, backslash).
