@@ -384,6 +384,13 @@ fn usage_errors_are_one_line() {
             "366d",
         ),
         (vec!["bogus"], "'bogus'"),
+        // Each FUSE thread keeps a 16 MiB request buffer: thousands would exhaust memory.
+        (vec!["mount", "--threads", "100000", "/a", "/b"], "1..=64"),
+        (vec!["mount", "--threads", "0", "/a", "/b"], "1..=64"),
+        (
+            vec!["mount", "--readahead-kb", "99999999", "/a", "/b"],
+            "0..=65536",
+        ),
     ] {
         let out = run(&args);
         let err = String::from_utf8_lossy(&out.stderr);

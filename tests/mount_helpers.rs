@@ -203,7 +203,7 @@ fn mount_t_fuse_diskvault_maps_every_option() {
     let _sbin = SbinHelpers::install();
     let mut m = Mounted::adopt(&d.store, &d.mnt);
     let opts = format!(
-        "allow_other,revocation_delay=2s,auto_rotate_delay=1h,threads=3,vault={},\
+        "allow_other,revocation_delay=2s,auto_rotate_delay=1h,threads=3,readahead_kb=512,vault={},\
          _netdev,nofail,noatime,nodev,x-systemd.requires=x.service,comment=test",
         vault.display()
     );
@@ -232,6 +232,15 @@ fn mount_t_fuse_diskvault_maps_every_option() {
         "{args:?}"
     );
     assert!(has_flag(&args, "--threads", "3"), "{args:?}");
+    assert!(has_flag(&args, "--readahead-kb", "512"), "{args:?}");
+    // The daemon set the mount's readahead (the kernel's default is 128).
+    let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&d.mnt).unwrap());
+    let ra = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    assert_eq!(std::fs::read_to_string(&ra).unwrap().trim(), "512", "{ra}");
     assert!(
         has_flag(&args, "--vault", vault.to_str().unwrap()),
         "{args:?}"
@@ -325,6 +334,12 @@ fn unknown_or_malformed_options_are_refused_on_one_line() {
         &["'frobnicate'", "allow_other", "revocation_delay", "vault="],
     );
     assert_refused(&d, &try_opts("threads=many"), 1, &["threads=many"]);
+    assert_refused(
+        &d,
+        &try_opts("readahead_kb=lots"),
+        1,
+        &["readahead_kb=lots"],
+    );
     assert_refused(&d, &try_opts("revocation_delay"), 1, &["revocation_delay"]);
     assert_refused(&d, &try_opts("ro"), 1, &["read-write"]);
     // A value only diskvault can judge: its own message, still one line.

@@ -39,9 +39,10 @@ pub struct MountArgs {
     /// Delay from a new key version to the re-wrap of sets with auto-rotation.
     #[arg(long, default_value = "0s", value_parser = parse_delay)]
     auto_rotate_delay: std::time::Duration,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = 4)]
-    threads: usize,
+    /// FUSE worker threads, 1 to 64 (default: one per CPU, at least 2; measured best
+    /// on 2 cores, see docs/benchmarks.md).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: Option<u16>,
     /// Readahead of the mount in KiB (0: the kernel's 128). Sequential reads turn into
     /// requests this big, up to FUSE's 1 MiB. Needs root; others keep the default.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(0..=65536))]
@@ -144,8 +145,6 @@ pub fn mount(args: MountArgs) -> Result<(), CliError> {
     cmd.arg("mount")
         .arg("--ready-fd")
         .arg(wr_raw.to_string())
-        .arg("--threads")
-        .arg(args.threads.to_string())
         .arg("--readahead-kb")
         .arg(args.readahead_kb.to_string())
         .arg("--revocation-delay")
@@ -157,6 +156,9 @@ pub fn mount(args: MountArgs) -> Result<(), CliError> {
     }
     if args.allow_other {
         cmd.arg("--allow-other");
+    }
+    if let Some(n) = args.threads {
+        cmd.arg("--threads").arg(n.to_string());
     }
     cmd.arg(&store)
         .arg(std::fs::canonicalize(&args.mountpoint)?)
@@ -286,7 +288,7 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
         let vms = crate::vm::VmManager::new(store.clone(), Some(mp.clone()));
         let opts = MountOptions {
             allow_other: args.allow_other,
-            threads: args.threads,
+            threads: args.threads.map_or_else(fs::default_threads, usize::from),
             readahead_kb: args.readahead_kb,
             vms: Some(vms.clone()),
         };
