@@ -109,6 +109,18 @@ impl DataCipher {
         }
     }
 
+    /// As `encrypt_units`, reading the plaintext from `src` (as long as `dst`), so a
+    /// caller with read-only plaintext needs no copy first.
+    pub fn encrypt_units_from(&self, first_unit: u64, src: &[u8], dst: &mut [u8]) {
+        match self {
+            DataCipher::Xts(x) => x.encrypt_units_from(first_unit.into(), src, dst),
+            DataCipher::Ctr(c) => {
+                dst.copy_from_slice(src);
+                c.apply(first_unit * DATA_UNIT as u64, dst)
+            }
+        }
+    }
+
     pub fn decrypt_units(&self, first_unit: u64, buf: &mut [u8]) {
         match self {
             DataCipher::Xts(x) => x.decrypt_units(first_unit.into(), buf),

@@ -227,7 +227,28 @@ fn xts_multi_unit_buffer_matches_per_unit() {
         assert_eq!(whole, per_unit, "{backend:?}");
         x.decrypt_units(first, &mut whole);
         assert_eq!(whole, pt, "{backend:?}");
+        // Out of place: the same ciphertext, every byte of the output written (it
+        // starts as garbage), the source untouched.
+        let mut out = rng.bytes(pt.len());
+        x.encrypt_units_from(first, &pt, &mut out);
+        assert_eq!(out, per_unit, "{backend:?} out of place");
     }
+    // Through DataCipher, for both ciphers: out of place equals copy-then-in-place.
+    for kind in CipherKind::ALL {
+        let key = Secret::new(rng.bytes(kind.key_len()));
+        let c = DataCipher::new(kind, &key, &rng.bytes(kind.nonce_len())).unwrap();
+        let mut in_place = pt.clone();
+        c.encrypt_units(77, &mut in_place);
+        let mut out = rng.bytes(pt.len());
+        c.encrypt_units_from(77, &pt, &mut out);
+        assert_eq!(out, in_place, "{kind}");
+    }
+}
+
+#[test]
+#[should_panic(expected = "differ in length")]
+fn xts_out_of_place_needs_equal_lengths() {
+    Xts256::new(&[1; 64]).encrypt_units_from(0, &[0; DATA_UNIT], &mut [0; 2 * DATA_UNIT]);
 }
 
 #[test]

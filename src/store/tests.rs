@@ -52,6 +52,8 @@ fn io_across_the_rekey_boundary_sees_one_consistent_disk() {
             (b * 4096 - 1000, 9000, 2u64),
             (b * 4096 - 4096, 4096, 3),
             (b * 4096 + 17, 5, 4),
+            // Whole units on both sides: encrypted straight from the data.
+            (b * 4096 - 8192, 16384, 5),
         ] {
             let data = pattern(seed, len);
             disk.write(off, &data).unwrap();

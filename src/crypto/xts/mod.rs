@@ -122,29 +122,51 @@ impl Xts256 {
     /// Encrypts one data unit in place; `unit_index` is the IEEE 1619 data unit sequence number.
     pub fn encrypt_unit(&self, unit_index: u128, unit: &mut [u8]) {
         Self::check_len(unit.len());
-        self.crypt::<false>(unit_index, unit, unit.len());
+        self.crypt::<false>(unit_index, None, unit, unit.len());
     }
 
     pub fn decrypt_unit(&self, unit_index: u128, unit: &mut [u8]) {
         Self::check_len(unit.len());
-        self.crypt::<true>(unit_index, unit, unit.len());
+        self.crypt::<true>(unit_index, None, unit, unit.len());
     }
 
     /// Encrypts consecutive 4 KiB data units in place, the first one numbered `first_unit`.
     pub fn encrypt_units(&self, first_unit: u128, buf: &mut [u8]) {
         Self::check_units(buf.len());
-        self.crypt::<false>(first_unit, buf, DATA_UNIT);
+        self.crypt::<false>(first_unit, None, buf, DATA_UNIT);
     }
 
     pub fn decrypt_units(&self, first_unit: u128, buf: &mut [u8]) {
         Self::check_units(buf.len());
-        self.crypt::<true>(first_unit, buf, DATA_UNIT);
+        self.crypt::<true>(first_unit, None, buf, DATA_UNIT);
     }
 
-    /// Encrypts (`DEC` false) or decrypts `buf`, a whole number of `unit_len`-byte units.
-    fn crypt<const DEC: bool>(&self, first_unit: u128, buf: &mut [u8], unit_len: usize) {
+    /// As `encrypt_units`, reading the plaintext from `src` (as long as `dst`): one pass
+    /// instead of a copy and then the cipher.
+    pub fn encrypt_units_from(&self, first_unit: u128, src: &[u8], dst: &mut [u8]) {
+        Self::check_units(dst.len());
+        assert_eq!(
+            src.len(),
+            dst.len(),
+            "source and destination differ in length"
+        );
+        self.crypt::<false>(first_unit, Some(src), dst, DATA_UNIT);
+    }
+
+    /// Encrypts (`DEC` false) or decrypts `src` (`None`: `buf` in place) into `buf`, a
+    /// whole number of `unit_len`-byte units.
+    fn crypt<const DEC: bool>(
+        &self,
+        first_unit: u128,
+        src: Option<&[u8]>,
+        buf: &mut [u8],
+        unit_len: usize,
+    ) {
         match &self.imp {
             Imp::Portable(p) => {
+                if let Some(src) = src {
+                    buf.copy_from_slice(src);
+                }
                 for (i, unit) in buf.chunks_exact_mut(unit_len).enumerate() {
                     p.crypt_unit::<DEC>(first_unit.wrapping_add(i as u128), unit);
                 }
@@ -152,11 +174,11 @@ impl Xts256 {
             // Safe because this variant exists only on a CPU with the features the kernel
             // enables (checked in `with_backend`).
             #[cfg(target_arch = "x86_64")]
-            Imp::AesNi(k) => unsafe { x86::aesni::<DEC>(k, first_unit, buf, unit_len) },
+            Imp::AesNi(k) => unsafe { x86::aesni::<DEC>(k, first_unit, src, buf, unit_len) },
             // Safe because this variant exists only on a CPU with the features the kernel
             // enables (checked in `with_backend`).
             #[cfg(target_arch = "x86_64")]
-            Imp::Vaes512(k) => unsafe { x86::vaes512::<DEC>(k, first_unit, buf, unit_len) },
+            Imp::Vaes512(k) => unsafe { x86::vaes512::<DEC>(k, first_unit, src, buf, unit_len) },
         }
     }
 }

@@ -160,30 +160,39 @@ fn rounds1<const DEC: bool, const N: usize>(
 /// cycles at up to 2 per cycle), few enough to keep the blocks in the 16 xmm registers.
 const BLOCKS: usize = 8;
 
-/// Encrypts (`DEC` false) or decrypts `buf` as consecutive `unit_len`-byte data units
-/// numbered from `first_unit`, with 128-bit AES-NI, 8 blocks at a time.
+/// Encrypts (`DEC` false) or decrypts `src` (or, if `None`, `buf` itself) into `buf`, as
+/// consecutive `unit_len`-byte data units numbered from `first_unit`, with 128-bit
+/// AES-NI, 8 blocks at a time. `src` is as long as `buf`.
 #[target_feature(enable = "aes,pclmulqdq")]
 pub(super) fn aesni<const DEC: bool>(
     keys: &Keys,
     first_unit: u128,
+    src: Option<&[u8]>,
     buf: &mut [u8],
     unit_len: usize,
 ) {
     let rk = if DEC { &keys.dec } else { &keys.enc };
     for (i, unit) in buf.chunks_exact_mut(unit_len).enumerate() {
+        let input = src.map(|s| &s[i * unit_len..][..unit_len]);
         // The tweaks of the next 8 blocks: T * alpha^0..=7.
         let mut tweaks = [keys.first_tweak(first_unit.wrapping_add(i as u128)); BLOCKS];
         for j in 1..BLOCKS {
             tweaks[j] = mul_alpha(tweaks[j - 1]);
         }
         let (groups, tail) = unit.as_chunks_mut::<{ 16 * BLOCKS }>();
-        for group in groups {
-            let (blocks, _) = group.as_chunks_mut::<16>();
+        let tail_at = groups.len() * 16 * BLOCKS;
+        for (g, group) in groups.iter_mut().enumerate() {
+            let from = match input {
+                Some(s) => &s[g * 16 * BLOCKS..][..16 * BLOCKS],
+                None => &group[..],
+            };
+            let (blocks, _) = from.as_chunks::<16>();
             let mut x = [_mm_setzero_si128(); BLOCKS];
-            for (v, b) in x.iter_mut().zip(&*blocks) {
+            for (v, b) in x.iter_mut().zip(blocks) {
                 *v = load1(b);
             }
             rounds1::<DEC, BLOCKS>(rk, &mut x, &tweaks);
+            let (blocks, _) = group.as_chunks_mut::<16>();
             for (v, b) in x.iter().zip(blocks) {
                 store1(b, *v);
             }
@@ -193,8 +202,12 @@ pub(super) fn aesni<const DEC: bool>(
         }
         // Up to 7 blocks left, one at a time.
         let (blocks, _) = tail.as_chunks_mut::<16>();
-        for (b, tw) in blocks.iter_mut().zip(tweaks) {
-            let mut x = [load1(b)];
+        for (k, (b, tw)) in blocks.iter_mut().zip(tweaks).enumerate() {
+            let from = match input {
+                Some(s) => s[tail_at + 16 * k..][..16].try_into().expect("16 bytes"),
+                None => *b,
+            };
+            let mut x = [load1(&from)];
             rounds1::<DEC, 1>(rk, &mut x, &[tw]);
             store1(b, x[0]);
         }
@@ -277,6 +290,7 @@ fn store4(b: &mut [u8; 64], v: __m512i) {
 pub(super) fn vaes512<const DEC: bool>(
     keys: &Keys,
     first_unit: u128,
+    src: Option<&[u8]>,
     buf: &mut [u8],
     unit_len: usize,
 ) {
@@ -285,6 +299,7 @@ pub(super) fn vaes512<const DEC: bool>(
         *wide = _mm512_broadcast_i32x4(*k);
     }
     for (i, unit) in buf.chunks_exact_mut(unit_len).enumerate() {
+        let input = src.map(|s| &s[i * unit_len..][..unit_len]);
         let t = _mm512_broadcast_i32x4(keys.first_tweak(first_unit.wrapping_add(i as u128)));
         // The tweaks of the next 16 blocks: T * alpha^0..=15, 4 per vector.
         let mut tweaks = [_mm512_setzero_si512(); 4];
@@ -296,13 +311,19 @@ pub(super) fn vaes512<const DEC: bool>(
             );
         }
         let (groups, tail) = unit.as_chunks_mut::<256>();
-        for group in groups {
-            let (vecs, _) = group.as_chunks_mut::<64>();
+        let tail_at = groups.len() * 256;
+        for (g, group) in groups.iter_mut().enumerate() {
+            let from = match input {
+                Some(s) => &s[g * 256..][..256],
+                None => &group[..],
+            };
+            let (vecs, _) = from.as_chunks::<64>();
             let mut x = [_mm512_setzero_si512(); 4];
-            for (v, b) in x.iter_mut().zip(&*vecs) {
+            for (v, b) in x.iter_mut().zip(vecs) {
                 *v = load4(b);
             }
             rounds4::<DEC, 4>(&rk, &mut x, &tweaks);
+            let (vecs, _) = group.as_chunks_mut::<64>();
             for (v, b) in x.iter().zip(vecs) {
                 store4(b, *v);
             }
@@ -311,11 +332,16 @@ pub(super) fn vaes512<const DEC: bool>(
             }
         }
         // Up to 15 blocks left: 4 at a time, the last 1 to 4 under a mask.
-        for (part, tw) in tail.chunks_mut(64).zip(tweaks) {
+        for (k, (part, tw)) in tail.chunks_mut(64).zip(tweaks).enumerate() {
             let qwords: __mmask8 = ((1u32 << (part.len() / 8)) - 1) as u8;
-            // Safe because the mask enables exactly the qwords inside `part`; the CPU
+            let from = match input {
+                Some(s) => s[tail_at + 64 * k..][..part.len()].as_ptr(),
+                None => part.as_ptr(),
+            };
+            // Safe because the mask enables exactly the qwords inside `part`, and `from`
+            // has as many bytes (a same-length slice of `src`, or `part`); the CPU
             // neither reads nor writes, nor faults on, the masked-off ones.
-            let mut x = [unsafe { _mm512_maskz_loadu_epi64(qwords, part.as_ptr().cast()) }];
+            let mut x = [unsafe { _mm512_maskz_loadu_epi64(qwords, from.cast()) }];
             rounds4::<DEC, 1>(&rk, &mut x, &[tw]);
             // Safe as the load above.
             unsafe { _mm512_mask_storeu_epi64(part.as_mut_ptr().cast(), qwords, x[0]) };

@@ -118,8 +118,13 @@ impl Disk {
         if span.partial_tail() {
             fill_unit(span.last - 1, buf)?;
         }
-        buf[span.head..span.head + data.len()].copy_from_slice(data);
-        u.encrypt(span.first, buf, b);
+        if span.head == 0 && data.len() == buf.len() {
+            // Whole units: encrypted straight from the request, no copy first.
+            u.encrypt_from(span.first, Some(data), buf, b);
+        } else {
+            buf[span.head..span.head + data.len()].copy_from_slice(data);
+            u.encrypt(span.first, buf, b);
+        }
         u.file
             .write_all_at(buf, span.start())
             .map_err(|e| self.io_err("write", e))?;

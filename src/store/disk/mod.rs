@@ -132,20 +132,35 @@ impl Unlocked {
 
     /// Encrypts whole units starting at `first_unit`; `boundary` splits new from old keys.
     fn encrypt(&self, first_unit: u64, buf: &mut [u8], boundary: u64) {
+        self.encrypt_from(first_unit, None, buf, boundary);
+    }
+
+    /// As `encrypt`, the plaintext read from `src` (as long as `buf`) if given: the first
+    /// layer's pass writes `buf`, the others run in place.
+    fn encrypt_from(&self, first_unit: u64, src: Option<&[u8]>, buf: &mut [u8], boundary: u64) {
         let units = (buf.len() / DATA_UNIT) as u64;
         let split = match &self.next {
             Some(_) => boundary.clamp(first_unit, first_unit + units),
             None => first_unit,
         };
-        let (new, old) = buf.split_at_mut(((split - first_unit) * UNIT) as usize);
-        if let Some(n) = &self.next {
-            for l in n.iter() {
-                l.encrypt_units(first_unit, new);
+        let at = ((split - first_unit) * UNIT) as usize;
+        let (new, old) = buf.split_at_mut(at);
+        let (src_new, src_old) = match src {
+            Some(s) => (Some(&s[..at]), Some(&s[at..])),
+            None => (None, None),
+        };
+        let pass = |layers: &[DataCipher], first: u64, src: Option<&[u8]>, buf: &mut [u8]| {
+            for (i, l) in layers.iter().enumerate() {
+                match src {
+                    Some(s) if i == 0 => l.encrypt_units_from(first, s, buf),
+                    _ => l.encrypt_units(first, buf),
+                }
             }
+        };
+        if let Some(n) = &self.next {
+            pass(n, first_unit, src_new, new);
         }
-        for l in self.layers.iter() {
-            l.encrypt_units(split, old);
-        }
+        pass(&self.layers, split, src_old, old);
     }
 
     fn decrypt_unit(&self, unit: u64, buf: &mut [u8], boundary: u64) {
