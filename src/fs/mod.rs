@@ -247,7 +247,10 @@ pub fn mount(
     let _ = slot.set(session.notifier());
     if opts.readahead_kb > 0 {
         if let Err(e) = set_readahead(mountpoint, opts.readahead_kb) {
-            log::info!("readahead stays at the kernel's default: {e}");
+            log::info!(
+                "readahead stays at the kernel's 128 KiB: {e} (only root can set it; \
+                 --readahead-kb 0 keeps the default without this message)"
+            );
         }
     }
     store.set_invalidator(Box::new(move |d: &Disk| {
