@@ -385,11 +385,36 @@ fn usage_errors_are_one_line() {
         ),
         (vec!["bogus"], "'bogus'"),
         // Each FUSE thread keeps a 16 MiB request buffer: thousands would exhaust memory.
-        (vec!["mount", "--threads", "100000", "/a", "/b"], "1..=64"),
-        (vec!["mount", "--threads", "0", "/a", "/b"], "1..=64"),
+        (
+            vec!["mount", "--threads", "100000", "/a", "/b"],
+            "from 2 to 64",
+        ),
+        (
+            vec!["mount", "--threads", "99999999999999999999", "/a", "/b"],
+            "from 2 to 64",
+        ),
+        (
+            vec!["mount", "--threads", "-1", "/a", "/b"],
+            "'-1' is not a number of worker threads",
+        ),
+        // One worker can't serve a revocation's wait for the disk's requests in flight.
+        (vec!["mount", "--threads", "1", "/a", "/b"], "from 2 to 64"),
         (
             vec!["mount", "--readahead-kb", "99999999", "/a", "/b"],
-            "0..=65536",
+            "from 0 to 65536",
+        ),
+        (
+            vec!["mount", "--readahead-kb", "-1", "/a", "/b"],
+            "'-1' is not a readahead",
+        ),
+        // The kernel counts whole pages: 2 KiB would turn readahead off.
+        (
+            vec!["mount", "--readahead-kb", "2", "/a", "/b"],
+            "a multiple of 4",
+        ),
+        (
+            vec!["mount", "--readahead-kb", "1023", "/a", "/b"],
+            "a multiple of 4",
         ),
     ] {
         let out = run(&args);

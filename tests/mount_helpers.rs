@@ -334,6 +334,20 @@ fn unknown_or_malformed_options_are_refused_on_one_line() {
         &["'frobnicate'", "allow_other", "revocation_delay", "vault="],
     );
     assert_refused(&d, &try_opts("threads=many"), 1, &["threads=many"]);
+    assert_refused(&d, &try_opts("threads=1"), 1, &["threads=1", "2 to 64"]);
+    assert_refused(&d, &try_opts("threads=65"), 1, &["threads=65", "2 to 64"]);
+    assert_refused(
+        &d,
+        &try_opts("readahead_kb=2"),
+        1,
+        &["readahead_kb=2", "multiple of 4"],
+    );
+    assert_refused(
+        &d,
+        &try_opts("readahead_kb=99999999"),
+        1,
+        &["readahead_kb=99999999"],
+    );
     assert_refused(
         &d,
         &try_opts("readahead_kb=lots"),

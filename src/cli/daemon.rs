@@ -39,13 +39,15 @@ pub struct MountArgs {
     /// Delay from a new key version to the re-wrap of sets with auto-rotation.
     #[arg(long, default_value = "0s", value_parser = parse_delay)]
     auto_rotate_delay: std::time::Duration,
-    /// FUSE worker threads, 1 to 64 (default: one per CPU, at least 2; measured best
-    /// on 2 cores, see docs/benchmarks.md).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// FUSE worker threads, 2 to 64 (default: one per CPU, at least 2; measured best
+    /// on 2 cores, see docs/benchmarks.md). Not 1: a control command that revokes a
+    /// disk waits for that disk's requests in flight, which need a second worker.
+    #[arg(long, value_parser = parse_threads, allow_negative_numbers = true)]
     threads: Option<u16>,
-    /// Readahead of the mount in KiB (0: the kernel's 128). Sequential reads turn into
-    /// requests this big, up to FUSE's 1 MiB. Needs root; others keep the default.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(0..=65536))]
+    /// Readahead of the mount in KiB, a multiple of 4 up to 65536 (0: the kernel's
+    /// 128). Sequential reads turn into requests this big, up to FUSE's 1 MiB. Needs
+    /// root; others keep the default.
+    #[arg(long, default_value_t = 1024, value_parser = parse_readahead, allow_negative_numbers = true)]
     readahead_kb: u32,
     /// Refuse a STORE that does not exist instead of creating it (fstab and systemd
     /// use it: a typo in a path must not make a new, empty store).
@@ -66,6 +68,24 @@ fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("'{s}' is longer than the longest delay, 366d"));
     }
     Ok(d)
+}
+
+fn parse_threads(s: &str) -> Result<u16, String> {
+    s.parse::<u16>()
+        .ok()
+        .filter(|n| (2..=64).contains(n))
+        .ok_or_else(|| format!("'{s}' is not a number of worker threads from 2 to 64"))
+}
+
+/// The kernel keeps readahead in whole 4 KiB pages: 1..=3 would silently turn it off
+/// and 1023 become 1020, so only multiples of 4 are taken.
+fn parse_readahead(s: &str) -> Result<u32, String> {
+    s.parse::<u32>()
+        .ok()
+        .filter(|n| *n <= 65536 && n % 4 == 0)
+        .ok_or_else(|| {
+            format!("'{s}' is not a readahead in KiB: a multiple of 4 from 0 to 65536, e.g. 1024")
+        })
 }
 
 fn absolute(p: &Path) -> PathBuf {
