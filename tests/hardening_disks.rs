@@ -284,3 +284,59 @@ fn disk_too_large_for_the_file_system_says_why() {
     assert_eq!(std::fs::read_dir(store.join("disks")).unwrap().count(), 0);
     m.create("fine", "1T");
 }
+
+/// A store that fills up with data still saves the sizes its disks grew to: the
+/// metadata reserve is given up for them, so nothing written is trimmed at the next
+/// mount (before, a clean unmount reported success and the remount cut both disks to
+/// their recorded size, 0).
+#[test]
+fn a_full_store_still_saves_the_sizes_of_grown_disks() {
+    let (_d, _fs, mut m) = small_store("48M");
+    let reserve = m.store.join("reserve");
+    assert!(reserve.exists(), "no metadata reserve in a fresh store");
+    let a_data = pattern(31, 10 << 20);
+    let a = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(m.disk("A"))
+        .unwrap();
+    a.write_all_at(&a_data, 0).unwrap();
+    let b = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(m.disk("B"))
+        .unwrap();
+    let chunk = vec![0xaau8; 1 << 20];
+    let mut b_len = 0u64;
+    loop {
+        match b.write_at(&chunk, b_len) {
+            Ok(n) => b_len += n as u64,
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                break;
+            }
+        }
+    }
+    assert!(b_len > 8 << 20, "B took only {b_len} bytes");
+    // Closing saves the sizes (through the reserve, which is gone afterwards).
+    drop(a);
+    drop(b);
+    assert!(!reserve.exists(), "the reserve was not used");
+    m.umount();
+    m.mount();
+    assert!(std::fs::read(m.disk("A")).unwrap() == a_data, "A lost data");
+    let got = std::fs::read(m.disk("B")).unwrap();
+    assert!(
+        got.len() as u64 >= b_len,
+        "B is {} bytes, {b_len} were written",
+        got.len()
+    );
+    assert!(
+        got[..b_len as usize].iter().all(|&x| x == 0xaa),
+        "B lost data"
+    );
+}

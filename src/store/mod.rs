@@ -40,6 +40,7 @@ mod health;
 pub mod keyring;
 mod reconcile;
 mod rekey;
+mod reserve;
 mod sets;
 #[cfg(test)]
 mod snapshot_tests;
@@ -298,6 +299,7 @@ impl Store {
                     .unwrap_or_else(|| " by another diskvault process".into()),
             })?;
         let platform = PlatformKeys::load(&root.join(KEYS_DIR))?;
+        reserve::ensure(root);
         let vault_dir = match (vault_override, &header.vault) {
             (Some(v), _) => v.to_path_buf(),
             (None, Some(v)) => PathBuf::from(v),

@@ -728,8 +728,13 @@ impl Disk {
         let mut next = meta.clone();
         f(&mut next);
         let path = self.dir().join(META_FILE);
-        durable::write_atomic(&path, &next.to_json(), 0o600)
-            .map_err(|e| StoreError::io(format!("updating {}", path.display()), e))?;
+        let json = next.to_json();
+        let mut r = durable::write_atomic(&path, &json, 0o600);
+        if matches!(&r, Err(e) if super::reserve::is_full(e)) && super::reserve::release(&self.root)
+        {
+            r = durable::write_atomic(&path, &json, 0o600);
+        }
+        r.map_err(|e| StoreError::io(format!("updating {}", path.display()), e))?;
         *meta = next;
         Ok(())
     }
