@@ -12,6 +12,7 @@ pub mod durable;
 pub mod fault;
 pub mod fs;
 pub mod lock;
+pub mod mountinfo;
 pub mod shown;
 pub mod store;
 /// Test support (seeded patterns, an openssl cross-check); not part of the API.

@@ -94,13 +94,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// True if `path` is itself a mount point (per /proc/self/mountinfo).
 fn is_mountpoint(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| mp.replace("\\040", " ") == want)
+    crate::mountinfo::topmost(&crate::mountinfo::read(), path, |_| true).is_some()
 }
 
 fn check_mountpoint(mp: &Path) -> Result<PathBuf, CliError> {
@@ -385,44 +379,11 @@ fn daemon_of(mp: &Path) -> Option<DaemonInfo> {
     serde_json::from_slice(&std::fs::read(mp.join(".vault").join("daemon.json")).ok()?).ok()
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], oct) {
-            (b'\\', Some(d)) => {
-                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The filesystem type and source of what is mounted on `path` (the topmost mount
 /// there), from /proc/self/mountinfo.
 fn mount_entry(path: &Path) -> Option<(String, String)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = path.to_string_lossy();
-    // Later lines are mounted on top of earlier ones.
-    info.lines().rev().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        if unescape_mountinfo(left.split(' ').nth(4)?) != want {
-            return None;
-        }
-        let mut r = right.split(' ');
-        let fstype = r.next()?.to_string();
-        Some((fstype, unescape_mountinfo(r.next()?)))
-    })
+    crate::mountinfo::topmost(&crate::mountinfo::read(), path, |_| true)
+        .map(|m| (m.fstype, m.source))
 }
 
 /// True for a diskvault FUSE mount: type `fuse.diskvault`, or plain `fuse` with the

@@ -167,50 +167,14 @@ pub struct MountOptions {
 /// Writes sysfs, so it needs root. The device comes from /proc/self/mountinfo, not
 /// stat: a stat of our own mount would wait for a worker that isn't running yet.
 fn set_readahead(mountpoint: &std::path::Path, kb: u32) -> std::io::Result<()> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let dev = mount_device(&info, mountpoint).ok_or_else(|| {
-        std::io::Error::other(format!("{} not in mountinfo", mountpoint.display()))
-    })?;
+    let ours = crate::mountinfo::topmost(&crate::mountinfo::read(), mountpoint, |m| {
+        m.fstype.starts_with("fuse")
+    })
+    .ok_or_else(|| std::io::Error::other(format!("{} not in mountinfo", mountpoint.display())))?;
     std::fs::write(
-        format!("/sys/class/bdi/{dev}/read_ahead_kb"),
+        format!("/sys/class/bdi/{}/read_ahead_kb", ours.dev),
         kb.to_string(),
     )
-}
-
-/// The "major:minor" of the last FUSE mount on `mountpoint` in a mountinfo text.
-fn mount_device(mountinfo: &str, mountpoint: &std::path::Path) -> Option<String> {
-    use std::os::unix::ffi::OsStrExt;
-    let want = mountpoint.as_os_str().as_bytes();
-    mountinfo.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let sep = f.iter().position(|&x| x == "-")?;
-        let fstype = f.get(sep + 1)?;
-        (fstype.starts_with("fuse") && unescape_mountinfo(f.get(4)?) == want)
-            .then(|| f[2].to_string())
-    })
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and tab, newline, backslash).
-fn unescape_mountinfo(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], oct) {
-            (b'\\', Some(d)) => {
-                out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Mounts the store; returns once the kernel has completed the FUSE handshake.
@@ -267,43 +231,4 @@ pub fn mount(
         }
     }));
     Ok(session)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    const INFO: &str = "\
-22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-61 22 0:39 / /dev/shm/a\\040b rw,nosuid,nodev,relatime shared:30 - fuse diskvault:/s rw,user_id=0
-62 22 0:41 / /mnt/x rw,relatime shared:31 - tmpfs tmpfs rw
-63 22 0:42 / /mnt/x rw,nosuid - fuse.diskvault diskvault:/t rw,user_id=0
-64 22 0:43 / /mnt/y rw,relatime - tmpfs tmpfs rw";
-
-    #[test]
-    fn mount_device_is_the_last_fuse_mount_on_the_path() {
-        assert_eq!(
-            mount_device(INFO, Path::new("/dev/shm/a b")).as_deref(),
-            Some("0:39")
-        );
-        // Stacked mounts: the last one listed is on top.
-        assert_eq!(
-            mount_device(INFO, Path::new("/mnt/x")).as_deref(),
-            Some("0:42")
-        );
-        assert_eq!(mount_device(INFO, Path::new("/mnt/y")), None);
-        assert_eq!(mount_device(INFO, Path::new("/dev/shm/a\\040b")), None);
-        assert_eq!(mount_device("garbage\n\n- -", Path::new("/")), None);
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(
-            unescape_mountinfo("a\\040b\\011c\\012d\\134e"),
-            b"a b\tc\nd\\e"
-        );
-        // Not an escape: kept as it is.
-        assert_eq!(unescape_mountinfo("x\\09y\\"), b"x\\09y\\");
-    }
 }
