@@ -2,7 +2,7 @@
 //! sync, under the locks described on `Disk`.
 
 use super::layered::From;
-use super::units::{carve, hole_runs, is_zero, round_down, round_up, units_in, Span, UNIT};
+use super::units::{carve, hole_runs, round_down, round_up, units_in, Span, UNIT};
 use super::{Disk, Unlocked, GRANULE_SHIFT, STRIPES};
 use crate::crypto::DATA_UNIT;
 use crate::store::delta::append_whiteouts;
@@ -107,9 +107,7 @@ impl Disk {
             let slot = &mut buf[((unit - span.first) * UNIT) as usize..][..DATA_UNIT];
             u.read_stored(unit, slot)
                 .map_err(|e| self.io_err("read", e))?;
-            if !is_zero(slot) {
-                u.decrypt_unit(unit, slot, b);
-            }
+            u.decrypt_stored(unit, slot, b);
             Ok(())
         };
         if span.partial_head() {
