@@ -47,7 +47,7 @@ impl Store {
             }
             let disk = self.load_disk(kind, &path, name);
             let disk_name = disk.name();
-            if disks.contains_key(&(kind, disk_name.clone())) {
+            if disks.get(&(kind, disk_name.clone())).is_some() {
                 log::error!(
                     "disk directory {} repeats the name '{disk_name}'; ignoring it",
                     path.display()

@@ -30,6 +30,7 @@
 #[cfg(test)]
 mod decrypt_tests;
 mod delta;
+mod diff;
 pub mod des;
 mod disk;
 mod disks;
@@ -37,7 +38,9 @@ pub mod encryption;
 mod error;
 mod extents;
 mod health;
+mod objects;
 pub mod keyring;
+mod reclaim;
 mod reconcile;
 mod rekey;
 mod reserve;
@@ -47,6 +50,7 @@ mod snapshot_tests;
 mod snapshots;
 #[cfg(test)]
 mod tests;
+mod usage;
 mod vms;
 
 pub mod meta;
@@ -59,7 +63,9 @@ pub use error::{Result, StoreError};
 pub use health::HealthReport;
 pub use reconcile::{panic_text, Delays, Invalidator, RevokeHook};
 pub use rekey::{RekeyState, RekeyStatus};
-pub use snapshots::{CopyOptions, Diff, FromSourceOptions, Usage};
+pub use diff::Diff;
+pub use snapshots::{CopyOptions, FromSourceOptions};
+pub use usage::Usage;
 pub use spec::{parse_size, validate_name, validate_object_name, ObjectKind, Sku, MAX_DISK_SIZE};
 pub use vms::{
     validate_vm_name, vm_resource_id, External, PowerState, VmDisk, VmRecord, MAX_DATA_DISKS,
@@ -149,7 +155,7 @@ pub struct Store {
     root: PathBuf,
     keys: Arc<Keyring>,
     /// Every disk, snapshot and image, by kind and name (one namespace per kind).
-    disks: RwLock<BTreeMap<(ObjectKind, String), Arc<Disk>>>,
+    disks: RwLock<objects::Objects>,
     /// Serializes namespace changes (create, rename, delete).
     ns: Mutex<()>,
     next_serial: AtomicU64,
@@ -160,7 +166,7 @@ pub struct Store {
     orphans: Mutex<Vec<Arc<Disk>>>,
     /// Data extents and whiteouts of deltas that no longer change (no disk's top),
     /// for space accounting; pruned to the deltas in use.
-    delta_sets: snapshots::DeltaSetCache,
+    delta_sets: usage::DeltaSetCache,
     /// Virtual machine records (the processes are `vm/`'s).
     vms: vms::Vms,
     /// Declared last so it is released last: whoever waits for it finds everything
@@ -330,7 +336,7 @@ impl Store {
             root: root.to_path_buf(),
             _lock: lock,
             keys,
-            disks: RwLock::new(BTreeMap::new()),
+            disks: Default::default(),
             ns: Mutex::new(()),
             next_serial: AtomicU64::new(1),
             reconcile: Default::default(),
@@ -376,12 +382,7 @@ impl Store {
 
     /// The objects of one kind, by name.
     pub fn list_kind(&self, kind: ObjectKind) -> Vec<Arc<Disk>> {
-        self.disks
-            .read()
-            .iter()
-            .filter(|((k, _), _)| *k == kind)
-            .map(|(_, d)| d.clone())
-            .collect()
+        self.disks.read().of_kind(kind).cloned().collect()
     }
 
     pub fn get_kind(&self, kind: ObjectKind, name: &str) -> Option<Arc<Disk>> {
@@ -411,11 +412,7 @@ impl Store {
 
     /// The disk with this serial (the FUSE layer's inode key), without copying the list.
     pub fn get_by_serial(&self, serial: u64) -> Option<Arc<Disk>> {
-        self.disks
-            .read()
-            .values()
-            .find(|d| d.serial == serial)
-            .cloned()
+        self.disks.read().by_serial(serial).cloned()
     }
 
     /// The disk of this name (not a snapshot or image).

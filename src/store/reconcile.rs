@@ -6,6 +6,7 @@
 use super::des::ProvisioningState;
 use super::health::Health;
 use super::*;
+use crate::vault::keyvault::OwnedEvent;
 use crate::vault::{Caller, KeyId, VaultError};
 use parking_lot::Condvar;
 use std::collections::HashMap;
@@ -79,6 +80,7 @@ impl Drop for ExitGuard {
 }
 
 /// Why a disk's customer key can't be used right now.
+#[derive(Clone)]
 pub(super) struct KeyDenied {
     /// A short phrase for `keyState`.
     pub why: String,
@@ -328,10 +330,19 @@ impl Store {
         self.reconcile.passes.load(Ordering::Acquire)
     }
 
+    /// Revokes customer-key objects whose key became unusable and restores those whose
+    /// key is usable again. A key's verdict is asked once per pass for all objects that
+    /// share its set and key versions, every object is revoked before any is
+    /// invalidated or reported, and the audit records of a pass go in one append: the
+    /// last of 10,000 objects fails about as soon as the first.
     pub(super) fn reconcile_access(&self) {
         crate::fault::point("reconcile.access");
         let delay = self.reconcile.delays.lock().revocation;
         let now = Instant::now();
+        let mut verdicts: HashMap<(String, Vec<String>), std::result::Result<(), KeyDenied>> =
+            HashMap::new();
+        let mut revoked: Vec<(Arc<Disk>, Revocation, Caller, String)> = Vec::new();
+        let mut restores: Vec<(Arc<Disk>, String)> = Vec::new();
         for d in self.served() {
             self.reconcile.health.beat();
             if d.corrupt_reason().is_some() {
@@ -342,7 +353,11 @@ impl Store {
                 continue;
             }
             let kid = m.layers[0].kid.clone();
-            match self.key_access(&m) {
+            let verdict = verdicts
+                .entry(access_key(&m))
+                .or_insert_with(|| self.key_access(&m))
+                .clone();
+            match verdict {
                 // A corrupt key or set is no revocation: its disks never unlocked
                 // (both are loaded at mount) and show `Unavailable`.
                 Err(denied) if denied.broken => {
@@ -364,52 +379,91 @@ impl Store {
                         reason +=
                             &format!("; open handles keep working until closed ({})", sku.name());
                     }
-                    let revocation = Revocation {
-                        reason: reason.clone(),
-                        keep_open,
-                    };
+                    let revocation = Revocation { reason, keep_open };
+                    // Revoked at once; what is slower (invalidation, VMs, records) waits
+                    // until every object of the pass has stopped serving.
                     d.revoke(revocation.clone());
-                    if !keep_open {
-                        if let Some(inv) = self.reconcile.invalidator.get() {
-                            inv(&d);
-                        }
-                    }
-                    if let Some(hook) = self.reconcile.on_revoke.get() {
-                        hook(&d, &revocation);
-                    }
-                    log::warn!("disk '{}': {reason}", m.name);
-                    self.keys.vault.audit_event(
-                        "DiskAccessRevoked",
-                        &caller,
-                        &format!("{} ({kid})", disk_resource_id(&m.name)),
-                        Some(("OK", &reason)),
-                    );
+                    revoked.push((d, revocation, caller, kid));
                 }
                 Ok(()) => {
                     self.reconcile.pending.lock().remove(&d.serial);
-                    if d.revocation().is_none() {
-                        continue;
-                    }
-                    let caller = self
-                        .keys
-                        .des(m.encryption.disk_encryption_set_id.as_deref().unwrap_or(""))
-                        .map(|s| s.caller())
-                        .unwrap_or_else(|_| Caller::current_user());
-                    match d.restore() {
-                        Ok(()) => {
-                            log::info!("disk '{}': key access restored", m.name);
-                            self.keys.vault.audit_event(
-                                "DiskAccessRestored",
-                                &caller,
-                                &format!("{} ({kid})", disk_resource_id(&m.name)),
-                                Some(("OK", "the key unwraps again")),
-                            );
-                        }
-                        Err(e) => log::warn!("disk '{}': cannot restore yet: {e}", m.name),
+                    if d.revocation().is_some() {
+                        restores.push((d, kid));
                     }
                 }
             }
         }
+        self.finish_revocations(&revoked);
+        self.finish_restores(&restores);
+    }
+
+    /// After the revocations of a pass: cached pages, VMs, one summary log line and the
+    /// audit records in one append.
+    fn finish_revocations(&self, revoked: &[(Arc<Disk>, Revocation, Caller, String)]) {
+        if revoked.is_empty() {
+            return;
+        }
+        if let Some(inv) = self.reconcile.invalidator.get() {
+            for (d, r, ..) in revoked {
+                if !r.keep_open {
+                    inv(d);
+                }
+            }
+        }
+        if let Some(hook) = self.reconcile.on_revoke.get() {
+            for (d, r, ..) in revoked {
+                hook(d, r);
+            }
+        }
+        let mut events = Vec::with_capacity(revoked.len());
+        for (d, r, caller, kid) in revoked {
+            log::debug!("{} '{}': {}", d.kind, d.name(), r.reason);
+            events.push(OwnedEvent {
+                op: "DiskAccessRevoked".into(),
+                caller: caller.clone(),
+                kid: format!("{} ({kid})", d.kind.resource_id(&d.name())),
+                note: Some(("OK".into(), r.reason.clone())),
+            });
+        }
+        let objs: Vec<&Arc<Disk>> = revoked.iter().map(|(d, ..)| d).collect();
+        log::warn!(
+            "revoked {} ({})",
+            summarize(&objs),
+            revoked[0].1.reason.trim_start_matches("Revoked: ")
+        );
+        self.keys.vault.audit_events(&events);
+    }
+
+    /// Lifts the revocations of objects whose key is usable again; an object that is
+    /// open unwraps its keys here, the others at their next open.
+    fn finish_restores(&self, restores: &[(Arc<Disk>, String)]) {
+        let mut events = Vec::new();
+        let mut done = Vec::new();
+        for (d, kid) in restores {
+            let m = d.meta();
+            let caller = self
+                .keys
+                .des(m.encryption.disk_encryption_set_id.as_deref().unwrap_or(""))
+                .map(|s| s.caller())
+                .unwrap_or_else(|_| Caller::current_user());
+            match d.restore() {
+                Ok(()) => {
+                    log::debug!("{} '{}': key access restored", d.kind, m.name);
+                    events.push(OwnedEvent {
+                        op: "DiskAccessRestored".into(),
+                        caller,
+                        kid: format!("{} ({kid})", d.kind.resource_id(&m.name)),
+                        note: Some(("OK".into(), "the key unwraps again".into())),
+                    });
+                    done.push(d);
+                }
+                Err(e) => log::warn!("{} '{}': cannot restore yet: {e}", d.kind, m.name),
+            }
+        }
+        if !done.is_empty() {
+            log::info!("key access restored to {}", summarize(&done));
+        }
+        self.keys.vault.audit_events(&events);
     }
 
     /// Moves auto-rotating sets to their key's latest version.
@@ -475,4 +529,38 @@ impl Store {
             }
         }
     }
+}
+
+/// What decides a customer-key object's access: its set and every key version it uses.
+fn access_key(m: &DiskMeta) -> (String, Vec<String>) {
+    let rekey_layers = m.rekey.iter().flat_map(|r| r.layers.iter());
+    (
+        m.encryption
+            .disk_encryption_set_id
+            .clone()
+            .unwrap_or_default(),
+        m.layers
+            .iter()
+            .chain(rekey_layers)
+            .map(|l| l.kid.clone())
+            .collect(),
+    )
+}
+
+/// "3 disks and 1 snapshot: d1, d2, d3, s1", at most 10 names, for one log line.
+pub(crate) fn summarize(objs: &[&Arc<Disk>]) -> String {
+    let count = |k: ObjectKind| objs.iter().filter(|d| d.kind == k).count();
+    let parts: Vec<String> = ObjectKind::ALL
+        .iter()
+        .map(|&k| (k, count(k)))
+        .filter(|&(_, n)| n > 0)
+        .map(|(k, n)| format!("{n} {}{}", k.noun(), if n == 1 { "" } else { "s" }))
+        .collect();
+    let names: Vec<String> = objs.iter().take(10).map(|d| d.name()).collect();
+    let more = if objs.len() > 10 {
+        format!(" (first 10 of {})", objs.len())
+    } else {
+        String::new()
+    };
+    format!("{}: {}{more}", parts.join(" and "), names.join(", "))
 }

@@ -37,6 +37,7 @@ mod records;
 mod tests;
 mod view;
 
+pub use persist::OwnedEvent;
 use persist::{write_json, LateRecord};
 pub use policy::{
     parse_duration, Action, LifetimeAction, PolicyAttributes, RotationPolicy, Trigger,

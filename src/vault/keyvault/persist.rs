@@ -26,6 +26,16 @@ pub(super) struct LateRecord {
     note: Option<(String, String)>,
 }
 
+/// An audit event owned by its caller, for `KeyVault::audit_events`.
+#[derive(Clone, Debug)]
+pub struct OwnedEvent {
+    pub op: String,
+    pub caller: Caller,
+    pub kid: String,
+    /// resultSignature and reason ("OK" and a note for a success with a note).
+    pub note: Option<(String, String)>,
+}
+
 pub(super) fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
     let mut b = serde_json::to_vec_pretty(v).expect("JSON serializes");
     b.push(b'\n');
@@ -312,6 +322,42 @@ impl KeyVault {
                 kid: kid.to_string(),
                 note: failure.map(|(s, m)| (s.to_string(), m.to_string())),
             });
+        }
+    }
+
+    /// Records many events (one per disk of a revocation) in one append and one
+    /// fsync. If the log can't take them now, each is written late, as one event is.
+    pub fn audit_events(&self, events: &[OwnedEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let mut st = self.state.lock();
+        Self::write_late_records(&mut st);
+        let batch: Vec<audit::Event<'_>> = events
+            .iter()
+            .map(|e| audit::Event {
+                operation: &e.op,
+                caller: &e.caller,
+                key_id: &e.kid,
+                failure: e.note.as_ref().map(|(s, m)| (s.as_str(), m.as_str())),
+            })
+            .collect();
+        if let Err(e) = st.audit.append_many(&batch) {
+            log::error!(
+                "cannot append {} records ({} first) to the audit log: {e}; they are written late, before the next record",
+                events.len(),
+                events[0].op
+            );
+            let time = now_iso();
+            for e in events {
+                st.late.push(LateRecord {
+                    time: time.clone(),
+                    op: e.op.clone(),
+                    caller: e.caller.clone(),
+                    kid: e.kid.clone(),
+                    note: e.note.clone(),
+                });
+            }
         }
     }
 }
