@@ -277,8 +277,9 @@ fn kid_parts(kid: &str) -> Option<(&str, Option<&str>)> {
     })
 }
 
-/// Names of the disks wrapped (in any layer) by key `key`, or by its `version` only.
-fn disks_on_key(a: &Access, key: &str, version: Option<&str>) -> Vec<String> {
+/// The disks, snapshots and images wrapped (in any layer) by key `key`, or by its
+/// `version` only, from one read of status.json: (kind, name, keyState).
+fn objects_on_key(a: &Access, key: &str, version: Option<&str>) -> Vec<(String, String, String)> {
     let Ok(status) = a.read_json("status.json") else {
         return Vec::new();
     };
@@ -286,36 +287,32 @@ fn disks_on_key(a: &Access, key: &str, version: Option<&str>) -> Vec<String> {
         Some((n, v)) => n.eq_ignore_ascii_case(key) && version.is_none_or(|want| v == Some(want)),
         None => false,
     };
-    status["disks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|d| {
-            d["layerKeyIds"]
+    let mut out = Vec::new();
+    for (field, noun) in [("disks", "disk"), ("snapshots", "snapshot"), ("images", "image")] {
+        for d in status[field].as_array().into_iter().flatten() {
+            let on_key = d["layerKeyIds"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .any(|k| k.as_str().is_some_and(uses))
-        })
-        .filter_map(|d| d["name"].as_str().map(String::from))
-        .collect()
+                .any(|k| k.as_str().is_some_and(uses));
+            if let (true, Some(name)) = (on_key, d["name"].as_str()) {
+                out.push((noun.to_string(), name.to_string(), cell(&d["keyState"])));
+            }
+        }
+    }
+    out
 }
 
-/// Tells (on stderr, stdout stays JSON) which disks a key change reached, and their
-/// state now, e.g. `disks on key k1: data1 (Revoked: key k1 is disabled)`.
-fn report_disks(a: &Access, what: &str, disks: &[String]) {
-    if disks.is_empty() {
-        eprintln!("no disk uses {what}");
+/// Tells (on stderr, stdout stays JSON) what a key change did to the objects on the
+/// key, one line per state however many objects there are, e.g. `revoked 500 disks
+/// and 1500 snapshots on key k1: d1, d2, ... (first 10 of 2000); 'diskvault disk list'
+/// shows all`.
+fn report_disks(what: &str, objs: &[(String, String, String)]) {
+    if objs.is_empty() {
+        eprintln!("no disk, snapshot or image uses {what}");
         return;
     }
-    let list: Vec<String> = disks
-        .iter()
-        .map(|d| match a.read_json(&format!("disks/{d}/disk.json")) {
-            Ok(j) => format!("{d} ({})", cell(&j["keyState"])),
-            Err(_) => d.clone(),
-        })
-        .collect();
-    eprintln!("disks on {what}: {}", list.join(", "));
+    eprintln!("{}", super::summary::by_state(what, objs).join("\n"));
 }
 
 pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
@@ -471,16 +468,15 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
                     Some(v) => format!("key {name} version {v}"),
                     None => format!("key {name}"),
                 };
-                report_disks(&a, &what, &disks_on_key(&a, name, version.as_deref()));
+                report_disks(&what, &objects_on_key(&a, name, version.as_deref()));
             }
         }
         KeyCmd::Delete { name, store } => {
             let name = name.get();
             let a = Access::open(&store)?;
-            let disks = disks_on_key(&a, name, None);
             let reply = a.send(KeyRequest::Delete { name: name.into() })?;
             print_reply(&a, reply, &format!("deleted-keys/{name}/deleted.json"))?;
-            report_disks(&a, &format!("deleted key {name}"), &disks);
+            report_disks(&format!("deleted key {name}"), &objects_on_key(&a, name, None));
         }
         KeyCmd::Recover { name, store } => {
             let name = name.get();

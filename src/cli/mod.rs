@@ -7,6 +7,7 @@ mod daemon;
 mod des;
 mod disk;
 mod key;
+mod summary;
 mod vault;
 mod vm;
 

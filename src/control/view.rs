@@ -165,6 +165,7 @@ fn object_with(store: &Store, obj: &Disk, usage: Usage) -> Value {
         "timeCreated": m.created_at,
         "encryption": m.encryption,
         "keyState": store.key_state(obj),
+        "layerKeyIds": m.layers.iter().map(|l| l.kid.as_str()).collect::<Vec<_>>(),
     });
     match obj.kind {
         ObjectKind::Snapshot => {

@@ -199,21 +199,13 @@ impl Store {
 
     /// Re-wraps each disk of the set still on a previous key, then marks the set done.
     /// Each disk's change is one atomic metadata write, so a crash leaves every disk
-    /// wrapped by the old key or the new one; the next open resumes.
+    /// wrapped by the old key or the new one; the next open resumes. Objects that hold
+    /// the same wrapped DEKs (a disk and its snapshots) are re-wrapped with one unwrap,
+    /// and those groups run on several threads (the RSA work is the cost).
     pub(super) fn finish_key_change(&self, rec: &mut DesRecord) -> Result<()> {
         let id = rec.id().to_ascii_lowercase();
-        let on_reconciler = std::thread::current().name() == Some("reconcile");
-        let mut last_check = std::time::Instant::now();
+        let mut groups: BTreeMap<Vec<String>, Vec<Arc<Disk>>> = BTreeMap::new();
         for d in self.list() {
-            if on_reconciler {
-                // A long re-wrap must not hold up revocations: enforce key state
-                // between disks, and show the reconciler is making progress.
-                self.reconcile.health.beat();
-                if last_check.elapsed() > std::time::Duration::from_millis(100) {
-                    self.reconcile_access();
-                    last_check = std::time::Instant::now();
-                }
-            }
             let m = d.meta();
             if d.corrupt_reason().is_some()
                 || m.encryption
@@ -231,15 +223,33 @@ impl Store {
             if on_active {
                 continue;
             }
-            let enc = m.encryption.clone();
-            let r = self.rewrap_layer(&d, 0, enc, |dek| self.keys.wrap_des(rec, dek));
-            crate::fault::point("rotate.disk");
-            if let Err(e) = r {
-                return Err(StoreError::NotPermitted(format!(
-                    "disk encryption set '{}' is still moving to key {}: disk '{}' could not be re-wrapped ({e}); fix the cause and run 'diskvault des update {} --key-url {}' again",
-                    rec.name, rec.active_key, d.name(), rec.name, rec.active_key
-                )));
+            let mut key = vec![m.dek_id().to_string(), m.layers[0].wrapped_key.clone()];
+            key.push(m.layers[0].key_check.clone());
+            if let Some(rk) = &m.rekey {
+                key.push(m.rekey_dek_id().to_string());
+                key.push(rk.layers[0].wrapped_key.clone());
+                key.push(rk.layers[0].key_check.clone());
             }
+            groups.entry(key).or_default().push(d);
+        }
+        let groups: Vec<Vec<Arc<Disk>>> = groups.into_values().collect();
+        let rec_ref: &DesRecord = rec;
+        let failed = Mutex::new(None);
+        self.in_parallel(groups.len(), |i| {
+            let group = &groups[i];
+            let enc = group[0].meta().encryption.clone();
+            let r = self.rewrap_group(group, 0, enc, |dek| self.keys.wrap_des(rec_ref, dek));
+            if let Err((d, e)) = r {
+                failed.lock().get_or_insert(StoreError::NotPermitted(format!(
+                    "disk encryption set '{}' is still moving to key {}: {} '{}' could not be re-wrapped ({e}); fix the cause and run 'diskvault des update {} --key-url {}' again",
+                    rec_ref.name, rec_ref.active_key, d.kind, d.name(), rec_ref.name, rec_ref.active_key
+                )));
+                return false;
+            }
+            true
+        });
+        if let Some(e) = failed.into_inner() {
+            return Err(e);
         }
         crate::fault::point("rotate.end");
         rec.previous_keys.clear();
@@ -295,16 +305,65 @@ impl Store {
         Ok(())
     }
 
-    /// Unwraps layer `idx` of `disk`, wraps it again with `wrap`, and writes the new
-    /// wrapped key (and `enc`) in one atomic metadata update. No data is re-encrypted.
-    fn rewrap_layer(
+    /// Runs `work(0..n)` on up to one thread per CPU (at most 4), until all are done or
+    /// one returns false. On the reconciler thread, key state is enforced meanwhile
+    /// every 100 ms, so a long re-wrap never holds up a revocation.
+    fn in_parallel(&self, n: usize, work: impl Fn(usize) -> bool + Sync) {
+        let threads = std::thread::available_parallelism()
+            .map_or(2, |p| p.get())
+            .clamp(1, 4)
+            .min(n);
+        let next = AtomicU64::new(0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let finished = Mutex::new(0usize);
+        let all_done = parking_lot::Condvar::new();
+        let on_reconciler = std::thread::current().name() == Some("reconcile");
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Acquire) {
+                        let i = next.fetch_add(1, Ordering::AcqRel) as usize;
+                        if i >= n || !work(i) {
+                            stop.store(true, Ordering::Release);
+                            break;
+                        }
+                    }
+                    *finished.lock() += 1;
+                    all_done.notify_all();
+                });
+            }
+            let mut f = finished.lock();
+            while *f < threads {
+                if on_reconciler {
+                    self.reconcile.health.beat();
+                    let timed_out = all_done
+                        .wait_for(&mut f, std::time::Duration::from_millis(100))
+                        .timed_out();
+                    if timed_out {
+                        drop(f);
+                        self.reconcile_access();
+                        f = finished.lock();
+                    }
+                } else {
+                    all_done.wait(&mut f);
+                }
+            }
+        });
+    }
+
+    /// Unwraps layer `idx` of the objects in `group` (which hold the same wrapped DEKs)
+    /// once, wraps it again with `wrap`, and writes the new wrapped key (and `enc`) in
+    /// one atomic metadata update per object. No data is re-encrypted. A failure names
+    /// the object it stopped at.
+    fn rewrap_group(
         &self,
-        disk: &Disk,
+        group: &[Arc<Disk>],
         idx: usize,
         enc: Encryption,
         wrap: impl Fn(&Secret) -> Result<WrappedKey>,
-    ) -> Result<()> {
-        let m = disk.meta();
+    ) -> std::result::Result<(), (Arc<Disk>, StoreError)> {
+        let first = &group[0];
+        let m = first.meta();
         // The layer, and its successor if a rekey is in progress.
         let mut layers = vec![m.layers[idx].clone()];
         if let Some(rk) = &m.rekey {
@@ -312,25 +371,31 @@ impl Store {
         }
         let mut wrapped = Vec::new();
         for (layer, id) in layers.iter().zip([m.dek_id(), m.rekey_dek_id()]) {
+            let fail = |e| (first.clone(), e);
             let p = layer
                 .parse()
-                .map_err(|r| StoreError::InvalidArgument(r.to_string()))?;
-            let dek = self.keys.unwrap(&m.encryption, &p)?;
+                .map_err(|r| fail(StoreError::InvalidArgument(r.to_string())))?;
+            let dek = self.keys.unwrap(&m.encryption, &p).map_err(fail)?;
             if key_check(&dek, id, idx, p.cipher, &p.nonce) != layer.key_check {
-                return Err(StoreError::Unavailable {
+                return Err(fail(StoreError::Unavailable {
                     disk: m.name.clone(),
                     reason: "its data key does not match its metadata (keyCheck mismatch)".into(),
-                });
+                }));
             }
-            wrapped.push(wrap(&dek)?);
+            wrapped.push(wrap(&dek).map_err(fail)?);
         }
-        disk.update_meta(|m| {
-            m.encryption = enc;
-            m.layers[idx].set_wrapped(&wrapped[0]);
-            if let (Some(rk), Some(w)) = (m.rekey.as_mut(), wrapped.get(1)) {
-                rk.layers[idx].set_wrapped(w);
-            }
-        })
+        for d in group {
+            d.update_meta(|m| {
+                m.encryption = enc.clone();
+                m.layers[idx].set_wrapped(&wrapped[0]);
+                if let (Some(rk), Some(w)) = (m.rekey.as_mut(), wrapped.get(1)) {
+                    rk.layers[idx].set_wrapped(w);
+                }
+            })
+            .map_err(|e| (d.clone(), e))?;
+            crate::fault::point("rotate.disk");
+        }
+        Ok(())
     }
 
     /// `az disk update --encryption-type ... --disk-encryption-set ...`. Only while the
@@ -406,7 +471,8 @@ impl Store {
         // for you to encrypt them"; the open-file rule below covers other programs.
         self.check_not_allocated(name, "Changing the encryption")?;
         disk.while_closed(|| {
-            self.rewrap_layer(&disk, 0, enc, |dek| self.keys.wrap_des(&des, dek))
+            self.rewrap_group(&[disk.clone()], 0, enc, |dek| self.keys.wrap_des(&des, dek))
+                .map_err(|(_, e)| e)
         })?;
         log::info!(
             "disk '{name}' now uses {target} through disk encryption set '{}'",

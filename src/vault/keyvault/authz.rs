@@ -202,6 +202,17 @@ impl KeyVault {
                 reason: "a wrapped key must name a key version".into(),
             });
         }
+        // The RSA operation runs without the vault lock, so that unwraps (a rotation's
+        // thousands) run in parallel; the key's state is checked again, under the lock,
+        // when the unwrap is recorded, so a key disabled meanwhile still refuses.
+        let key = (w.alg == WRAP_ALG)
+            .then(|| {
+                let st = self.state.lock();
+                let (l, v) = Self::authorize(&st, caller, &r, "unwrapKey", false).ok()?;
+                Some(st.keys[&l].privs[&v].clone())
+            })
+            .flatten();
+        let early = key.map(|k| (k.unwrap(&w.value), k));
         self.audited(
             "KeyUnwrap",
             caller,
@@ -211,7 +222,11 @@ impl KeyVault {
                     return Err(VaultError::UnsupportedAlg(w.alg.clone()));
                 }
                 let (l, v) = Self::authorize(st, caller, &r, "unwrapKey", false)?;
-                Ok(st.keys[&l].privs[&v].unwrap(&w.value)?)
+                let now = &st.keys[&l].privs[&v];
+                match early {
+                    Some((dek, k)) if std::sync::Arc::ptr_eq(&k, now) => Ok(dek?),
+                    _ => Ok(now.unwrap(&w.value)?),
+                }
             },
         )
     }

@@ -98,7 +98,7 @@ impl KeyVault {
             fs::rename(&staging, &kd)?;
             durable::sync_dir(&self.dir.join(KEYS_DIR))?;
             let mut privs = BTreeMap::new();
-            privs.insert(rec.versions[0].version.clone(), key);
+            privs.insert(rec.versions[0].version.clone(), std::sync::Arc::new(key));
             Ok::<_, VaultError>(KeyEntry { rec, privs })
         })();
         let entry = match result {
@@ -227,7 +227,7 @@ impl KeyVault {
         }
         let e = Self::entry_mut(st, name)?;
         e.rec = rec;
-        e.privs.insert(ver.version.clone(), key);
+        e.privs.insert(ver.version.clone(), std::sync::Arc::new(key));
         let e = Self::entry(st, name)?;
         Ok(Self::key_json(st, e, None))
     }

@@ -59,7 +59,8 @@ const DAY: i64 = 86_400;
 
 struct KeyEntry {
     rec: KeyRecord,
-    privs: BTreeMap<String, RsaKey>,
+    /// Shared so an unwrap can run its RSA operation without the vault lock.
+    privs: BTreeMap<String, std::sync::Arc<RsaKey>>,
 }
 
 impl KeyEntry {

@@ -59,7 +59,7 @@ impl KeyVault {
                 fs::read_to_string(&pf).map_err(|e| format!("{}: {e}", pf.display()))?,
             );
             let k = RsaKey::from_pem(&pem).map_err(|e| format!("{}: {e}", pf.display()))?;
-            privs.insert(v.version.clone(), k);
+            privs.insert(v.version.clone(), std::sync::Arc::new(k));
         }
         Ok(KeyEntry { rec, privs })
     }
