@@ -5,7 +5,9 @@
 //! it reaches `point(POINT)`; `POINT=N:panic` panics the calling thread instead (to
 //! test that a dying background thread is noticed), and `POINT=N+:panic` panics every
 //! time from the N-th on; `POINT=1+:panic-if=PATH` panics at every hit while PATH
-//! exists, so a test decides when. Unset, a point costs one relaxed load.
+//! exists, so a test decides when; `POINT=N:wait-while=PATH` holds the thread at the
+//! N-th hit until PATH is gone (a test shows what runs while a step is held). Unset,
+//! a point costs one relaxed load.
 
 #[cfg(feature = "testing")]
 mod imp {
@@ -21,6 +23,7 @@ mod imp {
         panic: bool,
         repeat: bool,
         only_if: Option<std::path::PathBuf>,
+        wait_while: Option<std::path::PathBuf>,
     }
 
     fn plan() -> &'static Option<Plan> {
@@ -39,6 +42,7 @@ mod imp {
                 panic: action.starts_with("panic"),
                 repeat,
                 only_if: action.strip_prefix("panic-if=").map(Into::into),
+                wait_while: action.strip_prefix("wait-while=").map(Into::into),
             })
         })
     }
@@ -68,6 +72,13 @@ mod imp {
             return;
         }
         if c == p.n || (p.repeat && c > p.n) {
+            if let Some(f) = &p.wait_while {
+                log::warn!("fault injection: holding {name} #{c} while {} exists", f.display());
+                while f.exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                return;
+            }
             if p.panic {
                 panic!("fault injection: panic at {name} #{c}");
             }

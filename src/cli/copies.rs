@@ -17,9 +17,10 @@ pub enum SnapshotCmd {
         /// The disk (or snapshot) to copy: a name or /diskvault/disks/NAME.
         #[arg(long)]
         source: String,
-        /// Mark it incremental, as in az (every snapshot here stores only changes).
-        #[arg(long)]
-        incremental: bool,
+        /// `true` (the default here, unlike az; a bare flag means true): instant, sharing
+        /// unchanged data with the disk. `false` (a full copy) is not available yet.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "true|false")]
+        incremental: Option<bool>,
         /// Must be the source's set, if given (a disk and its snapshots share one).
         #[arg(long)]
         disk_encryption_set: Option<String>,
@@ -175,7 +176,7 @@ pub fn run_snapshot(cmd: SnapshotCmd) -> Result<(), CliError> {
                 kind: CopyKind::Snapshot,
                 name: name.into(),
                 source,
-                incremental,
+                incremental: incremental.unwrap_or(true),
                 set: disk_encryption_set,
                 encryption_type,
             })?;

@@ -312,8 +312,13 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
                 mp.display()
             ))
         })?;
-        let json = serde_json::to_vec_pretty(&info).expect("serializes");
-        durable::write_atomic(&store_path.join(DAEMON_FILE), &json, 0o600)?;
+        store.save_daemon_info(&info).map_err(|e| {
+            CliError(format!(
+                "cannot write {}: {e}; free space in {} and mount again",
+                store_path.join(DAEMON_FILE).display(),
+                store_path.display()
+            ))
+        })?;
         let mut unmounter = session.unmount_callable();
         let signal_vms = vms.clone();
         std::thread::spawn(move || {

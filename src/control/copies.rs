@@ -9,6 +9,11 @@ use crate::vault::Caller;
 use serde_json::Value;
 
 /// A change to a snapshot or image, or a question about one.
+/// Snapshots are incremental unless asked otherwise (diskvault's default, unlike az's).
+fn incremental_default() -> bool {
+    true
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(
     rename_all = "camelCase",
@@ -21,7 +26,7 @@ pub enum CopyRequest {
         kind: Kind,
         name: String,
         source: String,
-        #[serde(default)]
+        #[serde(default = "incremental_default")]
         incremental: bool,
         #[serde(default)]
         set: Option<String>,
@@ -93,7 +98,7 @@ fn parse_create(kind: Kind, data: &[u8]) -> Result<Request> {
         kind,
         name,
         source: a.str("source").unwrap_or_default().to_string(),
-        incremental: a.bool("incremental").unwrap_or(false),
+        incremental: a.bool("incremental").unwrap_or(true),
         set: a.str("des").map(String::from),
         encryption_type: a.str("type").map(String::from),
     }))

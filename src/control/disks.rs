@@ -271,6 +271,14 @@ pub(super) fn execute(
             encryption_type,
         } => {
             check_reserved(name)?;
+            // The word form and the CLI refuse it too; a JSON command must not
+            // silently drop it.
+            if options.cipher.is_some() {
+                return Err(StoreError::InvalidArgument(
+                    "a disk made from a source uses the source's cipher; leave out cipher".into(),
+                )
+                .into());
+            }
             let opts = crate::store::FromSourceOptions {
                 size: options.size,
                 sku: options.sku,

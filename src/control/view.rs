@@ -170,7 +170,9 @@ fn object_with(store: &Store, obj: &Disk, usage: Usage) -> Value {
     match obj.kind {
         ObjectKind::Snapshot => {
             v["sku"] = json!({"name": "Standard_LRS", "tier": "Standard"});
-            v["incremental"] = json!(m.incremental.unwrap_or(false));
+            // Every snapshot shares unchanged data with its source (full copies are
+            // not available yet), whatever older versions recorded.
+            v["incremental"] = json!(true);
             v["incrementalSnapshotFamilyId"] = json!(m.dek_id());
             v["diskState"] = json!(if obj.open_handles() > 0 {
                 "ActiveSAS"

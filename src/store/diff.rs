@@ -40,6 +40,12 @@ impl Store {
                 old.kind, old.name(), new.kind, new.name()
             )));
         }
+        if common == b.len() && a.len() > b.len() {
+            return Err(StoreError::Refused(format!(
+                "{} '{}' is older than {} '{}'; a diff goes from the older object to the newer: swap them",
+                new.kind, new.name(), old.kind, old.name()
+            )));
+        }
         let io = |e| StoreError::io("diffing", e);
         let mut changed = RangeSet::new();
         for id in a[common..].iter().chain(&b[common..]) {

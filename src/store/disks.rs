@@ -247,8 +247,11 @@ impl Store {
     /// Deletes a disk and crypto-shreds its wrapped DEK. Open handles keep working
     /// until closed (POSIX unlink semantics); then nothing of the disk remains.
     pub fn delete_disk(&self, name: &str) -> Result<()> {
-        let _ns = self.ns.lock();
-        self.delete_locked(name)
+        let ns = self.ns.lock();
+        let r = self.delete_locked(name);
+        drop(ns);
+        self.reclaim_noted();
+        r
     }
 
     fn delete_locked(&self, name: &str) -> Result<()> {
@@ -266,7 +269,7 @@ impl Store {
         let kdir = self.kind_dir(kind);
         let doomed = kdir.join(format!("{}.deleted", disk.id));
         let io = |e| StoreError::io(format!("deleting {kind} '{name}'"), e);
-        let deltas = disk.stack();
+        let deltas = self.reclaim_candidates(&disk);
         // Deltas whose space may come free; recorded first so a crash after the
         // rename below still frees it at the next open.
         // Deleting is how a full store gets space back: if even this small note
@@ -289,13 +292,20 @@ impl Store {
         durable::shred(&doomed.join(disk::META_FILE));
         fs::remove_dir_all(&doomed).map_err(io)?;
         crate::fault::point("delete.removed");
-        self.collect_garbage(&deltas);
+        // Freed once `ns` is released (`reclaim_noted`), or at the next open.
+        self.reclaim.lock().extend(deltas);
         log::info!("deleted {kind} '{name}' (wrapped key destroyed)");
         Ok(())
     }
 
     /// Renames a disk; with `replace`, an existing disk of the new name is deleted first.
     pub fn rename_disk(&self, from: &str, to: &str, replace: bool) -> Result<()> {
+        let r = self.rename_disk_locked(from, to, replace);
+        self.reclaim_noted();
+        r
+    }
+
+    fn rename_disk_locked(&self, from: &str, to: &str, replace: bool) -> Result<()> {
         validate_name(to)?;
         check_not_staging(to)?;
         let _ns = self.ns.lock();

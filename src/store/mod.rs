@@ -102,6 +102,8 @@ pub const STORE_VERSION: u64 = 1;
 /// Deltas an object's stack may have (Azure keeps at most 500 incremental snapshots
 /// of a disk; each adds one).
 pub const MAX_STACK: usize = 1024;
+/// Snapshots a disk may have at a time (Azure's limit for incremental snapshots).
+pub const MAX_SNAPSHOTS: usize = 500;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -167,6 +169,10 @@ pub struct Store {
     /// Data extents and whiteouts of deltas that no longer change (no disk's top),
     /// for space accounting; pruned to the deltas in use.
     delta_sets: usage::DeltaSetCache,
+    /// Deltas a delete noted for space reclaim, freed after `ns` is released.
+    reclaim: Mutex<Vec<String>>,
+    /// Serializes rewrites of `deltas/.gc` (reclaim runs without `ns`).
+    gc_file: Mutex<()>,
     /// Virtual machine records (the processes are `vm/`'s).
     vms: vms::Vms,
     /// Declared last so it is released last: whoever waits for it finds everything
@@ -288,6 +294,13 @@ impl Store {
             .unwrap_or_else(|| root.join(VAULT_DIR)))
     }
 
+    /// Records where the store is mounted (`daemon.json`). On a full store (say, after
+    /// a kill -9 left it full) the metadata reserve is given up for it.
+    pub fn save_daemon_info(&self, info: &DaemonInfo) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(info).expect("serializes");
+        reserve::write_atomic(&self.root, &self.root.join(DAEMON_FILE), &json)
+    }
+
     /// Who holds the store, for error messages and for the CLI to find the mount.
     pub fn daemon_info(root: &Path) -> Option<DaemonInfo> {
         serde_json::from_slice(&fs::read(root.join(DAEMON_FILE)).ok()?).ok()
@@ -343,6 +356,8 @@ impl Store {
             rekeys: Default::default(),
             orphans: Default::default(),
             delta_sets: Default::default(),
+            reclaim: Default::default(),
+            gc_file: Default::default(),
             vms: Default::default(),
         };
         store.scan()?;

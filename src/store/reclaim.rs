@@ -11,6 +11,7 @@ use super::disk::units::UNIT;
 use super::extents::RangeSet;
 use super::snapshots::COPYING;
 use super::*;
+use std::collections::{HashMap, HashSet};
 
 const GC_FILE: &str = ".gc";
 
@@ -22,11 +23,9 @@ impl Store {
         let r = obj.release();
         if obj.is_deleted() && obj.open_handles() == 0 {
             let stack = obj.stack();
+            self.orphans.lock().retain(|d| !Arc::ptr_eq(d, obj));
             if !stack.is_empty() {
-                if let Some(_ns) = self.ns.try_lock() {
-                    self.orphans.lock().retain(|d| !Arc::ptr_eq(d, obj));
-                    self.collect_garbage(&stack);
-                }
+                self.collect_garbage(&stack);
             }
         }
         r
@@ -34,8 +33,11 @@ impl Store {
 
     /// `snapshot delete` and `image delete`.
     pub fn delete_object(&self, kind: ObjectKind, name: &str) -> Result<()> {
-        let _ns = self.ns.lock();
-        self.delete_object_locked(kind, name)
+        let ns = self.ns.lock();
+        let r = self.delete_object_locked(kind, name);
+        drop(ns);
+        self.reclaim_noted();
+        r
     }
 
     /// Records deltas whose space a delete may free (`deltas/.gc`), before it commits.
@@ -43,6 +45,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
+        let _gc = self.gc_file.lock();
         let path = self.deltas_dir().join(GC_FILE);
         let mut all: Vec<String> = fs::read_to_string(&path)
             .map(|s| s.lines().map(String::from).collect())
@@ -53,26 +56,58 @@ impl Store {
         durable::write_atomic(&path, (all.join("\n") + "\n").as_bytes(), 0o600)
     }
 
-    /// Objects (including deleted ones still open) whose stack holds `id`.
-    fn users_of(&self, id: &str) -> Vec<Arc<Disk>> {
-        self.served()
-            .into_iter()
-            .filter(|d| d.stack().iter().any(|s| s == id))
-            .collect()
+    /// Deltas whose space deleting `obj` may free: those of its stack above the
+    /// highest delta that another object has as its top. That object reads, in every
+    /// delta at or below its top, at least what `obj` reads there, so nothing below
+    /// can come free (in a chain of snapshots, only the deleted one's own delta).
+    pub(super) fn reclaim_candidates(&self, obj: &Disk) -> Vec<String> {
+        let stack = obj.stack();
+        let mut floor = 0;
+        for o in self.served() {
+            if std::ptr::eq(&*o, obj) {
+                continue;
+            }
+            let s = o.stack();
+            if s.len() > floor && s.len() <= stack.len() && stack[..s.len()] == s[..] {
+                floor = s.len();
+            }
+        }
+        stack[floor..].to_vec()
+    }
+
+    /// Frees the space of the deltas a delete noted, after the delete has committed
+    /// and released `Store::ns`: punching runs while other objects are created,
+    /// deleted, read and written. What an object reads of a delta only shrinks once
+    /// nothing new is built on it, so units found dead stay dead.
+    pub(super) fn reclaim_noted(&self) {
+        let ids = std::mem::take(&mut *self.reclaim.lock());
+        if !ids.is_empty() {
+            self.collect_garbage(&ids);
+        }
     }
 
     /// Frees what no object can read any more in deltas `ids`: a delta no object
     /// uses is removed; in the others, units every user sees through a delta above
     /// are punched. Errors are logged (the space stays used, content is intact).
     pub(super) fn collect_garbage(&self, ids: &[String]) {
+        let stacks: Vec<(Arc<Disk>, Vec<String>)> = self
+            .served()
+            .into_iter()
+            .map(|o| {
+                let s = o.stack();
+                (o, s)
+            })
+            .collect();
         // Deltas a deleted object still open reads stay noted in `.gc`: the space
         // they hold for it is freed at the next open of the store.
         let mut keep: Vec<&String> = Vec::new();
         for id in ids {
-            let users = self.users_of(id);
-            if users.iter().any(|u| u.is_deleted()) {
+            let users: Vec<&(Arc<Disk>, Vec<String>)> =
+                stacks.iter().filter(|(_, s)| s.contains(id)).collect();
+            if users.iter().any(|(u, _)| u.is_deleted()) {
                 keep.push(id);
             }
+            crate::fault::point("gc.punching");
             let r = if users.is_empty() {
                 remove_delta(&self.root, id).map(|()| log::info!("freed delta {id}"))
             } else {
@@ -84,6 +119,7 @@ impl Store {
             }
         }
         crate::fault::point("gc.punched");
+        let _gc = self.gc_file.lock();
         let path = self.deltas_dir().join(GC_FILE);
         let left: Vec<String> = fs::read_to_string(&path)
             .map(|s| {
@@ -109,32 +145,48 @@ impl Store {
         }
     }
 
-    /// Punches the units of delta `id` that no user reads: each user sees it only
-    /// where no delta above it in that user's stack holds data or a whiteout.
-    fn punch_dead(&self, id: &str, users: &[Arc<Disk>]) -> std::io::Result<()> {
+    /// Punches the units of delta `id` that no user reads. The deltas above `id` in
+    /// its users' stacks form a tree; walking it once, each node narrows what is still
+    /// seen through it by the units it holds (data or whiteouts), and what reaches a
+    /// node with an object on it is live.
+    fn punch_dead(&self, id: &str, users: &[&(Arc<Disk>, Vec<String>)]) -> std::io::Result<()> {
         let f = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(delta_path(&self.root, id))?;
         let data = scan_data(&f)?;
+        let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut tops: HashSet<&str> = HashSet::new();
+        for (_, stack) in users {
+            let pos = stack.iter().position(|s| s == id).unwrap_or(stack.len());
+            for w in stack[pos..].windows(2) {
+                let c = children.entry(&w[0]).or_default();
+                if !c.contains(&w[1].as_str()) {
+                    c.push(&w[1]);
+                }
+            }
+            if let Some(t) = stack.last() {
+                tops.insert(t);
+            }
+        }
         let mut live = RangeSet::new();
-        for u in users {
-            let stack = u.stack();
-            let pos = stack
-                .iter()
-                .position(|s| s == id)
-                .expect("user's stack holds it");
-            let mut cover = RangeSet::new();
-            for above in &stack[pos + 1..] {
-                let af = open_ro(&delta_path(&self.root, above))?;
+        let mut walk = vec![(id, data.clone())];
+        while let Some((node, left)) = walk.pop() {
+            if tops.contains(node) {
+                live.add(&left);
+            }
+            for &c in children.get(node).into_iter().flatten() {
+                let cf = open_ro(&delta_path(&self.root, c))?;
                 // Only units that really hold ciphertext cover: a file system may
                 // report data in blocks bigger than a unit.
-                let held = nonzero_units(&af, &scan_data(&af)?.subtract(&cover).intersect(&data))?;
-                cover = cover
-                    .union(&held)
-                    .union(&read_whiteouts(&whiteout_path(&self.root, above))?);
+                let held = nonzero_units(&cf, &scan_data(&cf)?.intersect(&left))?;
+                let l = left
+                    .subtract(&held)
+                    .subtract(&read_whiteouts(&whiteout_path(&self.root, c))?);
+                if !l.is_empty() {
+                    walk.push((c, l));
+                }
             }
-            live = live.union(&data.subtract(&cover));
         }
         let dead = data.subtract(&live);
         for r in dead.iter() {
@@ -185,11 +237,11 @@ impl Store {
             log::info!("removing unused {}", e.path().display());
             let _ = fs::remove_file(e.path());
         }
+        self.reclaim_noted();
         if !pending.is_empty() {
             self.collect_garbage(&pending);
         }
     }
-
 }
 
 /// The units of `candidates` whose stored bytes in `f` are not all zero.

@@ -107,11 +107,13 @@ impl Store {
             self.check_rekey_space_for(&disk, shared)?;
             self.note_gc(&m.stack)
                 .map_err(|e| StoreError::io("recording deltas to free", e))?;
-            let dropped = disk.materialize()?;
+            disk.materialize()?;
             log::info!(
                 "disk '{name}': copied {shared} shared bytes into its own delta for the rekey"
             );
-            self.collect_garbage(&dropped);
+            // Every delta noted above is done with: those the disk left are freed, and
+            // its own stays in use (`.gc` must not keep listing it).
+            self.collect_garbage(&m.stack);
         }
         self.check_rekey_space(&disk)?;
         if m.rekey.is_none() {

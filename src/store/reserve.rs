@@ -42,6 +42,16 @@ pub(super) fn ensure(root: &Path) {
     }
 }
 
+/// `durable::write_atomic`, retried once after giving up the reserve if the file
+/// system is full.
+pub(super) fn write_atomic(root: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let r = durable::write_atomic(path, bytes, 0o600);
+    match r {
+        Err(e) if is_full(&e) && release(root) => durable::write_atomic(path, bytes, 0o600),
+        r => r,
+    }
+}
+
 /// Whether `e` means the file system is full.
 pub(super) fn is_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))

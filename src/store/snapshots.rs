@@ -240,7 +240,21 @@ impl Store {
             ObjectKind::Image => &[ObjectKind::Disk, ObjectKind::Snapshot],
             _ => &[ObjectKind::Disk, ObjectKind::Snapshot],
         };
+        if kind == ObjectKind::Snapshot && !opts.incremental {
+            return Err(StoreError::Unsupported(format!(
+                "snapshot '{name}': full snapshots (--incremental false) are not available yet; diskvault's snapshots are incremental (instant, sharing unchanged data with the source): omit --incremental or pass --incremental true"
+            )));
+        }
         let src = self.find_source(source, kinds)?;
+        if kind == ObjectKind::Snapshot && src.kind == ObjectKind::Disk {
+            let n = self.disks.read().snapshots_of(&src.id);
+            if n >= MAX_SNAPSHOTS {
+                return Err(StoreError::Limit(format!(
+                    "disk '{}' has {n} snapshots, the limit per disk (as in Azure, {MAX_SNAPSHOTS} incremental snapshots of a disk at a time); delete older snapshots of it first ('diskvault snapshot list')",
+                    src.name()
+                )));
+            }
+        }
         if let Some(r) = src.corrupt_reason() {
             return Err(StoreError::Unavailable {
                 disk: src.name(),

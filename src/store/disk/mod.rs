@@ -729,12 +729,7 @@ impl Disk {
         f(&mut next);
         let path = self.dir().join(META_FILE);
         let json = next.to_json();
-        let mut r = durable::write_atomic(&path, &json, 0o600);
-        if matches!(&r, Err(e) if super::reserve::is_full(e)) && super::reserve::release(&self.root)
-        {
-            r = durable::write_atomic(&path, &json, 0o600);
-        }
-        r.map_err(|e| StoreError::io(format!("updating {}", path.display()), e))?;
+        super::reserve::write_atomic(&self.root, &path, &json).map_err(|e| StoreError::io(format!("updating {}", path.display()), e))?;
         *meta = next;
         Ok(())
     }
