@@ -48,6 +48,8 @@ mod snapshots;
 #[cfg(test)]
 mod tests;
 mod vms;
+#[cfg(test)]
+mod vms_tests;
 
 pub mod meta;
 pub mod spec;
