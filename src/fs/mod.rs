@@ -6,6 +6,7 @@
 //! cached pages through the session notifier, so revocation can remove cached plaintext.
 
 mod ctl;
+mod io;
 mod nodes;
 mod ops;
 mod sizes;

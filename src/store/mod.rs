@@ -52,6 +52,8 @@ mod snapshots;
 mod tests;
 mod usage;
 mod vms;
+#[cfg(test)]
+mod vms_tests;
 
 pub mod meta;
 pub mod spec;
