@@ -73,7 +73,10 @@ mod imp {
         }
         if c == p.n || (p.repeat && c > p.n) {
             if let Some(f) = &p.wait_while {
-                log::warn!("fault injection: holding {name} #{c} while {} exists", f.display());
+                log::warn!(
+                    "fault injection: holding {name} #{c} while {} exists",
+                    f.display()
+                );
                 while f.exists() {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }

@@ -5,7 +5,6 @@
 //! as gocryptfs and sshfs do.
 
 use super::CliError;
-use crate::durable;
 use crate::fs::{self, MountOptions};
 use crate::store::{now_rfc3339, DaemonInfo, Store, StoreLock, DAEMON_FILE, LOCK_FILE, LOG_FILE};
 use clap::Args;

@@ -288,7 +288,11 @@ fn objects_on_key(a: &Access, key: &str, version: Option<&str>) -> Vec<(String, 
         None => false,
     };
     let mut out = Vec::new();
-    for (field, noun) in [("disks", "disk"), ("snapshots", "snapshot"), ("images", "image")] {
+    for (field, noun) in [
+        ("disks", "disk"),
+        ("snapshots", "snapshot"),
+        ("images", "image"),
+    ] {
         for d in status[field].as_array().into_iter().flatten() {
             let on_key = d["layerKeyIds"]
                 .as_array()
@@ -476,7 +480,10 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             let a = Access::open(&store)?;
             let reply = a.send(KeyRequest::Delete { name: name.into() })?;
             print_reply(&a, reply, &format!("deleted-keys/{name}/deleted.json"))?;
-            report_disks(&format!("deleted key {name}"), &objects_on_key(&a, name, None));
+            report_disks(
+                &format!("deleted key {name}"),
+                &objects_on_key(&a, name, None),
+            );
         }
         KeyCmd::Recover { name, store } => {
             let name = name.get();

@@ -87,7 +87,9 @@ mod tests {
         let mut objs: Vec<_> = (0..500)
             .map(|i| obj("disk", format!("d{i:03}"), "Revoked: key k1 disabled at T"))
             .collect();
-        objs.extend((0..1500).map(|i| obj("snapshot", format!("s{i}"), "Revoked: key k1 disabled at T")));
+        objs.extend(
+            (0..1500).map(|i| obj("snapshot", format!("s{i}"), "Revoked: key k1 disabled at T")),
+        );
         objs.push(obj("disk", "x".into(), "Available"));
         let lines = by_state("key k1", &objs);
         assert_eq!(lines.len(), 2, "{lines:?}");
@@ -106,7 +108,11 @@ mod tests {
     fn a_few_objects_are_all_named_with_their_state() {
         let objs = vec![
             obj("disk", "a".into(), "Revoked: key k1 disabled at T"),
-            obj("image", "i".into(), "Available (revocation pending: key k1 disabled)"),
+            obj(
+                "image",
+                "i".into(),
+                "Available (revocation pending: key k1 disabled)",
+            ),
             obj("disk", "b".into(), "Unavailable: corrupt"),
         ];
         assert_eq!(

@@ -213,7 +213,7 @@ pub(super) fn execute(
         } => {
             check_reserved(name)?;
             let opts = CopyOptions {
-                incremental: *incremental,
+                full: kind.object() == ObjectKind::Snapshot && !*incremental,
                 disk_encryption_set: set.clone(),
                 encryption_type: encryption_type
                     .as_deref()

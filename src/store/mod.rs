@@ -30,16 +30,16 @@
 #[cfg(test)]
 mod decrypt_tests;
 mod delta;
-mod diff;
 pub mod des;
+mod diff;
 mod disk;
 mod disks;
 pub mod encryption;
 mod error;
 mod extents;
 mod health;
-mod objects;
 pub mod keyring;
+mod objects;
 mod reclaim;
 mod reconcile;
 mod rekey;
@@ -59,16 +59,16 @@ pub mod meta;
 pub mod spec;
 
 pub use crate::lock::StoreLock;
+pub use diff::Diff;
 pub use disk::{Disk, Revocation, SeekKind};
 pub use encryption::{EncryptionType, LayerKind};
 pub use error::{Result, StoreError};
 pub use health::HealthReport;
 pub use reconcile::{panic_text, Delays, Invalidator, RevokeHook};
 pub use rekey::{RekeyState, RekeyStatus};
-pub use diff::Diff;
 pub use snapshots::{CopyOptions, FromSourceOptions};
-pub use usage::Usage;
 pub use spec::{parse_size, validate_name, validate_object_name, ObjectKind, Sku, MAX_DISK_SIZE};
+pub use usage::Usage;
 pub use vms::{
     validate_vm_name, vm_resource_id, External, PowerState, VmDisk, VmRecord, MAX_DATA_DISKS,
     VMS_DIR, VM_RESERVED,

@@ -75,7 +75,6 @@ impl Objects {
         self.by_name.values()
     }
 
-
     /// The objects of one kind, in name order, without a pass over the others.
     pub fn of_kind(&self, kind: ObjectKind) -> impl Iterator<Item = &Arc<Disk>> {
         self.by_name
@@ -83,7 +82,6 @@ impl Objects {
             .take_while(move |((k, _), _)| *k == kind)
             .map(|(_, d)| d)
     }
-
 
     pub fn clear(&mut self) {
         self.by_name.clear();

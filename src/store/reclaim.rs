@@ -260,4 +260,3 @@ fn nonzero_units(f: &fs::File, candidates: &RangeSet) -> std::io::Result<RangeSe
     }
     Ok(out)
 }
-

@@ -19,8 +19,8 @@ pub(super) const COPYING: &str = ".copying";
 /// Options of `snapshot create` and `image create`.
 #[derive(Clone, Debug, Default)]
 pub struct CopyOptions {
-    /// `--incremental` (snapshots).
-    pub incremental: bool,
+    /// `--incremental false` (snapshots): a full copy; not available yet.
+    pub full: bool,
     /// `--disk-encryption-set`: must be the source's, if the source has one.
     pub disk_encryption_set: Option<String>,
     /// `--encryption-type`: must be the source's.
@@ -166,7 +166,7 @@ impl Store {
         name: &str,
         src: &Disk,
         m: &DiskMeta,
-        incremental: bool,
+        full: bool,
     ) -> Result<DiskMeta> {
         Ok(DiskMeta {
             format_version: META_VERSION_LAYERED,
@@ -184,7 +184,7 @@ impl Store {
             key_check_id: Some(m.dek_id().to_string()),
             // Sources of copies are disks and snapshots: always `Copy`.
             creation_data: Some(creation_data(src)),
-            incremental: (kind == ObjectKind::Snapshot).then_some(incremental),
+            incremental: (kind == ObjectKind::Snapshot).then_some(!full),
         })
     }
 
@@ -240,7 +240,7 @@ impl Store {
             ObjectKind::Image => &[ObjectKind::Disk, ObjectKind::Snapshot],
             _ => &[ObjectKind::Disk, ObjectKind::Snapshot],
         };
-        if kind == ObjectKind::Snapshot && !opts.incremental {
+        if kind == ObjectKind::Snapshot && opts.full {
             return Err(StoreError::Unsupported(format!(
                 "snapshot '{name}': full snapshots (--incremental false) are not available yet; diskvault's snapshots are incremental (instant, sharing unchanged data with the source): omit --incremental or pass --incremental true"
             )));
@@ -281,7 +281,7 @@ impl Store {
             let delta = self.new_delta(src.size())?;
             let mut staged = None;
             let r = src.push_delta(&delta, |m| {
-                let meta = self.copy_meta(kind, name, &src, m, opts.incremental)?;
+                let meta = self.copy_meta(kind, name, &src, m, opts.full)?;
                 staged = Some((self.stage(kind, &meta)?, meta));
                 Ok(())
             });
@@ -304,7 +304,7 @@ impl Store {
             }
         } else {
             let m = src.meta();
-            let meta = self.copy_meta(kind, name, &src, &m, opts.incremental)?;
+            let meta = self.copy_meta(kind, name, &src, &m, opts.full)?;
             let staging = self.stage(kind, &meta)?;
             crate::fault::point("snapshot.publish");
             let dir = self

@@ -729,7 +729,8 @@ impl Disk {
         f(&mut next);
         let path = self.dir().join(META_FILE);
         let json = next.to_json();
-        super::reserve::write_atomic(&self.root, &path, &json).map_err(|e| StoreError::io(format!("updating {}", path.display()), e))?;
+        super::reserve::write_atomic(&self.root, &path, &json)
+            .map_err(|e| StoreError::io(format!("updating {}", path.display()), e))?;
         *meta = next;
         Ok(())
     }

@@ -213,7 +213,10 @@ fn record_line(e: &Event<'_>, seq: u64, prev: &str) -> (String, String) {
     });
     let body = serde_json::to_string(&body).expect("JSON serializes");
     let hash = digest(&body);
-    (format!("{},\"hash\":\"{hash}\"}}\n", &body[..body.len() - 1]), hash)
+    (
+        format!("{},\"hash\":\"{hash}\"}}\n", &body[..body.len() - 1]),
+        hash,
+    )
 }
 
 fn digest(body: &str) -> String {

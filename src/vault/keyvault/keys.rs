@@ -227,7 +227,8 @@ impl KeyVault {
         }
         let e = Self::entry_mut(st, name)?;
         e.rec = rec;
-        e.privs.insert(ver.version.clone(), std::sync::Arc::new(key));
+        e.privs
+            .insert(ver.version.clone(), std::sync::Arc::new(key));
         let e = Self::entry(st, name)?;
         Ok(Self::key_json(st, e, None))
     }
