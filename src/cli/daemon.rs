@@ -330,6 +330,7 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
             let _ = unmounter.unmount();
         });
         store.spawn_reconciler()?;
+        store.spawn_merger()?;
         store.resume_rekeys();
         log::info!("serving {} on {}", store_path.display(), mp.display());
         Ok::<_, CliError>((session, store, vms))

@@ -39,6 +39,9 @@ mod error;
 mod extents;
 mod health;
 pub mod keyring;
+mod merge;
+#[cfg(test)]
+mod merge_tests;
 mod objects;
 mod reclaim;
 mod reconcile;
@@ -64,6 +67,7 @@ pub use disk::{Disk, Revocation, SeekKind};
 pub use encryption::{EncryptionType, LayerKind};
 pub use error::{Result, StoreError};
 pub use health::HealthReport;
+pub use merge::MERGE_RATE;
 pub use reconcile::{panic_text, Delays, Invalidator, RevokeHook};
 pub use rekey::{RekeyState, RekeyStatus};
 pub use snapshots::{CopyOptions, FromSourceOptions};
@@ -175,6 +179,8 @@ pub struct Store {
     reclaim: Mutex<Vec<String>>,
     /// Serializes rewrites of `deltas/.gc` (reclaim runs without `ns`).
     gc_file: Mutex<()>,
+    /// The delta merge thread's state.
+    merges: merge::MergeState,
     /// Virtual machine records (the processes are `vm/`'s).
     vms: vms::Vms,
     /// Declared last so it is released last: whoever waits for it finds everything
@@ -360,6 +366,7 @@ impl Store {
             delta_sets: Default::default(),
             reclaim: Default::default(),
             gc_file: Default::default(),
+            merges: Default::default(),
             vms: Default::default(),
         };
         store.scan()?;
@@ -497,6 +504,7 @@ impl Store {
     /// Persists sizes and drops every key (clean shutdown).
     pub fn shutdown(&self) {
         self.stop_reconciler();
+        self.stop_merger();
         self.stop_rekeys();
         for d in self.list() {
             if let Err(e) = d.persist_size() {

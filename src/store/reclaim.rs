@@ -83,6 +83,7 @@ impl Store {
         let ids = std::mem::take(&mut *self.reclaim.lock());
         if !ids.is_empty() {
             self.collect_garbage(&ids);
+            self.nudge_merges();
         }
     }
 
@@ -154,7 +155,26 @@ impl Store {
             .read(true)
             .write(true)
             .open(delta_path(&self.root, id))?;
-        let data = scan_data(&f)?;
+        let (data, live) = self.live_units(id, &f, users)?;
+        let dead = data.subtract(&live);
+        for r in dead.iter() {
+            super::disk::io_punch_file(&f, r.start * UNIT, (r.end - r.start) * UNIT)?;
+        }
+        if !dead.is_empty() {
+            f.sync_data()?;
+            log::info!("freed {} bytes of delta {id}", dead.count() * UNIT);
+        }
+        Ok(())
+    }
+
+    /// The units delta `id` (open as `f`) reports, and those of them some user reads.
+    pub(super) fn live_units(
+        &self,
+        id: &str,
+        f: &fs::File,
+        users: &[&(Arc<Disk>, Vec<String>)],
+    ) -> std::io::Result<(RangeSet, RangeSet)> {
+        let data = scan_data(f)?;
         let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
         let mut tops: HashSet<&str> = HashSet::new();
         for (_, stack) in users {
@@ -188,15 +208,7 @@ impl Store {
                 }
             }
         }
-        let dead = data.subtract(&live);
-        for r in dead.iter() {
-            super::disk::io_punch_file(&f, r.start * UNIT, (r.end - r.start) * UNIT)?;
-        }
-        if !dead.is_empty() {
-            f.sync_data()?;
-            log::info!("freed {} bytes of delta {id}", dead.count() * UNIT);
-        }
-        Ok(())
+        Ok((data, live))
     }
 
     /// At open: finishes space reclaim a crash interrupted, and removes deltas no

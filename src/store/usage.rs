@@ -24,6 +24,13 @@ pub(super) struct DeltaSetCache(Mutex<HashMap<String, Arc<(RangeSet, RangeSet)>>
 
 type Sets = Arc<(RangeSet, RangeSet)>;
 
+impl DeltaSetCache {
+    /// Drops a delta's cached extents (a merge changed or removed it).
+    pub(super) fn forget(&self, id: &str) {
+        self.0.lock().remove(id);
+    }
+}
+
 impl Store {
     /// Bytes used by `obj`: only its own family is counted.
     pub fn usage(&self, obj: &Disk) -> Usage {

@@ -9,6 +9,7 @@
 //! unit are undefined and are zeroed whenever the disk grows over them.
 
 mod io;
+mod merge;
 pub(in crate::store) mod layered;
 mod rekey;
 pub(in crate::store) mod units;

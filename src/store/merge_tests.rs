@@ -1,0 +1,211 @@
+//! Store-level tests of delta merge: a snapshot schedule run for hundreds of cycles
+//! against a model, merges into a disk's writable top while it is written, and the
+//! depth and space they keep.
+
+use super::delta::{delta_path, DELTAS_DIR};
+use super::*;
+use crate::testkit::pattern;
+use std::collections::VecDeque;
+use std::os::unix::fs::MetadataExt;
+
+const UNITS: u64 = 256;
+const SIZE: u64 = UNITS * 4096;
+
+fn new_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s");
+    Store::init(&root, &InitOptions::default()).unwrap();
+    let s = Store::open(&root, None).unwrap();
+    (dir, s)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Bytes the store's deltas take on disk.
+fn delta_space(s: &Store) -> u64 {
+    fs::read_dir(s.root().join(DELTAS_DIR))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.metadata().unwrap().blocks() * 512)
+        .sum()
+}
+
+/// Bytes of every delta that some object reads.
+fn live_space(s: &Store) -> u64 {
+    let stacks: Vec<(Arc<Disk>, Vec<String>)> = s
+        .served()
+        .into_iter()
+        .map(|o| {
+            let st = o.stack();
+            (o, st)
+        })
+        .collect();
+    let ids: std::collections::BTreeSet<String> =
+        stacks.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
+    let mut live = 0;
+    for id in ids {
+        let users: Vec<&(Arc<Disk>, Vec<String>)> =
+            stacks.iter().filter(|(_, s)| s.contains(&id)).collect();
+        let f = fs::File::open(delta_path(s.root(), &id)).unwrap();
+        live += s.live_units(&id, &f, &users).unwrap().1.count() * 4096;
+    }
+    live
+}
+
+/// Random writes of a few short runs, in the store and in the model.
+fn scribble(s: &Store, rng: &mut Rng, model: &mut [u8], runs: u64) {
+    let d = s.get("d").unwrap();
+    for _ in 0..runs {
+        let off = rng.below(SIZE - 1);
+        let len = (1 + rng.below(3 * 4096 + 17)).min(SIZE - off);
+        let data = pattern(rng.next(), len as usize);
+        d.write(off, &data).unwrap();
+        model[off as usize..(off + len) as usize].copy_from_slice(&data);
+    }
+}
+
+/// A daily snapshot keeping 7, with writes between, for `DISKVAULT_CYCLES` cycles
+/// (300 by default; the bench runs 2,000).
+#[test]
+fn a_snapshot_schedule_keeps_its_depth_space_and_content() {
+    let cycles: u64 = std::env::var("DISKVAULT_CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(300);
+    let (_dir, s) = new_store();
+    s.create_disk(
+        "d",
+        &CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut rng = Rng(0x5eed_0019);
+    let mut model = vec![0u8; SIZE as usize];
+    let mut kept: VecDeque<(String, Vec<u8>)> = VecDeque::new();
+    for day in 0..cycles {
+        let runs = 1 + rng.below(12);
+        scribble(&s, &mut rng, &mut model, runs);
+        let name = format!("daily-{day:05}");
+        s.create_copy(ObjectKind::Snapshot, &name, "d", &CopyOptions::default())
+            .unwrap();
+        kept.push_back((name, model.clone()));
+        if kept.len() > 7 {
+            let (old, _) = kept.pop_front().unwrap();
+            s.delete_object(ObjectKind::Snapshot, &old).unwrap();
+        }
+        s.merge_all(u64::MAX);
+        let depth = s.get("d").unwrap().stack().len();
+        assert!(depth <= 8, "day {day}: the disk's stack is {depth} deep");
+        if day % 25 == 0 || day + 1 == cycles {
+            let ctx = format!("day {day}");
+            assert_eq!(s.get("d").unwrap().read(0, SIZE as usize).unwrap(), model, "{ctx}: disk");
+            for (n, want) in &kept {
+                let got = s.get_kind(ObjectKind::Snapshot, n).unwrap().read(0, SIZE as usize);
+                assert!(got.unwrap() == *want, "{ctx}: snapshot {n} differs");
+            }
+            let (space, live) = (delta_space(&s), live_space(&s));
+            assert!(
+                space <= live + live / 10 + 64 * 1024,
+                "{ctx}: deltas take {space} bytes for {live} bytes of live data"
+            );
+        }
+    }
+    assert!(s.merges_done() >= cycles - 8, "{} merges", s.merges_done());
+}
+
+/// Deleting the newest snapshot leaves its delta under the disk's writable top; it is
+/// merged into the top while another thread writes the disk, and nothing is lost.
+#[test]
+fn a_merge_into_a_disk_top_keeps_concurrent_writes() {
+    let (_dir, s) = new_store();
+    let s = Arc::new(s);
+    s.create_disk(
+        "d",
+        &CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut rng = Rng(99);
+    let mut model = vec![0u8; SIZE as usize];
+    let d = s.get("d").unwrap();
+    d.open().unwrap();
+    scribble(&s, &mut rng, &mut model, 40);
+    d.punch(10 * 4096, 8 * 4096).unwrap();
+    model[10 * 4096..18 * 4096].fill(0);
+    s.create_copy(ObjectKind::Snapshot, "s1", "d", &CopyOptions::default())
+        .unwrap();
+    scribble(&s, &mut rng, &mut model, 20);
+    d.punch(30 * 4096, 4 * 4096).unwrap();
+    model[30 * 4096..34 * 4096].fill(0);
+    s.create_copy(ObjectKind::Snapshot, "s2", "d", &CopyOptions::default())
+        .unwrap();
+    s.delete_object(ObjectKind::Snapshot, "s1").unwrap();
+    s.delete_object(ObjectKind::Snapshot, "s2").unwrap();
+    assert_eq!(d.stack().len(), 3);
+    // Writes of units the merge copies, while it copies them.
+    let writer = {
+        let s = s.clone();
+        let mut model = model.clone();
+        std::thread::spawn(move || {
+            let mut rng = Rng(7);
+            scribble(&s, &mut rng, &mut model, 200);
+            model
+        })
+    };
+    s.merge_all(u64::MAX);
+    let model = writer.join().unwrap();
+    s.merge_all(u64::MAX);
+    assert_eq!(d.stack().len(), 1, "every dead delta merged into the top");
+    assert_eq!(d.read(0, SIZE as usize).unwrap(), model);
+    d.release().unwrap();
+    // And after a reopen, from the files alone.
+    let root = s.root().to_path_buf();
+    drop(d);
+    drop(Arc::try_unwrap(s).ok().unwrap());
+    let s = Store::open(&root, None).unwrap();
+    assert_eq!(s.get("d").unwrap().read(0, SIZE as usize).unwrap(), model);
+}
+
+/// A branch point (two deltas above one) is not merged until one side is gone.
+#[test]
+fn a_branch_point_is_not_merged_until_one_branch_is_gone() {
+    let (_dir, s) = new_store();
+    s.create_disk(
+        "d",
+        &CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut rng = Rng(5);
+    let mut model = vec![0u8; SIZE as usize];
+    scribble(&s, &mut rng, &mut model, 30);
+    s.create_copy(ObjectKind::Snapshot, "base", "d", &CopyOptions::default())
+        .unwrap();
+    let base = model.clone();
+    s.create_disk_from("clone", "base", &FromSourceOptions::default(), &|_, _| {})
+        .unwrap();
+    s.delete_object(ObjectKind::Snapshot, "base").unwrap();
+    assert_eq!(s.merge_all(u64::MAX), 0, "the base delta has two deltas above it");
+    assert_eq!(s.get("clone").unwrap().read(0, SIZE as usize).unwrap(), base);
+    s.delete_disk("clone").unwrap();
+    assert!(s.merge_all(u64::MAX) >= 1);
+    assert_eq!(s.get("d").unwrap().stack().len(), 1);
+    assert_eq!(s.get("d").unwrap().read(0, SIZE as usize).unwrap(), model);
+}
