@@ -35,6 +35,9 @@ pub(super) fn routes() -> Vec<Route> {
         Route::r(&[Lit("status.json")], |c, _, _| {
             Ok(pretty(&super::view::status(c.store())))
         }),
+        Route::r(&[Lit("merges.json")], |c, _, _| {
+            Ok(pretty(&c.store().merge_status()))
+        }),
         Route::r(&[Lit("daemon.json")], |c, _, _| {
             Ok(pretty(
                 &serde_json::to_value(c.daemon()).expect("serializes"),

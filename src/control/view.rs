@@ -23,6 +23,7 @@ pub fn status(store: &Store) -> Value {
         "platformKeyId": store.keyring().platform_key().map(|k| k.to_string()),
         "reconcilerPasses": store.reconcile_passes(),
         "reconciler": store.reconciler_health(),
+        "merges": store.merge_status(),
         "keyVault": vault.show(),
         "diskEncryptionSets": store
             .des_list()

@@ -275,6 +275,15 @@ fn the_independent_decryptor_reads_every_layered_object() {
     s = Store::open(&root, None).unwrap();
     check_all(&s, &m, dir.path(), "reopened");
     assert_eq!(s.get("v1").unwrap().meta().format_version, 1);
+    // Merges: deleting the first snapshot of each family leaves its delta dead under
+    // the next one; folded in, every object still decrypts from the files alone.
+    for (p, ..) in &families {
+        s.delete_object(ObjectKind::Snapshot, &format!("{p}s1"))
+            .unwrap();
+        m.remove(&(ObjectKind::Snapshot, format!("{p}s1")));
+    }
+    assert!(s.merge_all(u64::MAX) >= families.len(), "no merge ran");
+    check_all(&s, &m, dir.path(), "after merges");
     // The callers' form: STORE NAME OUTPUT, a disk by default.
     let out = dir.path().join("plain");
     let plain = decrypt(&root, &["v1"], &out, &[]);

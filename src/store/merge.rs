@@ -64,6 +64,17 @@ impl Store {
         self.merges.done.load(Ordering::Acquire)
     }
 
+    /// `merges.json`: dead deltas waiting to be merged (paused ones included), merges
+    /// done since the mount, whether one runs now, and why the last one stopped short.
+    pub fn merge_status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "pending": self.mergeable().len(),
+            "running": self.merges.running.try_lock().is_none(),
+            "done": self.merges_done(),
+            "lastError": *self.merges.last_error.lock(),
+        })
+    }
+
     /// Runs merges until the store shuts down: woken by deletes, and every few
     /// seconds (a merge paused by a revocation resumes after the restore).
     pub fn spawn_merger(self: &Arc<Self>) -> Result<std::thread::JoinHandle<()>> {

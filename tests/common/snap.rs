@@ -43,6 +43,22 @@ pub fn show(m: &Mounted, kind: &str, name: &str) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// Waits until no dead delta is left to merge (`.vault/merges.json`), so space and
+/// depth can be measured after a delete. Bounded: fails after 60 s.
+pub fn settle_merges(m: &Mounted) {
+    let path = m.mnt.join(".vault/merges.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        if v["pending"] == 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "merges never settled: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// `usedBytes` of an object's JSON: (unique, shared).
 pub fn used(v: &serde_json::Value) -> (u64, u64) {
     (
