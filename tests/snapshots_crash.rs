@@ -9,6 +9,9 @@
 //! everything after every step, to find the first step that goes wrong.
 
 mod common;
+#[allow(dead_code)]
+#[path = "common/snap.rs"]
+mod snap;
 
 use common::*;
 use serde_json::Value;
@@ -138,6 +141,13 @@ fn check_model(m: &Mounted, model: &Model, ctx: &str) {
     for ((kind, name), bytes) in model {
         check_content(m, *kind, name, bytes, ctx);
     }
+}
+
+/// `check_store_files` once the daemon's background work (space reclaim and delta
+/// merges, which change the store's files) is done.
+fn check_settled(m: &Mounted, ctx: &str) {
+    snap::settle_merges(m);
+    check_store_files(&m.store, ctx);
 }
 
 /// The store's own files: no interrupted create or delete left behind, every delta
@@ -334,7 +344,7 @@ fn crash_case(fault: &str, prior: bool, op: Op) {
     );
     m.reap_dead_daemon();
     m.mount();
-    check_store_files(&m.store, &format!("{ctx}, after the crash"));
+    check_settled(&m, &format!("{ctx}, after the crash"));
     let exists = listed(&m, op.kind()).contains("new");
     let mut after = model.clone();
     if exists {
@@ -514,7 +524,7 @@ fn crash_at_each_step_of_a_delete() {
                 model.remove(&(victim.0, victim.1.to_string()));
             }
             m.mount();
-            check_store_files(&m.store, &ctx);
+            check_settled(&m, &ctx);
             check_model(&m, &model, &ctx);
             assert!(
                 !m.store.join("deltas/.gc").exists(),
@@ -579,7 +589,7 @@ fn kill_during_a_re_encrypting_copy() {
     m.reap_dead_daemon();
     m.mount();
     let ctx = "after a kill during a re-encrypting copy";
-    check_store_files(&m.store, ctx);
+    check_settled(&m, ctx);
     let mut model = Model::new();
     model.insert((Kind::Disk, "p".into()), data.clone());
     if listed(&m, Kind::Disk).contains("c") {
@@ -751,7 +761,7 @@ fn mount_maybe_armed(m: &mut Mounted, rng: &mut Rng) {
 fn recover(m: &mut Mounted, rng: &mut Rng, model: &Model, ctx: &str) {
     m.reap_dead_daemon();
     mount_maybe_armed(m, rng);
-    check_store_files(&m.store, ctx);
+    check_settled(&m, ctx);
     check_model(m, model, ctx);
 }
 
@@ -887,7 +897,7 @@ fn model_run(seed: u64) {
                         deleted.push((kind, name));
                     }
                     let ctx = format!("{ctx}, after a crash in {}", args[..5].join(" "));
-                    check_store_files(&m.store, &ctx);
+                    check_settled(&m, &ctx);
                     check_model(&m, &model, &ctx);
                 }
             }
@@ -936,6 +946,6 @@ fn model_run(seed: u64) {
     m.umount();
     m.mount();
     let ctx = format!("seed {seed}, final remount");
-    check_store_files(&m.store, &ctx);
+    check_settled(&m, &ctx);
     check_model(&m, &model, &ctx);
 }

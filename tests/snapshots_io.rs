@@ -956,6 +956,7 @@ fn on_a_full_store_copies_are_refused_and_deletes_free_space() {
     let filler = fs.fill();
     let before = store_data_bytes(&m.store);
     run_ok(&["snapshot", "delete", "f1", "--store", m.s()]);
+    settle_merges(&m);
     assert!(store_data_bytes(&m.store) < before, "space came back");
     drop(filler);
     m.umount();

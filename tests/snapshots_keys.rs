@@ -365,7 +365,7 @@ fn key_rules_and_refusals(e: &Env, _via: Via, mounted: bool) {
     // A disk sharing keys with snapshots, images or clones can't move to other keys;
     // the message names what it shares with and the way out.
     let before = lists(s);
-    let fix = |d: &str| format!("disk create NEW --source {d} --disk-encryption-set SET");
+    let fix = |d: &str| format!("diskvault disk rekey {d}");
     refused(
         s,
         "disk update c1 --disk-encryption-set set2",

@@ -16,8 +16,8 @@
 //! only for the commit. They pause while any object of the family is revoked or key
 //! state is not enforced, and give up (to retry later) on any error, ENOSPC included.
 
-use super::delta::{append_whiteouts, delta_path, read_whiteouts, remove_delta, scan_data};
 use super::delta::whiteout_path;
+use super::delta::{append_whiteouts, delta_path, read_whiteouts, remove_delta, scan_data};
 use super::disk::layered::open_ro;
 use super::disk::units::{is_zero, UNIT};
 use super::extents::RangeSet;
@@ -41,6 +41,8 @@ pub(super) struct MergeState {
     stop: std::sync::atomic::AtomicBool,
     /// Merges finished since the mount.
     pub done: AtomicU64,
+    /// A merge thread runs (it also does the reclaim deletes queue).
+    pub background: std::sync::atomic::AtomicBool,
     /// Why the last merge stopped short, if it did.
     pub last_error: Mutex<Option<String>>,
 }
@@ -64,11 +66,12 @@ impl Store {
         self.merges.done.load(Ordering::Acquire)
     }
 
-    /// `merges.json`: dead deltas waiting to be merged (paused ones included), merges
-    /// done since the mount, whether one runs now, and why the last one stopped short.
+    /// `merges.json`: dead deltas waiting to be merged (paused ones included) plus
+    /// deltas a delete queued for space reclaim, merges done since the mount, whether
+    /// the merge thread is at work now, and why the last merge stopped short.
     pub fn merge_status(&self) -> serde_json::Value {
         serde_json::json!({
-            "pending": self.mergeable().len(),
+            "pending": self.mergeable().len() + self.reclaim.lock().len(),
             "running": self.merges.running.try_lock().is_none(),
             "done": self.merges_done(),
             "lastError": *self.merges.last_error.lock(),
@@ -79,6 +82,7 @@ impl Store {
     /// seconds (a merge paused by a revocation resumes after the restore).
     pub fn spawn_merger(self: &Arc<Self>) -> Result<std::thread::JoinHandle<()>> {
         let weak = Arc::downgrade(self);
+        self.merges.background.store(true, Ordering::Release);
         std::thread::Builder::new()
             .name("merge".into())
             .spawn(move || loop {
@@ -99,6 +103,11 @@ impl Store {
             .map_err(|e| StoreError::io("starting the merge thread", e))
     }
 
+    /// Waits until no merge or reclaim runs (the guard keeps it so).
+    pub(super) fn merges_idle(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.merges.running.lock()
+    }
+
     pub(super) fn stop_merger(&self) {
         self.merges.stop.store(true, Ordering::Release);
         self.nudge_merges();
@@ -108,6 +117,8 @@ impl Store {
     /// how many finished. Used by the merge thread, and directly by tests.
     pub fn merge_all(&self, rate: u64) -> usize {
         let _one = self.merges.running.lock();
+        // Space reclaim of deletes first: what it punches, a merge need not copy.
+        self.reclaim_queued();
         let mut n = 0;
         // Each merge can make another possible (D into D', then D' into D'').
         loop {
@@ -179,12 +190,24 @@ impl Store {
                 let upper = up.clone()?;
                 let holders = holders_map.get(lower)?.clone();
                 // Whatever reads the upper delta must read the lower one under it, or
-                // the copies would show through where it read something else.
+                // the copies would show through where it read something else; unless
+                // it dropped the lower one in a commit a crash interrupted (the copy
+                // was complete and synced before any commit).
                 let upper_holders = holders_map.get(&upper)?;
-                if !upper_holders
-                    .iter()
-                    .all(|u| holders.iter().any(|h| Arc::ptr_eq(h, u)))
-                {
+                let upto = |s: Vec<String>| -> Vec<String> {
+                    let end = s
+                        .iter()
+                        .position(|x| *x == upper)
+                        .map_or(s.len(), |p| p + 1);
+                    s[..end].iter().filter(|x| *x != lower).cloned().collect()
+                };
+                let ok = upper_holders.iter().all(|u| {
+                    holders.iter().any(|h| Arc::ptr_eq(h, u)) || {
+                        let mine = upto(u.stack());
+                        holders.iter().any(|h| upto(h.stack()) == mine)
+                    }
+                });
+                if !ok {
                     return None;
                 }
                 let lower = lower.clone();
@@ -253,6 +276,9 @@ impl Store {
                     log::info!("merge of delta {} paused: {why}", m.lower);
                     return Ok(false);
                 }
+                if self.merges.stop.load(Ordering::Acquire) {
+                    return Ok(false);
+                }
                 let step = |upper_wh: &RangeSet| -> std::io::Result<(u64, RangeSet)> {
                     copy_step(&lf, &uf, b, e, upper_wh)
                 };
@@ -302,7 +328,10 @@ impl Store {
         // or rekey changes the stacks meanwhile; the rule is checked again there.
         let _ns = self.ns.lock();
         let fresh = self.mergeable();
-        let Some(now) = fresh.iter().find(|x| x.lower == m.lower && x.upper == m.upper) else {
+        let Some(now) = fresh
+            .iter()
+            .find(|x| x.lower == m.lower && x.upper == m.upper)
+        else {
             return Ok(false);
         };
         for h in &now.holders {

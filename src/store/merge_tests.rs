@@ -111,9 +111,16 @@ fn a_snapshot_schedule_keeps_its_depth_space_and_content() {
         assert!(depth <= 8, "day {day}: the disk's stack is {depth} deep");
         if day % 25 == 0 || day + 1 == cycles {
             let ctx = format!("day {day}");
-            assert_eq!(s.get("d").unwrap().read(0, SIZE as usize).unwrap(), model, "{ctx}: disk");
+            assert_eq!(
+                s.get("d").unwrap().read(0, SIZE as usize).unwrap(),
+                model,
+                "{ctx}: disk"
+            );
             for (n, want) in &kept {
-                let got = s.get_kind(ObjectKind::Snapshot, n).unwrap().read(0, SIZE as usize);
+                let got = s
+                    .get_kind(ObjectKind::Snapshot, n)
+                    .unwrap()
+                    .read(0, SIZE as usize);
                 assert!(got.unwrap() == *want, "{ctx}: snapshot {n} differs");
             }
             let (space, live) = (delta_space(&s), live_space(&s));
@@ -202,8 +209,15 @@ fn a_branch_point_is_not_merged_until_one_branch_is_gone() {
     s.create_disk_from("clone", "base", &FromSourceOptions::default(), &|_, _| {})
         .unwrap();
     s.delete_object(ObjectKind::Snapshot, "base").unwrap();
-    assert_eq!(s.merge_all(u64::MAX), 0, "the base delta has two deltas above it");
-    assert_eq!(s.get("clone").unwrap().read(0, SIZE as usize).unwrap(), base);
+    assert_eq!(
+        s.merge_all(u64::MAX),
+        0,
+        "the base delta has two deltas above it"
+    );
+    assert_eq!(
+        s.get("clone").unwrap().read(0, SIZE as usize).unwrap(),
+        base
+    );
     s.delete_disk("clone").unwrap();
     assert!(s.merge_all(u64::MAX) >= 1);
     assert_eq!(s.get("d").unwrap().stack().len(), 1);

@@ -505,6 +505,9 @@ impl Store {
     pub fn shutdown(&self) {
         self.stop_reconciler();
         self.stop_merger();
+        // A merge under way stops at its next step; wait for it, so a clean
+        // unmount leaves no half-finished commit for the next mount.
+        drop(self.merges_idle());
         self.stop_rekeys();
         for d in self.list() {
             if let Err(e) = d.persist_size() {

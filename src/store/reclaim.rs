@@ -25,7 +25,8 @@ impl Store {
             let stack = obj.stack();
             self.orphans.lock().retain(|d| !Arc::ptr_eq(d, obj));
             if !stack.is_empty() {
-                self.collect_garbage(&stack);
+                self.reclaim.lock().extend(stack);
+                self.reclaim_noted();
             }
         }
         r
@@ -76,14 +77,25 @@ impl Store {
     }
 
     /// Frees the space of the deltas a delete noted, after the delete has committed
-    /// and released `Store::ns`: punching runs while other objects are created,
-    /// deleted, read and written. What an object reads of a delta only shrinks once
-    /// nothing new is built on it, so units found dead stay dead.
+    /// and released `Store::ns`. In a daemon the merge thread does it, so a delete
+    /// returns at once and holds up no other command (writes to `.vault/command` are
+    /// serialized by the kernel); without one (a CLI command on an unmounted store)
+    /// it is done here. Punching runs while other objects are created, deleted, read
+    /// and written: what an object reads of a delta only shrinks once nothing new is
+    /// built on it, so units found dead stay dead.
     pub(super) fn reclaim_noted(&self) {
+        if self.merges.background.load(Ordering::Acquire) {
+            self.nudge_merges();
+        } else {
+            self.reclaim_queued();
+        }
+    }
+
+    /// Frees what deletes queued (the caller runs no other reclaim or merge).
+    pub(super) fn reclaim_queued(&self) {
         let ids = std::mem::take(&mut *self.reclaim.lock());
         if !ids.is_empty() {
             self.collect_garbage(&ids);
-            self.nudge_merges();
         }
     }
 

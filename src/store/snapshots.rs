@@ -579,7 +579,7 @@ impl Store {
         let fam = self.key_family(disk);
         if let Some(o) = fam.first() {
             return Err(StoreError::Refused(format!(
-                "disk '{}' shares its data and keys with {} '{}'{}; a disk and its snapshots and images keep one disk encryption set. Delete those, or create a re-encrypted copy ('diskvault disk create NEW --source {0} --disk-encryption-set SET')",
+                "disk '{}' shares its data and keys with {} '{}'{}; a disk and its snapshots and images keep one disk encryption set. Give the disk keys of its own first: 'diskvault disk rekey {0}' (online; they keep theirs), then run this update again",
                 disk.name(),
                 o.kind,
                 o.name(),

@@ -49,12 +49,14 @@ pub fn settle_merges(m: &Mounted) {
     let path = m.mnt.join(".vault/merges.json");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        if v["pending"] == 0 {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        if v["pending"] == 0 && v["running"] == false {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "merges never settled: {v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "merges never settled: {v}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }

@@ -9,8 +9,8 @@
 //! unit are undefined and are zeroed whenever the disk grows over them.
 
 mod io;
-mod merge;
 pub(in crate::store) mod layered;
+mod merge;
 mod rekey;
 pub(in crate::store) mod units;
 
