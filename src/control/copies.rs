@@ -221,7 +221,7 @@ pub(super) fn execute(
                     .transpose()?,
             };
             let obj = store.create_copy(kind.object(), name, source, &opts)?;
-            Ok(Some(super::view::object(store, &obj)))
+            Ok(Some(super::view::object_reply(store, &obj)))
         }
         CopyRequest::Delete { kind, name } => {
             store.delete_object(kind.object(), name)?;

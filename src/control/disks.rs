@@ -326,7 +326,7 @@ pub(super) fn execute(
             return Ok(None);
         }
     };
-    Ok(Some(super::view::disk(store, &disk)))
+    Ok(Some(super::view::object_reply(store, &disk)))
 }
 
 #[cfg(test)]

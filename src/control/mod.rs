@@ -256,7 +256,23 @@ impl Control {
         };
         match r {
             Ok(result) => {
-                self.after_change()?;
+                // Creating, deleting and copying objects changes no key's state: no
+                // pass to wait for (a pass costs a look at every object). A new object
+                // under a revoked key can't unwrap its DEKs anyway, and the next pass
+                // marks it revoked.
+                let keyless = matches!(
+                    req,
+                    Request::Copy(_)
+                        | Request::Disk(
+                            DiskRequest::Create { .. }
+                                | DiskRequest::Delete { .. }
+                                | DiskRequest::Sku { .. }
+                                | DiskRequest::Rekey { .. }
+                        )
+                );
+                if !keyless {
+                    self.after_change()?;
+                }
                 let deleted = match req {
                     Request::Disk(DiskRequest::Delete { name }) => {
                         Some((crate::store::ObjectKind::Disk, name.clone()))

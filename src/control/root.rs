@@ -33,7 +33,9 @@ pub(super) fn routes() -> Vec<Route> {
             Ok(super::README.as_bytes().to_vec())
         }),
         Route::r(&[Lit("status.json")], |c, _, _| {
-            Ok(pretty(&super::view::status(c.store())))
+            let v = pretty(&super::view::status(c.store()));
+            crate::store::trim_heap();
+            Ok(v)
         }),
         Route::r(&[Lit("merges.json")], |c, _, _| {
             Ok(pretty(&c.store().merge_status()))

@@ -126,17 +126,19 @@ fn list(store: &Store, kind: ObjectKind, usage: &HashMap<String, Usage>) -> Vec<
     store
         .list_kind(kind)
         .iter()
-        .map(|d| object_with(store, d, usage.get(&d.id).copied().unwrap_or_default()))
+        .map(|d| object_with(store, d, Some(usage.get(&d.id).copied().unwrap_or_default())))
         .collect()
 }
 
-fn copy_fields(obj: &Disk, u: Usage, v: &mut Value) {
+fn copy_fields(obj: &Disk, u: Option<Usage>, v: &mut Value) {
     let m = obj.meta();
     v["creationData"] = match &m.creation_data {
         Some(c) => serde_json::to_value(c).expect("serializes"),
         None => json!({"createOption": "Empty"}),
     };
-    v["usedBytes"] = json!({"unique": u.unique, "shared": u.shared});
+    if let Some(u) = u {
+        v["usedBytes"] = json!({"unique": u.unique, "shared": u.shared});
+    }
     v["deltas"] = json!(m.stack.len().max(1));
     if let Some(n) = obj.index_entries() {
         v["indexEntries"] = json!(n);
@@ -146,10 +148,17 @@ fn copy_fields(obj: &Disk, u: Usage, v: &mut Value) {
 /// `snapshots/NAME/snapshot.json` and `images/NAME/image.json`: `az snapshot show`
 /// and `az image show`, flattened as the CLI prints them.
 pub fn object(store: &Store, obj: &Disk) -> Value {
-    object_with(store, obj, store.usage(obj))
+    object_with(store, obj, Some(store.usage(obj)))
 }
 
-fn object_with(store: &Store, obj: &Disk, usage: Usage) -> Value {
+/// The reply of a command that made or changed an object: its view without
+/// `usedBytes`, which costs a look at its whole family (`show` and `list` have it), so
+/// that a create takes the same time in any store.
+pub fn object_reply(store: &Store, obj: &Disk) -> Value {
+    object_with(store, obj, None)
+}
+
+fn object_with(store: &Store, obj: &Disk, usage: Option<Usage>) -> Value {
     if obj.kind == ObjectKind::Disk {
         return disk_with(store, obj, usage);
     }
@@ -223,10 +232,10 @@ fn disk_state(store: &Store, disk: &Disk) -> &'static str {
 }
 
 pub fn disk(store: &Store, disk: &Disk) -> Value {
-    disk_with(store, disk, store.usage(disk))
+    disk_with(store, disk, Some(store.usage(disk)))
 }
 
-fn disk_with(store: &Store, disk: &Disk, usage: Usage) -> Value {
+fn disk_with(store: &Store, disk: &Disk, usage: Option<Usage>) -> Value {
     let m = disk.meta();
     let sku: Sku = m.sku.parse().unwrap_or_default();
     let (cipher, kid) = m

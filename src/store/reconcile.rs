@@ -339,8 +339,11 @@ impl Store {
         crate::fault::point("reconcile.access");
         let delay = self.reconcile.delays.lock().revocation;
         let now = Instant::now();
-        let mut verdicts: HashMap<(String, Vec<String>), std::result::Result<(), KeyDenied>> =
-            HashMap::new();
+        // Verdicts by a fingerprint of (set, key versions), each kept with what it was
+        // computed for, so a fingerprint collision can't lend one key's verdict to
+        // another; a hit costs no allocation.
+        type Verdict = std::result::Result<(), KeyDenied>;
+        let mut verdicts: HashMap<u64, ((String, Vec<String>), Verdict)> = HashMap::new();
         let mut revoked: Vec<(Arc<Disk>, Revocation, Caller, String)> = Vec::new();
         let mut restores: Vec<(Arc<Disk>, String)> = Vec::new();
         for d in self.served() {
@@ -348,15 +351,22 @@ impl Store {
             if d.corrupt_reason().is_some() {
                 continue;
             }
-            let m = d.meta();
-            if !m.encryption.kind.uses_customer_key() {
+            let Some(fp) = d.with_meta(access_fingerprint) else {
                 continue;
-            }
-            let kid = m.layers[0].kid.clone();
-            let verdict = verdicts
-                .entry(access_key(&m))
-                .or_insert_with(|| self.key_access(&m))
-                .clone();
+            };
+            let cached = verdicts
+                .get(&fp)
+                .filter(|(key, _)| d.with_meta(|m| same_access(m, key)))
+                .map(|(_, v)| v.clone());
+            let verdict = match cached {
+                Some(v) => v,
+                None => {
+                    let m = d.meta();
+                    let v = self.key_access(&m);
+                    verdicts.insert(fp, (access_key(&m), v.clone()));
+                    v
+                }
+            };
             match verdict {
                 // A corrupt key or set is no revocation: its disks never unlocked
                 // (both are loaded at mount) and show `Unavailable`.
@@ -364,7 +374,7 @@ impl Store {
                     self.reconcile.pending.lock().remove(&d.serial);
                 }
                 Err(KeyDenied { why, caller, .. }) => {
-                    if d.revocation().is_some() {
+                    if d.is_revoked() {
                         continue;
                     }
                     let since = *self.reconcile.pending.lock().entry(d.serial).or_insert(now);
@@ -372,6 +382,8 @@ impl Store {
                         continue;
                     }
                     self.reconcile.pending.lock().remove(&d.serial);
+                    let m = d.meta();
+                    let kid = m.layers[0].kid.clone();
                     let sku: Sku = m.sku.parse().unwrap_or_default();
                     let keep_open = matches!(sku, Sku::UltraSsdLrs | Sku::PremiumV2Lrs);
                     let mut reason = format!("Revoked: {why} at {}", now_rfc3339());
@@ -387,7 +399,8 @@ impl Store {
                 }
                 Ok(()) => {
                     self.reconcile.pending.lock().remove(&d.serial);
-                    if d.revocation().is_some() {
+                    if d.is_revoked() {
+                        let kid = d.with_meta(|m| m.layers[0].kid.clone());
                         restores.push((d, kid));
                     }
                 }
@@ -529,6 +542,33 @@ impl Store {
             }
         }
     }
+}
+
+/// A fingerprint of `access_key`, computed without allocating; None for an object
+/// without a customer key.
+fn access_fingerprint(m: &DiskMeta) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    if !m.encryption.kind.uses_customer_key() {
+        return None;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.encryption.disk_encryption_set_id.hash(&mut h);
+    let rekey_layers = m.rekey.iter().flat_map(|r| r.layers.iter());
+    for l in m.layers.iter().chain(rekey_layers) {
+        l.kid.hash(&mut h);
+    }
+    Some(h.finish())
+}
+
+/// Whether `m`'s set and key versions are exactly `key`.
+fn same_access(m: &DiskMeta, key: &(String, Vec<String>)) -> bool {
+    let rekey_layers = m.rekey.iter().flat_map(|r| r.layers.iter());
+    m.encryption.disk_encryption_set_id.as_deref().unwrap_or_default() == key.0
+        && m.layers
+            .iter()
+            .chain(rekey_layers)
+            .map(|l| l.kid.as_str())
+            .eq(key.1.iter().map(|s| s.as_str()))
 }
 
 /// What decides a customer-key object's access: its set and every key version it uses.

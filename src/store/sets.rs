@@ -248,6 +248,7 @@ impl Store {
             }
             true
         });
+        trim_heap();
         if let Some(e) = failed.into_inner() {
             return Err(e);
         }

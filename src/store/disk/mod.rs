@@ -318,6 +318,17 @@ impl Disk {
         self.meta.lock().name.clone()
     }
 
+    /// Looks at the metadata without copying it (the reconciler's pass over every
+    /// object).
+    pub(in crate::store) fn with_meta<T>(&self, f: impl FnOnce(&DiskMeta) -> T) -> T {
+        f(&self.meta.lock())
+    }
+
+    /// Whether the disk is revoked (without copying the reason).
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.read().is_some()
+    }
+
     pub fn meta(&self) -> DiskMeta {
         let mut m = self.meta.lock().clone();
         m.size_bytes = self.size();
