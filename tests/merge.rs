@@ -3,9 +3,7 @@
 //! independent decryptor), and the merge finishes at the next mount; a reclaim held
 //! at a fault point holds up no unrelated read or create.
 
-#[allow(dead_code)]
 mod common;
-#[allow(dead_code)]
 #[path = "common/snap.rs"]
 mod snap;
 

@@ -3,9 +3,7 @@
 //! instead of one per object and every audit record written; the 500-snapshot limit;
 //! the snapshot options and refusals of issue 19; fix texts that work when run.
 
-#[allow(dead_code)]
 mod common;
-#[allow(dead_code)]
 #[path = "common/snap.rs"]
 mod snap;
 

@@ -9,7 +9,6 @@
 //! everything after every step, to find the first step that goes wrong.
 
 mod common;
-#[allow(dead_code)]
 #[path = "common/snap.rs"]
 mod snap;
 
@@ -761,7 +760,7 @@ fn mount_maybe_armed(m: &mut Mounted, rng: &mut Rng) {
 fn recover(m: &mut Mounted, rng: &mut Rng, model: &Model, ctx: &str) {
     m.reap_dead_daemon();
     mount_maybe_armed(m, rng);
-    check_settled(&m, ctx);
+    check_settled(m, ctx);
     check_model(m, model, ctx);
 }
 

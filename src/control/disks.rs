@@ -276,8 +276,7 @@ pub(super) fn execute(
             if options.cipher.is_some() {
                 return Err(StoreError::InvalidArgument(
                     "a disk made from a source uses the source's cipher; leave out cipher".into(),
-                )
-                .into());
+                ));
             }
             let opts = crate::store::FromSourceOptions {
                 size: options.size,

@@ -126,7 +126,13 @@ fn list(store: &Store, kind: ObjectKind, usage: &HashMap<String, Usage>) -> Vec<
     store
         .list_kind(kind)
         .iter()
-        .map(|d| object_with(store, d, Some(usage.get(&d.id).copied().unwrap_or_default())))
+        .map(|d| {
+            object_with(
+                store,
+                d,
+                Some(usage.get(&d.id).copied().unwrap_or_default()),
+            )
+        })
         .collect()
 }
 

@@ -563,7 +563,11 @@ fn access_fingerprint(m: &DiskMeta) -> Option<u64> {
 /// Whether `m`'s set and key versions are exactly `key`.
 fn same_access(m: &DiskMeta, key: &(String, Vec<String>)) -> bool {
     let rekey_layers = m.rekey.iter().flat_map(|r| r.layers.iter());
-    m.encryption.disk_encryption_set_id.as_deref().unwrap_or_default() == key.0
+    m.encryption
+        .disk_encryption_set_id
+        .as_deref()
+        .unwrap_or_default()
+        == key.0
         && m.layers
             .iter()
             .chain(rekey_layers)

@@ -472,8 +472,10 @@ impl Store {
         // for you to encrypt them"; the open-file rule below covers other programs.
         self.check_not_allocated(name, "Changing the encryption")?;
         disk.while_closed(|| {
-            self.rewrap_group(&[disk.clone()], 0, enc, |dek| self.keys.wrap_des(&des, dek))
-                .map_err(|(_, e)| e)
+            self.rewrap_group(std::slice::from_ref(&disk), 0, enc, |dek| {
+                self.keys.wrap_des(&des, dek)
+            })
+            .map_err(|(_, e)| e)
         })?;
         log::info!(
             "disk '{name}' now uses {target} through disk encryption set '{}'",

@@ -23,6 +23,8 @@ pub struct Usage {
 pub(super) struct DeltaSetCache(Mutex<HashMap<String, Arc<(RangeSet, RangeSet)>>>);
 
 type Sets = Arc<(RangeSet, RangeSet)>;
+/// Objects with their stacks.
+type Stacks = Vec<(Arc<Disk>, Vec<String>)>;
 
 impl DeltaSetCache {
     /// Drops a delta's cached extents (a merge changed or removed it).
@@ -60,7 +62,7 @@ impl Store {
     /// systems' extents, family by family (frozen deltas' extents are cached).
     pub fn usage_all(&self) -> HashMap<String, Usage> {
         let mut out = HashMap::new();
-        let mut families: HashMap<String, Vec<(Arc<Disk>, Vec<String>)>> = HashMap::new();
+        let mut families: HashMap<String, Stacks> = HashMap::new();
         for o in self.served() {
             let stack = o.stack();
             match stack.first().cloned() {
