@@ -19,8 +19,10 @@
 //! `vault` and `crypto` lie below all of them.
 //!
 //! ```text
-//! Store      mod.rs and its impl files: disks, sets, rekey, reconcile
-//! disk       mod, io, rekey, units (units uses nothing of the store)
+//! Store      mod.rs and its impl files: disks, sets, rekey, reconcile, revoke,
+//!            snapshots, reencrypt, reclaim, merge, usage, diff
+//! objects    the object table
+//! disk       mod, io, keys, merge, rekey, layered, units (units uses nothing of the store)
 //! keyring    health
 //! meta       des
 //! encryption spec
@@ -45,8 +47,10 @@ mod merge_tests;
 mod objects;
 mod reclaim;
 mod reconcile;
+mod reencrypt;
 mod rekey;
 mod reserve;
+mod revoke;
 mod sets;
 #[cfg(test)]
 mod snapshot_tests;
