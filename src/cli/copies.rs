@@ -61,6 +61,13 @@ pub enum SnapshotCmd {
         old: String,
         /// The newer snapshot or the disk.
         new: Option<String>,
+        /// At most N ranges (page and clear ranges together); the reply's
+        /// `nextMarker` continues (Azure's maxresults).
+        #[arg(long, value_name = "N")]
+        max_ranges: Option<u64>,
+        /// Go on from a previous page's `nextMarker`.
+        #[arg(long)]
+        marker: Option<String>,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -193,9 +200,20 @@ pub fn run_snapshot(cmd: SnapshotCmd) -> Result<(), CliError> {
             print_object(&d, output.format(Format::Json));
         }
         SnapshotCmd::Delete { name, store } => delete(CopyKind::Snapshot, name.get(), &store)?,
-        SnapshotCmd::Diff { old, new, store } => {
+        SnapshotCmd::Diff {
+            old,
+            new,
+            max_ranges,
+            marker,
+            store,
+        } => {
             let a = Access::open(&store)?;
-            let reply = a.send(CopyRequest::Diff { old, new })?;
+            let reply = a.send(CopyRequest::Diff {
+                old,
+                new,
+                max_ranges,
+                marker,
+            })?;
             print_json(&reply.unwrap_or(Value::Null));
         }
     }

@@ -43,6 +43,12 @@ pub enum CopyRequest {
         old: String,
         #[serde(default)]
         new: Option<String>,
+        /// At most this many ranges in the reply (`--max-ranges`), 1 to 100,000.
+        #[serde(default)]
+        max_ranges: Option<u64>,
+        /// Where to go on: the `nextMarker` of the previous page.
+        #[serde(default)]
+        marker: Option<String>,
     },
 }
 
@@ -149,14 +155,42 @@ fn read(c: &Control, p: &Params, _: &Caller) -> Result<Vec<u8>> {
             store,
             &*store.get_kind_or_err(ObjectKind::Image, p.obj)?,
         )),
-        "diff" => pretty(&diff(c, p.obj, None)?),
+        "diff" => pretty(&diff(c, p.obj, None, None, None)?),
         other => unreachable!("no snapshot file {other} in the route table"),
     })
 }
 
 /// The diff's JSON: from `old` (a snapshot) to `new` (a snapshot, or `old`'s disk).
-fn diff(c: &Control, old: &str, new: Option<&str>) -> Result<Value> {
+/// Most ranges one page of a diff may ask for.
+pub const MAX_RANGES: u64 = 100_000;
+
+fn diff(
+    c: &Control,
+    old: &str,
+    new: Option<&str>,
+    max_ranges: Option<u64>,
+    marker: Option<&str>,
+) -> Result<Value> {
     let store = c.store();
+    if let Some(n) = max_ranges {
+        if !(1..=MAX_RANGES).contains(&n) {
+            return Err(StoreError::InvalidArgument(format!(
+                "--max-ranges {n} is out of range: give 1 to {MAX_RANGES}"
+            )));
+        }
+    }
+    let from = match marker {
+        None => 0,
+        Some(m) => m
+            .strip_prefix("dv1:")
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| {
+                StoreError::InvalidArgument(format!(
+                    "'{}' is not a diff marker; pass the nextMarker of the previous page as it was",
+                    crate::shown::shown(m, 80)
+                ))
+            })?,
+    };
     let a = store.find_source(old, &[ObjectKind::Snapshot])?;
     let b = match new {
         Some(n) => store.find_source(n, &[ObjectKind::Snapshot, ObjectKind::Disk])?,
@@ -189,7 +223,14 @@ fn diff(c: &Control, old: &str, new: Option<&str>) -> Result<Value> {
         }
     };
     let d = store.diff(&a, &b)?;
+    let (d, next) = match (max_ranges, marker) {
+        (None, None) => (d, None),
+        (max, _) => d.page(from, max.unwrap_or(MAX_RANGES) as usize),
+    };
     let mut v = d.to_json();
+    if max_ranges.is_some() || marker.is_some() {
+        v["nextMarker"] = next.map(|n| format!("dv1:{n}")).into();
+    }
     v["source"] = Value::from(a.kind.resource_id(&a.name()));
     v["target"] = Value::from(b.kind.resource_id(&b.name()));
     v["sourceSizeBytes"] = Value::from(a.size());
@@ -227,7 +268,12 @@ pub(super) fn execute(
             store.delete_object(kind.object(), name)?;
             Ok(None)
         }
-        CopyRequest::Diff { old, new } => Ok(Some(diff(c, old, new.as_deref())?)),
+        CopyRequest::Diff {
+            old,
+            new,
+            max_ranges,
+            marker,
+        } => Ok(Some(diff(c, old, new.as_deref(), *max_ranges, marker.as_deref())?)),
     }
 }
 

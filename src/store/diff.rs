@@ -18,6 +18,32 @@ pub struct Diff {
 }
 
 impl Diff {
+    /// At most `max` ranges (page and clear ranges together, in offset order) from
+    /// byte `from` on, and where the next page starts, if anything is left: Azure's
+    /// `maxresults` and continuation marker. A range that starts before `from` and
+    /// ends after it is cut at `from`.
+    pub fn page(&self, from: u64, max: usize) -> (Diff, Option<u64>) {
+        let mut all: Vec<(u64, u64, bool)> = self
+            .page_ranges
+            .iter()
+            .map(|&(s, e)| (s, e, true))
+            .chain(self.clear_ranges.iter().map(|&(s, e)| (s, e, false)))
+            .filter(|&(_, e, _)| e >= from)
+            .map(|(s, e, p)| (s.max(from), e, p))
+            .collect();
+        all.sort_unstable();
+        let next = all.get(max).map(|r| r.0);
+        let mut out = Diff::default();
+        for (s, e, p) in all.into_iter().take(max) {
+            if p {
+                out.page_ranges.push((s, e));
+            } else {
+                out.clear_ranges.push((s, e));
+            }
+        }
+        (out, next)
+    }
+
     pub fn to_json(&self) -> Value {
         let r = |v: &[(u64, u64)]| {
             v.iter()
@@ -69,5 +95,47 @@ impl Store {
             }
         }
         Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_cover_every_range_once_in_offset_order() {
+        let d = Diff {
+            page_ranges: vec![(0, 4095), (8192, 16383), (40960, 45055)],
+            clear_ranges: vec![(4096, 8191), (20480, 24575)],
+        };
+        let mut from = 0;
+        let mut seen = Vec::new();
+        loop {
+            let (p, next) = d.page(from, 2);
+            assert!(p.page_ranges.len() + p.clear_ranges.len() <= 2);
+            seen.extend(p.page_ranges.iter().map(|&r| (r, true)));
+            seen.extend(p.clear_ranges.iter().map(|&r| (r, false)));
+            match next {
+                Some(n) => {
+                    assert!(n > from, "no progress");
+                    from = n
+                }
+                None => break,
+            }
+        }
+        seen.sort();
+        let mut want: Vec<_> = d.page_ranges.iter().map(|&r| (r, true)).collect();
+        want.extend(d.clear_ranges.iter().map(|&r| (r, false)));
+        want.sort();
+        assert_eq!(seen, want);
+        // A marker inside a range cuts it; past the end, nothing is left.
+        let (p, next) = d.page(10000, 1);
+        assert_eq!(p.page_ranges, vec![(10000, 16383)]);
+        assert_eq!(next, Some(20480));
+        let (p, next) = d.page(u64::MAX, 5);
+        assert_eq!(p, Diff::default());
+        assert_eq!(next, None);
+        // Everything in one page: no marker.
+        assert_eq!(d.page(0, 100_000), (d.clone(), None));
     }
 }
