@@ -146,8 +146,11 @@ fn print_list(objs: &[Value], fmt: Format) {
 
 fn list(store: &StoreArg, output: &OutputArg, key: &str) -> Result<(), CliError> {
     let a = Access::open(store)?;
-    let status = a.read_json("status.json")?;
-    let objs = status[key].as_array().cloned().unwrap_or_default();
+    let objs = a
+        .read_json(&format!("{key}.json"))?
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     match output.format(Format::Table) {
         Format::Json => print_json(&Value::Array(objs)),
         fmt => print_list(&objs, fmt),

@@ -475,8 +475,11 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
         }
         DiskCmd::List { output, store } => {
             let a = Access::open(&store)?;
-            let status = a.read_json("status.json")?;
-            let disks = status["disks"].as_array().cloned().unwrap_or_default();
+            let disks = a
+                .read_json("disks.json")?
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             match output.format(Format::Table) {
                 Format::Json => super::access::print_json(&Value::Array(disks)),
                 fmt => print_disks(&a, &disks, fmt),

@@ -27,6 +27,13 @@ impl VaultRequest {
     }
 }
 
+/// One kind's list (`disks.json` ...), as `status.json` has it.
+fn list_json(c: &Control, kind: crate::store::ObjectKind) -> Vec<u8> {
+    let v = pretty(&super::view::kind_list(c.store(), kind));
+    crate::store::trim_heap();
+    v
+}
+
 pub(super) fn routes() -> Vec<Route> {
     vec![
         Route::r(&[Lit("README")], |_, _, _| {
@@ -36,6 +43,15 @@ pub(super) fn routes() -> Vec<Route> {
             let v = pretty(&super::view::status(c.store()));
             crate::store::trim_heap();
             Ok(v)
+        }),
+        Route::r(&[Lit("disks.json")], |c, _, _| {
+            Ok(list_json(c, crate::store::ObjectKind::Disk))
+        }),
+        Route::r(&[Lit("snapshots.json")], |c, _, _| {
+            Ok(list_json(c, crate::store::ObjectKind::Snapshot))
+        }),
+        Route::r(&[Lit("images.json")], |c, _, _| {
+            Ok(list_json(c, crate::store::ObjectKind::Image))
         }),
         Route::r(&[Lit("merges.json")], |c, _, _| {
             Ok(pretty(&c.store().merge_status()))
