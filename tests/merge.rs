@@ -200,3 +200,106 @@ fn a_held_reclaim_blocks_no_read_and_no_create() {
     );
     m.umount();
 }
+
+/// Dead deltas left by deletes made without a daemon (as an older version left them)
+/// are merged after the next mount.
+#[test]
+fn dead_deltas_left_without_a_daemon_are_merged_after_the_next_mount() {
+    let mut m = Mounted::new();
+    let s = m.s().to_string();
+    m.create("d", "2M");
+    let mut want = vec![0u8; 2 * MIB];
+    for i in 0..20u64 {
+        let off = (i as usize * 97 * 1024) % (2 * MIB - 8192);
+        let data = pattern(i, 8192 + i as usize);
+        write_synced(&m, "d", off as u64, &data);
+        want[off..off + data.len()].copy_from_slice(&data);
+        run_ok(&[
+            "snapshot",
+            "create",
+            &format!("s{i:02}"),
+            "--source",
+            "d",
+            "--store",
+            &s,
+        ]);
+    }
+    let last = want.clone();
+    m.umount();
+    for i in 0..19 {
+        run_ok(&["snapshot", "delete", &format!("s{i:02}"), "--store", &s]);
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&run_ok(&["disk", "show", "d", "--store", &s])).unwrap();
+    assert_eq!(v["deltas"], 21, "no merge without a daemon");
+    m.mount();
+    settle_merges(&m);
+    assert_eq!(deltas(&m, "disk", "d"), 2, "merged after the mount");
+    assert_eq!(deltas(&m, "snapshot", "s19"), 1);
+    assert!(read_all(&m.disk("d")) == want, "d after the merges");
+    assert!(
+        read_all(&m.mnt.join("snapshots/s19")) == last,
+        "s19 after the merges"
+    );
+    m.umount();
+}
+
+/// A full snapshot's copy killed at each step: after a remount it is made again,
+/// and the snapshot reads the same throughout, through the mount and the decryptor.
+#[test]
+fn crash_during_a_full_copy() {
+    for fault in [
+        "fullcopy.step=1",
+        "fullcopy.copied=1",
+        "fullcopy.committed=1",
+    ] {
+        let mut m = Mounted::new();
+        let s = m.s().to_string();
+        m.create("d", "2M");
+        let want = pattern(7, 2 * MIB);
+        write_synced(&m, "d", 0, &want);
+        m.umount();
+        m.mount_with(&[], &[("DISKVAULT_FAULT", fault)]);
+        run_ok(&[
+            "snapshot",
+            "create",
+            "f",
+            "--source",
+            "d",
+            "--incremental",
+            "false",
+            "--store",
+            &s,
+        ]);
+        assert!(
+            Mounted::wait_for(std::time::Duration::from_secs(30), || daemon_dead(&m)).is_some(),
+            "{fault}: the copy never reached the fault point"
+        );
+        m.reap_dead_daemon();
+        let out = m.dir.path().join("plain");
+        assert!(
+            decrypt(&m.store, "snapshot", "f", &out) == want,
+            "{fault}: decrypted after the crash"
+        );
+        m.mount();
+        assert!(
+            read_all(&m.mnt.join("snapshots/f")) == want,
+            "{fault}: after the crash"
+        );
+        settle_merges(&m);
+        let v = show(&m, "snapshot", "f");
+        assert_eq!(v["completionPercent"], 100, "{fault}: {v}");
+        assert_eq!(v["deltas"], 1, "{fault}: {v}");
+        run_ok(&["disk", "delete", "d", "--store", &s]);
+        settle_merges(&m);
+        assert!(
+            read_all(&m.mnt.join("snapshots/f")) == want,
+            "{fault}: without its source"
+        );
+        m.umount();
+        assert!(
+            decrypt(&m.store, "snapshot", "f", &out) == want,
+            "{fault}: decrypted at the end"
+        );
+    }
+}

@@ -133,7 +133,7 @@ fn a_disk_has_at_most_500_snapshots() {
 }
 
 #[test]
-fn incremental_takes_true_or_false_and_false_is_refused_until_full_copies_exist() {
+fn incremental_takes_true_or_false_and_false_makes_an_independent_full_copy() {
     let mut m = Mounted::new();
     let s = m.s().to_string();
     m.create("d", "1M");
@@ -147,21 +147,6 @@ fn incremental_takes_true_or_false_and_false_is_refused_until_full_copies_exist(
         let v: serde_json::Value = serde_json::from_str(&run_ok(&args)).unwrap();
         assert_eq!(v["incremental"], true, "{name}");
     }
-    let err = run_err(&[
-        "snapshot",
-        "create",
-        "f",
-        "--source",
-        "d",
-        "--incremental",
-        "false",
-        "--store",
-        &s,
-    ]);
-    assert!(
-        err.contains("not available yet") && err.contains("omit --incremental"),
-        "{err}"
-    );
     let out = run(&[
         "snapshot",
         "create",
@@ -174,13 +159,59 @@ fn incremental_takes_true_or_false_and_false_is_refused_until_full_copies_exist(
         &s,
     ]);
     assert_eq!(out.status.code(), Some(2), "a usage error");
-    let e = std::fs::write(
-        m.mnt.join(".vault/snapshots/create"),
-        "f d incremental=false\n",
-    )
-    .unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
     assert!(!m.mnt.join("snapshots/f").exists());
+    // Full copies, by the CLI and by the control file: readable at once, then
+    // independent of their source.
+    let data = pattern(9, 300_000);
+    rw(&m.disk("d")).write_all_at(&data, 4096).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&run_ok(&[
+        "snapshot",
+        "create",
+        "f",
+        "--source",
+        "d",
+        "--incremental",
+        "false",
+        "--store",
+        &s,
+    ]))
+    .unwrap();
+    assert_eq!(v["incremental"], false);
+    std::fs::write(
+        m.mnt.join(".vault/snapshots/create"),
+        "g d incremental=false\n",
+    )
+    .unwrap();
+    let want = std::fs::read(m.disk("d")).unwrap();
+    assert!(
+        std::fs::read(m.mnt.join("snapshots/f")).unwrap() == want,
+        "f at once"
+    );
+    rw(&m.disk("d"))
+        .write_all_at(&pattern(10, 8192), 0)
+        .unwrap();
+    snap::settle_merges(&m);
+    for n in ["f", "g"] {
+        let v = snap::show(&m, "snapshot", n);
+        assert_eq!(
+            (v["completionPercent"].as_u64(), v["deltas"].as_u64()),
+            (Some(100), Some(1)),
+            "{n}: {v}"
+        );
+        assert_eq!(v["incremental"], false);
+    }
+    // Everything else of the family goes; the full copies keep their content.
+    for n in ["a", "b", "c"] {
+        run_ok(&["snapshot", "delete", n, "--store", &s]);
+    }
+    run_ok(&["disk", "delete", "d", "--store", &s]);
+    snap::settle_merges(&m);
+    for n in ["f", "g"] {
+        assert!(
+            std::fs::read(m.mnt.join(format!("snapshots/{n}"))).unwrap() == want,
+            "{n}"
+        );
+    }
     m.umount();
 }
 
@@ -197,14 +228,25 @@ fn refusals_of_issue_19_change_nothing() {
     assert!(err.contains("older") && err.contains("swap"), "{err}");
     assert!(run_ok(&["snapshot", "diff", "s1", "s2", "--store", &s]).contains("pageRanges"));
     // Paged: one range at a time, following nextMarker, gives the same ranges.
-    rw(&m.disk("d")).write_all_at(&pattern(2, 4096), 64 * 4096).unwrap();
+    rw(&m.disk("d"))
+        .write_all_at(&pattern(2, 4096), 64 * 4096)
+        .unwrap();
     run_ok(&["snapshot", "create", "s3", "--source", "d", "--store", &s]);
     let all: serde_json::Value =
         serde_json::from_str(&run_ok(&["snapshot", "diff", "s1", "s3", "--store", &s])).unwrap();
     let mut pages = Vec::new();
     let mut marker: Option<String> = None;
     loop {
-        let mut args = vec!["snapshot", "diff", "s1", "s3", "--max-ranges", "1", "--store", &s];
+        let mut args = vec![
+            "snapshot",
+            "diff",
+            "s1",
+            "s3",
+            "--max-ranges",
+            "1",
+            "--store",
+            &s,
+        ];
         if let Some(mk) = &marker {
             args.extend(["--marker", mk.as_str()]);
         }
@@ -221,7 +263,10 @@ fn refusals_of_issue_19_change_nothing() {
         let mut args = vec!["snapshot", "diff", "s1", "s3", "--store", &s];
         args.extend(bad);
         let err = run_err(&args);
-        assert!(err.contains("max-ranges") || err.contains("marker"), "{err}");
+        assert!(
+            err.contains("max-ranges") || err.contains("marker"),
+            "{err}"
+        );
     }
     // The JSON form of `disk create` from a source refuses a cipher as the others do.
     let req = serde_json::json!({"disk": {"create": {"name": "x", "source": "s1",

@@ -18,7 +18,8 @@ pub enum SnapshotCmd {
         #[arg(long)]
         source: String,
         /// `true` (the default here, unlike az; a bare flag means true): instant, sharing
-        /// unchanged data with the disk. `false` (a full copy) is not available yet.
+        /// unchanged data with the disk. `false`: a full copy, readable at once and
+        /// copied into its own delta in the background (`completionPercent`).
         #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "true|false")]
         incremental: Option<bool>,
         /// Must be the source's set, if given (a disk and its snapshots share one).

@@ -273,7 +273,13 @@ pub(super) fn execute(
             new,
             max_ranges,
             marker,
-        } => Ok(Some(diff(c, old, new.as_deref(), *max_ranges, marker.as_deref())?)),
+        } => Ok(Some(diff(
+            c,
+            old,
+            new.as_deref(),
+            *max_ranges,
+            marker.as_deref(),
+        )?)),
     }
 }
 

@@ -131,7 +131,11 @@ pub fn kind_list(store: &Store, kind: ObjectKind) -> Value {
 fn list(store: &Store, kind: ObjectKind, usage: &HashMap<String, Usage>) -> Vec<Value> {
     let objs = store.list_kind(kind);
     let view = |d: &std::sync::Arc<Disk>| {
-        object_with(store, d, Some(usage.get(&d.id).copied().unwrap_or_default()))
+        object_with(
+            store,
+            d,
+            Some(usage.get(&d.id).copied().unwrap_or_default()),
+        )
     };
     if objs.len() < 2000 {
         return objs.iter().map(view).collect();
@@ -198,16 +202,16 @@ fn object_with(store: &Store, obj: &Disk, usage: Option<Usage>) -> Value {
     match obj.kind {
         ObjectKind::Snapshot => {
             v["sku"] = json!({"name": "Standard_LRS", "tier": "Standard"});
-            // Every snapshot shares unchanged data with its source (full copies are
-            // not available yet), whatever older versions recorded.
-            v["incremental"] = json!(true);
+            // Older versions recorded `false` for snapshots that shared data all the
+            // same: only a full copy (`fullCopy` in the metadata) is not incremental.
+            v["incremental"] = json!(m.full_copy.is_none());
             v["incrementalSnapshotFamilyId"] = json!(m.dek_id());
             v["diskState"] = json!(if obj.open_handles() > 0 {
                 "ActiveSAS"
             } else {
                 "Unattached"
             });
-            v["completionPercent"] = json!(100);
+            v["completionPercent"] = json!(store.completion_percent(obj));
         }
         _ => {
             let src = m

@@ -125,6 +125,7 @@ impl Store {
                     key_check_id: None,
                     creation_data: None,
                     incremental: None,
+                    full_copy: None,
                 };
                 Disk::new(
                     kind,
@@ -190,6 +191,7 @@ impl Store {
             key_check_id: None,
             creation_data: None,
             incremental: None,
+            full_copy: None,
         };
         let dir = self.disks_dir();
         let staging = dir.join(format!("{id}.creating"));

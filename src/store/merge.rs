@@ -38,13 +38,15 @@ pub(super) struct MergeState {
     running: Mutex<()>,
     wake: Mutex<bool>,
     cond: Condvar,
-    stop: std::sync::atomic::AtomicBool,
+    pub stop: std::sync::atomic::AtomicBool,
     /// Merges finished since the mount.
     pub done: AtomicU64,
     /// A merge thread runs (it also does the reclaim deletes queue).
     pub background: std::sync::atomic::AtomicBool,
     /// Why the last merge stopped short, if it did.
     pub last_error: Mutex<Option<String>>,
+    /// Percent done of full snapshot copies under way, by the snapshot's serial.
+    pub progress: Mutex<HashMap<u64, u64>>,
 }
 
 /// A merge to do: `lower` into `upper`, and the objects whose stacks hold `lower`.
@@ -71,7 +73,9 @@ impl Store {
     /// the merge thread is at work now, and why the last merge stopped short.
     pub fn merge_status(&self) -> serde_json::Value {
         serde_json::json!({
-            "pending": self.mergeable().len() + self.reclaim.lock().len(),
+            "pending": self.mergeable().len()
+                + self.reclaim.lock().len()
+                + self.pending_full_copies().len(),
             "running": self.merges.running.try_lock().is_none(),
             "done": self.merges_done(),
             "lastError": *self.merges.last_error.lock(),
@@ -119,7 +123,7 @@ impl Store {
         let _one = self.merges.running.lock();
         // Space reclaim of deletes first: what it punches, a merge need not copy.
         self.reclaim_queued();
-        let mut n = 0;
+        let mut n = self.full_copies(rate);
         // Each merge can make another possible (D into D', then D' into D'').
         loop {
             let todo = self.mergeable();

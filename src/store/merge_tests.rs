@@ -223,3 +223,63 @@ fn a_branch_point_is_not_merged_until_one_branch_is_gone() {
     assert_eq!(s.get("d").unwrap().stack().len(), 1);
     assert_eq!(s.get("d").unwrap().read(0, SIZE as usize).unwrap(), model);
 }
+
+/// A full snapshot reads its source's content at once, gets a delta of its own on
+/// the merge thread's next run, and keeps its content when the rest of its family is
+/// deleted.
+#[test]
+fn a_full_snapshot_copies_its_data_and_outlives_its_family() {
+    let (_dir, s) = new_store();
+    s.create_disk(
+        "d",
+        &CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut rng = Rng(31);
+    let mut model = vec![0u8; SIZE as usize];
+    scribble(&s, &mut rng, &mut model, 30);
+    s.create_copy(ObjectKind::Snapshot, "inc", "d", &CopyOptions::default())
+        .unwrap();
+    scribble(&s, &mut rng, &mut model, 10);
+    s.get("d").unwrap().punch(8 * 4096, 8 * 4096).unwrap();
+    model[8 * 4096..16 * 4096].fill(0);
+    let full = CopyOptions {
+        full: true,
+        ..Default::default()
+    };
+    s.create_copy(ObjectKind::Snapshot, "f", "d", &full)
+        .unwrap();
+    let at = model.clone();
+    let f = s.get_kind(ObjectKind::Snapshot, "f").unwrap();
+    assert_eq!(f.read(0, SIZE as usize).unwrap(), at, "readable at once");
+    assert_eq!(s.completion_percent(&f), 0);
+    scribble(&s, &mut rng, &mut model, 10);
+    s.merge_all(u64::MAX);
+    assert_eq!(f.stack(), vec![f.id.clone()], "a stack of its own");
+    assert_eq!(s.completion_percent(&f), 100);
+    assert_eq!(f.read(0, SIZE as usize).unwrap(), at, "after the copy");
+    s.delete_object(ObjectKind::Snapshot, "inc").unwrap();
+    s.delete_disk("d").unwrap();
+    s.merge_all(u64::MAX);
+    assert_eq!(
+        f.read(0, SIZE as usize).unwrap(),
+        at,
+        "after its family is gone"
+    );
+    let left: Vec<String> = fs::read_dir(s.root().join(DELTAS_DIR))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(left, vec![f.id.clone()], "only its own delta is left");
+    let root = s.root().to_path_buf();
+    drop(f);
+    drop(s);
+    let s = Store::open(&root, None).unwrap();
+    let f = s.get_kind(ObjectKind::Snapshot, "f").unwrap();
+    assert_eq!(f.read(0, SIZE as usize).unwrap(), at, "after a reopen");
+}

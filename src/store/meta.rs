@@ -73,6 +73,20 @@ pub struct DiskMeta {
     /// Snapshots only: `--incremental`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incremental: Option<bool>,
+    /// Snapshots made with `--incremental false`: a full copy of the source's data
+    /// into the snapshot's own delta (`deltas/ID`), pending or done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_copy: Option<FullCopy>,
+}
+
+/// The state of a full snapshot's copy.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum FullCopy {
+    /// Readable through the shared stack; the copy is still to be made.
+    Pending,
+    /// The snapshot's stack is its own delta alone.
+    Done,
 }
 
 /// `creationData` as in Azure: how and from what an object was made.
@@ -362,6 +376,7 @@ mod tests {
             key_check_id: None,
             creation_data: None,
             incremental: None,
+            full_copy: None,
         }
     }
 

@@ -39,6 +39,7 @@ mod disks;
 pub mod encryption;
 mod error;
 mod extents;
+mod fullcopy;
 mod health;
 pub mod keyring;
 mod merge;

@@ -10,7 +10,7 @@
 
 use super::delta::{create_delta, delta_path, remove_delta, DELTAS_DIR};
 use super::disk::units::round_up;
-use super::meta::{CreationData, META_VERSION_LAYERED};
+use super::meta::{CreationData, FullCopy, META_VERSION_LAYERED};
 use super::*;
 
 /// Suffix of the temporary name of a disk being filled by a re-encrypting copy.
@@ -19,7 +19,8 @@ pub(super) const COPYING: &str = ".copying";
 /// Options of `snapshot create` and `image create`.
 #[derive(Clone, Debug, Default)]
 pub struct CopyOptions {
-    /// `--incremental false` (snapshots): a full copy; not available yet.
+    /// `--incremental false` (snapshots): readable at once, then copied in the
+    /// background into a delta of its own.
     pub full: bool,
     /// `--disk-encryption-set`: must be the source's, if the source has one.
     pub disk_encryption_set: Option<String>,
@@ -185,6 +186,7 @@ impl Store {
             // Sources of copies are disks and snapshots: always `Copy`.
             creation_data: Some(creation_data(src)),
             incremental: (kind == ObjectKind::Snapshot).then_some(!full),
+            full_copy: (kind == ObjectKind::Snapshot && full).then_some(FullCopy::Pending),
         })
     }
 
@@ -240,11 +242,6 @@ impl Store {
             ObjectKind::Image => &[ObjectKind::Disk, ObjectKind::Snapshot],
             _ => &[ObjectKind::Disk, ObjectKind::Snapshot],
         };
-        if kind == ObjectKind::Snapshot && opts.full {
-            return Err(StoreError::Unsupported(format!(
-                "snapshot '{name}': full snapshots (--incremental false) are not available yet; diskvault's snapshots are incremental (instant, sharing unchanged data with the source): omit --incremental or pass --incremental true"
-            )));
-        }
         let src = self.find_source(source, kinds)?;
         if kind == ObjectKind::Snapshot && src.kind == ObjectKind::Disk {
             let n = self.disks.read().snapshots_of(&src.id);
@@ -402,6 +399,7 @@ impl Store {
                 key_check_id: Some(m.dek_id().to_string()),
                 creation_data: Some(creation_data(&src)),
                 incremental: None,
+                full_copy: None,
             };
             staged = Some((self.stage(ObjectKind::Disk, &meta)?, meta));
             Ok(())

@@ -5,6 +5,7 @@
 use super::super::delta::{read_whiteouts, whiteout_path};
 use super::super::extents::RangeSet;
 use super::Disk;
+use crate::store::meta::DiskMeta;
 use crate::store::{Result, StoreError};
 use std::sync::Arc;
 
@@ -38,14 +39,21 @@ impl Disk {
     /// index is rebuilt before the commit, so nothing can fail after it, and swapped
     /// in with no request running.
     pub(in crate::store) fn drop_delta(&self, id: &str) -> Result<()> {
-        let n = self.open_count.lock();
-        let _w = self.resize.write();
-        let m = self.meta();
-        if !m.stack.iter().any(|s| s == id) {
+        if !self.stack().iter().any(|s| s == id) {
             return Ok(());
         }
-        let mut next_meta = m.clone();
-        next_meta.stack.retain(|s| s != id);
+        crate::fault::point("merge.commit");
+        self.restack(|m| m.stack.retain(|s| s != id))
+    }
+
+    /// Changes the object's stack (and whatever `f` changes with it) in one atomic
+    /// metadata write, for a stack that reads the same content: an open object's
+    /// index is rebuilt first, then swapped in with no request running.
+    pub(in crate::store) fn restack(&self, f: impl Fn(&mut DiskMeta)) -> Result<()> {
+        let n = self.open_count.lock();
+        let _w = self.resize.write();
+        let mut next_meta = self.meta();
+        f(&mut next_meta);
         let cur = if *n > 0 {
             self.unlocked.read().clone()
         } else {
@@ -65,8 +73,7 @@ impl Disk {
             }
             None => None,
         };
-        crate::fault::point("merge.commit");
-        self.update_meta(|m| m.stack.retain(|s| s != id))?;
+        self.update_meta(|m| f(m))?;
         if let Some(next) = next {
             *self.unlocked.write() = Some(Arc::new(next));
         }
