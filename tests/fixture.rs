@@ -174,3 +174,64 @@ fn a_layered_store_made_by_the_snapshot_release_mounts_and_decrypts() {
     m.mount();
     check(&m, "snapshots/p1-b");
 }
+
+/// A store with merged deltas and full snapshots, one of them still pending
+/// (tests/fixtures/store-v3): every object decrypts independently and reads its
+/// content through the mount, and the pending copy is made at the mount.
+#[test]
+fn a_store_with_merges_and_full_snapshots_mounts_and_decrypts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    copy_named_fixture("store-v3", &store);
+    let want: Vec<(String, String)> = include_str!("fixtures/store-v3.sha256")
+        .lines()
+        .map(|l| {
+            let (n, h) = l.split_once(' ').unwrap();
+            (n.to_string(), h.to_string())
+        })
+        .collect();
+    assert_eq!(want.len(), 7);
+    let decrypt = |path: &str| {
+        let out = dir.path().join("plain");
+        let st = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/independent_decrypt.py"))
+            .arg(&store)
+            .arg(path)
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(st.success(), "independent decryption of {path}");
+        sha256_hex(&std::fs::read(&out).unwrap())
+    };
+    for (path, sum) in &want {
+        assert_eq!(&decrypt(path), sum, "{path}, decrypted independently");
+    }
+    let mut m = Mounted::attach(dir.path(), &store, &mnt);
+    let check = |m: &Mounted, when: &str| {
+        for (path, sum) in &want {
+            let data = std::fs::read(m.mnt.join(path)).unwrap();
+            assert_eq!(&sha256_hex(&data), sum, "{path} {when}");
+        }
+    };
+    check(&m, "at the mount");
+    let settled = Mounted::wait_for(std::time::Duration::from_secs(60), || {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(mnt.join(".vault/merges.json")).unwrap())
+                .unwrap();
+        v["pending"] == 0 && v["running"] == false
+    });
+    assert!(settled.is_some(), "the pending full copy never finished");
+    let full: serde_json::Value = serde_json::from_str(&run_ok(&[
+        "snapshot", "show", "c1-full", "--store", m.s(),
+    ]))
+    .unwrap();
+    assert_eq!(full["completionPercent"], 100, "{full}");
+    assert_eq!(full["deltas"], 1, "{full}");
+    check(&m, "after the copy");
+    m.umount();
+    for (path, sum) in &want {
+        assert_eq!(&decrypt(path), sum, "{path}, decrypted after the copy");
+    }
+}
