@@ -287,7 +287,7 @@ impl Store {
                     copy_step(&lf, &uf, b, e, upper_wh)
                 };
                 let (n, zero) = match &live {
-                    Some(d) => d.with_top_units(b, e, step)?,
+                    Some(d) => d.with_top_units(&m.upper, b, e, step)?,
                     None => {
                         let wh = read_whiteouts(&whiteout_path(&self.root, &m.upper))
                             .map_err(|e| io("reading", e))?;
@@ -318,7 +318,7 @@ impl Store {
                 append_whiteouts(&whiteout_path(&self.root, &m.upper), &ranges)
             };
             match &live {
-                Some(d) => d.with_top_units(0, u64::MAX >> 13, add)?,
+                Some(d) => d.with_top_units(&m.upper, 0, u64::MAX >> 13, add)?,
                 None => {
                     let wh = read_whiteouts(&whiteout_path(&self.root, &m.upper))
                         .map_err(|e| io("reading", e))?;

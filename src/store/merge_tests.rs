@@ -283,3 +283,118 @@ fn a_full_snapshot_copies_its_data_and_outlives_its_family() {
     let f = s.get_kind(ObjectKind::Snapshot, "f").unwrap();
     assert_eq!(f.read(0, SIZE as usize).unwrap(), at, "after a reopen");
 }
+
+/// A merge into a disk's top reads that delta's whiteouts, not the disk's current
+/// top's: a snapshot may freeze the delta mid-merge (a copy over its whiteout would
+/// bring discarded data back into the snapshot).
+#[test]
+fn a_merge_step_sees_the_whiteouts_of_the_delta_it_copies_into() {
+    let (_dir, s) = new_store();
+    s.create_disk(
+        "d",
+        &CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let d = s.get("d").unwrap();
+    d.write(0, &pattern(1, 16 * 4096)).unwrap();
+    s.create_copy(ObjectKind::Snapshot, "s1", "d", &CopyOptions::default())
+        .unwrap();
+    // A discard over s1's data: a whiteout in the disk's top.
+    d.punch(4 * 4096, 4096).unwrap();
+    let top = d.stack().last().unwrap().clone();
+    // A snapshot freezes that top; the disk writes on in a new one.
+    s.create_copy(ObjectKind::Snapshot, "s2", "d", &CopyOptions::default())
+        .unwrap();
+    assert_ne!(d.stack().last().unwrap(), &top);
+    let seen = d
+        .with_top_units(&top, 0, 16, |wh| Ok(wh.contains(4)))
+        .unwrap();
+    assert!(seen, "the frozen delta's whiteout was not seen");
+    let want = s.get_kind(ObjectKind::Snapshot, "s2").unwrap().read(0, 16 * 4096).unwrap();
+    assert!(want[4 * 4096..5 * 4096].iter().all(|&b| b == 0));
+    s.delete_object(ObjectKind::Snapshot, "s1").unwrap();
+    s.merge_all(u64::MAX);
+    let got = s.get_kind(ObjectKind::Snapshot, "s2").unwrap().read(0, 16 * 4096).unwrap();
+    assert_eq!(got, want, "s2 changed in the merge");
+}
+
+/// Writes and discards from another thread while snapshots are taken, deleted and
+/// merged: every kept snapshot keeps exactly what the disk held when it was taken.
+#[test]
+fn snapshots_keep_their_content_under_concurrent_writes_discards_and_merges() {
+    use std::sync::Mutex as StdMutex;
+    let (_dir, s) = new_store();
+    let s = Arc::new(s);
+    s.create_disk(
+        "d",
+        &CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let d = s.get("d").unwrap();
+    d.open().unwrap();
+    let model = Arc::new(StdMutex::new(vec![0u8; SIZE as usize]));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (d, model, stop) = (d.clone(), model.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rng = Rng(0xd15c);
+            while !stop.load(Ordering::Acquire) {
+                let units = [1u64, 3, 16][rng.below(3) as usize];
+                let at = rng.below(UNITS - units);
+                let mut m = model.lock().unwrap();
+                let r = (at * 4096) as usize..((at + units) * 4096) as usize;
+                if rng.below(5) == 0 {
+                    d.punch(at * 4096, units * 4096).unwrap();
+                    m[r].fill(0);
+                } else {
+                    let data = pattern(rng.next(), r.len());
+                    d.write(at * 4096, &data).unwrap();
+                    m[r].copy_from_slice(&data);
+                }
+            }
+        })
+    };
+    let merger = {
+        let (s, stop) = (s.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                s.merge_all(u64::MAX);
+            }
+        })
+    };
+    let mut rng = Rng(0x5a9);
+    let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
+    for round in 0..60 {
+        let name = format!("s{round}");
+        {
+            let m = model.lock().unwrap();
+            s.create_copy(ObjectKind::Snapshot, &name, "d", &CopyOptions::default())
+                .unwrap();
+            kept.push((name, m.clone()));
+        }
+        if kept.len() > 3 && rng.below(10) < 7 {
+            let (n, _) = kept.remove(rng.below(kept.len() as u64) as usize);
+            s.delete_object(ObjectKind::Snapshot, &n).unwrap();
+        }
+        for (n, want) in &kept {
+            let got = s.get_kind(ObjectKind::Snapshot, n).unwrap().read(0, SIZE as usize).unwrap();
+            assert!(got == *want, "round {round}: snapshot {n} changed");
+        }
+    }
+    stop.store(true, Ordering::Release);
+    writer.join().unwrap();
+    merger.join().unwrap();
+    s.merge_all(u64::MAX);
+    for (n, want) in &kept {
+        let got = s.get_kind(ObjectKind::Snapshot, n).unwrap().read(0, SIZE as usize).unwrap();
+        assert!(got == *want, "at the end: snapshot {n} changed");
+    }
+    assert_eq!(d.read(0, SIZE as usize).unwrap(), *model.lock().unwrap());
+    d.release().unwrap();
+}

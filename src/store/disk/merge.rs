@@ -10,12 +10,16 @@ use crate::store::{Result, StoreError};
 use std::sync::Arc;
 
 impl Disk {
-    /// Runs `f` over units `b..e` of this disk's writable top with the disk's size and
-    /// those units locked as a write locks them, so no write or discard of the disk
-    /// crosses it. `f` gets the top's current whiteouts. Refuses (`Busy`) once a rekey
-    /// has begun: from then on the top's units may be under new keys.
+    /// Runs `f` over units `b..e` of delta `upper`, this disk's writable top when the
+    /// merge began, with the disk's size and those units locked as a write locks them,
+    /// so no write or discard of the disk crosses it. `f` gets `upper`'s whiteouts as
+    /// they are now (read under the locks: a discard logs its whiteouts before it
+    /// punches; `upper` may have been frozen by a snapshot since, and the disk's top be
+    /// another delta). Refuses (`Busy`) once a rekey has begun: from then on the top's
+    /// units may be under new keys.
     pub(in crate::store) fn with_top_units<T>(
         &self,
+        upper: &str,
         b: u64,
         e: u64,
         f: impl FnOnce(&RangeSet) -> std::io::Result<T>,
@@ -28,8 +32,7 @@ impl Disk {
                 self.name()
             )));
         }
-        let top = self.stack().last().cloned().unwrap_or_default();
-        let wh = read_whiteouts(&whiteout_path(&self.root, &top))
+        let wh = read_whiteouts(&whiteout_path(&self.root, upper))
             .map_err(|e| self.io_err("reading whiteouts", e))?;
         f(&wh).map_err(|e| self.io_err("merging a delta", e))
     }
