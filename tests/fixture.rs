@@ -196,7 +196,10 @@ fn a_store_with_merges_and_full_snapshots_mounts_and_decrypts() {
     let decrypt = |path: &str| {
         let out = dir.path().join("plain");
         let st = Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/independent_decrypt.py"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/independent_decrypt.py"
+            ))
             .arg(&store)
             .arg(path)
             .arg(&out)
@@ -223,10 +226,8 @@ fn a_store_with_merges_and_full_snapshots_mounts_and_decrypts() {
         v["pending"] == 0 && v["running"] == false
     });
     assert!(settled.is_some(), "the pending full copy never finished");
-    let full: serde_json::Value = serde_json::from_str(&run_ok(&[
-        "snapshot", "show", "c1-full", "--store", m.s(),
-    ]))
-    .unwrap();
+    let full: serde_json::Value =
+        serde_json::from_str(&run_ok(&["snapshot", "show", "c1-full", "--store", m.s()])).unwrap();
     assert_eq!(full["completionPercent"], 100, "{full}");
     assert_eq!(full["deltas"], 1, "{full}");
     check(&m, "after the copy");

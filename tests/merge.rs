@@ -303,3 +303,45 @@ fn crash_during_a_full_copy() {
         );
     }
 }
+
+/// On a nearly full store a merge, whose copies take space before the merged delta's
+/// is freed, waits instead of filling the store; it runs once there is room.
+#[test]
+fn a_merge_waits_for_room_instead_of_filling_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::new(&tmp.path().join("small"), "40M");
+    let store = fs.0.join("store");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut m = Mounted::attach(tmp.path(), &store, &mnt);
+    let s = m.s().to_string();
+    m.create("e", "16M");
+    let data = pattern(3, 16 * MIB);
+    write_synced(&m, "e", 0, &data);
+    run_ok(&["snapshot", "create", "se1", "--source", "e", "--store", &s]);
+    write_synced(&m, "e", 5 * 4096, &pattern(4, 4096));
+    run_ok(&["snapshot", "create", "se2", "--source", "e", "--store", &s]);
+    let se2 = read_all(&m.mnt.join("snapshots/se2"));
+    let filler = fs.fill();
+    // Deleting se1 would merge its 16 MiB up into se2's delta: no room for that.
+    run_ok(&["snapshot", "delete", "se1", "--store", &s]);
+    let merges = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(m.mnt.join(".vault/merges.json")).unwrap()).unwrap()
+    };
+    assert!(
+        Mounted::wait_for(std::time::Duration::from_secs(30), || merges()["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("not enough free space")))
+        .is_some(),
+        "the merge did not say it waits for room: {}",
+        merges()
+    );
+    assert_eq!(merges()["pending"], 1);
+    std::fs::remove_file(&filler).unwrap();
+    settle_merges(&m);
+    assert_eq!(merges()["lastError"], serde_json::Value::Null);
+    assert_eq!(deltas(&m, "snapshot", "se2"), 1);
+    assert!(read_all(&m.mnt.join("snapshots/se2")) == se2);
+    m.umount();
+    drop(fs);
+}

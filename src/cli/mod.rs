@@ -311,7 +311,11 @@ fn usage_error(e: clap::Error) -> ExitCode {
     // The (sub)command the arguments name, for its help.
     let mut cmd = Cli::command();
     let mut path = vec!["diskvault".to_string()];
-    for a in std::env::args().skip(1) {
+    // Arguments that are not UTF-8 are the error being reported: no panic over them.
+    for a in std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+    {
         let Some(sub) = cmd.find_subcommand(&a).cloned() else {
             break;
         };

@@ -79,7 +79,9 @@ impl Store {
             changed = changed.union(&scan_data(&f).map_err(io)?);
             changed = changed.union(&read_whiteouts(&whiteout_path(&self.root, id)).map_err(io)?);
         }
-        let size = new.size().max(old.size());
+        // Ranges lie within the newer object, as Azure's do within the target: a
+        // shrunk one has no ranges past its end.
+        let size = new.size();
         changed.remove(units_in(size)..u64::MAX);
         let view = Layered::build(&self.root, &b, None).map_err(io)?;
         let mut d = Diff::default();

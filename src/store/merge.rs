@@ -124,10 +124,14 @@ impl Store {
         // Space reclaim of deletes first: what it punches, a merge need not copy.
         self.reclaim_queued();
         let mut n = self.full_copies(rate);
+        let mut failed = false;
         // Each merge can make another possible (D into D', then D' into D'').
         loop {
             let todo = self.mergeable();
             if todo.is_empty() {
+                if !failed {
+                    *self.merges.last_error.lock() = None;
+                }
                 return n;
             }
             let mut progressed = false;
@@ -144,12 +148,18 @@ impl Store {
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        log::warn!(
-                            "merging delta {} into {}: {e}; it is retried later",
-                            m.lower,
-                            m.upper
-                        );
-                        *self.merges.last_error.lock() = Some(e.to_string());
+                        let msg = e.to_string();
+                        let mut last = self.merges.last_error.lock();
+                        // Said once, not at every retry.
+                        if last.as_deref() != Some(msg.as_str()) {
+                            log::warn!(
+                                "merging delta {} into {}: {msg}; it is retried later",
+                                m.lower,
+                                m.upper
+                            );
+                        }
+                        *last = Some(msg);
+                        failed = true;
                     }
                 }
             }
@@ -260,13 +270,39 @@ impl Store {
             .find(|h| !h.kind.read_only() && h.stack().last() == Some(&m.upper))
             .cloned();
         let io = |what: &str, e| StoreError::io(format!("{what} (merging delta {})", m.lower), e);
-        let lf = open_ro(&delta_path(&self.root, &m.lower)).map_err(|e| io("opening", e))?;
-        let uf = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(delta_path(&self.root, &m.upper))
-            .map_err(|e| io("opening", e))?;
+        // An earlier merge of this pass may have folded or removed either delta: this
+        // one is stale then, and the next pass sees what is left to do.
+        let (lf, uf) = match (
+            open_ro(&delta_path(&self.root, &m.lower)),
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(delta_path(&self.root, &m.upper)),
+        ) {
+            (Ok(l), Ok(u)) => (l, u),
+            (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(false)
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(io("opening", e)),
+        };
         let data = scan_data(&lf).map_err(|e| io("scanning", e))?;
+        // The copies take space before the lower delta's is freed: merge only with
+        // room for them (and 1% of the file system to spare), else wait.
+        let upper_data = scan_data(&uf).map_err(|e| io("scanning", e))?;
+        let upper_wh =
+            read_whiteouts(&whiteout_path(&self.root, &m.upper)).map_err(|e| io("reading", e))?;
+        let need = data.subtract(&upper_data).subtract(&upper_wh).count() * UNIT;
+        if let Some((free, total)) = fs_space(&uf) {
+            if need > 0 && free < need + total / 100 {
+                return Err(StoreError::NoSpace {
+                    what: format!("merging delta {} into {}", m.lower, m.upper),
+                    need: need + total / 100,
+                    detail: "the copies it makes before the merged delta is freed, and 1% to spare; the merge waits until then".into(),
+                    free,
+                    path: self.deltas_dir().display().to_string(),
+                });
+            }
+        }
         let lower_wh =
             read_whiteouts(&whiteout_path(&self.root, &m.lower)).map_err(|e| io("reading", e))?;
         let started = Instant::now();
@@ -392,6 +428,18 @@ fn copy_step(
         copied += UNIT;
     }
     Ok((copied, zero))
+}
+
+/// Free bytes for an unprivileged writer and the size of `f`'s file system.
+fn fs_space(f: &fs::File) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // Safe because: the fd is open for the call and `st` is a valid out-pointer.
+    if unsafe { libc::fstatvfs(f.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    let bs = st.f_frsize as u64;
+    Some((st.f_bavail as u64 * bs, st.f_blocks as u64 * bs))
 }
 
 /// The units of `candidates` whose bytes in `f` are not all zero.

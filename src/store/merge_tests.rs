@@ -313,11 +313,19 @@ fn a_merge_step_sees_the_whiteouts_of_the_delta_it_copies_into() {
         .with_top_units(&top, 0, 16, |wh| Ok(wh.contains(4)))
         .unwrap();
     assert!(seen, "the frozen delta's whiteout was not seen");
-    let want = s.get_kind(ObjectKind::Snapshot, "s2").unwrap().read(0, 16 * 4096).unwrap();
+    let want = s
+        .get_kind(ObjectKind::Snapshot, "s2")
+        .unwrap()
+        .read(0, 16 * 4096)
+        .unwrap();
     assert!(want[4 * 4096..5 * 4096].iter().all(|&b| b == 0));
     s.delete_object(ObjectKind::Snapshot, "s1").unwrap();
     s.merge_all(u64::MAX);
-    let got = s.get_kind(ObjectKind::Snapshot, "s2").unwrap().read(0, 16 * 4096).unwrap();
+    let got = s
+        .get_kind(ObjectKind::Snapshot, "s2")
+        .unwrap()
+        .read(0, 16 * 4096)
+        .unwrap();
     assert_eq!(got, want, "s2 changed in the merge");
 }
 
@@ -383,7 +391,11 @@ fn snapshots_keep_their_content_under_concurrent_writes_discards_and_merges() {
             s.delete_object(ObjectKind::Snapshot, &n).unwrap();
         }
         for (n, want) in &kept {
-            let got = s.get_kind(ObjectKind::Snapshot, n).unwrap().read(0, SIZE as usize).unwrap();
+            let got = s
+                .get_kind(ObjectKind::Snapshot, n)
+                .unwrap()
+                .read(0, SIZE as usize)
+                .unwrap();
             assert!(got == *want, "round {round}: snapshot {n} changed");
         }
     }
@@ -392,7 +404,11 @@ fn snapshots_keep_their_content_under_concurrent_writes_discards_and_merges() {
     merger.join().unwrap();
     s.merge_all(u64::MAX);
     for (n, want) in &kept {
-        let got = s.get_kind(ObjectKind::Snapshot, n).unwrap().read(0, SIZE as usize).unwrap();
+        let got = s
+            .get_kind(ObjectKind::Snapshot, n)
+            .unwrap()
+            .read(0, SIZE as usize)
+            .unwrap();
         assert!(got == *want, "at the end: snapshot {n} changed");
     }
     assert_eq!(d.read(0, SIZE as usize).unwrap(), *model.lock().unwrap());
