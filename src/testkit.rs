@@ -17,6 +17,24 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A seeded xorshift, so model tests are reproducible.
+pub struct Rng(pub u64);
+
+impl Rng {
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Below `n` (0 for `n` of 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
 /// Unwraps `wrapped` with the PEM private key at `key` using the openssl CLI
 /// (RSA-OAEP, SHA-256 for OAEP and MGF1): an independent check of our wrapping.
 pub fn openssl_oaep_unwrap(key: &Path, wrapped: &[u8], workdir: &Path) -> Vec<u8> {

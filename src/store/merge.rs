@@ -348,7 +348,7 @@ impl Store {
             let add = |upper_wh: &RangeSet| -> std::io::Result<()> {
                 let upper_data = scan_data(&uf)?;
                 let mut todo = lower_wh.subtract(upper_wh);
-                let held = nonzero(&uf, &upper_data.intersect(&todo))?;
+                let held = super::reclaim::nonzero_units(&uf, &upper_data.intersect(&todo))?;
                 todo = todo.subtract(&held);
                 let ranges: Vec<_> = todo.iter().collect();
                 append_whiteouts(&whiteout_path(&self.root, &m.upper), &ranges)
@@ -440,19 +440,4 @@ fn fs_space(f: &fs::File) -> Option<(u64, u64)> {
     }
     let bs = st.f_frsize as u64;
     Some((st.f_bavail as u64 * bs, st.f_blocks as u64 * bs))
-}
-
-/// The units of `candidates` whose bytes in `f` are not all zero.
-fn nonzero(f: &fs::File, candidates: &RangeSet) -> std::io::Result<RangeSet> {
-    let mut out = RangeSet::new();
-    let mut buf = vec![0u8; UNIT as usize];
-    for r in candidates.iter() {
-        for n in r {
-            let got = f.read_at(&mut buf, n * UNIT)?;
-            if got > 0 && !is_zero(&buf[..got]) {
-                out.insert(n..n + 1);
-            }
-        }
-    }
-    Ok(out)
 }

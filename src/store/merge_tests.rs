@@ -4,7 +4,7 @@
 
 use super::delta::{delta_path, DELTAS_DIR};
 use super::*;
-use crate::testkit::pattern;
+use crate::testkit::{pattern, Rng};
 use std::collections::VecDeque;
 use std::os::unix::fs::MetadataExt;
 
@@ -17,19 +17,6 @@ fn new_store() -> (tempfile::TempDir, Store) {
     Store::init(&root, &InitOptions::default()).unwrap();
     let s = Store::open(&root, None).unwrap();
     (dir, s)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 /// Bytes the store's deltas take on disk.

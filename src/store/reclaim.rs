@@ -269,7 +269,7 @@ impl Store {
 }
 
 /// The units of `candidates` whose stored bytes in `f` are not all zero.
-fn nonzero_units(f: &fs::File, candidates: &RangeSet) -> std::io::Result<RangeSet> {
+pub(super) fn nonzero_units(f: &fs::File, candidates: &RangeSet) -> std::io::Result<RangeSet> {
     use super::disk::units::is_zero;
     use std::os::unix::fs::FileExt;
     let mut out = RangeSet::new();

@@ -2,7 +2,7 @@
 //! test against an in-memory copy of every object, reopening the store on the way.
 
 use super::*;
-use crate::testkit::pattern;
+use crate::testkit::{pattern, Rng};
 use std::collections::BTreeMap;
 
 const SIZE: u64 = 64 * 4096 + 100;
@@ -28,19 +28,6 @@ fn open(root: &Path) -> Store {
         }
     }
     Store::open(root, None).unwrap()
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 fn check(s: &Store, model: &BTreeMap<(ObjectKind, String), Vec<u8>>, ctx: &str) {
