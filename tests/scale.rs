@@ -318,3 +318,32 @@ fn the_fix_for_an_update_of_a_disk_that_shares_keys_works() {
     assert!(std::fs::read(m.mnt.join("snapshots/cs")).unwrap()[..4096] == pattern(3, 4096)[..]);
     m.umount();
 }
+
+/// After a kill -9 on a full store, the next mount still writes its daemon.json (the
+/// metadata reserve is given up for it) instead of failing with a bare ENOSPC.
+#[test]
+fn a_full_store_mounts_again_after_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::new(&tmp.path().join("small"), "24M");
+    let store = fs.0.join("store");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut m = Mounted::attach(tmp.path(), &store, &mnt);
+    m.create("d", "4M");
+    rw(&m.disk("d"))
+        .write_all_at(&pattern(5, 1 << 20), 0)
+        .unwrap();
+    let _filler = fs.fill();
+    // Safe because: kill(2) takes no pointers.
+    assert_eq!(unsafe { libc::kill(m.daemon_pid(), libc::SIGKILL) }, 0);
+    m.reap_dead_daemon();
+    m.mount();
+    let mut buf = vec![0u8; 1 << 20];
+    std::fs::File::open(m.disk("d"))
+        .unwrap()
+        .read_at(&mut buf, 0)
+        .unwrap();
+    assert!(buf == pattern(5, 1 << 20));
+    m.umount();
+    drop(fs);
+}

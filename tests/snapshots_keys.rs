@@ -857,6 +857,13 @@ fn rekey_of_a_disk_with_copies_leaves_them_alone() {
         wrapped,
         "c1 kept its DEK"
     );
+    // The deltas noted for the rekey's reclaim are done with once it is: `.gc` is
+    // cleared now, not at the next mount.
+    assert!(
+        !m.store.join("deltas/.gc").exists(),
+        "deltas/.gc: {:?}",
+        std::fs::read_to_string(m.store.join("deltas/.gc"))
+    );
     for (k, n) in [("snapshots", "s1"), ("images", "i1"), ("disks", "f1")] {
         assert_eq!(wrapped0(&m.store, k, n), wrapped, "{k}/{n}");
         assert!(content(&m.mnt, k, n) == a, "{k}/{n} after the rekey of c1");
