@@ -401,3 +401,65 @@ fn snapshots_keep_their_content_under_concurrent_writes_discards_and_merges() {
     assert_eq!(d.read(0, SIZE as usize).unwrap(), *model.lock().unwrap());
     d.release().unwrap();
 }
+
+/// A merge in a customer-key family waits while the key is disabled and runs after
+/// the restore.
+#[test]
+fn a_revoked_family_pauses_its_merges_until_the_restore() {
+    use crate::vault::{Caller, KeyOptions, KeyRef, KeyUpdate};
+    let (_dir, s) = new_store();
+    let me = Caller::current_user();
+    s.vault().set_props(&me, Some(true), None).unwrap();
+    s.vault()
+        .create_key(&me, "k1", &KeyOptions::default())
+        .unwrap();
+    let kid = s.vault().resolve(&KeyRef::parse("k1").unwrap()).unwrap();
+    let set = s.des_create("set1", &kid, None, false).unwrap();
+    let perms: Vec<String> = ["get", "wrapKey", "unwrapKey"].map(String::from).to_vec();
+    s.vault()
+        .grant(
+            &me,
+            "k1",
+            &set.principal_id,
+            "diskEncryptionSets/set1",
+            &perms,
+        )
+        .unwrap();
+    s.create_disk(
+        "d",
+        &CreateOptions {
+            size: SIZE,
+            disk_encryption_set: Some("set1".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut rng = Rng(77);
+    let mut model = vec![0u8; SIZE as usize];
+    scribble(&s, &mut rng, &mut model, 20);
+    s.create_copy(ObjectKind::Snapshot, "s1", "d", &CopyOptions::default())
+        .unwrap();
+    scribble(&s, &mut rng, &mut model, 5);
+    s.create_copy(ObjectKind::Snapshot, "s2", "d", &CopyOptions::default())
+        .unwrap();
+    s.delete_object(ObjectKind::Snapshot, "s1").unwrap();
+    let set_enabled = |on: bool| {
+        let u = KeyUpdate {
+            enabled: Some(on),
+            ..Default::default()
+        };
+        s.vault()
+            .update_key(&me, &KeyRef::parse("k1").unwrap(), &u)
+            .unwrap();
+        s.reconcile();
+    };
+    set_enabled(false);
+    assert!(s.get("d").unwrap().is_revoked());
+    assert_eq!(s.merge_all(u64::MAX), 0, "merged while revoked");
+    assert_eq!(s.get("d").unwrap().stack().len(), 3);
+    set_enabled(true);
+    assert!(!s.get("d").unwrap().is_revoked());
+    assert_eq!(s.merge_all(u64::MAX), 1);
+    assert_eq!(s.get("d").unwrap().stack().len(), 2);
+    assert_eq!(s.get("d").unwrap().read(0, SIZE as usize).unwrap(), model);
+}
