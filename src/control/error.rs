@@ -73,7 +73,6 @@ pub fn errno(e: &StoreError) -> i32 {
         VmCannotStart(_) => libc::EKEYREVOKED,
         ReadOnly { .. } => libc::EROFS,
         Refused(_) => libc::EINVAL,
-        Unsupported(_) => libc::EOPNOTSUPP,
         Limit(_) => libc::EDQUOT,
         InvalidName { name, .. } | InvalidObjectName { name, .. } if name.len() > 255 => {
             libc::ENAMETOOLONG

@@ -75,9 +75,6 @@ pub enum StoreError {
     /// A rule on keys or sources (the same disk encryption set, sizes only grow).
     #[error("{0}")]
     Refused(String),
-    /// Something diskvault does not do (yet); the message says what to do instead.
-    #[error("{0}")]
-    Unsupported(String),
     /// A count limit (snapshots per disk), as Azure's quota.
     #[error("{0}")]
     Limit(String),

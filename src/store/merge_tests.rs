@@ -19,6 +19,18 @@ fn new_store() -> (tempfile::TempDir, Store) {
     (dir, s)
 }
 
+/// Disk "d" of SIZE bytes, platform key.
+fn new_disk(s: &Store) {
+    s.create_disk(
+        "d",
+        &CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
 /// Bytes the store's deltas take on disk.
 fn delta_space(s: &Store) -> u64 {
     fs::read_dir(s.root().join(DELTAS_DIR))
@@ -71,14 +83,7 @@ fn a_snapshot_schedule_keeps_its_depth_space_and_content() {
         .and_then(|c| c.parse().ok())
         .unwrap_or(300);
     let (_dir, s) = new_store();
-    s.create_disk(
-        "d",
-        &CreateOptions {
-            size: SIZE,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    new_disk(&s);
     let mut rng = Rng(0x5eed_0019);
     let mut model = vec![0u8; SIZE as usize];
     let mut kept: VecDeque<(String, Vec<u8>)> = VecDeque::new();
@@ -126,14 +131,7 @@ fn a_snapshot_schedule_keeps_its_depth_space_and_content() {
 fn a_merge_into_a_disk_top_keeps_concurrent_writes() {
     let (_dir, s) = new_store();
     let s = Arc::new(s);
-    s.create_disk(
-        "d",
-        &CreateOptions {
-            size: SIZE,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    new_disk(&s);
     let mut rng = Rng(99);
     let mut model = vec![0u8; SIZE as usize];
     let d = s.get("d").unwrap();
@@ -179,14 +177,7 @@ fn a_merge_into_a_disk_top_keeps_concurrent_writes() {
 #[test]
 fn a_branch_point_is_not_merged_until_one_branch_is_gone() {
     let (_dir, s) = new_store();
-    s.create_disk(
-        "d",
-        &CreateOptions {
-            size: SIZE,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    new_disk(&s);
     let mut rng = Rng(5);
     let mut model = vec![0u8; SIZE as usize];
     scribble(&s, &mut rng, &mut model, 30);
@@ -217,14 +208,7 @@ fn a_branch_point_is_not_merged_until_one_branch_is_gone() {
 #[test]
 fn a_full_snapshot_copies_its_data_and_outlives_its_family() {
     let (_dir, s) = new_store();
-    s.create_disk(
-        "d",
-        &CreateOptions {
-            size: SIZE,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    new_disk(&s);
     let mut rng = Rng(31);
     let mut model = vec![0u8; SIZE as usize];
     scribble(&s, &mut rng, &mut model, 30);
@@ -277,14 +261,7 @@ fn a_full_snapshot_copies_its_data_and_outlives_its_family() {
 #[test]
 fn a_merge_step_sees_the_whiteouts_of_the_delta_it_copies_into() {
     let (_dir, s) = new_store();
-    s.create_disk(
-        "d",
-        &CreateOptions {
-            size: SIZE,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    new_disk(&s);
     let d = s.get("d").unwrap();
     d.write(0, &pattern(1, 16 * 4096)).unwrap();
     s.create_copy(ObjectKind::Snapshot, "s1", "d", &CopyOptions::default())
@@ -323,14 +300,7 @@ fn snapshots_keep_their_content_under_concurrent_writes_discards_and_merges() {
     use std::sync::Mutex as StdMutex;
     let (_dir, s) = new_store();
     let s = Arc::new(s);
-    s.create_disk(
-        "d",
-        &CreateOptions {
-            size: SIZE,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    new_disk(&s);
     let d = s.get("d").unwrap();
     d.open().unwrap();
     let model = Arc::new(StdMutex::new(vec![0u8; SIZE as usize]));
