@@ -57,3 +57,15 @@ pub fn openssl_oaep_unwrap(key: &Path, wrapped: &[u8], workdir: &Path) -> Vec<u8
     );
     out.stdout
 }
+
+/// The host key unit tests seal their stores with: one per test process, in a
+/// temporary directory, so no test reads or makes the host's own key.
+pub fn unit_host_key() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("diskvault-unit-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&d);
+        d
+    })
+    .join("host.key")
+}

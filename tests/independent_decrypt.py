@@ -7,11 +7,14 @@ given as disks/NAME, snapshots/NAME or images/NAME; the default kind is disk.
 Uses only Python's `cryptography` and the standard library.
 With DEK_HEX arguments (one per layer, layer 0 first; during a rekey then one per
 rekey layer) the DEKs come from elsewhere, e.g. unwrapped by openssl; otherwise each
-layer is unwrapped here: platform layers with STORE/keys/platform.pem, customer-key
-layers with the vault's version key (STORE/vault/keys/NAME/VERSION.pem, or
-$DISKVAULT_VAULT/keys/...).
+layer is unwrapped here: platform layers with the platform key, customer-key layers
+with the vault's version key, each unsealed as unseal.py (beside this file) does with
+the store's key-encryption key (DISKVAULT_HOST_KEY, DISKVAULT_PASSPHRASE_FILE or
+DISKVAULT_KEK_HEX); the vault is STORE/vault or $DISKVAULT_VAULT.
 """
-import argparse, base64, bisect, hashlib, hmac, json, os, re
+import argparse, base64, bisect, hashlib, hmac, json, os, re, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import unseal
 from urllib.parse import urlparse
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -43,18 +46,13 @@ vault = os.environ.get("DISKVAULT_VAULT", os.path.join(store, "vault"))
 OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
-def load_key(path):
-    with open(path, "rb") as f:
-        return serialization.load_pem_private_key(f.read(), password=None)
-
-
 def wrapping_key(kid):
     if kid.startswith("platform/"):
-        return load_key(os.path.join(store, "keys", "platform.pem"))
+        return unseal.private_key(store, vault, "platform")
     # https://VAULT.vault.azure.net/keys/NAME/VERSION
     _, keys, key_name, version = urlparse(kid).path.split("/")
     assert keys == "keys"
-    return load_key(os.path.join(vault, "keys", key_name.lower(), version + ".pem"))
+    return unseal.private_key(store, vault, "vault", key_name, version)
 
 
 # Find the object: KIND/ID/meta.json whose name matches. ID.creating / ID.deleted

@@ -19,6 +19,8 @@ pub struct StoreArg {
     /// The key vault directory, if the store keeps it elsewhere (see 'init --vault').
     #[arg(long, env = "DISKVAULT_VAULT")]
     pub vault: Option<PathBuf>,
+    #[command(flatten)]
+    pub kek: super::seal::KekArgs,
 }
 
 pub enum Access {
@@ -44,7 +46,15 @@ fn missing(path: &str) -> CliError {
 
 impl Access {
     pub fn open(arg: &StoreArg) -> Result<Access, CliError> {
-        match Store::open(&arg.store, arg.vault.as_deref()) {
+        Self::open_with(arg, arg.kek.options())
+    }
+
+    /// `open`, reaching the KEK with `unseal` when the store is not mounted.
+    pub fn open_with(
+        arg: &StoreArg,
+        unseal: crate::vault::custody::UnsealOptions,
+    ) -> Result<Access, CliError> {
+        match Store::open_with(&arg.store, arg.vault.as_deref(), unseal) {
             Ok(s) => Ok(Access::Direct(Control::new(Arc::new(s), None))),
             Err(e @ StoreError::Locked { .. }) => match Store::daemon_info(&arg.store) {
                 Some(d) if Path::new(&d.mountpoint).join(".vault").is_dir() => {

@@ -7,6 +7,7 @@
 use super::CliError;
 use crate::fs::{self, MountOptions};
 use crate::store::{now_rfc3339, DaemonInfo, Store, StoreLock, DAEMON_FILE, LOCK_FILE, LOG_FILE};
+use crate::vault::custody::{kek, SealKind, UnsealOptions};
 use clap::Args;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -14,6 +15,17 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// A pipe, both ends close-on-exec.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // Safe because: `fds` is a valid two-element array for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Safe because: pipe2 just returned these two fds and nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
 
 #[derive(Args)]
 pub struct MountArgs {
@@ -52,6 +64,8 @@ pub struct MountArgs {
     /// use it: a typo in a path must not make a new, empty store).
     #[arg(long)]
     no_create: bool,
+    #[command(flatten)]
+    seal: super::seal::SealArgs,
     /// Internal: fd on which a background daemon reports readiness.
     #[arg(long, hide = true)]
     ready_fd: Option<i32>,
@@ -124,11 +138,41 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf, CliError> {
     Ok(mp)
 }
 
-fn init_options(args: &MountArgs) -> crate::store::InitOptions {
+fn init_options(args: &MountArgs, unseal: &UnsealOptions) -> crate::store::InitOptions {
     crate::store::InitOptions {
         vault_dir: args.vault.as_ref().map(|v| absolute(v)),
         vault_name: None,
+        seal: args.seal.seal.unwrap_or_default(),
+        host_key: args.seal.kek.host_key.clone(),
+        tpm_tcti: args.seal.kek.tpm_tcti.clone(),
+        unseal: unseal.clone(),
     }
+}
+
+/// The unseal options of a mount. A passphrase is asked here, once, (twice for a new
+/// store) so that the daemon, which has no terminal, can be handed it.
+fn mount_unseal(args: &MountArgs, store: &Path) -> Result<UnsealOptions, CliError> {
+    let mut o = args.seal.kek.options_with_prompt();
+    let (kind, new) = if Store::is_store(store) {
+        match Store::key_protection(store)? {
+            Some(p) => (p.seal, false),
+            None => {
+                eprintln!(
+                    "diskvault: warning: store {} keeps its private keys in clear; seal them with 'diskvault vault seal --store {}' (unmounted)",
+                    store.display(),
+                    store.display()
+                );
+                return Ok(o);
+            }
+        }
+    } else {
+        (args.seal.seal.unwrap_or_default(), true)
+    };
+    if kind == SealKind::Passphrase && o.passphrase_file.is_none() {
+        let what = format!("the store {}", store.display());
+        o.passphrase = Some(Arc::new(kek::passphrase(&o, &what, new)?));
+    }
+    Ok(o)
 }
 
 pub fn mount(args: MountArgs) -> Result<(), CliError> {
@@ -139,7 +183,10 @@ pub fn mount(args: MountArgs) -> Result<(), CliError> {
     check_mountpoint(&args.mountpoint)?;
     if !Store::is_store(&store) {
         refuse_missing(&args, &store)?;
-        Store::init(&store, &init_options(&args))?;
+    }
+    let unseal = mount_unseal(&args, &store)?;
+    if !Store::is_store(&store) {
+        Store::init(&store, &init_options(&args, &unseal))?;
         eprintln!(
             "diskvault: created new store {} with a fresh platform key",
             store.display()
@@ -173,6 +220,24 @@ pub fn mount(args: MountArgs) -> Result<(), CliError> {
     if let Some(n) = args.threads {
         cmd.arg("--threads").arg(n.to_string());
     }
+    if let Some(h) = &args.seal.kek.host_key {
+        cmd.arg("--host-key").arg(absolute(h));
+    }
+    if let Some(t) = &args.seal.kek.tpm_tcti {
+        cmd.arg("--tpm-tcti").arg(t);
+    }
+    // A passphrase reaches the daemon through a pipe, never argv or the environment.
+    let mut pass_rd: Option<OwnedFd> = None;
+    if let Some(p) = &unseal.passphrase {
+        let (rd, wr) = pipe()?;
+        std::fs::File::from(wr).write_all(p)?;
+        cmd.arg("--passphrase-file")
+            .arg(format!("/dev/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&rd)));
+        pass_rd = Some(rd);
+    } else if let Some(f) = &args.seal.kek.passphrase_file {
+        cmd.arg("--passphrase-file").arg(absolute(f));
+    }
+    let pass_raw = pass_rd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
     cmd.arg(&store)
         .arg(std::fs::canonicalize(&args.mountpoint)?)
         .stdin(std::process::Stdio::null())
@@ -183,13 +248,16 @@ pub fn mount(args: MountArgs) -> Result<(), CliError> {
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
-            let flags = libc::fcntl(wr_raw, libc::F_GETFD);
-            libc::fcntl(wr_raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            for fd in std::iter::once(wr_raw).chain(pass_raw) {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            }
             Ok(())
         });
     }
     let mut child = cmd.spawn()?;
     drop(wr);
+    drop(pass_rd);
     let mut msg = String::new();
     std::fs::File::from(rd).read_to_string(&mut msg)?;
     let msg = msg.trim();
@@ -279,13 +347,28 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
         .map(|fd| std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
     let result = (|| {
         let mp = check_mountpoint(&args.mountpoint)?;
+        let mut unseal = if args.ready_fd.is_none() {
+            if !Store::is_store(store_path) {
+                refuse_missing(args, store_path)?;
+            }
+            mount_unseal(args, store_path)?
+        } else {
+            args.seal.kek.options()
+        };
         if !Store::is_store(store_path) && args.ready_fd.is_none() {
-            refuse_missing(args, store_path)?;
-            Store::init(store_path, &init_options(args))?;
+            Store::init(store_path, &init_options(args, &unseal))?;
         }
         init_logging(ready.as_ref().map(|_| store_path.join(LOG_FILE)).as_deref());
         install_panic_hook();
-        let store = Arc::new(Store::open(store_path, args.vault.as_deref())?);
+        unseal.prompt = None;
+        unseal.eager = true;
+        let store = Arc::new(Store::open_with(store_path, args.vault.as_deref(), unseal)?);
+        let clear = store.clear_key_count();
+        if clear > 0 {
+            log::warn!(
+                "the store keeps {clear} private keys in clear; seal them with 'diskvault vault seal' (unmounted)"
+            );
+        }
         store.set_delays(crate::store::Delays {
             revocation: args.revocation_delay,
             auto_rotation: args.auto_rotate_delay,

@@ -7,6 +7,7 @@ mod daemon;
 mod des;
 mod disk;
 mod key;
+mod seal;
 mod summary;
 mod vault;
 mod vm;
@@ -39,6 +40,8 @@ enum Cmd {
         /// The vault's name, as in https://NAME.vault.azure.net (3-24 characters).
         #[arg(long)]
         vault_name: Option<String>,
+        #[command(flatten)]
+        seal: seal::SealArgs,
     },
     /// Mount a store; returns once the mount is ready and leaves the daemon in the background.
     /// The store is created if it does not exist yet.
@@ -257,7 +260,12 @@ impl<E: std::fmt::Display> From<E> for CliError {
 
 /// `init`, with relative paths made absolute, and the directories it created removed
 /// again if it fails.
-fn init(store: &Path, vault: Option<&Path>, vault_name: Option<String>) -> Result<(), CliError> {
+fn init(
+    store: &Path,
+    vault: Option<&Path>,
+    vault_name: Option<String>,
+    seal: &seal::SealArgs,
+) -> Result<(), CliError> {
     let store = std::path::absolute(store)?;
     let vault = vault.map(std::path::absolute).transpose()?;
     let new_dirs: Vec<PathBuf> = std::iter::once(&store)
@@ -268,6 +276,10 @@ fn init(store: &Path, vault: Option<&Path>, vault_name: Option<String>) -> Resul
     let opts = crate::store::InitOptions {
         vault_dir: vault,
         vault_name,
+        seal: seal.seal.unwrap_or_default(),
+        host_key: seal.kek.host_key.clone(),
+        tpm_tcti: seal.kek.tpm_tcti.clone(),
+        unseal: seal.kek.options_with_prompt(),
     };
     match crate::store::Store::init(&store, &opts) {
         Ok(()) => {
@@ -345,7 +357,8 @@ pub fn main() -> ExitCode {
             store,
             vault,
             vault_name,
-        } => init(&store, vault.as_deref(), vault_name),
+            seal,
+        } => init(&store, vault.as_deref(), vault_name, &seal),
         Cmd::Mount(args) => daemon::mount(args),
         Cmd::Umount {
             mountpoint,

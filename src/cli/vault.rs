@@ -1,9 +1,11 @@
 //! `diskvault vault ...`: the key vault itself.
 
 use super::access::{print_json, Access, StoreArg};
+use super::seal::parse_seal;
 use super::{print_object, CliError, Format, OutputArg};
 use crate::control::args::bool_value;
 use crate::control::VaultRequest;
+use crate::vault::custody::{SealKind, SealSetup, UnsealOptions};
 use clap::Subcommand;
 use serde_json::Value;
 
@@ -32,6 +34,50 @@ pub enum VaultCmd {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Seal a store's clear private keys (made by an older release) in place, under a
+    /// key-encryption key from --seal (host, tpm2 or passphrase). Crash-safe; run it
+    /// again after an interruption. The store must not be mounted.
+    Seal {
+        /// Where the key-encryption key comes from: host (default), tpm2 or passphrase.
+        #[arg(long, value_name = "KIND", alias = "with", value_parser = parse_seal)]
+        seal: Option<SealKind>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Seal the store's keys under another key-encryption key (change the passphrase,
+    /// move to a TPM...). The current one (--host-key, --passphrase-file, --tpm-tcti)
+    /// opens them first. The store must not be mounted.
+    Reseal {
+        /// The new source: host, tpm2 or passphrase.
+        #[arg(long, value_name = "KIND", value_parser = parse_seal)]
+        seal: SealKind,
+        /// For --seal host: the new host key (made if absent), recorded in the store.
+        #[arg(long, value_name = "PATH")]
+        new_host_key: Option<std::path::PathBuf>,
+        /// For --seal passphrase: a file with the new passphrase (else it is asked).
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<std::path::PathBuf>,
+        /// For --seal tpm2: the TPM's TCTI, recorded in the store.
+        #[arg(long, value_name = "TCTI")]
+        new_tpm_tcti: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+/// The store, opened here: sealing rewrites files a daemon holds.
+fn unmounted(
+    store: &StoreArg,
+    what: &str,
+) -> Result<std::sync::Arc<crate::store::Store>, CliError> {
+    match Access::open_with(store, store.kek.options_with_prompt())? {
+        Access::Direct(c) => Ok(c.store().clone()),
+        Access::Mounted(mp) => Err(CliError(format!(
+            "the store is mounted at {}; unmount it first ('diskvault umount {}'), then run {what} again",
+            mp.display(),
+            mp.display()
+        ))),
+    }
 }
 
 /// vault.json without the key lists (those are `key list`).
@@ -76,6 +122,53 @@ pub fn run_vault(cmd: VaultCmd) -> Result<(), CliError> {
                 Some(v) => print_json(&v),
                 None => print_json(&vault_json(&a)?),
             }
+        }
+        VaultCmd::Seal { seal, store } => {
+            let s = unmounted(&store, "'vault seal'")?;
+            let setup = SealSetup {
+                kind: seal.unwrap_or_default(),
+                host_key: store.kek.host_key.clone(),
+                tpm_tcti: store.kek.tpm_tcti.clone(),
+            };
+            if s.clear_key_count() == 0 {
+                if let Some(p) = crate::store::Store::key_protection(&store.store)? {
+                    println!(
+                        "the store's keys are sealed already ({}); 'diskvault vault reseal --seal KIND' changes the key-encryption key",
+                        p.seal
+                    );
+                    return Ok(());
+                }
+            }
+            let r = s.seal_keys(&setup, &store.kek.options_with_prompt())?;
+            eprintln!(
+                "sealed {} private key files with {}; no clear copy is left in the store",
+                r.sealed, r.protection.seal
+            );
+            print_json(&r.protection.summary());
+        }
+        VaultCmd::Reseal {
+            seal,
+            new_host_key,
+            new_passphrase_file,
+            new_tpm_tcti,
+            store,
+        } => {
+            let s = unmounted(&store, "'vault reseal'")?;
+            let setup = SealSetup {
+                kind: seal,
+                host_key: new_host_key.clone(),
+                tpm_tcti: new_tpm_tcti.clone(),
+            };
+            let mut new = UnsealOptions {
+                host_key: new_host_key,
+                passphrase_file: new_passphrase_file,
+                tpm_tcti: new_tpm_tcti,
+                ..store.kek.options_with_prompt()
+            };
+            new.passphrase = None;
+            let p = s.reseal(&setup, &new)?;
+            eprintln!("the store's keys are now sealed with {}", p.seal);
+            print_json(&p.summary());
         }
         VaultCmd::VerifyAudit { store } => {
             let a = Access::open(&store)?;

@@ -16,6 +16,12 @@ pub enum CryptoError {
     Wrap(String),
     #[error("RSA key is not valid PEM (PKCS#8 or PKCS#1): {0}")]
     KeyParse(String),
+    #[error("sealing failed")]
+    Seal,
+    #[error(
+        "sealed data does not open with this key (wrong key, or the file was changed or moved)"
+    )]
+    Unseal,
     #[error("RSA key of {0} bits is not allowed; use 2048, 3072 or 4096")]
     KeySize(usize),
 }

@@ -37,6 +37,22 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A random RFC 4122 version-4 uuid (store ids, Azure's `vmId`).
+pub fn random_uuid() -> Result<String, CryptoError> {
+    let mut b = random_bytes(16)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = super::wrap::hex(&b);
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
 /// Public random bytes (nonces, ids).
 pub fn random_bytes(len: usize) -> Result<Vec<u8>, CryptoError> {
     let mut v = vec![0u8; len];

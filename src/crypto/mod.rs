@@ -3,12 +3,13 @@
 mod ctr;
 mod error;
 mod keys;
+pub mod seal;
 pub mod wrap;
 mod xts;
 
 pub use self::ctr::Ctr256;
 pub use error::CryptoError;
-pub use keys::{random_bytes, Secret};
+pub use keys::{random_bytes, random_uuid, Secret};
 pub use xts::{Xts256, XtsBackend};
 
 use std::fmt;

@@ -3,9 +3,11 @@
 
 use super::{CryptoError, Secret};
 use rsa::pkcs1::DecodeRsaPrivateKey;
-use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use rsa::traits::PublicKeyParts;
-use rsa::PrivateKey;
+use rsa::{PrivateKey, PublicKey};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -51,16 +53,101 @@ impl RsaKey {
             .map_err(|e| CryptoError::KeyParse(e.to_string()))
     }
 
-    /// SubjectPublicKeyInfo PEM (`BEGIN PUBLIC KEY`).
-    pub fn public_pem(&self) -> String {
+    /// PKCS#8 DER of the private key, zeroized on drop (what a sealed key file seals).
+    pub fn to_pkcs8_der(&self) -> Result<Secret, CryptoError> {
         self.key
-            .as_public_key()
+            .to_pkcs8_der()
+            .map(|d| Secret::new(d.as_bytes().to_vec()))
+            .map_err(|e| CryptoError::KeyParse(e.to_string()))
+    }
+
+    /// Parses PKCS#8 DER, as `to_pkcs8_der` makes it.
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, CryptoError> {
+        let key =
+            PrivateKey::from_pkcs8_der(der).map_err(|e| CryptoError::KeyParse(e.to_string()))?;
+        let bits = key.size() * 8;
+        if !ALLOWED_BITS.contains(&bits) {
+            return Err(CryptoError::KeySize(bits));
+        }
+        Ok(RsaKey { key })
+    }
+
+    /// The public half, which wraps without the private key.
+    pub fn public(&self) -> RsaPublic {
+        RsaPublic {
+            key: self.key.as_public_key().clone(),
+        }
+    }
+
+    pub fn wrap(&self, dek: &Secret) -> Result<Vec<u8>, CryptoError> {
+        self.public().wrap(dek)
+    }
+
+    pub fn public_pem(&self) -> String {
+        self.public().pem()
+    }
+
+    pub fn public_parts(&self) -> (Vec<u8>, Vec<u8>) {
+        self.public().parts()
+    }
+
+    pub fn bits(&self) -> usize {
+        self.key.size() * 8
+    }
+
+    pub fn wrapped_len(&self) -> usize {
+        self.key.size()
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.public().fingerprint()
+    }
+
+    pub fn unwrap(&self, wrapped: &[u8]) -> Result<Secret, CryptoError> {
+        // The plaintext vector is moved straight into a zeroizing Secret.
+        self.key
+            .oaep_decrypt::<Sha256>(wrapped)
+            .map(Secret::new)
+            .map_err(|_| CryptoError::Unwrap)
+    }
+}
+
+/// An RSA public key: wraps DEKs, and names its private key by fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RsaPublic {
+    key: PublicKey,
+}
+
+impl RsaPublic {
+    /// Parses a DER SubjectPublicKeyInfo of an RSA key of an allowed size.
+    pub fn from_der(der: &[u8]) -> Result<Self, CryptoError> {
+        let key = PublicKey::from_public_key_der(der)
+            .map_err(|e| CryptoError::KeyParse(e.to_string()))?;
+        let bits = key.size() * 8;
+        if !ALLOWED_BITS.contains(&bits) {
+            return Err(CryptoError::KeySize(bits));
+        }
+        Ok(RsaPublic { key })
+    }
+
+    /// DER SubjectPublicKeyInfo.
+    pub fn der(&self) -> Vec<u8> {
+        self.key
+            .to_public_key_der()
+            .expect("encoding an RSA public key cannot fail")
+            .as_bytes()
+            .to_vec()
+    }
+
+    /// SubjectPublicKeyInfo PEM (`BEGIN PUBLIC KEY`).
+    pub fn pem(&self) -> String {
+        self.key
             .to_public_key_pem(LineEnding::LF)
             .expect("encoding an RSA public key cannot fail")
     }
 
     /// Big-endian modulus and public exponent, for a JWK's `n` and `e`.
-    pub fn public_parts(&self) -> (Vec<u8>, Vec<u8>) {
+    pub fn parts(&self) -> (Vec<u8>, Vec<u8>) {
         let strip = |b: Box<[u8]>| {
             let first = b.iter().position(|&x| x != 0).unwrap_or(b.len());
             b[first..].to_vec()
@@ -79,27 +166,13 @@ impl RsaKey {
 
     /// Hex SHA-256 of the DER SubjectPublicKeyInfo; identifies the key without revealing it.
     pub fn fingerprint(&self) -> String {
-        let der = self
-            .key
-            .as_public_key()
-            .to_public_key_der()
-            .expect("encoding an RSA public key cannot fail");
-        hex(&Sha256::digest(der.as_bytes()))
+        hex(&Sha256::digest(self.der()))
     }
 
     pub fn wrap(&self, dek: &Secret) -> Result<Vec<u8>, CryptoError> {
         self.key
-            .as_public_key()
             .oaep_encrypt::<Sha256>(dek.expose())
             .map_err(|e| CryptoError::Wrap(e.to_string()))
-    }
-
-    pub fn unwrap(&self, wrapped: &[u8]) -> Result<Secret, CryptoError> {
-        // The plaintext vector is moved straight into a zeroizing Secret.
-        self.key
-            .oaep_decrypt::<Sha256>(wrapped)
-            .map(Secret::new)
-            .map_err(|_| CryptoError::Unwrap)
     }
 }
 

@@ -15,6 +15,7 @@ type Model = BTreeMap<(ObjectKind, String), Vec<u8>>;
 /// Runs the decryptor on one object; `deks` (hex, one per layer) skip its unwrapping.
 fn decrypt(root: &Path, name_arg: &[&str], out: &Path, deks: &[String]) -> Vec<u8> {
     let o = Command::new("python3")
+        .env("DISKVAULT_HOST_KEY", crate::testkit::unit_host_key())
         .arg(SCRIPT)
         .args(&name_arg[..name_arg.len() - 1])
         .arg(root)
@@ -296,12 +297,24 @@ fn the_independent_decryptor_reads_every_layered_object() {
     let wrapped = base64::engine::general_purpose::STANDARD
         .decode(&snap.layers[0].wrapped_key)
         .unwrap();
-    let dek = openssl_oaep_unwrap(&root.join("keys/platform.pem"), &wrapped, dir.path());
+    // The platform key, unsealed by the independent unsealer (from the format doc).
+    let pem = dir.path().join("platform.pem");
+    let st = Command::new("python3")
+        .env("DISKVAULT_HOST_KEY", crate::testkit::unit_host_key())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/unseal.py"))
+        .arg(&root)
+        .arg("platform")
+        .arg(&pem)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let dek = openssl_oaep_unwrap(&pem, &wrapped, dir.path());
     assert_eq!(dek.len(), 64);
     let plain = decrypt(&root, &["snapshots/xs3"], &out, &[hex(&dek)]);
     assert!(plain == m[&(ObjectKind::Snapshot, "xs3".to_string())]);
     // A wrong DEK fails the key check (bound to keyCheckId, not the snapshot's id).
     let o = Command::new("python3")
+        .env("DISKVAULT_HOST_KEY", crate::testkit::unit_host_key())
         .arg(SCRIPT)
         .arg(&root)
         .arg("snapshots/xs3")

@@ -421,7 +421,8 @@ mod tests {
     fn a_sealed_layer_unwraps_to_a_dek_that_matches_its_key_check() {
         use crate::vault::PlatformKeys;
         let dir = tempfile::tempdir().unwrap();
-        let p = PlatformKeys::create(dir.path()).unwrap();
+        let c = crate::vault::custody::Custody::clear(dir.path(), None);
+        let p = PlatformKeys::create(dir.path(), &c).unwrap();
         let key = p.default_key().unwrap();
         let caller = Caller::platform();
         let id = "0123456789abcdef0123456789abcdef";

@@ -29,6 +29,7 @@
 //! error
 //! ```
 
+mod custody;
 #[cfg(test)]
 mod decrypt_tests;
 mod delta;
@@ -67,6 +68,7 @@ pub mod meta;
 pub mod spec;
 
 pub use crate::lock::StoreLock;
+pub use custody::SealReport;
 pub use diff::Diff;
 pub use disk::{Disk, Revocation, SeekKind};
 pub use encryption::{EncryptionType, LayerKind};
@@ -84,8 +86,9 @@ pub use vms::{
 };
 
 use crate::crypto::wrap::hex;
-use crate::crypto::{random_bytes, CipherKind, Secret};
+use crate::crypto::{random_bytes, random_uuid, CipherKind, Secret};
 use crate::durable;
+use crate::vault::custody::{Custody, KeyProtection, SealKind, SealSetup, UnsealOptions};
 use crate::vault::{KeyRef, KeyVault, PlatformKeys, WrappedKey};
 use des::{des_name, DesRecord, DES_DIR};
 use keyring::Keyring;
@@ -109,7 +112,10 @@ pub const LOG_FILE: &str = "daemon.log";
 const KEYS_DIR: &str = "keys";
 const DISKS_DIR: &str = "disks";
 pub const VAULT_DIR: &str = "vault";
-pub const STORE_VERSION: u64 = 1;
+/// Version 2: private keys are sealed (`keyProtection`). Version 1 stores (clear keys)
+/// still open, and become version 2 at `vault seal`.
+pub const STORE_VERSION: u64 = 2;
+const CLEAR_STORE_VERSION: u64 = 1;
 /// Deltas an object's stack may have (Azure keeps at most 500 incremental snapshots
 /// of a disk; each adds one).
 pub const MAX_STACK: usize = 1024;
@@ -125,6 +131,12 @@ struct Header {
     /// Absolute path of a key vault kept outside the store (`--vault DIR`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     vault: Option<String>,
+    /// A random uuid, bound into every sealed key (absent in stores made before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    store_id: Option<String>,
+    /// How private keys are sealed; absent in a store whose keys are still clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_protection: Option<KeyProtection>,
 }
 
 /// Options for `Store::init`.
@@ -134,6 +146,14 @@ pub struct InitOptions {
     pub vault_dir: Option<PathBuf>,
     /// The vault's name (the VAULT in https://VAULT.vault.azure.net); random if unset.
     pub vault_name: Option<String>,
+    /// Where the KEK comes from (`--seal`).
+    pub seal: SealKind,
+    /// `--host-key`: a host key path recorded in the header.
+    pub host_key: Option<PathBuf>,
+    /// `--tpm-tcti`: a TCTI recorded in the header.
+    pub tpm_tcti: Option<String>,
+    /// How this process reaches KEKs (environment, passphrase prompt).
+    pub unseal: UnsealOptions,
 }
 
 /// Where a running daemon serves the store; written while mounted.
@@ -196,6 +216,8 @@ pub struct Store {
     merges: merge::MergeState,
     /// Virtual machine records (the processes are `vm/`'s).
     vms: vms::Vms,
+    /// Also in the keyring; kept here to unseal it at mount.
+    platform: Arc<PlatformKeys>,
     /// Declared last so it is released last: whoever waits for it finds everything
     /// else (the vault included, unless a disk still holds it) released.
     _lock: StoreLock,
@@ -214,6 +236,20 @@ impl Store {
             return Err(StoreError::AlreadyAStore(root.display().to_string()));
         }
         let io = |what: &str, e| StoreError::io(format!("{what} {}", root.display()), e);
+        let abs_root = std::path::absolute(root).map_err(|e| io("resolving", e))?;
+        // The KEK first (a passphrase asked twice, a TPM seal): if that fails, nothing
+        // was made.
+        let store_id = random_uuid()?;
+        let sealing_key = Secret::random(crate::crypto::seal::SEAL_KEY_LEN)?;
+        let setup = SealSetup {
+            kind: opts.seal,
+            host_key: opts.host_key.clone(),
+            tpm_tcti: opts.tpm_tcti.clone(),
+        };
+        let protection =
+            KeyProtection::create(&abs_root, &store_id, &setup, &opts.unseal, &sealing_key)?;
+        let custody =
+            Custody::with_sealing_key(&abs_root, &store_id, protection.clone(), sealing_key);
         match fs::read_dir(root) {
             Ok(entries) => {
                 // A half-finished init (no header yet) may be redone; anything else is refused.
@@ -241,7 +277,7 @@ impl Store {
                 _ => {}
             }
         }
-        PlatformKeys::create(&root.join(KEYS_DIR))?;
+        PlatformKeys::create(&root.join(KEYS_DIR), &custody)?;
         let external = match &opts.vault_dir {
             Some(d) => {
                 let abs = std::path::absolute(d).map_err(|e| io("resolving", e))?;
@@ -265,12 +301,11 @@ impl Store {
             version: STORE_VERSION,
             created_at: now_rfc3339(),
             vault: external,
+            store_id: Some(store_id),
+            key_protection: Some(protection),
         };
         // The header goes last: its presence means the store is complete.
-        let mut bytes = serde_json::to_vec_pretty(&h).expect("header serializes");
-        bytes.push(b'\n');
-        durable::write_atomic(&header, &bytes, 0o600).map_err(|e| io("writing header in", e))?;
-        Ok(())
+        custody::write_header(root, &h)
     }
 
     pub fn is_store(root: &Path) -> bool {
@@ -298,10 +333,18 @@ impl Store {
         if h.format != "diskvault-store" {
             return Err(bad(format!("format is '{}'", h.format)));
         }
-        if h.version != STORE_VERSION {
-            return Err(StoreError::UnsupportedVersion(h.version));
+        match (h.version, &h.key_protection, &h.store_id) {
+            (STORE_VERSION, Some(_), Some(_)) | (CLEAR_STORE_VERSION, None, _) => Ok(h),
+            (STORE_VERSION | CLEAR_STORE_VERSION, ..) => {
+                Err(bad("its version and keyProtection/storeId disagree".into()))
+            }
+            (v, ..) => Err(StoreError::UnsupportedVersion(v)),
         }
-        Ok(h)
+    }
+
+    /// The header's keyProtection (None: the keys are clear).
+    pub fn key_protection(root: &Path) -> Result<Option<KeyProtection>> {
+        Ok(Self::check_header(root)?.key_protection)
     }
 
     /// Where a store's vault lives: `--vault`, else the header's, else embedded.
@@ -327,8 +370,19 @@ impl Store {
         serde_json::from_slice(&fs::read(root.join(DAEMON_FILE)).ok()?).ok()
     }
 
-    /// Opens the store for exclusive use, with its vault (or the one at `vault_override`).
+    /// Opens the store for exclusive use, with its vault (or the one at `vault_override`),
+    /// reaching its KEK as the environment says (`UnsealOptions::from_env`).
     pub fn open(root: &Path, vault_override: Option<&Path>) -> Result<Store> {
+        Self::open_with(root, vault_override, UnsealOptions::from_env())
+    }
+
+    /// `open` with the given ways to reach the KEK. Nothing is unsealed yet: the KEK
+    /// is fetched at the first use of a private key (or by `unseal`).
+    pub fn open_with(
+        root: &Path,
+        vault_override: Option<&Path>,
+        unseal: UnsealOptions,
+    ) -> Result<Store> {
         let header = Self::check_header(root)?;
         let lock = StoreLock::try_acquire(&root.join(LOCK_FILE))
             .map_err(|e| StoreError::io(format!("locking {}", root.display()), e))?
@@ -338,7 +392,21 @@ impl Store {
                     .map(|d| format!(" by diskvault pid {} mounted at {}", d.pid, d.mountpoint))
                     .unwrap_or_else(|| " by another diskvault process".into()),
             })?;
-        let platform = PlatformKeys::load(&root.join(KEYS_DIR))?;
+        let abs_root = std::path::absolute(root)
+            .map_err(|e| StoreError::io(format!("resolving {}", root.display()), e))?;
+        let eager = unseal.eager;
+        let custody = Arc::new(match (&header.key_protection, &header.store_id) {
+            (Some(p), Some(id)) => Custody::sealed(&abs_root, id, p.clone(), unseal),
+            _ => Custody::clear(&abs_root, header.store_id.as_deref()),
+        });
+        let platform = Arc::new(PlatformKeys::load(&root.join(KEYS_DIR), &custody)?);
+        if eager {
+            // Before anything else happens: without its KEK the store stays as it was.
+            if custody.is_sealed() {
+                custody.sealing_key()?;
+            }
+            platform.unseal()?;
+        }
         reserve::ensure(root);
         let vault_dir = match (vault_override, &header.vault) {
             (Some(v), _) => v.to_path_buf(),
@@ -352,14 +420,14 @@ impl Store {
                 v
             }
         };
-        let vault = Arc::new(KeyVault::open(&vault_dir)?);
+        let vault = Arc::new(KeyVault::open_with(&vault_dir, custody)?);
         let des_dir = root.join(DES_DIR);
         if !des_dir.is_dir() {
             durable::create_dir(&des_dir, 0o700)
                 .map_err(|e| StoreError::io(format!("creating {}", des_dir.display()), e))?;
         }
         let mut keys = Keyring::new(vault.clone(), load_sets(&des_dir)?);
-        keys.register(Arc::new(platform));
+        keys.register(platform.clone());
         keys.register(vault);
         let keys = Arc::new(keys);
         let weak = Arc::downgrade(&keys);
@@ -368,6 +436,7 @@ impl Store {
         }));
         let store = Store {
             root: root.to_path_buf(),
+            platform,
             _lock: lock,
             keys,
             disks: Default::default(),

@@ -5,10 +5,11 @@
 //! trait.
 
 pub mod audit;
+pub mod custody;
 pub mod keyvault;
 mod keyvault_provider;
 pub mod kid;
-mod platform;
+pub mod platform;
 pub mod provider;
 
 pub use audit::Caller;
@@ -35,8 +36,14 @@ pub struct WrappedKey {
 pub enum VaultError {
     #[error("platform key {0} is missing; restore it from a backup (without it no disk can be decrypted)")]
     MissingPlatformKey(String),
-    #[error("platform key {path} is unreadable: {source}")]
-    BadPlatformKey { path: String, source: CryptoError },
+    #[error("cannot unseal the store's keys: {0}")]
+    KekUnavailable(String),
+    #[error("the store's keyProtection (diskvault.json) is unusable: {0}; restore diskvault.json from a backup")]
+    BadProtection(String),
+    #[error("sealed key file {path} is unusable: {reason}; restore it from a backup of the store")]
+    SealedKeyBad { path: String, reason: String },
+    #[error("the platform key is unusable: {0}; restore STORE/keys from a backup (without it no platform-key disk can be decrypted)")]
+    PlatformKeyUnusable(String),
     #[error("key '{0}' that wrapped this disk's key is not known to this store")]
     UnknownKey(String),
     #[error("wrapping algorithm '{0}' is not supported; only RSA-OAEP-256 is")]
@@ -198,7 +205,8 @@ impl VaultError {
             Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             AuditUnavailable { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             RevokedNotSaved { errno, .. } => *errno,
-            KeyCorrupt { .. } => libc::EIO,
+            KeyCorrupt { .. } | SealedKeyBad { .. } | BadProtection(_) => libc::EIO,
+            KekUnavailable(_) => libc::ENOKEY,
             _ => libc::EIO,
         }
     }

@@ -1,60 +1,73 @@
-//! Platform-managed keys: an RSA-2048 key generated at store init, kept in
-//! `STORE/keys/platform.pem` (mode 0600). Azure's default for every disk.
+//! Platform-managed keys: an RSA-2048 key generated at store init, kept sealed in
+//! `STORE/keys/platform.key` (mode 0600). Azure's default for every disk.
 
+use super::custody::{Custody, HeldKey, KeyRole, LoadError};
 use super::provider::{KeyId, KeyInfo, KeyProvider, PlatformKid, ProviderKind};
 use super::{Caller, VaultError, WrappedKey};
 use crate::crypto::wrap::{RsaKey, WRAP_ALG};
 use crate::crypto::Secret;
-use crate::durable;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-pub const PLATFORM_KEY_FILE: &str = "platform.pem";
+/// The platform key's file name without extension (`platform.key` sealed, or
+/// `platform.pem` in a store from before sealing).
+pub const PLATFORM_KEY_STEM: &str = "platform";
 const PLATFORM_KEY_BITS: usize = 2048;
 
 pub struct PlatformKeys {
     kid: PlatformKid,
-    key: RsaKey,
+    key: HeldKey,
 }
 
 impl PlatformKeys {
-    /// Key id: `platform/` and the first 32 hex digits of the SPKI SHA-256 fingerprint.
-    fn kid_for(key: &RsaKey) -> PlatformKid {
-        PlatformKid::from_fingerprint(&key.fingerprint())
-    }
-
+    /// The sealed file's path.
     pub fn path(keys_dir: &Path) -> PathBuf {
-        keys_dir.join(PLATFORM_KEY_FILE)
+        Custody::key_paths(keys_dir, PLATFORM_KEY_STEM)[0].clone()
     }
 
-    /// Generates the platform key into `keys_dir` (which must exist).
-    pub fn create(keys_dir: &Path) -> Result<Self, VaultError> {
+    /// Generates the platform key into `keys_dir` (which must exist), sealed.
+    pub fn create(keys_dir: &Path, custody: &Custody) -> Result<Self, VaultError> {
         let key = RsaKey::generate(PLATFORM_KEY_BITS)?;
-        let pem = key.to_pkcs8_pem()?;
-        durable::write_atomic(&Self::path(keys_dir), pem.as_bytes(), 0o600)?;
+        custody.save_key(
+            keys_dir,
+            PLATFORM_KEY_STEM,
+            KeyRole::Platform,
+            PLATFORM_KEY_STEM,
+            &key,
+        )?;
         Ok(PlatformKeys {
-            kid: Self::kid_for(&key),
+            kid: PlatformKid::from_fingerprint(&key.fingerprint()),
+            key: HeldKey::ready(key),
+        })
+    }
+
+    /// Loads the platform key; its private half is unsealed on first use.
+    pub fn load(keys_dir: &Path, custody: &Arc<Custody>) -> Result<Self, VaultError> {
+        let key = custody
+            .load_key(
+                keys_dir,
+                PLATFORM_KEY_STEM,
+                KeyRole::Platform,
+                PLATFORM_KEY_STEM,
+            )
+            .map_err(|e| match e {
+                LoadError::Missing(p) => VaultError::MissingPlatformKey(p.display().to_string()),
+                LoadError::Bad(m) => VaultError::PlatformKeyUnusable(m),
+            })?;
+        Ok(PlatformKeys {
+            kid: PlatformKid::from_fingerprint(&key.public().fingerprint()),
             key,
         })
     }
 
-    pub fn load(keys_dir: &Path) -> Result<Self, VaultError> {
-        let path = Self::path(keys_dir);
-        let pem = match std::fs::read_to_string(&path) {
-            Ok(s) => zeroize::Zeroizing::new(s),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(VaultError::MissingPlatformKey(path.display().to_string()))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let key = RsaKey::from_pem(&pem).map_err(|source| VaultError::BadPlatformKey {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Ok(PlatformKeys {
-            kid: Self::kid_for(&key),
-            key,
-        })
+    /// Unseals the private key now (a mount checks its KEK this way).
+    pub fn unseal(&self) -> Result<(), VaultError> {
+        self.key.private().map(|_| ())
+    }
+
+    /// Whether it was loaded from a clear PEM file.
+    pub fn is_clear(&self) -> bool {
+        self.key.is_clear()
     }
 
     /// The platform key is the only key it serves; any other id is unknown.
@@ -81,7 +94,7 @@ impl KeyProvider for PlatformKeys {
         Ok(WrappedKey {
             kid: key.to_string(),
             alg: WRAP_ALG.to_string(),
-            value: self.key.wrap(dek)?,
+            value: self.key.public().wrap(dek)?,
         })
     }
 
@@ -92,14 +105,14 @@ impl KeyProvider for PlatformKeys {
         if !matches!(key, KeyId::Platform(k) if *k == self.kid) {
             return Err(VaultError::UnknownKey(wrapped.kid.clone()));
         }
-        Ok(self.key.unwrap(&wrapped.value)?)
+        Ok(self.key.private()?.unwrap(&wrapped.value)?)
     }
 
     fn describe(&self, key: &KeyId) -> Result<KeyInfo, VaultError> {
         self.check(key)?;
         Ok(KeyInfo {
             kid: key.clone(),
-            wrapped_len: Some(self.key.wrapped_len()),
+            wrapped_len: Some(self.key.public().wrapped_len()),
         })
     }
 

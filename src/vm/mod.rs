@@ -150,16 +150,5 @@ fn boot_file(p: &str) -> Result<String> {
 
 /// A random RFC 4122 version-4 uuid, Azure's `vmId` form.
 fn uuid() -> String {
-    let mut b = crate::crypto::random_bytes(16).unwrap_or_else(|_| vec![0; 16]);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = crate::crypto::wrap::hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    crate::crypto::random_uuid().unwrap_or_else(|_| "00000000-0000-4000-8000-000000000000".into())
 }

@@ -16,6 +16,23 @@ fn the_testing_feature_is_on() {
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The host key every diskvault this test binary runs seals with: one file under the
+/// target directory, never the host's own (a testing build refuses the default).
+pub fn host_key() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("host.key")
+}
+
+/// Sets DISKVAULT_HOST_KEY before main, while the process has one thread, so every
+/// command a test runs (the binary, scripts, mount helpers) inherits it.
+#[used]
+#[link_section = ".init_array"]
+static SET_HOST_KEY: extern "C" fn() = {
+    extern "C" fn set() {
+        std::env::set_var("DISKVAULT_HOST_KEY", host_key());
+    }
+    set
+};
+
 /// Customer-key steps run through the CLI and through the control files.
 pub mod cmk;
 /// Tiny Linux guests under QEMU (TCG) for the VM tests.

@@ -8,6 +8,7 @@ use super::view;
 use super::{parse_permissions, validate_principal_id, Grant, KeyVault, State};
 use crate::crypto::wrap::WRAP_ALG;
 use crate::crypto::Secret;
+use crate::vault::custody::HeldKey;
 use serde_json::Value;
 
 impl KeyVault {
@@ -187,7 +188,7 @@ impl KeyVault {
                 Ok(WrappedKey {
                     kid: key_url(&st.props.name, &e.rec.name, Some(&v)),
                     alg: WRAP_ALG.to_string(),
-                    value: e.privs[&v].wrap(dek)?,
+                    value: e.privs[&v].public().wrap(dek)?,
                 })
             },
         )
@@ -212,7 +213,7 @@ impl KeyVault {
                 Some(st.keys[&l].privs[&v].clone())
             })
             .flatten();
-        let early = key.map(|k| (k.unwrap(&w.value), k));
+        let early = key.map(|k| (unwrap_with(&k, &w.value), k));
         self.audited(
             "KeyUnwrap",
             caller,
@@ -225,7 +226,7 @@ impl KeyVault {
                 let now = &st.keys[&l].privs[&v];
                 match early {
                     Some((dek, k)) if std::sync::Arc::ptr_eq(&k, now) => Ok(dek?),
-                    _ => Ok(now.unwrap(&w.value)?),
+                    _ => unwrap_with(now, &w.value),
                 }
             },
         )
@@ -243,4 +244,9 @@ impl KeyVault {
         let st = self.state.lock();
         Self::authorize(&st, caller, &r, "unwrapKey", false).map(|_| ())
     }
+}
+
+/// Unwraps with a held key's private half (unsealed on its first use).
+fn unwrap_with(k: &HeldKey, wrapped: &[u8]) -> Result<Secret, VaultError> {
+    Ok(k.private()?.unwrap(wrapped)?)
 }

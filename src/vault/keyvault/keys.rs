@@ -13,13 +13,19 @@ use super::{KEYS_DIR, KEY_FILE, KEY_OPS};
 use crate::crypto::random_bytes;
 use crate::crypto::wrap::{hex, RsaKey, ALLOWED_BITS};
 use crate::durable;
+use crate::vault::custody::{Custody, HeldKey, KeyRole};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
 impl KeyVault {
+    /// Makes a version record for `key` and saves the key (sealed) in `kd`.
+    #[allow(clippy::too_many_arguments)]
     fn new_version(
+        &self,
+        vault: &str,
+        l: &str,
         kd: &Path,
         key: RsaKey,
         opts: &KeyOptions,
@@ -31,8 +37,13 @@ impl KeyVault {
         let mut attributes = Attributes::new(now);
         attributes.nbf = opts.nbf;
         attributes.exp = opts.exp;
-        let pem = key.to_pkcs8_pem()?;
-        durable::write_atomic(&kd.join(format!("{version}.pem")), pem.as_bytes(), 0o600)?;
+        self.custody.save_key(
+            kd,
+            &version,
+            KeyRole::VaultKey,
+            &super::key_file_id(vault, l, &version),
+            &key,
+        )?;
         Ok((
             VersionRecord {
                 version,
@@ -82,7 +93,15 @@ impl KeyVault {
         let _ = fs::remove_dir_all(&staging);
         durable::create_dir(&staging, 0o700)?;
         let result = (|| {
-            let (ver, key) = Self::new_version(&staging, key, opts, key_ops.clone(), imported)?;
+            let (ver, key) = self.new_version(
+                &st.props.name,
+                &l,
+                &staging,
+                key,
+                opts,
+                key_ops.clone(),
+                imported,
+            )?;
             let now = ver.attributes.created;
             let mut attributes = Attributes::new(now);
             attributes.enabled = opts.enabled.unwrap_or(true);
@@ -98,7 +117,10 @@ impl KeyVault {
             fs::rename(&staging, &kd)?;
             durable::sync_dir(&self.dir.join(KEYS_DIR))?;
             let mut privs = BTreeMap::new();
-            privs.insert(rec.versions[0].version.clone(), std::sync::Arc::new(key));
+            privs.insert(
+                rec.versions[0].version.clone(),
+                std::sync::Arc::new(HeldKey::ready(key)),
+            );
             Ok::<_, VaultError>(KeyEntry { rec, privs })
         })();
         let entry = match result {
@@ -216,19 +238,25 @@ impl KeyVault {
         opts: &KeyOptions,
         key_ops: Vec<String>,
     ) -> Result<Value, VaultError> {
-        let kd = self.key_dir(&name.to_ascii_lowercase());
-        let (ver, key) = Self::new_version(&kd, key, opts, key_ops, false)?;
+        let l = name.to_ascii_lowercase();
+        let kd = self.key_dir(&l);
+        let vault = st.props.name.clone();
+        let (ver, key) = self.new_version(&vault, &l, &kd, key, opts, key_ops, false)?;
         let mut rec = Self::entry(st, name)?.rec.clone();
         rec.attributes.updated = ver.attributes.created;
         rec.versions.push(ver.clone());
         if let Err(err) = write_json(&kd.join(KEY_FILE), &rec) {
-            let _ = fs::remove_file(kd.join(format!("{}.pem", ver.version)));
+            for p in Custody::key_paths(&kd, &ver.version) {
+                let _ = fs::remove_file(p);
+            }
             return Err(err.into());
         }
         let e = Self::entry_mut(st, name)?;
         e.rec = rec;
-        e.privs
-            .insert(ver.version.clone(), std::sync::Arc::new(key));
+        e.privs.insert(
+            ver.version.clone(),
+            std::sync::Arc::new(HeldKey::ready(key)),
+        );
         let e = Self::entry(st, name)?;
         Ok(Self::key_json(st, e, None))
     }
@@ -274,7 +302,7 @@ impl KeyVault {
                 };
                 e.privs
                     .get(&v)
-                    .map(|k| k.public_pem())
+                    .map(|k| k.public().pem())
                     .ok_or_else(|| VaultError::VersionNotFound(r.name.clone(), v))
             },
         )

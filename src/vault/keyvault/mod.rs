@@ -13,10 +13,11 @@
 //! NAME is the key name in lower case (names compare case-insensitively).
 
 use super::audit::{self, AuditFault, AuditLog, Caller};
+use super::custody::{Custody, HeldKey};
 use super::kid::{key_url, validate_vault_name, KeyRef};
 use super::{now_secs, VaultError};
 use crate::crypto::random_bytes;
-use crate::crypto::wrap::{hex, RsaKey};
+use crate::crypto::wrap::hex;
 use crate::durable;
 use crate::lock::StoreLock;
 use parking_lot::Mutex;
@@ -26,6 +27,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 mod authz;
 mod deletion;
@@ -60,7 +62,7 @@ const DAY: i64 = 86_400;
 struct KeyEntry {
     rec: KeyRecord,
     /// Shared so an unwrap can run its RSA operation without the vault lock.
-    privs: BTreeMap<String, std::sync::Arc<RsaKey>>,
+    privs: BTreeMap<String, std::sync::Arc<HeldKey>>,
 }
 
 impl KeyEntry {
@@ -125,6 +127,13 @@ pub struct KeyVault {
     /// Keys whose policy rotation failed, and when: retried after a pause, so a
     /// lasting cause (a full file system) doesn't flood the log every pass.
     policy_failures: Mutex<BTreeMap<String, std::time::Instant>>,
+    /// Seals and unseals the private key files.
+    custody: Arc<Custody>,
+}
+
+/// What a vault key version's sealed file is bound to: vault, key and version.
+fn key_file_id(vault: &str, l: &str, version: &str) -> String {
+    format!("{vault}/{l}/{version}")
 }
 
 impl KeyVault {
@@ -167,7 +176,8 @@ impl KeyVault {
         Ok(format!("dv-{}", hex(&random_bytes(4)?)))
     }
 
-    pub fn open(dir: &Path) -> Result<KeyVault, VaultError> {
+    /// Opens a vault whose private keys are in `custody`'s care.
+    pub fn open_with(dir: &Path, custody: Arc<Custody>) -> Result<KeyVault, VaultError> {
         let corrupt = |what: &Path, reason: String| VaultError::Corrupt {
             path: what.display().to_string(),
             reason,
@@ -201,7 +211,7 @@ impl KeyVault {
                     // An interrupted delete (or recover): the key stays active.
                     fs::remove_file(kd.join(DELETED_FILE))?;
                 }
-                let loaded = Self::load_key(&kd).and_then(|entry| {
+                let loaded = Self::load_key(&custody, &props.name, &kd).and_then(|entry| {
                     if !is_deleted {
                         return Ok((entry, None));
                     }
@@ -250,7 +260,18 @@ impl KeyVault {
             generation: AtomicU64::new(1),
             policy_failures: Default::default(),
             live: AtomicBool::new(false),
+            custody,
         })
+    }
+
+    /// Opens a vault for a unit test, its keys sealed with the test host key.
+    #[cfg(test)]
+    pub fn open(dir: &Path) -> Result<KeyVault, VaultError> {
+        Self::open_with(dir, tests::custody(dir))
+    }
+
+    pub fn custody(&self) -> &Arc<Custody> {
+        &self.custody
     }
 
     pub fn dir(&self) -> &Path {
@@ -360,7 +381,9 @@ impl KeyVault {
 
     /// `view::key_json` of an entry, with the public half of the version shown.
     fn key_json(st: &State, e: &KeyEntry, version: Option<&str>) -> Value {
-        let (n, ex) = e.privs[&e.rec.shown_version(version).version].public_parts();
+        let (n, ex) = e.privs[&e.rec.shown_version(version).version]
+            .public()
+            .parts();
         view::key_json(&st.props, &e.rec, version, &n, &ex)
     }
 
@@ -505,7 +528,65 @@ impl KeyVault {
     /// `az keyvault show`-like JSON.
     pub fn show(&self) -> Value {
         let st = self.state.lock();
-        view::vault_json(&st.props, &self.dir, st.keys.len(), st.deleted.len())
+        let mut v = view::vault_json(&st.props, &self.dir, st.keys.len(), st.deleted.len());
+        let mut p = match self.custody.protection() {
+            Some(p) => p.summary(),
+            None => serde_json::json!({ "seal": "none" }),
+        };
+        if !self.custody.store_id().is_empty() {
+            p["storeId"] = self.custody.store_id().into();
+        }
+        let clear = Self::clear_keys(&st);
+        if clear > 0 {
+            p["clearVaultKeys"] = clear.into();
+        }
+        v["properties"]["keyProtection"] = p;
+        v
+    }
+
+    /// How many key versions were loaded from clear PEM files.
+    fn clear_keys(st: &State) -> usize {
+        st.keys
+            .values()
+            .chain(st.deleted.values().map(|(e, _)| e))
+            .flat_map(|e| e.privs.values())
+            .filter(|k| k.is_clear())
+            .count()
+    }
+
+    /// `clear_keys`, for the store's warning.
+    pub fn clear_key_count(&self) -> usize {
+        Self::clear_keys(&self.state.lock())
+    }
+
+    /// Every clear private key file in the vault (`NAME/VERSION.pem` under keys and
+    /// deleted-keys, and any left in an interrupted create's staging directory), with
+    /// the id its sealed file is bound to. For `vault seal`.
+    pub fn clear_key_files(&self) -> Vec<(PathBuf, String, String)> {
+        let vault = self.state.lock().props.name.clone();
+        let mut out = Vec::new();
+        for sub in [KEYS_DIR, DELETED_DIR] {
+            let Ok(rd) = fs::read_dir(self.dir.join(sub)) else {
+                continue;
+            };
+            for kd in rd.filter_map(|e| e.ok()).map(|e| e.path()) {
+                let l = kd
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                let Ok(files) = fs::read_dir(&kd) else {
+                    continue;
+                };
+                for f in files.filter_map(|e| e.ok()) {
+                    let name = f.file_name().to_string_lossy().to_string();
+                    if let Some(stem) = name.strip_suffix(".pem") {
+                        out.push((kd.clone(), stem.to_string(), key_file_id(&vault, &l, stem)));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     pub fn audit_text(&self) -> Vec<u8> {

@@ -7,15 +7,15 @@ use super::super::kid::validate_key_name;
 use super::super::{now_iso, VaultError};
 use super::{Deletion, KeyEntry, KeyRecord, KeyVault, State};
 use super::{DELETED_DIR, DELETED_FILE, KEYS_DIR, KEY_FILE};
-use crate::crypto::wrap::RsaKey;
 use crate::durable;
+use crate::vault::custody::{Custody, KeyRole};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use zeroize::Zeroizing;
+use std::sync::Arc;
 
 /// An audit record that is owed: a revocation is never refused for lack of audit space.
 pub(super) struct LateRecord {
@@ -44,7 +44,11 @@ pub(super) fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()
 
 impl KeyVault {
     /// Loads a key's record and private keys; the error names the bad file.
-    pub(super) fn load_key(kd: &Path) -> Result<KeyEntry, String> {
+    pub(super) fn load_key(
+        custody: &Arc<Custody>,
+        vault: &str,
+        kd: &Path,
+    ) -> Result<KeyEntry, String> {
         let kf = kd.join(KEY_FILE);
         let b = fs::read(&kf).map_err(|e| format!("cannot read {}: {e}", kf.display()))?;
         let rec: KeyRecord =
@@ -53,13 +57,16 @@ impl KeyVault {
             return Err(format!("{}: the key has no versions", kf.display()));
         }
         let mut privs = BTreeMap::new();
+        let l = kd
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
         for v in &rec.versions {
-            let pf = kd.join(format!("{}.pem", v.version));
-            let pem = Zeroizing::new(
-                fs::read_to_string(&pf).map_err(|e| format!("{}: {e}", pf.display()))?,
-            );
-            let k = RsaKey::from_pem(&pem).map_err(|e| format!("{}: {e}", pf.display()))?;
-            privs.insert(v.version.clone(), std::sync::Arc::new(k));
+            let id = super::key_file_id(vault, &l, &v.version);
+            let k = custody
+                .load_key(kd, &v.version, KeyRole::VaultKey, &id)
+                .map_err(|e| e.to_string())?;
+            privs.insert(v.version.clone(), Arc::new(k));
         }
         Ok(KeyEntry { rec, privs })
     }

@@ -13,6 +13,31 @@ pub(super) fn vault() -> (tempfile::TempDir, KeyVault) {
     (d, v)
 }
 
+/// The custody of a test vault: sealed with the unit tests' host key, its header kept
+/// beside the vault directory so a reopened vault unseals the same keys.
+pub(super) fn custody(dir: &Path) -> Arc<Custody> {
+    use crate::vault::custody::{KeyProtection, SealKind, SealSetup, UnsealOptions};
+    let root = dir.parent().unwrap();
+    let hf = root.join("protection.json");
+    let id = "unit-test-store";
+    let p = match fs::read(&hf) {
+        Ok(b) => serde_json::from_slice(&b).unwrap(),
+        Err(_) => {
+            let setup = SealSetup {
+                kind: SealKind::Host,
+                host_key: None,
+                tpm_tcti: None,
+            };
+            let ksk = Secret::random(32).unwrap();
+            let p =
+                KeyProtection::create(root, id, &setup, &UnsealOptions::default(), &ksk).unwrap();
+            fs::write(&hf, serde_json::to_vec(&p).unwrap()).unwrap();
+            p
+        }
+    };
+    Arc::new(Custody::sealed(root, id, p, UnsealOptions::default()))
+}
+
 pub(super) fn r(s: &str) -> KeyRef {
     KeyRef::parse(s).unwrap()
 }
@@ -201,7 +226,7 @@ fn a_corrupt_key_costs_only_that_key() {
     let ver = v.version_ids("bad").unwrap()[0].clone();
     let dir = v.dir().to_path_buf();
     drop(v);
-    let pem = dir.join(KEYS_DIR).join("bad").join(format!("{ver}.pem"));
+    let pem = dir.join(KEYS_DIR).join("bad").join(format!("{ver}.key"));
     let mut b = fs::read(&pem).unwrap();
     let mid = b.len() / 2;
     b[mid] = b'#';
@@ -210,7 +235,7 @@ fn a_corrupt_key_costs_only_that_key() {
     assert_eq!(v.unwrap(&des, &wg).unwrap().expose(), dek.expose());
     assert!(v.key_names().contains(&"Bad".to_string()));
     assert!(v.exists("bad"));
-    let file = format!("{ver}.pem");
+    let file = format!("{ver}.key");
     let kc_in = |e: VaultError, file: &str| {
         assert!(matches!(e, VaultError::KeyCorrupt { .. }), "{e}");
         assert_eq!(e.errno(), libc::EIO);
