@@ -135,7 +135,7 @@ fn cmk_and_double_encryption_decrypt_independently() {
         let mut deks = Vec::new();
         for layer in meta["layers"].as_array().unwrap() {
             let key = if layer["kid"].as_str().unwrap().starts_with("platform/") {
-                m.store.join("keys/platform.pem")
+                unsealed_platform_pem(&m.store, m.dir.path())
             } else {
                 pem.clone()
             };
@@ -213,7 +213,7 @@ fn cmk_and_double_encryption_decrypt_independently() {
     std::fs::write(m.dir.path().join("w.bin"), wrapped).unwrap();
     let st = Command::new("openssl")
         .args(["pkeyutl", "-decrypt", "-inkey"])
-        .arg(m.store.join("keys/platform.pem"))
+        .arg(unsealed_platform_pem(&m.store, m.dir.path()))
         .arg("-in")
         .arg(m.dir.path().join("w.bin"))
         .args([

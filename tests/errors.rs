@@ -201,7 +201,7 @@ fn missing_platform_key_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let s = dir.path().join("st");
     run_ok(&["init", s.to_str().unwrap()]);
-    std::fs::rename(s.join("keys/platform.pem"), dir.path().join("saved.pem")).unwrap();
+    std::fs::rename(s.join("keys/platform.key"), dir.path().join("saved.key")).unwrap();
     let mnt = dir.path().join("m");
     std::fs::create_dir(&mnt).unwrap();
     let e = run_err(&["mount", s.to_str().unwrap(), mnt.to_str().unwrap()]);

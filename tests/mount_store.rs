@@ -135,7 +135,7 @@ fn wrapped_dek_unwraps_with_openssl() {
         .unwrap()
         .success());
     let dek = openssl_oaep_unwrap(
-        &m.store.join("keys/platform.pem"),
+        &unsealed_platform_pem(&m.store, m.dir.path()),
         &std::fs::read(&bin).unwrap(),
         m.dir.path(),
     );

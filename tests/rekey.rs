@@ -55,7 +55,7 @@ fn xts_decrypt_unit(m: &Mounted, disk: &str, dek: &[u8], n: u64) -> Vec<u8> {
 }
 
 fn platform_pem(m: &Mounted) -> std::path::PathBuf {
-    m.store.join("keys/platform.pem")
+    unsealed_platform_pem(&m.store, m.dir.path())
 }
 
 #[test]

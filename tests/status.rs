@@ -141,19 +141,26 @@ fn replaced_platform_key_is_reported() {
     std::fs::write(m.disk("c1"), b"customer").unwrap();
     std::fs::write(m.disk("p1"), b"platform").unwrap();
     m.umount();
-    let pem = m.store.join("keys/platform.pem");
-    openssl_genrsa(&pem);
+    // Another store's platform key, sealed for that store: it doesn't unseal here,
+    // and it is not the key that wraps p1.
+    let other = m.dir.path().join("other");
+    run_ok(&["init", other.to_str().unwrap()]);
+    std::fs::copy(
+        other.join("keys/platform.key"),
+        m.store.join("keys/platform.key"),
+    )
+    .unwrap();
     m.mount();
-    assert_unavailable(&m, "p1", "platform.pem was replaced");
+    assert_unavailable(&m, "p1", "platform.key was replaced");
     assert_serving(&m, "c1", b"customer");
 }
 
-/// Corrupts the first PEM file in `dir`.
-fn corrupt_pem(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+/// Corrupts the first sealed key file in `dir`.
+fn corrupt_key_file(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
     let pem = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "pem"))
+        .find(|p| p.extension().is_some_and(|x| x == "key"))
         .unwrap();
     let good = std::fs::read(&pem).unwrap();
     let mut bad = good.clone();
@@ -174,7 +181,7 @@ fn corrupt_key_or_set_is_unavailable_not_revoked() {
     std::fs::write(m.disk("p1"), b"platform").unwrap();
     m.umount();
 
-    let (pem, good_pem) = corrupt_pem(&m.store.join("vault/keys/k1"));
+    let (pem, good_pem) = corrupt_key_file(&m.store.join("vault/keys/k1"));
     m.mount();
     assert_unavailable(&m, "c1", "key 'k1' is unusable");
     // Reconciler passes don't turn it into a revocation.

@@ -65,9 +65,11 @@ impl Store {
         Ok(())
     }
 
-    /// Private keys still kept in clear (a store from before sealing).
+    /// Private key files still in clear (a store from before sealing, or a seal cut
+    /// short): counted by file, as a clear copy beside a sealed one counts too.
     pub fn clear_key_count(&self) -> usize {
-        usize::from(self.platform.is_clear()) + self.vault().clear_key_count()
+        let platform = Custody::key_paths(&self.root.join(KEYS_DIR), PLATFORM_KEY_STEM)[1].exists();
+        usize::from(platform) + self.vault().clear_key_files().len()
     }
 
     /// Seals every clear private key (the platform key, every vault key version) under

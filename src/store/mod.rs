@@ -405,7 +405,11 @@ impl Store {
             if custody.is_sealed() {
                 custody.sealing_key()?;
             }
-            platform.unseal()?;
+            // A platform key that doesn't unseal (a file from another store) costs
+            // only the disks it wraps, which say why; customer-key disks go on.
+            if let Err(e) = platform.unseal() {
+                log::error!("{e}");
+            }
         }
         reserve::ensure(root);
         let vault_dir = match (vault_override, &header.vault) {

@@ -65,11 +65,6 @@ impl PlatformKeys {
         self.key.private().map(|_| ())
     }
 
-    /// Whether it was loaded from a clear PEM file.
-    pub fn is_clear(&self) -> bool {
-        self.key.is_clear()
-    }
-
     /// The platform key is the only key it serves; any other id is unknown.
     fn check(&self, key: &KeyId) -> Result<(), VaultError> {
         match key {

@@ -22,6 +22,25 @@ pub fn host_key() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("host.key")
 }
 
+/// The platform key of `store` as a clear PEM file in `dir`, unsealed by
+/// tests/unseal.py (written from docs/format.md, no diskvault code), for openssl.
+pub fn unsealed_platform_pem(store: &Path, dir: &Path) -> PathBuf {
+    let pem = dir.join("platform-unsealed.pem");
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/unseal.py"))
+        .arg(store)
+        .arg("platform")
+        .arg(&pem)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "unseal.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pem
+}
+
 /// Sets DISKVAULT_HOST_KEY before main, while the process has one thread, so every
 /// command a test runs (the binary, scripts, mount helpers) inherits it.
 #[used]

@@ -104,7 +104,7 @@ impl Disk {
             };
             if LayerKind::of(&key) == LayerKind::Platform && Some(&key) != platform_key.as_ref() {
                 return Some(format!(
-                    "its platform-key layer is wrapped by {} but the store's platform key is {} (STORE/keys/platform.pem was replaced); restore the original platform.pem",
+                    "its platform-key layer is wrapped by {} but the store's platform key is {} (STORE/keys/platform.key was replaced); restore the original platform.key",
                     l.kid,
                     platform_key.as_ref().map_or("missing".into(), |k| k.to_string())
                 ));

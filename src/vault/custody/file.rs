@@ -64,8 +64,6 @@ pub struct HeldKey {
     public: RsaPublic,
     private: OnceLock<Arc<RsaKey>>,
     sealed: Option<Sealed>,
-    /// Loaded from a clear PEM file.
-    clear: bool,
 }
 
 impl HeldKey {
@@ -78,17 +76,11 @@ impl HeldKey {
             public,
             private,
             sealed: None,
-            clear: false,
         }
     }
 
     pub fn public(&self) -> &RsaPublic {
         &self.public
-    }
-
-    /// Whether it came from a clear PEM file (a store not yet sealed).
-    pub fn is_clear(&self) -> bool {
-        self.clear
     }
 
     /// The private key, unsealed on first use.
@@ -188,9 +180,7 @@ impl Custody {
         };
         let key = RsaKey::from_pem(&pem)
             .map_err(|e| LoadError::Bad(format!("{}: {e}", clear.display())))?;
-        let mut h = HeldKey::ready(key);
-        h.clear = true;
-        Ok(h)
+        Ok(HeldKey::ready(key))
     }
 
     fn parse_sealed(
@@ -238,7 +228,6 @@ impl Custody {
                 blob,
                 path: path.to_path_buf(),
             }),
-            clear: false,
         })
     }
 }

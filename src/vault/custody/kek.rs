@@ -409,6 +409,9 @@ fn create_primary(tcti: &str, dir: &Path) -> Result<PathBuf, VaultError> {
         &["-Q", "-C", "o", "-g", "sha256", "-G", "ecc", "-c", c],
         None,
     )?;
+    // Without a resource manager (swtpm, /dev/tpm0) loaded objects outlive the tool,
+    // and a TPM has room for only a few: keep only the saved context.
+    flush(tcti);
     Ok(ctx)
 }
 
@@ -429,6 +432,10 @@ pub fn tpm2_seal(tcti: &str, kek: &Secret) -> Result<Tpm2Seal, VaultError> {
                 "-Q",
                 "-C",
                 primary.to_str().expect("UTF-8"),
+                // noda: the object has no password to guess, and a power cut must
+                // not lock it out (dictionary-attack lockout after an unclean stop).
+                "-a",
+                "fixedtpm|fixedparent|noda|userwithauth",
                 "-i",
                 "-",
                 "-u",
@@ -481,6 +488,7 @@ pub fn tpm2_unseal(tcti: &str, seal: &Tpm2Seal) -> Result<Secret, VaultError> {
             ],
             None,
         )?;
+        flush(tcti);
         let out = tpm2(
             "tpm2_unseal",
             tcti,

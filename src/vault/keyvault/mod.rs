@@ -536,27 +536,13 @@ impl KeyVault {
         if !self.custody.store_id().is_empty() {
             p["storeId"] = self.custody.store_id().into();
         }
-        let clear = Self::clear_keys(&st);
+        drop(st);
+        let clear = self.clear_key_files().len();
         if clear > 0 {
             p["clearVaultKeys"] = clear.into();
         }
         v["properties"]["keyProtection"] = p;
         v
-    }
-
-    /// How many key versions were loaded from clear PEM files.
-    fn clear_keys(st: &State) -> usize {
-        st.keys
-            .values()
-            .chain(st.deleted.values().map(|(e, _)| e))
-            .flat_map(|e| e.privs.values())
-            .filter(|k| k.is_clear())
-            .count()
-    }
-
-    /// `clear_keys`, for the store's warning.
-    pub fn clear_key_count(&self) -> usize {
-        Self::clear_keys(&self.state.lock())
     }
 
     /// Every clear private key file in the vault (`NAME/VERSION.pem` under keys and
