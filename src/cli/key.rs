@@ -18,6 +18,10 @@ pub enum KeyCmd {
         /// 2048 (default), 3072 or 4096 bits.
         #[arg(long)]
         size: Option<usize>,
+        /// software (default: a sealed key file) or hsm (made in the vault's PKCS#11
+        /// token, never leaving it; see 'vault set --hsm-module').
+        #[arg(long, value_name = "KIND")]
+        protection: Option<String>,
         #[command(flatten)]
         attrs: AttrArgs,
         #[command(flatten)]
@@ -30,6 +34,10 @@ pub enum KeyCmd {
         /// PEM file with the private key.
         #[arg(long)]
         pem: PathBuf,
+        /// software (default) or hsm: move the key into the vault's token, which then
+        /// alone keeps it (destroy the PEM file afterwards).
+        #[arg(long, value_name = "KIND")]
+        protection: Option<String>,
         #[command(flatten)]
         attrs: AttrArgs,
         #[command(flatten)]
@@ -199,6 +207,7 @@ impl AttrArgs {
     /// Settings for a new key.
     fn options(&self, size: Option<usize>) -> Result<KeyOptions, CliError> {
         Ok(KeyOptions {
+            protection: None,
             size,
             key_ops: self.ops.as_deref().map(split_list),
             nbf: time(&self.nbf, "nbf")?.flatten(),
@@ -324,12 +333,14 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
         KeyCmd::Create {
             name,
             size,
+            protection,
             attrs,
             store,
         } => {
             let name = name.get();
             crate::vault::kid::validate_key_name(name)?;
-            let options = attrs.options(size)?;
+            let mut options = attrs.options(size)?;
+            options.protection = protection.as_deref().map(str::parse).transpose()?;
             let a = Access::open(&store)?;
             let reply = a.send(KeyRequest::Create {
                 name: name.into(),
@@ -340,6 +351,7 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
         KeyCmd::Import {
             name,
             pem,
+            protection,
             attrs,
             store,
         } => {
@@ -349,7 +361,9 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
                     .map_err(|e| CliError(format!("cannot read {}: {e}", pem.display())))?,
             );
             crate::vault::kid::validate_key_name(name)?;
-            let options = attrs.options(None)?;
+            let mut options = attrs.options(None)?;
+            options.protection = protection.as_deref().map(str::parse).transpose()?;
+            let hsm = options.protection == Some(crate::vault::keyvault::Protection::Hsm);
             let a = Access::open(&store)?;
             let reply = a.send(KeyRequest::Import {
                 name: name.into(),
@@ -357,6 +371,13 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
                 options,
             })?;
             print_reply(&a, reply, &format!("keys/{name}/key.json"))?;
+            if hsm {
+                eprintln!(
+                    "the key is in the HSM now, which alone keeps it; destroy {} (e.g. shred -u {})",
+                    pem.display(),
+                    pem.display()
+                );
+            }
         }
         KeyCmd::List {
             deleted,

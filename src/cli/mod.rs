@@ -42,6 +42,8 @@ enum Cmd {
         vault_name: Option<String>,
         #[command(flatten)]
         seal: seal::SealArgs,
+        #[command(flatten)]
+        hsm: vault::HsmArgs,
     },
     /// Mount a store; returns once the mount is ready and leaves the daemon in the background.
     /// The store is created if it does not exist yet.
@@ -265,7 +267,9 @@ fn init(
     vault: Option<&Path>,
     vault_name: Option<String>,
     seal: &seal::SealArgs,
+    hsm: &vault::HsmArgs,
 ) -> Result<(), CliError> {
+    let hsm_cfg = hsm.config()?;
     let store = std::path::absolute(store)?;
     let vault = vault.map(std::path::absolute).transpose()?;
     let new_dirs: Vec<PathBuf> = std::iter::once(&store)
@@ -283,6 +287,19 @@ fn init(
     };
     match crate::store::Store::init(&store, &opts) {
         Ok(()) => {
+            if let Some(cfg) = hsm_cfg {
+                let s = crate::store::Store::open_with(&store, None, seal.kek.options())?;
+                if let Err(e) = s
+                    .vault()
+                    .set_hsm(&crate::vault::Caller::current_user(), cfg)
+                {
+                    drop(s);
+                    for d in &new_dirs {
+                        let _ = std::fs::remove_dir_all(d);
+                    }
+                    return Err(e.into());
+                }
+            }
             println!("initialized store {}", store.display());
             Ok(())
         }
@@ -358,7 +375,8 @@ pub fn main() -> ExitCode {
             vault,
             vault_name,
             seal,
-        } => init(&store, vault.as_deref(), vault_name, &seal),
+            hsm,
+        } => init(&store, vault.as_deref(), vault_name, &seal, &hsm),
         Cmd::Mount(args) => daemon::mount(args),
         Cmd::Umount {
             mountpoint,

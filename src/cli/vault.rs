@@ -27,6 +27,8 @@ pub enum VaultCmd {
         #[arg(long)]
         retention_days: Option<u32>,
         #[command(flatten)]
+        hsm: HsmArgs,
+        #[command(flatten)]
         store: StoreArg,
     },
     /// Check the audit log's hash chain; names the first bad line.
@@ -65,6 +67,35 @@ pub enum VaultCmd {
     },
 }
 
+/// A PKCS#11 token for the vault's `--protection hsm` keys.
+#[derive(clap::Args, Clone, Default)]
+pub struct HsmArgs {
+    /// The PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).
+    #[arg(long, value_name = "PATH", requires = "hsm_token")]
+    pub hsm_module: Option<std::path::PathBuf>,
+    /// The token's label.
+    #[arg(long, value_name = "LABEL", requires = "hsm_module")]
+    pub hsm_token: Option<String>,
+    /// A file with the user PIN (its path is recorded, never the PIN;
+    /// DISKVAULT_HSM_PIN_FILE overrides it).
+    #[arg(long, value_name = "FILE", requires = "hsm_module")]
+    pub hsm_pin_file: Option<std::path::PathBuf>,
+}
+
+impl HsmArgs {
+    pub fn config(&self) -> Result<Option<crate::vault::custody::hsm::HsmConfig>, CliError> {
+        let (Some(m), Some(t)) = (&self.hsm_module, &self.hsm_token) else {
+            return Ok(None);
+        };
+        let abs = |p: &std::path::Path| std::path::absolute(p).map(|p| p.display().to_string());
+        Ok(Some(crate::vault::custody::hsm::HsmConfig {
+            module: abs(m)?,
+            token: t.clone(),
+            pin_file: self.hsm_pin_file.as_deref().map(abs).transpose()?,
+        }))
+    }
+}
+
 /// The store, opened here: sealing rewrites files a daemon holds.
 fn unmounted(
     store: &StoreArg,
@@ -99,11 +130,27 @@ pub fn run_vault(cmd: VaultCmd) -> Result<(), CliError> {
         VaultCmd::Set {
             purge_protection,
             retention_days,
+            hsm,
             store,
         } => {
+            if let Some(cfg) = hsm.config()? {
+                let s = unmounted(&store, "'vault set --hsm-module'")?;
+                let p = s
+                    .vault()
+                    .set_hsm(&crate::vault::Caller::current_user(), cfg)?;
+                eprintln!(
+                    "the vault's HSM is token '{}'",
+                    p.hsm.as_ref().map(|h| h.token.as_str()).unwrap_or("")
+                );
+                if purge_protection.is_none() && retention_days.is_none() {
+                    print_json(&s.vault().show());
+                    return Ok(());
+                }
+            }
             if purge_protection.is_none() && retention_days.is_none() {
                 return Err(CliError(
-                    "nothing to change; give --purge-protection or --retention-days".into(),
+                    "nothing to change; give --purge-protection, --retention-days or --hsm-module"
+                        .into(),
                 ));
             }
             let a = Access::open(&store)?;

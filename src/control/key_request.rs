@@ -119,6 +119,9 @@ fn options_json(o: &KeyOptions, m: &mut Map<String, Value>) {
     if let Some(s) = o.size {
         m.insert("size".into(), json!(s));
     }
+    if let Some(p) = o.protection {
+        m.insert("protection".into(), json!(p));
+    }
     if let Some(ops) = &o.key_ops {
         m.insert("ops".into(), json!(ops));
     }

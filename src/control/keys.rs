@@ -139,6 +139,7 @@ const KEY_CREATE_FIELDS: &[args::Field] = &[
     f(&["exp", "expires"], false, false, Ty::Str),
     f(&["enabled"], false, false, Ty::Bool),
     f(&["pem"], false, false, Ty::Str),
+    f(&["protection"], false, false, Ty::Str),
 ];
 const KEY_UPDATE_FIELDS: &[args::Field] = &[
     f(&["enabled"], false, false, Ty::Bool),
@@ -191,7 +192,16 @@ fn key_options(a: &Args) -> Result<KeyOptions> {
         })?),
         Some(_) => return Err(invalid("size must be a number")),
     };
+    let protection = match a.get("protection") {
+        None | Some(Val::Null) => None,
+        Some(Val::Str(s)) => Some(
+            s.parse::<crate::vault::keyvault::Protection>()
+                .map_err(|e| invalid(e.to_string()))?,
+        ),
+        Some(_) => return Err(invalid("protection must be software or hsm")),
+    };
     Ok(KeyOptions {
+        protection,
         size,
         key_ops: a.list("ops").map(|l| l.to_vec()),
         nbf: opt_time(a.get("nbf"), "nbf")?.flatten(),

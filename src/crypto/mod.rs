@@ -3,6 +3,7 @@
 mod ctr;
 mod error;
 mod keys;
+pub mod oaep;
 pub mod seal;
 pub mod wrap;
 mod xts;

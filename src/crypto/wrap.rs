@@ -118,7 +118,58 @@ pub struct RsaPublic {
     key: PublicKey,
 }
 
+/// The components of a private key, big-endian, zeroized on drop (for a PKCS#11
+/// `C_CreateObject` that moves a key into a token).
+pub struct RawParts {
+    pub n: Zeroizing<Vec<u8>>,
+    pub e: Zeroizing<Vec<u8>>,
+    pub d: Zeroizing<Vec<u8>>,
+    pub p: Zeroizing<Vec<u8>>,
+    pub q: Zeroizing<Vec<u8>>,
+    pub dp: Zeroizing<Vec<u8>>,
+    pub dq: Zeroizing<Vec<u8>>,
+    pub qinv: Zeroizing<Vec<u8>>,
+}
+
+impl RsaKey {
+    /// The key's components, read back from its PKCS#1 encoding.
+    pub fn raw_parts(&self) -> Result<RawParts, CryptoError> {
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        let der = self
+            .key
+            .to_pkcs1_der()
+            .map_err(|e| CryptoError::KeyParse(e.to_string()))?;
+        let k = rsa::pkcs1::RsaPrivateKeyRef::try_from(der.as_bytes())
+            .map_err(|e| CryptoError::KeyParse(e.to_string()))?;
+        let z = |u: &rsa::pkcs1::UintRef<'_>| Zeroizing::new(u.as_bytes().to_vec());
+        Ok(RawParts {
+            n: z(&k.modulus),
+            e: z(&k.public_exponent),
+            d: z(&k.private_exponent),
+            p: z(&k.prime1),
+            q: z(&k.prime2),
+            dp: z(&k.exponent1),
+            dq: z(&k.exponent2),
+            qinv: z(&k.coefficient),
+        })
+    }
+}
+
 impl RsaPublic {
+    /// From a big-endian modulus and public exponent (as a PKCS#11 token gives them).
+    pub fn from_parts(n: &[u8], e: &[u8]) -> Result<Self, CryptoError> {
+        let key = PublicKey::new(
+            rsa::BoxedUint::from_be_slice_vartime(n),
+            rsa::BoxedUint::from_be_slice_vartime(e),
+        )
+        .map_err(|e| CryptoError::KeyParse(e.to_string()))?;
+        let bits = key.size() * 8;
+        if !ALLOWED_BITS.contains(&bits) {
+            return Err(CryptoError::KeySize(bits));
+        }
+        Ok(RsaPublic { key })
+    }
+
     /// Parses a DER SubjectPublicKeyInfo of an RSA key of an allowed size.
     pub fn from_der(der: &[u8]) -> Result<Self, CryptoError> {
         let key = PublicKey::from_public_key_der(der)
@@ -128,6 +179,17 @@ impl RsaPublic {
             return Err(CryptoError::KeySize(bits));
         }
         Ok(RsaPublic { key })
+    }
+
+    /// Parses a SubjectPublicKeyInfo PEM (`BEGIN PUBLIC KEY`).
+    pub fn from_pem(pem: &str) -> Result<Self, CryptoError> {
+        let key = PublicKey::from_public_key_pem(pem)
+            .map_err(|e| CryptoError::KeyParse(e.to_string()))?;
+        Self::from_der(
+            key.to_public_key_der()
+                .map_err(|e| CryptoError::KeyParse(e.to_string()))?
+                .as_bytes(),
+        )
     }
 
     /// DER SubjectPublicKeyInfo.

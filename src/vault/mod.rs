@@ -36,6 +36,10 @@ pub struct WrappedKey {
 pub enum VaultError {
     #[error("platform key {0} is missing; restore it from a backup (without it no disk can be decrypted)")]
     MissingPlatformKey(String),
+    #[error("HSM unavailable: {0}")]
+    HsmUnavailable(String),
+    #[error("the token has no private key with id {0} (destroyed in the token?); restore it, or the disks it wraps stay unavailable")]
+    HsmKeyMissing(String),
     #[error("cannot unseal the store's keys: {0}")]
     KekUnavailable(String),
     #[error("the store's keyProtection (diskvault.json) is unusable: {0}; restore diskvault.json from a backup")]
@@ -206,7 +210,7 @@ impl VaultError {
             AuditUnavailable { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             RevokedNotSaved { errno, .. } => *errno,
             KeyCorrupt { .. } | SealedKeyBad { .. } | BadProtection(_) => libc::EIO,
-            KekUnavailable(_) => libc::ENOKEY,
+            KekUnavailable(_) | HsmUnavailable(_) | HsmKeyMissing(_) => libc::ENOKEY,
             _ => libc::EIO,
         }
     }

@@ -64,6 +64,8 @@ pub struct HeldKey {
     public: RsaPublic,
     private: OnceLock<Arc<RsaKey>>,
     sealed: Option<Sealed>,
+    /// A key in a PKCS#11 token: its CKA_ID there. Its private half never leaves.
+    token: Option<(Arc<super::hsm::Hsm>, Vec<u8>)>,
 }
 
 impl HeldKey {
@@ -76,7 +78,32 @@ impl HeldKey {
             public,
             private,
             sealed: None,
+            token: None,
         }
+    }
+
+    /// A key held in a token under `id`.
+    pub fn in_token(public: RsaPublic, hsm: Arc<super::hsm::Hsm>, id: Vec<u8>) -> HeldKey {
+        HeldKey {
+            public,
+            private: OnceLock::new(),
+            sealed: None,
+            token: Some((hsm, id)),
+        }
+    }
+
+    /// The token and id of a key held in a token.
+    pub fn token(&self) -> Option<(&Arc<super::hsm::Hsm>, &[u8])> {
+        self.token.as_ref().map(|(h, id)| (h, id.as_slice()))
+    }
+
+    /// Unwraps a DEK: in the token for a token key, else with the private key
+    /// (unsealed on its first use).
+    pub fn unwrap(&self, wrapped: &[u8]) -> Result<crate::crypto::Secret, VaultError> {
+        if let Some((hsm, id)) = &self.token {
+            return hsm.unwrap(id, self.public.wrapped_len(), wrapped);
+        }
+        Ok(self.private()?.unwrap(wrapped)?)
     }
 
     pub fn public(&self) -> &RsaPublic {
@@ -88,7 +115,15 @@ impl HeldKey {
         if let Some(k) = self.private.get() {
             return Ok(k.clone());
         }
-        let s = self.sealed.as_ref().expect("a held key is ready or sealed");
+        if self.token.is_some() {
+            return Err(VaultError::InvalidArgument(
+                "the private key is in the token and never leaves it".into(),
+            ));
+        }
+        let s = self
+            .sealed
+            .as_ref()
+            .expect("a held key is ready, sealed or in a token");
         let ksk = s.custody.sealing_key()?;
         let bad = |reason: &str| VaultError::SealedKeyBad {
             path: s.path.display().to_string(),
@@ -228,6 +263,7 @@ impl Custody {
                 blob,
                 path: path.to_path_buf(),
             }),
+            token: None,
         })
     }
 }

@@ -11,6 +11,7 @@
 //! (`Custody::clear`), until `vault seal`.
 
 mod file;
+pub mod hsm;
 pub mod kek;
 
 pub use file::{HeldKey, KeyRole, LoadError, CLEAR_EXT, SEALED_EXT};

@@ -246,7 +246,7 @@ impl KeyVault {
     }
 }
 
-/// Unwraps with a held key's private half (unsealed on its first use).
+/// Unwraps with a held key (in its token, or unsealed on its first use).
 fn unwrap_with(k: &HeldKey, wrapped: &[u8]) -> Result<Secret, VaultError> {
-    Ok(k.private()?.unwrap(wrapped)?)
+    k.unwrap(wrapped)
 }

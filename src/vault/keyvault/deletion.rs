@@ -118,6 +118,22 @@ impl KeyVault {
                     self.persist_delete(&l, d)?;
                     st.unsaved_deletes.remove(&l);
                 }
+                // Crypto-shred in the token first: a purge that can't reach it is
+                // refused, so no key is left behind in the token.
+                let in_token: Vec<String> = st.deleted[&l]
+                    .0
+                    .rec
+                    .versions
+                    .iter()
+                    .filter(|v| v.hsm)
+                    .map(|v| v.version.clone())
+                    .collect();
+                if !in_token.is_empty() {
+                    let token = Self::token(st)?;
+                    for v in &in_token {
+                        token.destroy(&super::token_id(v))?;
+                    }
+                }
                 let dir = self.dir.join(DELETED_DIR).join(&l);
                 let doomed = self.dir.join(DELETED_DIR).join(format!(".{l}.purging"));
                 fs::rename(&dir, &doomed)?;

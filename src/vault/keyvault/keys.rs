@@ -6,6 +6,7 @@ use super::super::kid::{validate_key_name, KeyRef};
 use super::super::{now_secs, VaultError};
 use super::records::{check_range, check_times};
 use super::{parse_key_ops, write_json};
+use super::{token_id, token_label, NewKey, Protection, PUBLIC_EXT};
 use super::{
     Attributes, KeyEntry, KeyOptions, KeyRecord, KeyUpdate, KeyVault, State, VersionRecord,
 };
@@ -13,6 +14,7 @@ use super::{KEYS_DIR, KEY_FILE, KEY_OPS};
 use crate::crypto::random_bytes;
 use crate::crypto::wrap::{hex, RsaKey, ALLOWED_BITS};
 use crate::durable;
+use crate::vault::custody::hsm::Hsm;
 use crate::vault::custody::{Custody, HeldKey, KeyRole};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -20,41 +22,94 @@ use std::fs;
 use std::path::Path;
 
 impl KeyVault {
-    /// Makes a version record for `key` and saves the key (sealed) in `kd`.
+    /// Makes a version record for `key` and saves it in `kd`: a software key sealed,
+    /// a token key's public half as `VERSION.pub`.
     #[allow(clippy::too_many_arguments)]
     fn new_version(
         &self,
-        vault: &str,
+        st: &State,
         l: &str,
         kd: &Path,
-        key: RsaKey,
+        key: NewKey,
         opts: &KeyOptions,
         key_ops: Vec<String>,
         imported: bool,
-    ) -> Result<(VersionRecord, RsaKey), VaultError> {
-        let version = hex(&random_bytes(16)?);
+    ) -> Result<(VersionRecord, HeldKey), VaultError> {
         let now = now_secs();
         let mut attributes = Attributes::new(now);
         attributes.nbf = opts.nbf;
         attributes.exp = opts.exp;
-        self.custody.save_key(
-            kd,
-            &version,
-            KeyRole::VaultKey,
-            &super::key_file_id(vault, l, &version),
-            &key,
-        )?;
+        let (version, held, hsm) = match key {
+            NewKey::Software(key) => {
+                let version = hex(&random_bytes(16)?);
+                self.custody.save_key(
+                    kd,
+                    &version,
+                    KeyRole::VaultKey,
+                    &super::key_file_id(&st.props.name, l, &version),
+                    &key,
+                )?;
+                (version, HeldKey::ready(key), false)
+            }
+            NewKey::Token { public, version } => {
+                let hsm = Self::token(st)?;
+                durable::write_atomic(
+                    &kd.join(format!("{version}.{PUBLIC_EXT}")),
+                    public.pem().as_bytes(),
+                    0o600,
+                )?;
+                let id = token_id(&version);
+                (version, HeldKey::in_token(public, hsm, id), true)
+            }
+        };
         Ok((
             VersionRecord {
                 version,
                 attributes,
                 key_ops,
-                key_size: key.bits(),
+                key_size: held.public().bits(),
                 imported,
                 near_expiry_notified: false,
+                hsm,
             },
-            key,
+            held,
         ))
+    }
+
+    /// The vault's token, or why there is none.
+    pub(super) fn token(st: &State) -> Result<std::sync::Arc<Hsm>, VaultError> {
+        st.hsm.clone().ok_or_else(|| {
+            VaultError::InvalidArgument(
+                "the vault has no HSM; connect one with 'diskvault vault set --hsm-module PATH --hsm-token LABEL --hsm-pin-file FILE'".into(),
+            )
+        })
+    }
+
+    /// Makes the material of a new version, outside the vault lock: an RSA key, or
+    /// a key pair generated in the token.
+    fn make_key(&self, name: &str, bits: usize, hsm: bool) -> Result<NewKey, VaultError> {
+        if !hsm {
+            return Self::generate_key(bits).map(NewKey::Software);
+        }
+        let (token, vault) = {
+            let st = self.state.lock();
+            (Self::token(&st)?, st.props.name.clone())
+        };
+        let version = hex(&random_bytes(16)?);
+        let label = token_label(&vault, &name.to_ascii_lowercase(), &version);
+        let public = token.generate(bits, &label, &token_id(&version))?;
+        Ok(NewKey::Token { public, version })
+    }
+
+    /// Destroys a token key made for a version that did not come to be.
+    fn discard(&self, version: Option<String>) {
+        let Some(version) = version else { return };
+        let token = Self::token(&self.state.lock());
+        if let Ok(t) = token {
+            if let Err(e) = t.destroy(&token_id(&version)) {
+                log::warn!("cannot destroy the unused token key {version}: {e}");
+            }
+        }
     }
 
     /// Whether a key `name` can be made with `opts` now; its key_ops if so.
@@ -82,7 +137,7 @@ impl KeyVault {
         &self,
         st: &mut State,
         name: &str,
-        key: RsaKey,
+        key: NewKey,
         opts: &KeyOptions,
         imported: bool,
     ) -> Result<Value, VaultError> {
@@ -93,15 +148,8 @@ impl KeyVault {
         let _ = fs::remove_dir_all(&staging);
         durable::create_dir(&staging, 0o700)?;
         let result = (|| {
-            let (ver, key) = self.new_version(
-                &st.props.name,
-                &l,
-                &staging,
-                key,
-                opts,
-                key_ops.clone(),
-                imported,
-            )?;
+            let (ver, key) =
+                self.new_version(st, &l, &staging, key, opts, key_ops.clone(), imported)?;
             let now = ver.attributes.created;
             let mut attributes = Attributes::new(now);
             attributes.enabled = opts.enabled.unwrap_or(true);
@@ -117,10 +165,7 @@ impl KeyVault {
             fs::rename(&staging, &kd)?;
             durable::sync_dir(&self.dir.join(KEYS_DIR))?;
             let mut privs = BTreeMap::new();
-            privs.insert(
-                rec.versions[0].version.clone(),
-                std::sync::Arc::new(HeldKey::ready(key)),
-            );
+            privs.insert(rec.versions[0].version.clone(), std::sync::Arc::new(key));
             Ok::<_, VaultError>(KeyEntry { rec, privs })
         })();
         let entry = match result {
@@ -148,11 +193,17 @@ impl KeyVault {
             check_size(bits)?;
             Self::check_new_key(st, name, opts).map(drop)
         })?;
-        let key = Self::generate_key(bits);
+        let hsm = opts.protection == Some(Protection::Hsm);
+        let key = self.make_key(name, bits, hsm);
         // The name may have been taken meanwhile: add_key checks again.
-        self.audited("KeyCreate", caller, id, |st| {
+        let made = key.as_ref().ok().and_then(NewKey::token_version);
+        let r = self.audited("KeyCreate", caller, id, |st| {
             self.add_key(st, name, key?, opts, false)
-        })
+        });
+        if r.is_err() {
+            self.discard(made);
+        }
+        r
     }
 
     /// Imports a private key from PEM (PKCS#1 or PKCS#8): bring your own key.
@@ -169,7 +220,30 @@ impl KeyVault {
             |st| Self::kid_of(st, name, None),
             |st| {
                 let key = parse_import(pem)?;
-                self.add_key(st, name, key, opts, true)
+                if opts.protection != Some(Protection::Hsm) {
+                    return self.add_key(st, name, NewKey::Software(key), opts, true);
+                }
+                Self::check_new_key(st, name, opts)?;
+                // Into the token; only the token keeps it.
+                let token = Self::token(st)?;
+                let version = hex(&random_bytes(16)?);
+                let label = token_label(&st.props.name, &name.to_ascii_lowercase(), &version);
+                let public = token.import(&key, &label, &token_id(&version))?;
+                drop(key);
+                let r = self.add_key(
+                    st,
+                    name,
+                    NewKey::Token {
+                        public,
+                        version: version.clone(),
+                    },
+                    opts,
+                    true,
+                );
+                if r.is_err() {
+                    let _ = token.destroy(&token_id(&version));
+                }
+                r
             },
         )
     }
@@ -185,8 +259,16 @@ impl KeyVault {
         let (mut bits, _) = self.audited_check("KeyRotate", caller, id, |st| {
             Self::check_rotation(st, name, opts)
         })?;
+        // A new version keeps the key's protection.
+        let hsm = {
+            let st = self.state.lock();
+            Self::entry(&st, name)
+                .map(|e| e.current().hsm)
+                .unwrap_or(false)
+        };
         loop {
-            let key = Self::generate_key(bits);
+            let key = self.make_key(name, bits, hsm);
+            let made = key.as_ref().ok().and_then(NewKey::token_version);
             // The key may have been deleted or rotated meanwhile: check again.
             let done = self.audited_if(
                 "KeyRotate",
@@ -202,7 +284,11 @@ impl KeyVault {
                         .map(Rotation::Done)
                 },
                 |r| !matches!(r, Ok(Rotation::Resized(_))),
-            )?;
+            );
+            if !matches!(done, Ok(Rotation::Done(_))) {
+                self.discard(made);
+            }
+            let done = done?;
             match done {
                 Rotation::Done(v) => return Ok(v),
                 // Another rotation changed the key's size, which a new version keeps.
@@ -234,14 +320,13 @@ impl KeyVault {
         &self,
         st: &mut State,
         name: &str,
-        key: RsaKey,
+        key: NewKey,
         opts: &KeyOptions,
         key_ops: Vec<String>,
     ) -> Result<Value, VaultError> {
         let l = name.to_ascii_lowercase();
         let kd = self.key_dir(&l);
-        let vault = st.props.name.clone();
-        let (ver, key) = self.new_version(&vault, &l, &kd, key, opts, key_ops, false)?;
+        let (ver, key) = self.new_version(st, &l, &kd, key, opts, key_ops, false)?;
         let mut rec = Self::entry(st, name)?.rec.clone();
         rec.attributes.updated = ver.attributes.created;
         rec.versions.push(ver.clone());
@@ -249,14 +334,13 @@ impl KeyVault {
             for p in Custody::key_paths(&kd, &ver.version) {
                 let _ = fs::remove_file(p);
             }
+            let _ = fs::remove_file(kd.join(format!("{}.{PUBLIC_EXT}", ver.version)));
             return Err(err.into());
         }
         let e = Self::entry_mut(st, name)?;
         e.rec = rec;
-        e.privs.insert(
-            ver.version.clone(),
-            std::sync::Arc::new(HeldKey::ready(key)),
-        );
+        e.privs
+            .insert(ver.version.clone(), std::sync::Arc::new(key));
         let e = Self::entry(st, name)?;
         Ok(Self::key_json(st, e, None))
     }

@@ -13,11 +13,12 @@
 //! NAME is the key name in lower case (names compare case-insensitively).
 
 use super::audit::{self, AuditFault, AuditLog, Caller};
+use super::custody::hsm::{Hsm, HsmConfig};
 use super::custody::{Custody, HeldKey};
 use super::kid::{key_url, validate_vault_name, KeyRef};
 use super::{now_secs, VaultError};
 use crate::crypto::random_bytes;
-use crate::crypto::wrap::hex;
+use crate::crypto::wrap::{hex, RsaKey, RsaPublic};
 use crate::durable;
 use crate::lock::StoreLock;
 use parking_lot::Mutex;
@@ -47,7 +48,7 @@ pub use policy::{
 };
 pub use records::{
     parse_key_ops, parse_permissions, validate_principal_id, Attributes, Deletion, Grant,
-    KeyOptions, KeyRecord, KeyUpdate, VaultProps, VersionRecord, KEY_OPS, PERMISSIONS,
+    KeyOptions, KeyRecord, KeyUpdate, Protection, VaultProps, VersionRecord, KEY_OPS, PERMISSIONS,
 };
 
 pub const VAULT_FILE: &str = "vault.json";
@@ -90,6 +91,8 @@ struct State {
     /// Records of revocations that could not be written to the audit log when they
     /// happened; written, oldest first, before the next record.
     late: Vec<LateRecord>,
+    /// The PKCS#11 token of `props.hsm`.
+    hsm: Option<Arc<Hsm>>,
 }
 
 struct BrokenKey {
@@ -131,6 +134,37 @@ pub struct KeyVault {
     custody: Arc<Custody>,
 }
 
+/// Extension of a token key version's public half (`VERSION.pub`, PEM).
+pub(super) const PUBLIC_EXT: &str = "pub";
+
+/// The material of a new key version.
+pub(super) enum NewKey {
+    /// A key in hand, to be sealed to a file.
+    Software(RsaKey),
+    /// A key pair made in (or imported into) the token, under this version's id.
+    Token { public: RsaPublic, version: String },
+}
+
+impl NewKey {
+    /// The version of a key made in the token (to destroy it if it goes unused).
+    fn token_version(&self) -> Option<String> {
+        match self {
+            NewKey::Software(_) => None,
+            NewKey::Token { version, .. } => Some(version.clone()),
+        }
+    }
+}
+
+/// A token key's CKA_ID: its version's 16 bytes.
+pub(super) fn token_id(version: &str) -> Vec<u8> {
+    crate::crypto::wrap::unhex(version).unwrap_or_else(|| version.as_bytes().to_vec())
+}
+
+/// A token key's CKA_LABEL: `diskvault:VAULT/KEY/VERSION`.
+pub(super) fn token_label(vault: &str, l: &str, version: &str) -> String {
+    format!("diskvault:{vault}/{l}/{version}")
+}
+
 /// What a vault key version's sealed file is bound to: vault, key and version.
 fn key_file_id(vault: &str, l: &str, version: &str) -> String {
     format!("{vault}/{l}/{version}")
@@ -165,6 +199,7 @@ impl KeyVault {
             created: now_secs(),
             soft_delete_retention_in_days: DEFAULT_RETENTION_DAYS,
             enable_purge_protection: false,
+            hsm: None,
         };
         // vault.json goes last: its presence means the vault is complete.
         write_json(&dir.join(VAULT_FILE), &props)?;
@@ -194,6 +229,7 @@ impl KeyVault {
             serde_json::from_slice(&bytes).map_err(|e| corrupt(&vf, e.to_string()))?;
         let lock = StoreLock::try_acquire(&dir.join(LOCK_FILE))?
             .ok_or_else(|| VaultError::VaultLocked(dir.display().to_string()))?;
+        let hsm = props.hsm.clone().map(|c| Arc::new(Hsm::new(c)));
         let mut keys = BTreeMap::new();
         let mut deleted = BTreeMap::new();
         let mut broken = BTreeMap::new();
@@ -211,17 +247,18 @@ impl KeyVault {
                     // An interrupted delete (or recover): the key stays active.
                     fs::remove_file(kd.join(DELETED_FILE))?;
                 }
-                let loaded = Self::load_key(&custody, &props.name, &kd).and_then(|entry| {
-                    if !is_deleted {
-                        return Ok((entry, None));
-                    }
-                    let p = kd.join(DELETED_FILE);
-                    fs::read(&p)
-                        .map_err(|e| e.to_string())
-                        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-                        .map(|del: Deletion| (entry, Some(del)))
-                        .map_err(|r| format!("{}: {r}", p.display()))
-                });
+                let loaded =
+                    Self::load_key(&custody, &props.name, hsm.as_ref(), &kd).and_then(|entry| {
+                        if !is_deleted {
+                            return Ok((entry, None));
+                        }
+                        let p = kd.join(DELETED_FILE);
+                        fs::read(&p)
+                            .map_err(|e| e.to_string())
+                            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                            .map(|del: Deletion| (entry, Some(del)))
+                            .map_err(|r| format!("{}: {r}", p.display()))
+                    });
                 match loaded {
                     Ok((entry, Some(del))) => {
                         deleted.insert(n, (entry, del));
@@ -256,6 +293,7 @@ impl KeyVault {
                 unsaved: BTreeSet::new(),
                 unsaved_deletes: BTreeSet::new(),
                 late: Vec::new(),
+                hsm,
             }),
             generation: AtomicU64::new(1),
             policy_failures: Default::default(),
@@ -488,6 +526,41 @@ impl KeyVault {
     }
 
     /// Turns purge protection on (it can never be turned off) and/or sets retention.
+    /// Connects the vault to a PKCS#11 token (`vault set --hsm-module ...`). The
+    /// token must answer (module, label, PIN) before anything is saved.
+    pub fn set_hsm(&self, caller: &Caller, cfg: HsmConfig) -> Result<VaultProps, VaultError> {
+        let hsm = Arc::new(Hsm::new(cfg.clone()));
+        hsm.check()?;
+        self.audited(
+            "VaultPatch",
+            caller,
+            |st| format!("https://{}{}/", st.props.name, super::kid::VAULT_DNS_SUFFIX),
+            |st| {
+                let in_token = st
+                    .keys
+                    .values()
+                    .chain(st.deleted.values().map(|(e, _)| e))
+                    .any(|e| e.rec.versions.iter().any(|v| v.hsm));
+                if in_token && st.props.hsm.as_ref().is_some_and(|h| h.module != cfg.module || h.token != cfg.token) {
+                    return Err(VaultError::InvalidArgument(
+                        "keys are held in the current token; another token would not have them (only the PIN file can change)".into(),
+                    ));
+                }
+                let mut p = st.props.clone();
+                p.hsm = Some(cfg);
+                write_json(&self.dir.join(VAULT_FILE), &p)?;
+                st.props = p.clone();
+                st.hsm = Some(hsm);
+                Ok(p)
+            },
+        )
+    }
+
+    /// The token, if the vault has one (for `vault show`).
+    pub fn hsm(&self) -> Option<Arc<Hsm>> {
+        self.state.lock().hsm.clone()
+    }
+
     pub fn set_props(
         &self,
         caller: &Caller,
@@ -542,6 +615,9 @@ impl KeyVault {
             p["clearVaultKeys"] = clear.into();
         }
         v["properties"]["keyProtection"] = p;
+        if let Some(h) = self.hsm() {
+            v["properties"]["hsm"] = h.status();
+        }
         v
     }
 

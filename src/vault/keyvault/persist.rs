@@ -8,7 +8,8 @@ use super::super::{now_iso, VaultError};
 use super::{Deletion, KeyEntry, KeyRecord, KeyVault, State};
 use super::{DELETED_DIR, DELETED_FILE, KEYS_DIR, KEY_FILE};
 use crate::durable;
-use crate::vault::custody::{Custody, KeyRole};
+use crate::vault::custody::hsm::Hsm;
+use crate::vault::custody::{Custody, HeldKey, KeyRole};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -47,6 +48,7 @@ impl KeyVault {
     pub(super) fn load_key(
         custody: &Arc<Custody>,
         vault: &str,
+        hsm: Option<&Arc<Hsm>>,
         kd: &Path,
     ) -> Result<KeyEntry, String> {
         let kf = kd.join(KEY_FILE);
@@ -62,6 +64,27 @@ impl KeyVault {
             .map(|n| n.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default();
         for v in &rec.versions {
+            if v.hsm {
+                let Some(hsm) = hsm else {
+                    return Err(format!(
+                        "version {} is held in an HSM, but the vault has no HSM configured (vault.json 'hsm'); connect it with 'diskvault vault set --hsm-module ...'",
+                        v.version
+                    ));
+                };
+                let pf = kd.join(format!("{}.{}", v.version, super::PUBLIC_EXT));
+                let pem = fs::read_to_string(&pf).map_err(|e| format!("{}: {e}", pf.display()))?;
+                let public = crate::crypto::wrap::RsaPublic::from_pem(&pem)
+                    .map_err(|e| format!("{}: {e}", pf.display()))?;
+                privs.insert(
+                    v.version.clone(),
+                    Arc::new(HeldKey::in_token(
+                        public,
+                        hsm.clone(),
+                        super::token_id(&v.version),
+                    )),
+                );
+                continue;
+            }
             let id = super::key_file_id(vault, &l, &v.version);
             let k = custody
                 .load_key(kd, &v.version, KeyRole::VaultKey, &id)

@@ -24,6 +24,9 @@ pub struct VaultProps {
     pub created: i64,
     pub soft_delete_retention_in_days: u32,
     pub enable_purge_protection: bool,
+    /// The PKCS#11 token that holds `--protection hsm` keys, if one is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsm: Option<crate::vault::custody::hsm::HsmConfig>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -61,6 +64,9 @@ pub struct VersionRecord {
     /// A near-expiry notification was logged for this version.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub near_expiry_notified: bool,
+    /// Held in the vault's PKCS#11 token (`--protection hsm`), not in a file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hsm: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -113,10 +119,35 @@ pub struct Deletion {
     pub scheduled_purge_date: i64,
 }
 
+/// Where a key's private half lives (az's `--protection`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protection {
+    Software,
+    Hsm,
+}
+
+impl std::str::FromStr for Protection {
+    type Err = VaultError;
+    fn from_str(s: &str) -> Result<Self, VaultError> {
+        match s {
+            "software" => Ok(Protection::Software),
+            "hsm" => Ok(Protection::Hsm),
+            other => Err(VaultError::InvalidArgument(format!(
+                "protection '{}' is not software or hsm",
+                other.chars().take(40).collect::<String>()
+            ))),
+        }
+    }
+}
+
 /// Settings for a new key or version.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyOptions {
+    /// `hsm`: the key is made in (or imported into) the vault's token; `software`
+    /// (default): a sealed file. A rotation keeps the key's protection.
+    pub protection: Option<Protection>,
     pub size: Option<usize>,
     pub key_ops: Option<Vec<String>>,
     pub nbf: Option<i64>,

@@ -48,7 +48,7 @@ pub(crate) fn key_json(
         "name": rec.name,
         "key": {
             "kid": key_url(vault, &rec.name, Some(&ver.version)),
-            "kty": "RSA",
+            "kty": if ver.hsm { "RSA-HSM" } else { "RSA" },
             "keyOps": ver.key_ops,
             "n": b64url(n),
             "e": b64url(e),
