@@ -88,6 +88,10 @@ pub(super) struct KeyDenied {
     pub caller: Caller,
     /// The key or set file is corrupt: the disk is unavailable, not revoked.
     pub broken: bool,
+    /// The key's holder can't be reached (its HSM token, the store's KEK): the disk
+    /// stops serving at once (fail closed) and shows `Unavailable`, and is restored
+    /// when the holder answers again.
+    pub outage: bool,
 }
 
 impl KeyDenied {
@@ -98,6 +102,14 @@ impl KeyDenied {
             broken: matches!(
                 e,
                 StoreError::DesCorrupt { .. } | StoreError::Vault(VaultError::KeyCorrupt { .. })
+            ),
+            outage: matches!(
+                e,
+                StoreError::Vault(
+                    VaultError::HsmUnavailable(_)
+                        | VaultError::HsmKeyMissing(_)
+                        | VaultError::KekUnavailable(_)
+                )
             ),
         }
     }
@@ -373,12 +385,17 @@ impl Store {
                 Err(denied) if denied.broken => {
                     self.reconcile.pending.lock().remove(&d.serial);
                 }
-                Err(KeyDenied { why, caller, .. }) => {
+                Err(KeyDenied {
+                    why,
+                    caller,
+                    outage,
+                    ..
+                }) => {
                     if d.is_revoked() {
                         continue;
                     }
                     let since = *self.reconcile.pending.lock().entry(d.serial).or_insert(now);
-                    if now.duration_since(since) < delay {
+                    if !outage && now.duration_since(since) < delay {
                         continue;
                     }
                     self.reconcile.pending.lock().remove(&d.serial);
@@ -386,7 +403,8 @@ impl Store {
                     let kid = m.layers[0].kid.clone();
                     let sku: Sku = m.sku.parse().unwrap_or_default();
                     let keep_open = matches!(sku, Sku::UltraSsdLrs | Sku::PremiumV2Lrs);
-                    let mut reason = format!("Revoked: {why} at {}", now_rfc3339());
+                    let state = if outage { "Unavailable" } else { "Revoked" };
+                    let mut reason = format!("{state}: {why} at {}", now_rfc3339());
                     if keep_open {
                         reason +=
                             &format!("; open handles keep working until closed ({})", sku.name());

@@ -87,6 +87,9 @@ pub struct Hsm {
     /// SHA-256 of a PIN the token refused: not tried again, so a wrong PIN file can't
     /// lock the token by retries; a changed file is tried.
     refused_pin: Mutex<Option<[u8; 32]>>,
+    /// The last failed connect: for a second, uses fail with it without trying
+    /// again, so a reconciler pass over many disks tries the token once.
+    failed: Mutex<Option<(std::time::Instant, String)>>,
 }
 
 fn unavailable(cfg: &HsmConfig, why: impl std::fmt::Display) -> VaultError {
@@ -117,6 +120,7 @@ impl Hsm {
             conn: Mutex::new(None),
             path: Mutex::new(None),
             refused_pin: Mutex::new(None),
+            failed: Mutex::new(None),
         }
     }
 
@@ -169,6 +173,7 @@ impl Hsm {
 
     fn connect(&self) -> Result<Arc<Conn>, VaultError> {
         let cfg = &self.cfg;
+        let pin_path = self.pin_path()?;
         let pin = self.read_pin()?;
         let digest: [u8; 32] = Sha256::digest(pin.as_bytes()).into();
         if *self.refused_pin.lock() == Some(digest) {
@@ -204,7 +209,10 @@ impl Hsm {
                 *self.refused_pin.lock() = Some(digest);
                 return Err(unavailable(
                     cfg,
-                    "the token refused the PIN (wrong PIN); fix the PIN file",
+                    format!(
+                        "the token refused the PIN in {} (wrong PIN); fix that file",
+                        pin_path.display()
+                    ),
                 ));
             }
             Err(PkError::Pkcs11(RvError::PinLocked, _)) => {
@@ -235,7 +243,21 @@ impl Hsm {
             match &*c {
                 Some(conn) => conn.clone(),
                 None => {
-                    let conn = self.connect()?;
+                    if let Some((at, why)) = &*self.failed.lock() {
+                        if at.elapsed() < std::time::Duration::from_secs(1) {
+                            return Err(VaultError::HsmUnavailable(why.clone()));
+                        }
+                    }
+                    let conn = match self.connect() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            if let VaultError::HsmUnavailable(why) = &e {
+                                *self.failed.lock() = Some((std::time::Instant::now(), why.clone()));
+                            }
+                            return Err(e);
+                        }
+                    };
+                    *self.failed.lock() = None;
                     *c = Some(conn.clone());
                     conn
                 }

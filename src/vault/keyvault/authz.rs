@@ -239,10 +239,19 @@ impl KeyVault {
     }
 
     /// Whether `caller` could unwrap with `kid` right now (no audit record, no crypto).
+    /// A key held in a token also needs the token to answer (checked without the
+    /// vault lock).
     pub fn can_unwrap(&self, caller: &Caller, kid: &str) -> Result<(), VaultError> {
         let r = KeyRef::parse(kid)?;
-        let st = self.state.lock();
-        Self::authorize(&st, caller, &r, "unwrapKey", false).map(|_| ())
+        let token = {
+            let st = self.state.lock();
+            let (l, v) = Self::authorize(&st, caller, &r, "unwrapKey", false)?;
+            st.keys[&l].privs[&v].token().map(|(h, _)| h.clone())
+        };
+        match token {
+            Some(h) => h.check(),
+            None => Ok(()),
+        }
     }
 }
 
