@@ -252,7 +252,8 @@ impl Hsm {
                         Ok(c) => c,
                         Err(e) => {
                             if let VaultError::HsmUnavailable(why) = &e {
-                                *self.failed.lock() = Some((std::time::Instant::now(), why.clone()));
+                                *self.failed.lock() =
+                                    Some((std::time::Instant::now(), why.clone()));
                             }
                             return Err(e);
                         }
