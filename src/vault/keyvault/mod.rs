@@ -541,9 +541,9 @@ impl KeyVault {
                     .values()
                     .chain(st.deleted.values().map(|(e, _)| e))
                     .any(|e| e.rec.versions.iter().any(|v| v.hsm));
-                if in_token && st.props.hsm.as_ref().is_some_and(|h| h.module != cfg.module || h.token != cfg.token) {
+if in_token && st.props.hsm.as_ref().is_some_and(|h| h.token != cfg.token) {
                     return Err(VaultError::InvalidArgument(
-                        "keys are held in the current token; another token would not have them (only the PIN file can change)".into(),
+                        "keys are held in the current token; another token would not have them (the module path and the PIN file can change, not the token)".into(),
                     ));
                 }
                 let mut p = st.props.clone();
