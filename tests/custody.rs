@@ -81,9 +81,11 @@ fn tree_sums(dir: &Path) -> Vec<(PathBuf, String)> {
     v
 }
 
-/// A host key file of 32 random bytes.
+/// A host key file of 32 random bytes, mode 0600.
 fn new_host_key(at: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::write(at, diskvault::crypto::random_bytes(32).unwrap()).unwrap();
+    std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o600)).unwrap();
     at.to_path_buf()
 }
 
@@ -217,6 +219,20 @@ fn a_copy_without_its_kek_decrypts_nothing() {
     );
     let wrong = new_host_key(&m.dir.path().join("wrong.key"));
     let w = wrong.to_str().unwrap();
+    // A host key others can read is refused, whatever it holds.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = err(dv(
+            &["mount", "--no-create", c, mp],
+            &[("DISKVAULT_HOST_KEY", w)],
+        ));
+        assert!(
+            e.contains("can be read by others") && e.contains("chmod 600"),
+            "{e}"
+        );
+        std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let e = err(dv(
         &["mount", "--no-create", c, mp],
         &[("DISKVAULT_HOST_KEY", w)],
@@ -510,6 +526,7 @@ fn old_stores_are_sealed_in_place_surviving_kill_9() {
         let mut plans = vec!["seal.header=1".to_string()];
         for n in 1..=keys {
             plans.push(format!("seal.sealed={n}"));
+            plans.push(format!("seal.shredded={n}"));
             plans.push(format!("seal.cleared={n}"));
         }
         if fixture == "store-v1" {
@@ -686,4 +703,121 @@ fn tpm2_seal_survives_a_reboot() {
     assert!(e.contains("TPM"), "{e}");
     assert!(std::fs::read_dir(&mnt).unwrap().next().is_none());
     assert!(scan(None, &[&store], &[]).is_empty());
+}
+
+/// The header is the store owner's to edit: a TCTI in it that would run a program
+/// (`cmd:`) or write to a file (`device:` off /dev/tpm*) is refused before any
+/// tpm2-tools run, for a listing as for a mount.
+#[test]
+fn a_header_tcti_never_runs_a_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("st");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let s = store.to_str().unwrap();
+    ok(dv(&["init", s], &[]));
+    let marker = dir.path().join("PWNED");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    for tcti in [
+        format!("cmd:touch {}", marker.display()),
+        format!("device:{}", victim.display()),
+    ] {
+        let mut h: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(store.join("diskvault.json")).unwrap()).unwrap();
+        h["keyProtection"]["seal"] = "tpm2".into();
+        h["keyProtection"]["tpm2"] =
+            serde_json::json!({"tcti": tcti, "public": "AA==", "private": "AA=="});
+        std::fs::write(
+            store.join("diskvault.json"),
+            serde_json::to_vec(&h).unwrap(),
+        )
+        .unwrap();
+        let _ = dv(&["disk", "list", "--store", s], &[]);
+        let e = err(dv(&["mount", "--no-create", s, mnt.to_str().unwrap()], &[]));
+        assert!(e.contains("is not taken"), "{e}");
+        assert!(!marker.exists(), "{tcti} ran a program");
+        assert_eq!(
+            std::fs::read(&victim).unwrap(),
+            b"keep me",
+            "{tcti} wrote to a file"
+        );
+    }
+}
+
+/// A public key swapped into a sealed key file (no KEK needed for that) never
+/// receives a DEK: a key wraps only once its private half has been unsealed and
+/// matched to it.
+#[test]
+fn a_swapped_public_key_gets_no_dek() {
+    let mut m = Mounted::new();
+    let kid = cmk_setup(&m, &[("c1", "4M", "Premium_LRS")]);
+    m.umount();
+    let version = kid.rsplit('/').next().unwrap();
+    let file = m.store.join(format!("vault/keys/k1/{version}.key"));
+    let mut f: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let attacker = m.dir.path().join("attacker.pem");
+    openssl_genrsa(&attacker);
+    let spki = Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&attacker)
+        .output()
+        .unwrap()
+        .stdout;
+    use base64::Engine;
+    f["publicKey"] = base64::engine::general_purpose::STANDARD
+        .encode(&spki)
+        .into();
+    std::fs::write(&file, serde_json::to_vec(&f).unwrap()).unwrap();
+    m.mount();
+    let o = dv(
+        &[
+            "disk",
+            "create",
+            "c2",
+            "--size",
+            "4M",
+            "--disk-encryption-set",
+            "set1",
+            "--store",
+            m.s(),
+        ],
+        &[],
+    );
+    let e = err(o);
+    assert!(e.contains("does not open") || e.contains("unusable"), "{e}");
+    // Nothing on the store is wrapped to the attacker's key.
+    for p in walk(&m.store) {
+        if p.file_name().is_some_and(|n| n == "meta.json") {
+            let meta: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            for l in meta["layers"].as_array().into_iter().flatten() {
+                let w = base64::engine::general_purpose::STANDARD
+                    .decode(l["wrappedKey"].as_str().unwrap())
+                    .unwrap();
+                let bin = m.dir.path().join("w.bin");
+                std::fs::write(&bin, &w).unwrap();
+                let st = Command::new("openssl")
+                    .args(["pkeyutl", "-decrypt", "-inkey"])
+                    .arg(&attacker)
+                    .arg("-in")
+                    .arg(&bin)
+                    .args([
+                        "-pkeyopt",
+                        "rsa_padding_mode:oaep",
+                        "-pkeyopt",
+                        "rsa_oaep_md:sha256",
+                        "-pkeyopt",
+                        "rsa_mgf1_md:sha256",
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(
+                    !st.status.success(),
+                    "{} is wrapped to the attacker's key",
+                    p.display()
+                );
+            }
+        }
+    }
 }

@@ -141,7 +141,7 @@ impl HsmStore {
         ));
         ok(dv(&["mount", &s, mnt.to_str().unwrap()], &env));
         let mut m = Mounted::adopt(&store, &mnt);
-        std::mem::swap(&mut m.dir, &mut { dir });
+        m.dir = dir;
         let h = HsmStore { t, m };
         h.run(&["vault", "set", "--purge-protection", "true"]);
         let key = json(&h.run(&["key", "create", "h1", "--protection", "hsm"]));

@@ -345,6 +345,9 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
     let mut ready = args
         .ready_fd
         .map(|fd| std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+    // A refused mount leaves the store as it was: a daemon.log it made goes again.
+    let log_path = store_path.join(LOG_FILE);
+    let log_existed = log_path.exists();
     let result = (|| {
         let mp = check_mountpoint(&args.mountpoint)?;
         let mut unseal = if args.ready_fd.is_none() {
@@ -421,6 +424,9 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
     let (session, store, vms) = match result {
         Ok(v) => v,
         Err(CliError(msg)) => {
+            if !log_existed && std::fs::metadata(&log_path).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&log_path);
+            }
             if let Some(f) = ready.as_mut() {
                 let _ = writeln!(f, "ERR {msg}");
             }

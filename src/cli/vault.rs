@@ -200,6 +200,16 @@ pub fn run_vault(cmd: VaultCmd) -> Result<(), CliError> {
             new_tpm_tcti,
             store,
         } => {
+            let conflict = match seal {
+                SealKind::Host => new_passphrase_file.is_some() || new_tpm_tcti.is_some(),
+                SealKind::Passphrase => new_host_key.is_some() || new_tpm_tcti.is_some(),
+                SealKind::Tpm2 => new_host_key.is_some() || new_passphrase_file.is_some(),
+            };
+            if conflict {
+                return Err(CliError(format!(
+                    "--seal {seal} takes only its own --new-... option (--new-host-key for host, --new-passphrase-file for passphrase, --new-tpm-tcti for tpm2)"
+                )));
+            }
             let s = unmounted(&store, "'vault reseal'")?;
             let setup = SealSetup {
                 kind: seal,

@@ -195,6 +195,7 @@ fn every_request_survives_its_wire_form() {
     )
     .unwrap();
     let full = KeyOptions {
+        protection: Some(crate::vault::keyvault::Protection::Hsm),
         size: Some(3072),
         key_ops: Some(vec!["wrapKey".into(), "unwrapKey".into()]),
         nbf: Some(t),

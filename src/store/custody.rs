@@ -10,6 +10,7 @@ use crate::vault::custody::{Custody, KeyProtection, KeyRole, SealSetup, UnsealOp
 use crate::vault::platform::PLATFORM_KEY_STEM;
 use crate::vault::VaultError;
 use std::path::Path;
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 /// What `vault seal` did.
@@ -31,8 +32,23 @@ pub(super) fn write_header(root: &Path, h: &Header) -> Result<()> {
 /// Seals one clear PEM file as `dir/stem.key`, then overwrites and removes the PEM.
 /// A crash between the two leaves both; the sealed one is used, and the next `vault
 /// seal` seals again and removes the PEM.
-fn seal_file(custody: &Custody, dir: &Path, stem: &str, role: KeyRole, id: &str) -> Result<()> {
-    let [_, clear] = Custody::key_paths(dir, stem);
+fn seal_file(
+    custody: &Arc<Custody>,
+    dir: &Path,
+    stem: &str,
+    role: KeyRole,
+    id: &str,
+) -> Result<()> {
+    let [sealed, clear] = Custody::key_paths(dir, stem);
+    // Sealed already (a seal cut short after it, maybe while overwriting the clear
+    // copy): if the sealed file opens, the clear one only has to go.
+    if sealed.exists() {
+        if let Ok(k) = custody.load_key(dir, stem, role, id) {
+            if k.private().is_ok() {
+                return remove_clear(&clear, dir);
+            }
+        }
+    }
     let pem = Zeroizing::new(
         std::fs::read_to_string(&clear)
             .map_err(|e| StoreError::io(format!("reading {}", clear.display()), e))?,
@@ -45,8 +61,14 @@ fn seal_file(custody: &Custody, dir: &Path, stem: &str, role: KeyRole, id: &str)
     })?;
     custody.save_key(dir, stem, role, id, &key)?;
     crate::fault::point("seal.sealed");
-    durable::shred(&clear);
-    std::fs::remove_file(&clear)
+    remove_clear(&clear, dir)
+}
+
+/// Overwrites a clear key file with zeros, then removes it.
+fn remove_clear(clear: &Path, dir: &Path) -> Result<()> {
+    durable::shred(clear);
+    crate::fault::point("seal.shredded");
+    std::fs::remove_file(clear)
         .map_err(|e| StoreError::io(format!("removing {}", clear.display()), e))?;
     durable::sync_dir(dir).map_err(|e| StoreError::io(format!("syncing {}", dir.display()), e))?;
     crate::fault::point("seal.cleared");
@@ -88,7 +110,7 @@ impl Store {
                         p.seal, p.seal
                     ))));
                 }
-                let c = Custody::sealed(&root, id, p.clone(), opts.clone());
+                let c = Arc::new(Custody::sealed(&root, id, p.clone(), opts.clone()));
                 c.sealing_key()?;
                 c
             }
@@ -104,7 +126,7 @@ impl Store {
                 h.key_protection = Some(p.clone());
                 write_header(&self.root, &h)?;
                 crate::fault::point("seal.header");
-                Custody::with_sealing_key(&root, &id, p, ksk)
+                Arc::new(Custody::with_sealing_key(&root, &id, p, ksk))
             }
         };
         let mut sealed = 0;

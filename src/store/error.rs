@@ -14,7 +14,7 @@ pub enum StoreError {
     AlreadyAStore(String),
     #[error("store header {path} is corrupt ({reason}); restore it from a backup")]
     BadHeader { path: String, reason: String },
-    #[error("store format version {0} is not supported by this diskvault (it reads version 1); upgrade diskvault")]
+    #[error("store format version {0} is not supported by this diskvault (it reads versions 1 and 2); upgrade diskvault")]
     UnsupportedVersion(u64),
     #[error(
         "store {path} is already in use{holder}; unmount it first ('diskvault umount MOUNTPOINT')"

@@ -89,7 +89,7 @@ impl KeyProvider for PlatformKeys {
         Ok(WrappedKey {
             kid: key.to_string(),
             alg: WRAP_ALG.to_string(),
-            value: self.key.public().wrap(dek)?,
+            value: self.key.wrap(dek)?,
         })
     }
 

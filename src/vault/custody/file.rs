@@ -66,6 +66,10 @@ pub struct HeldKey {
     sealed: Option<Sealed>,
     /// A key in a PKCS#11 token: its CKA_ID there. Its private half never leaves.
     token: Option<(Arc<super::hsm::Hsm>, Vec<u8>)>,
+    /// The public half was checked against the private one (unsealed, or in the
+    /// token): only then does it wrap, so a public key swapped into a file can't
+    /// receive DEKs.
+    verified: OnceLock<()>,
 }
 
 impl HeldKey {
@@ -74,11 +78,14 @@ impl HeldKey {
         let public = key.public();
         let private = OnceLock::new();
         let _ = private.set(Arc::new(key));
+        let verified = OnceLock::new();
+        let _ = verified.set(());
         HeldKey {
             public,
             private,
             sealed: None,
             token: None,
+            verified,
         }
     }
 
@@ -89,12 +96,48 @@ impl HeldKey {
             private: OnceLock::new(),
             sealed: None,
             token: Some((hsm, id)),
+            verified: OnceLock::new(),
         }
     }
 
     /// The token and id of a key held in a token.
     pub fn token(&self) -> Option<(&Arc<super::hsm::Hsm>, &[u8])> {
         self.token.as_ref().map(|(h, id)| (h, id.as_slice()))
+    }
+
+    /// Whether it could unwrap now: its token answers, or its KEK is at hand (no
+    /// RSA operation).
+    pub fn check(&self) -> Result<(), VaultError> {
+        if let Some((hsm, _)) = &self.token {
+            return hsm.check();
+        }
+        match (&self.sealed, self.private.get()) {
+            (Some(s), None) => s.custody.sealing_key().map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    /// Wraps a DEK with the public half, once it is known to belong to the private
+    /// half (a sealed key is unsealed for that, a token key's public key is read from
+    /// the token).
+    pub fn wrap(&self, dek: &crate::crypto::Secret) -> Result<Vec<u8>, VaultError> {
+        if self.verified.get().is_none() {
+            match &self.token {
+                Some((hsm, id)) => {
+                    if hsm.public(id)? != self.public {
+                        return Err(VaultError::HsmKeyMissing(format!(
+                            "{} (the token's public key is not the one in the vault: a changed .pub file?)",
+                            super::hsm::hex_id(id)
+                        )));
+                    }
+                }
+                None => {
+                    self.private()?;
+                }
+            }
+            let _ = self.verified.set(());
+        }
+        Ok(self.public.wrap(dek)?)
     }
 
     /// Unwraps a DEK: in the token for a token key, else with the private key
@@ -264,6 +307,7 @@ impl Custody {
                 path: path.to_path_buf(),
             }),
             token: None,
+            verified: OnceLock::new(),
         })
     }
 }

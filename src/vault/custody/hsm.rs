@@ -415,6 +415,19 @@ impl Hsm {
         Ok(key.public())
     }
 
+    /// The public key `id` as the token has it.
+    pub fn public(&self, id: &[u8]) -> Result<RsaPublic, VaultError> {
+        self.with_session(|s| {
+            let Some(h) = Self::find(s, ObjectClass::PUBLIC_KEY, id)?
+                .into_iter()
+                .next()
+            else {
+                return Ok(Err(VaultError::HsmKeyMissing(hex_id(id))));
+            };
+            Ok(Self::public_of(s, h)?.map_err(|e| unavailable(&self.cfg, e)))
+        })?
+    }
+
     /// Unwraps a DEK with the private key `id`, in the token.
     pub fn unwrap(
         &self,

@@ -153,7 +153,13 @@ pub fn default_host_key() -> Result<PathBuf, VaultError> {
 
 /// Reads a host key: exactly 32 bytes.
 pub fn read_host_key(path: &Path) -> Result<Secret, VaultError> {
-    let mut f = match std::fs::File::open(path) {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    // O_NONBLOCK: a FIFO in its place must not hang the caller.
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => {
             return Err(unavailable(format!(
@@ -168,6 +174,23 @@ pub fn read_host_key(path: &Path) -> Result<Secret, VaultError> {
             )))
         }
     };
+    let meta = f
+        .metadata()
+        .map_err(|e| unavailable(format!("cannot read host key {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(unavailable(format!(
+            "host key {} is not a regular file",
+            path.display()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(unavailable(format!(
+            "host key {} can be read by others (mode {:o}); make it private with 'chmod 600 {}'",
+            path.display(),
+            meta.mode() & 0o777,
+            path.display()
+        )));
+    }
     let mut b = Zeroizing::new(Vec::with_capacity(KEK_LEN + 1));
     Read::by_ref(&mut f)
         .take(KEK_LEN as u64 + 1)
@@ -275,12 +298,22 @@ impl Argon2Params {
 
 /// Reads a passphrase file: its bytes without one trailing newline. Empty is refused.
 pub fn read_passphrase_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-    let mut b = Zeroizing::new(std::fs::read(path).map_err(|e| {
+    const MAX: u64 = 64 * 1024;
+    let fail = |e: std::io::Error| {
         unavailable(format!(
             "cannot read passphrase file {}: {e}",
             path.display()
         ))
-    })?);
+    };
+    let f = std::fs::File::open(path).map_err(fail)?;
+    let mut b = Zeroizing::new(Vec::new());
+    f.take(MAX + 1).read_to_end(&mut b).map_err(fail)?;
+    if b.len() as u64 > MAX {
+        return Err(unavailable(format!(
+            "passphrase file {} is longer than 64 KiB; is it the right file?",
+            path.display()
+        )));
+    }
     if b.last() == Some(&b'\n') {
         b.pop();
         if b.last() == Some(&b'\r') {
@@ -310,7 +343,7 @@ pub fn passphrase(
     }
     let Some(prompt) = &opts.prompt else {
         return Err(unavailable(format!(
-            "{what} needs its passphrase: give --passphrase-file FILE or {PASSPHRASE_ENV}=FILE, or run on a terminal"
+            "{what} needs its passphrase: give --passphrase-file FILE or {PASSPHRASE_ENV}=FILE"
         )));
     };
     let ask =
@@ -340,6 +373,33 @@ pub struct Tpm2Seal {
     pub private: String,
 }
 
+/// Refuses a TCTI that is not a TPM: `cmd:` would run a program and `device:` on a
+/// file would write to it, and the TCTI may come from the store header, which whoever
+/// owns the store can edit. Taken: `device:/dev/tpm*`, `swtpm:`, `mssim:`, `tabrmd:`.
+pub fn check_tcti(tcti: &str) -> Result<(), VaultError> {
+    let (kind, conf) = tcti.split_once(':').unwrap_or((tcti, ""));
+    let ok = match kind {
+        "device" => {
+            conf.is_empty()
+                || (conf.starts_with("/dev/tpm") && !conf.contains("..") && !conf.contains(','))
+        }
+        "swtpm" | "mssim" | "tabrmd" => !conf.contains('\n'),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(unavailable(format!(
+            "TCTI '{}' is not taken: use device:/dev/tpmrm0 (or another /dev/tpm*), swtpm:..., mssim:... or tabrmd:...",
+            tcti.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+/// How long one tpm2-tools command may take before it is killed (a TPM that does not
+/// answer must not hang a mount).
+const TPM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs one tpm2-tools command against `tcti`; its stdout, or a one-line error.
 fn tpm2(
     tool: &str,
@@ -347,8 +407,10 @@ fn tpm2(
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    check_tcti(tcti)?;
     let mut cmd = Command::new(tool);
-    cmd.arg("-T")
+    cmd.env_remove("TPM2TOOLS_TCTI")
+        .arg("-T")
         .arg(tcti)
         .args(args)
         .stdin(if stdin.is_some() {
@@ -369,9 +431,40 @@ fn tpm2(
         let mut si = child.stdin.take().expect("piped");
         let _ = si.write_all(input);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| unavailable(format!("{tool}: {e}")))?;
+    // Read its output on threads, and kill it if it outlives the timeout.
+    let mut so = child.stdout.take().expect("piped");
+    let mut se = child.stderr.take().expect("piped");
+    let t_out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = so.read_to_end(&mut b);
+        b
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = se.read_to_end(&mut b);
+        b
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if start.elapsed() > TPM_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(unavailable(format!(
+                    "the TPM at '{tcti}' did not answer {tool} within {} s",
+                    TPM_TIMEOUT.as_secs()
+                )));
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Err(e) => return Err(unavailable(format!("{tool}: {e}"))),
+        }
+    };
+    let out = std::process::Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    };
     let stdout = Zeroizing::new(out.stdout);
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
@@ -539,6 +632,67 @@ mod tempfile_lite {
     impl Drop for Dir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tpm_tctis_are_taken() {
+        for ok in [
+            "device:/dev/tpmrm0",
+            "device:/dev/tpm0",
+            "device",
+            "swtpm:path=/tmp/s",
+            "swtpm:host=localhost,port=2321",
+            "mssim:host=localhost",
+            "tabrmd:bus_type=system",
+        ] {
+            assert!(check_tcti(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "cmd:sh -c id",
+            "device:/etc/passwd",
+            "device:/dev/tpm0/../sda",
+            "device:/tmp/x",
+            "libtss2-tcti-cmd.so.0:id",
+            "",
+            "swtpm:path=/tmp/s\nx",
+        ] {
+            let e = check_tcti(bad).unwrap_err();
+            assert!(e.to_string().contains("is not taken"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_tell_keks_apart_and_argon2_is_bounded() {
+        let a = Secret::new(vec![1; 32]);
+        let b = Secret::new(vec![2; 32]);
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        assert_eq!(fingerprint(&a).len(), 32);
+        let mut p = Argon2Params::new().unwrap();
+        p.memory_kib = 64;
+        p.iterations = 1;
+        let k1 = p.derive(b"pw").unwrap();
+        assert_eq!(k1.len(), 32);
+        assert_ne!(p.derive(b"pw2").unwrap().expose(), k1.expose());
+        for (m, t, l) in [
+            (u32::MAX, 1, 1),
+            (64, 0, 1),
+            (64, 65, 1),
+            (64, 1, 17),
+            (64, 1, 0),
+        ] {
+            let q = Argon2Params {
+                memory_kib: m,
+                iterations: t,
+                parallelism: l,
+                ..p.clone()
+            };
+            assert!(q.derive(b"pw").is_err(), "{m} {t} {l}");
         }
     }
 }

@@ -175,6 +175,9 @@ pub struct Custody {
     sealing_key: OnceLock<Secret>,
     /// One unseal at a time, so a passphrase is asked once.
     unsealing: Mutex<()>,
+    /// Why the KEK could not be had: not tried again by this process (a wrong
+    /// passphrase costs an Argon2id run per try, and the answer won't change).
+    failed: OnceLock<String>,
 }
 
 impl Custody {
@@ -187,6 +190,7 @@ impl Custody {
             opts: UnsealOptions::default(),
             sealing_key: OnceLock::new(),
             unsealing: Mutex::new(()),
+            failed: OnceLock::new(),
         }
     }
 
@@ -204,6 +208,7 @@ impl Custody {
             opts,
             sealing_key: OnceLock::new(),
             unsealing: Mutex::new(()),
+            failed: OnceLock::new(),
         }
     }
 
@@ -321,7 +326,17 @@ impl Custody {
                 "the store is not sealed; run 'diskvault vault seal'".into(),
             )
         })?;
-        let kek = self.kek()?;
+        if let Some(why) = self.failed.get() {
+            return Err(VaultError::KekUnavailable(why.clone()));
+        }
+        let kek = match self.kek() {
+            Ok(k) => k,
+            Err(VaultError::KekUnavailable(why)) => {
+                let _ = self.failed.set(why.clone());
+                return Err(VaultError::KekUnavailable(why));
+            }
+            Err(e) => return Err(e),
+        };
         let sealed = B64
             .decode(&p.sealing_key)
             .map_err(|e| VaultError::BadProtection(format!("sealingKey: {e}")))?;

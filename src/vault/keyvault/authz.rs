@@ -188,7 +188,7 @@ impl KeyVault {
                 Ok(WrappedKey {
                     kid: key_url(&st.props.name, &e.rec.name, Some(&v)),
                     alg: WRAP_ALG.to_string(),
-                    value: e.privs[&v].public().wrap(dek)?,
+                    value: e.privs[&v].wrap(dek)?,
                 })
             },
         )
@@ -243,15 +243,12 @@ impl KeyVault {
     /// vault lock).
     pub fn can_unwrap(&self, caller: &Caller, kid: &str) -> Result<(), VaultError> {
         let r = KeyRef::parse(kid)?;
-        let token = {
+        let key = {
             let st = self.state.lock();
             let (l, v) = Self::authorize(&st, caller, &r, "unwrapKey", false)?;
-            st.keys[&l].privs[&v].token().map(|(h, _)| h.clone())
+            st.keys[&l].privs[&v].clone()
         };
-        match token {
-            Some(h) => h.check(),
-            None => Ok(()),
-        }
+        key.check()
     }
 }
 
