@@ -35,6 +35,7 @@ fn readme_walkthrough_runs_top_to_bottom() {
     let script = script.replace("/tmp/dv", base.to_str().unwrap());
     // Unmounts even when a step fails.
     let _guard = Mounted::adopt(&base.join("store"), &base.join("mnt"));
+    let _hsm_guard = Mounted::adopt(&base.join("hstore"), &base.join("hmnt"));
     let bin_dir = std::path::Path::new(bin()).parent().unwrap();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
     let out = Command::new("bash")
