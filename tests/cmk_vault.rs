@@ -239,12 +239,13 @@ fn separate_vault_directory_and_private_files() {
         s,
     ]);
     // Key and metadata files are 0600, directories 0700.
-    let mut pems = 0;
+    let (mut sealed, mut pems) = (0, 0);
     for f in walk(&vault) {
         assert_eq!(mode(&f), 0o600, "{}", f.display());
+        sealed += f.extension().is_some_and(|e| e == "key") as usize;
         pems += f.extension().is_some_and(|e| e == "pem") as usize;
     }
-    assert_eq!(pems, 1);
+    assert_eq!((sealed, pems), (1, 0), "one sealed key file, no clear one");
     assert_eq!(mode(&vault), 0o700);
     assert_eq!(mode(&vault.join("keys/k1")), 0o700);
     for f in walk(&store.join("disk-encryption-sets")) {

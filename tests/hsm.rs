@@ -401,3 +401,40 @@ fn token_outage_fails_closed_and_recovers() {
     })
     .expect("the disk comes back once the module is there");
 }
+
+/// `init --platform-key hsm`: the platform key is generated in the token, the store
+/// holds only its public half, platform disks work through it, and without the token
+/// they fail closed while the mount stays up.
+#[test]
+fn platform_key_in_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Token::new(&dir.path().join("hsm"), "dvplat");
+    let store = dir.path().join("store");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let (s, env) = (store.to_str().unwrap(), t.env());
+    let pin = t.pin_file.to_str().unwrap();
+    let o = dv(&["init", s, "--platform-key", "hsm"], &env);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--hsm-module"));
+    assert!(!store.exists(), "a refused init leaves nothing");
+    ok(dv(
+        &["init", s, "--hsm-module", MODULE, "--hsm-token", &t.label, "--hsm-pin-file", pin, "--platform-key", "hsm"],
+        &env,
+    ));
+    assert!(store.join("keys/platform.pub").exists());
+    assert!(!store.join("keys/platform.key").exists() && !store.join("keys/platform.pem").exists());
+    assert!(t.objects().contains("diskvault:platform/"), "{}", t.objects());
+    ok(dv(&["mount", s, mnt.to_str().unwrap()], &env));
+    let mut m = Mounted::adopt(&store, &mnt);
+    run_ok(&["disk", "create", "p1", "--size", "4M", "--store", s]);
+    std::fs::write(m.disk("p1"), pattern(21, 4096)).unwrap();
+    m.umount();
+    m.mount_with(&[], &env);
+    assert_eq!(read4k(&m.disk("p1")).unwrap(), pattern(21, 4096));
+    m.umount();
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "0000").unwrap();
+    m.mount_with(&[], &[env[0], ("DISKVAULT_HSM_PIN_FILE", bad.to_str().unwrap())]);
+    let e = std::fs::File::open(m.disk("p1")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+}

@@ -146,6 +146,8 @@ fn init_options(args: &MountArgs, unseal: &UnsealOptions) -> crate::store::InitO
         host_key: args.seal.kek.host_key.clone(),
         tpm_tcti: args.seal.kek.tpm_tcti.clone(),
         unseal: unseal.clone(),
+        hsm: None,
+        platform_in_hsm: false,
     }
 }
 

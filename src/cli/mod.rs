@@ -44,6 +44,10 @@ enum Cmd {
         seal: seal::SealArgs,
         #[command(flatten)]
         hsm: vault::HsmArgs,
+        /// software (default: sealed like every key) or hsm: generate the platform key
+        /// in the token of --hsm-module.
+        #[arg(long, value_name = "KIND", value_parser = ["software", "hsm"])]
+        platform_key: Option<String>,
     },
     /// Mount a store; returns once the mount is ready and leaves the daemon in the background.
     /// The store is created if it does not exist yet.
@@ -268,6 +272,7 @@ fn init(
     vault_name: Option<String>,
     seal: &seal::SealArgs,
     hsm: &vault::HsmArgs,
+    platform_in_hsm: bool,
 ) -> Result<(), CliError> {
     let hsm_cfg = hsm.config()?;
     let store = std::path::absolute(store)?;
@@ -284,22 +289,11 @@ fn init(
         host_key: seal.kek.host_key.clone(),
         tpm_tcti: seal.kek.tpm_tcti.clone(),
         unseal: seal.kek.options_with_prompt(),
+        hsm: hsm_cfg,
+        platform_in_hsm,
     };
     match crate::store::Store::init(&store, &opts) {
         Ok(()) => {
-            if let Some(cfg) = hsm_cfg {
-                let s = crate::store::Store::open_with(&store, None, seal.kek.options())?;
-                if let Err(e) = s
-                    .vault()
-                    .set_hsm(&crate::vault::Caller::current_user(), cfg)
-                {
-                    drop(s);
-                    for d in &new_dirs {
-                        let _ = std::fs::remove_dir_all(d);
-                    }
-                    return Err(e.into());
-                }
-            }
             println!("initialized store {}", store.display());
             Ok(())
         }
@@ -376,7 +370,15 @@ pub fn main() -> ExitCode {
             vault_name,
             seal,
             hsm,
-        } => init(&store, vault.as_deref(), vault_name, &seal, &hsm),
+            platform_key,
+        } => init(
+            &store,
+            vault.as_deref(),
+            vault_name,
+            &seal,
+            &hsm,
+            platform_key.as_deref() == Some("hsm"),
+        ),
         Cmd::Mount(args) => daemon::mount(args),
         Cmd::Umount {
             mountpoint,

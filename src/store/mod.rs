@@ -137,6 +137,9 @@ struct Header {
     /// How private keys are sealed; absent in a store whose keys are still clear.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key_protection: Option<KeyProtection>,
+    /// `hsm`: the platform key is held in the vault's PKCS#11 token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    platform_key: Option<String>,
 }
 
 /// Options for `Store::init`.
@@ -154,6 +157,10 @@ pub struct InitOptions {
     pub tpm_tcti: Option<String>,
     /// How this process reaches KEKs (environment, passphrase prompt).
     pub unseal: UnsealOptions,
+    /// A PKCS#11 token for the vault (`--hsm-module ...`).
+    pub hsm: Option<crate::vault::custody::hsm::HsmConfig>,
+    /// Generate the platform key in that token (`--platform-key hsm`).
+    pub platform_in_hsm: bool,
 }
 
 /// Where a running daemon serves the store; written while mounted.
@@ -277,7 +284,11 @@ impl Store {
                 _ => {}
             }
         }
-        PlatformKeys::create(&root.join(KEYS_DIR), &custody)?;
+        if opts.platform_in_hsm && opts.hsm.is_none() {
+            return Err(StoreError::Vault(crate::vault::VaultError::InvalidArgument(
+                "--platform-key hsm needs the vault's token: give --hsm-module, --hsm-token and --hsm-pin-file".into(),
+            )));
+        }
         let external = match &opts.vault_dir {
             Some(d) => {
                 let abs = std::path::absolute(d).map_err(|e| io("resolving", e))?;
@@ -296,6 +307,19 @@ impl Store {
             };
             KeyVault::init(&vault_dir, &name)?;
         }
+        let custody = Arc::new(custody);
+        {
+            let vault = KeyVault::open_with(&vault_dir, custody.clone())?;
+            if let Some(cfg) = &opts.hsm {
+                vault.set_hsm(&crate::vault::Caller::current_user(), cfg.clone())?;
+            }
+            if opts.platform_in_hsm {
+                let hsm = vault.hsm().expect("set above");
+                PlatformKeys::create_in_token(&root.join(KEYS_DIR), &hsm, &store_id)?;
+            } else {
+                PlatformKeys::create(&root.join(KEYS_DIR), &custody)?;
+            }
+        }
         let h = Header {
             format: "diskvault-store".into(),
             version: STORE_VERSION,
@@ -303,6 +327,7 @@ impl Store {
             vault: external,
             store_id: Some(store_id),
             key_protection: Some(protection),
+            platform_key: opts.platform_in_hsm.then(|| "hsm".to_string()),
         };
         // The header goes last: its presence means the store is complete.
         custody::write_header(root, &h)
@@ -399,17 +424,15 @@ impl Store {
             (Some(p), Some(id)) => Custody::sealed(&abs_root, id, p.clone(), unseal),
             _ => Custody::clear(&abs_root, header.store_id.as_deref()),
         });
-        let platform = Arc::new(PlatformKeys::load(&root.join(KEYS_DIR), &custody)?);
-        if eager {
+        let in_token = header.platform_key.as_deref() == Some("hsm");
+        let mut platform = if in_token {
+            None
+        } else {
+            Some(Arc::new(PlatformKeys::load(&root.join(KEYS_DIR), &custody)?))
+        };
+        if eager && custody.is_sealed() {
             // Before anything else happens: without its KEK the store stays as it was.
-            if custody.is_sealed() {
-                custody.sealing_key()?;
-            }
-            // A platform key that doesn't unseal (a file from another store) costs
-            // only the disks it wraps, which say why; customer-key disks go on.
-            if let Err(e) = platform.unseal() {
-                log::error!("{e}");
-            }
+            custody.sealing_key()?;
         }
         reserve::ensure(root);
         let vault_dir = match (vault_override, &header.vault) {
@@ -425,6 +448,25 @@ impl Store {
             }
         };
         let vault = Arc::new(KeyVault::open_with(&vault_dir, custody)?);
+        let platform = match platform.take() {
+            Some(p) => p,
+            None => {
+                let hsm = vault.hsm().ok_or_else(|| {
+                    StoreError::Vault(crate::vault::VaultError::PlatformKeyUnusable(
+                        "it is held in an HSM, but the vault has no HSM configured (vault.json 'hsm')".into(),
+                    ))
+                })?;
+                let id = header.store_id.as_deref().unwrap_or_default();
+                Arc::new(PlatformKeys::load_in_token(&root.join(KEYS_DIR), &hsm, id)?)
+            }
+        };
+        if eager {
+            // A platform key that doesn't unseal (a file from another store, a token
+            // away) costs only the disks it wraps, which say why; the rest go on.
+            if let Err(e) = platform.unseal() {
+                log::error!("{e}");
+            }
+        }
         let des_dir = root.join(DES_DIR);
         if !des_dir.is_dir() {
             durable::create_dir(&des_dir, 0o700)

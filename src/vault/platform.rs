@@ -1,7 +1,9 @@
 //! Platform-managed keys: an RSA-2048 key generated at store init, kept sealed in
 //! `STORE/keys/platform.key` (mode 0600). Azure's default for every disk.
 
+use super::custody::hsm::Hsm;
 use super::custody::{Custody, HeldKey, KeyRole, LoadError};
+use crate::crypto::wrap::RsaPublic;
 use super::provider::{KeyId, KeyInfo, KeyProvider, PlatformKid, ProviderKind};
 use super::{Caller, VaultError, WrappedKey};
 use crate::crypto::wrap::{RsaKey, WRAP_ALG};
@@ -60,8 +62,62 @@ impl PlatformKeys {
         })
     }
 
-    /// Unseals the private key now (a mount checks its KEK this way).
+    /// Generates the platform key in `hsm`'s token (`init --platform-key hsm`) and
+    /// writes its public half, `keys/platform.pub`.
+    pub fn create_in_token(
+        keys_dir: &Path,
+        hsm: &Arc<Hsm>,
+        store_id: &str,
+    ) -> Result<Self, VaultError> {
+        let id = Self::token_id(store_id);
+        let label = format!("diskvault:platform/{store_id}");
+        let public = hsm.generate(PLATFORM_KEY_BITS, &label, &id)?;
+        crate::durable::write_atomic(
+            &Self::public_path(keys_dir),
+            public.pem().as_bytes(),
+            0o600,
+        )?;
+        Ok(PlatformKeys {
+            kid: PlatformKid::from_fingerprint(&public.fingerprint()),
+            key: HeldKey::in_token(public, hsm.clone(), id),
+        })
+    }
+
+    /// Loads a platform key held in `hsm`'s token.
+    pub fn load_in_token(
+        keys_dir: &Path,
+        hsm: &Arc<Hsm>,
+        store_id: &str,
+    ) -> Result<Self, VaultError> {
+        let path = Self::public_path(keys_dir);
+        let pem = std::fs::read_to_string(&path).map_err(|e| {
+            VaultError::PlatformKeyUnusable(format!("{}: {e}", path.display()))
+        })?;
+        let public = RsaPublic::from_pem(&pem)
+            .map_err(|e| VaultError::PlatformKeyUnusable(format!("{}: {e}", path.display())))?;
+        Ok(PlatformKeys {
+            kid: PlatformKid::from_fingerprint(&public.fingerprint()),
+            key: HeldKey::in_token(public, hsm.clone(), Self::token_id(store_id)),
+        })
+    }
+
+    /// The platform key's CKA_ID in a token: the store id's 16 bytes.
+    fn token_id(store_id: &str) -> Vec<u8> {
+        crate::crypto::wrap::unhex(&store_id.replace('-', ""))
+            .unwrap_or_else(|| store_id.as_bytes().to_vec())
+    }
+
+    /// `keys/platform.pub`: the public half of a platform key held in a token.
+    pub fn public_path(keys_dir: &Path) -> PathBuf {
+        keys_dir.join(format!("{PLATFORM_KEY_STEM}.pub"))
+    }
+
+    /// Unseals the private key now, or for a key in a token checks that the token
+    /// answers (a mount checks its KEK this way).
     pub fn unseal(&self) -> Result<(), VaultError> {
+        if self.key.token().is_some() {
+            return self.key.check();
+        }
         self.key.private().map(|_| ())
     }
 
