@@ -213,7 +213,7 @@ fn one_corrupt_key_or_set_file_does_not_stop_the_mount() {
     let pem = std::fs::read_dir(&kdir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "pem"))
+        .find(|p| p.extension().is_some_and(|x| x == "key"))
         .unwrap();
     let good_pem = std::fs::read(&pem).unwrap();
     let mut bad = good_pem.clone();

@@ -418,12 +418,27 @@ fn platform_key_in_the_token() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--hsm-module"));
     assert!(!store.exists(), "a refused init leaves nothing");
     ok(dv(
-        &["init", s, "--hsm-module", MODULE, "--hsm-token", &t.label, "--hsm-pin-file", pin, "--platform-key", "hsm"],
+        &[
+            "init",
+            s,
+            "--hsm-module",
+            MODULE,
+            "--hsm-token",
+            &t.label,
+            "--hsm-pin-file",
+            pin,
+            "--platform-key",
+            "hsm",
+        ],
         &env,
     ));
     assert!(store.join("keys/platform.pub").exists());
     assert!(!store.join("keys/platform.key").exists() && !store.join("keys/platform.pem").exists());
-    assert!(t.objects().contains("diskvault:platform/"), "{}", t.objects());
+    assert!(
+        t.objects().contains("diskvault:platform/"),
+        "{}",
+        t.objects()
+    );
     ok(dv(&["mount", s, mnt.to_str().unwrap()], &env));
     let mut m = Mounted::adopt(&store, &mnt);
     run_ok(&["disk", "create", "p1", "--size", "4M", "--store", s]);
@@ -434,7 +449,10 @@ fn platform_key_in_the_token() {
     m.umount();
     let bad = dir.path().join("bad");
     std::fs::write(&bad, "0000").unwrap();
-    m.mount_with(&[], &[env[0], ("DISKVAULT_HSM_PIN_FILE", bad.to_str().unwrap())]);
+    m.mount_with(
+        &[],
+        &[env[0], ("DISKVAULT_HSM_PIN_FILE", bad.to_str().unwrap())],
+    );
     let e = std::fs::File::open(m.disk("p1")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO));
 }

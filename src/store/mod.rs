@@ -428,7 +428,10 @@ impl Store {
         let mut platform = if in_token {
             None
         } else {
-            Some(Arc::new(PlatformKeys::load(&root.join(KEYS_DIR), &custody)?))
+            Some(Arc::new(PlatformKeys::load(
+                &root.join(KEYS_DIR),
+                &custody,
+            )?))
         };
         if eager && custody.is_sealed() {
             // Before anything else happens: without its KEK the store stays as it was.

@@ -3,9 +3,9 @@
 
 use super::custody::hsm::Hsm;
 use super::custody::{Custody, HeldKey, KeyRole, LoadError};
-use crate::crypto::wrap::RsaPublic;
 use super::provider::{KeyId, KeyInfo, KeyProvider, PlatformKid, ProviderKind};
 use super::{Caller, VaultError, WrappedKey};
+use crate::crypto::wrap::RsaPublic;
 use crate::crypto::wrap::{RsaKey, WRAP_ALG};
 use crate::crypto::Secret;
 use std::path::{Path, PathBuf};
@@ -72,11 +72,7 @@ impl PlatformKeys {
         let id = Self::token_id(store_id);
         let label = format!("diskvault:platform/{store_id}");
         let public = hsm.generate(PLATFORM_KEY_BITS, &label, &id)?;
-        crate::durable::write_atomic(
-            &Self::public_path(keys_dir),
-            public.pem().as_bytes(),
-            0o600,
-        )?;
+        crate::durable::write_atomic(&Self::public_path(keys_dir), public.pem().as_bytes(), 0o600)?;
         Ok(PlatformKeys {
             kid: PlatformKid::from_fingerprint(&public.fingerprint()),
             key: HeldKey::in_token(public, hsm.clone(), id),
@@ -90,9 +86,8 @@ impl PlatformKeys {
         store_id: &str,
     ) -> Result<Self, VaultError> {
         let path = Self::public_path(keys_dir);
-        let pem = std::fs::read_to_string(&path).map_err(|e| {
-            VaultError::PlatformKeyUnusable(format!("{}: {e}", path.display()))
-        })?;
+        let pem = std::fs::read_to_string(&path)
+            .map_err(|e| VaultError::PlatformKeyUnusable(format!("{}: {e}", path.display())))?;
         let public = RsaPublic::from_pem(&pem)
             .map_err(|e| VaultError::PlatformKeyUnusable(format!("{}: {e}", path.display())))?;
         Ok(PlatformKeys {
