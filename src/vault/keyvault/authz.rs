@@ -120,6 +120,12 @@ impl KeyVault {
                 .ok_or_else(|| VaultError::VersionNotFound(r.name.clone(), v.clone()))?,
             None => e.current(),
         };
+        if let Some(why) = e.broken.get(&ver.version) {
+            return Err(VaultError::KeyCorrupt {
+                name: e.rec.name.clone(),
+                reason: why.clone(),
+            });
+        }
         let kid = key_url(&st.props.name, &e.rec.name, Some(&ver.version));
         // A set reads the key (get) before it wraps with it, as in Azure.
         let needed: &[&str] = if wrapping {

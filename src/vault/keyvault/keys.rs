@@ -166,7 +166,11 @@ impl KeyVault {
             durable::sync_dir(&self.dir.join(KEYS_DIR))?;
             let mut privs = BTreeMap::new();
             privs.insert(rec.versions[0].version.clone(), std::sync::Arc::new(key));
-            Ok::<_, VaultError>(KeyEntry { rec, privs })
+            Ok::<_, VaultError>(KeyEntry {
+                rec,
+                privs,
+                broken: BTreeMap::new(),
+            })
         })();
         let entry = match result {
             Ok(e) => e,
@@ -384,6 +388,12 @@ impl KeyVault {
                     Some(v) => v.clone(),
                     None => e.current().version.clone(),
                 };
+                if let Some(why) = e.broken.get(&v) {
+                    return Err(VaultError::KeyCorrupt {
+                        name: e.rec.name.clone(),
+                        reason: why.clone(),
+                    });
+                }
                 e.privs
                     .get(&v)
                     .map(|k| k.public().pem())

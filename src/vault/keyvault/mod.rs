@@ -64,6 +64,9 @@ struct KeyEntry {
     rec: KeyRecord,
     /// Shared so an unwrap can run its RSA operation without the vault lock.
     privs: BTreeMap<String, std::sync::Arc<HeldKey>>,
+    /// Versions whose key file is unusable, and why: they refuse every use, the
+    /// others work.
+    broken: BTreeMap<String, String>,
 }
 
 impl KeyEntry {
@@ -419,9 +422,11 @@ impl KeyVault {
 
     /// `view::key_json` of an entry, with the public half of the version shown.
     fn key_json(st: &State, e: &KeyEntry, version: Option<&str>) -> Value {
-        let (n, ex) = e.privs[&e.rec.shown_version(version).version]
-            .public()
-            .parts();
+        let (n, ex) = e
+            .privs
+            .get(&e.rec.shown_version(version).version)
+            .map(|k| k.public().parts())
+            .unwrap_or_default();
         view::key_json(&st.props, &e.rec, version, &n, &ex)
     }
 

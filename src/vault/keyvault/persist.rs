@@ -63,7 +63,8 @@ impl KeyVault {
             .file_name()
             .map(|n| n.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default();
-        for v in &rec.versions {
+        let mut broken = BTreeMap::new();
+        let load = |v: &super::VersionRecord| -> Result<HeldKey, String> {
             if v.hsm {
                 let Some(hsm) = hsm else {
                     return Err(format!(
@@ -75,23 +76,37 @@ impl KeyVault {
                 let pem = fs::read_to_string(&pf).map_err(|e| format!("{}: {e}", pf.display()))?;
                 let public = crate::crypto::wrap::RsaPublic::from_pem(&pem)
                     .map_err(|e| format!("{}: {e}", pf.display()))?;
-                privs.insert(
-                    v.version.clone(),
-                    Arc::new(HeldKey::in_token(
-                        public,
-                        hsm.clone(),
-                        super::token_id(&v.version),
-                    )),
-                );
-                continue;
+                return Ok(HeldKey::in_token(
+                    public,
+                    hsm.clone(),
+                    super::token_id(&v.version),
+                ));
             }
             let id = super::key_file_id(vault, &l, &v.version);
-            let k = custody
+            custody
                 .load_key(kd, &v.version, KeyRole::VaultKey, &id)
-                .map_err(|e| e.to_string())?;
-            privs.insert(v.version.clone(), Arc::new(k));
+                .map_err(|e| e.to_string())
+        };
+        // One bad version file costs that version only; with none left, the key.
+        for v in &rec.versions {
+            match load(v) {
+                Ok(k) => {
+                    privs.insert(v.version.clone(), Arc::new(k));
+                }
+                Err(why) => {
+                    log::error!(
+                        "key '{}' version {} is unusable: {why}",
+                        rec.name,
+                        v.version
+                    );
+                    broken.insert(v.version.clone(), why);
+                }
+            }
         }
-        Ok(KeyEntry { rec, privs })
+        if privs.is_empty() {
+            return Err(broken.into_values().next().unwrap_or_default());
+        }
+        Ok(KeyEntry { rec, privs, broken })
     }
 
     /// The name in a key's key.json, if that much of it is readable.

@@ -399,3 +399,30 @@ fn purge_without_protection_and_bad_sizes() {
         Err(VaultError::BadImport(_))
     ));
 }
+
+#[test]
+fn one_bad_version_file_costs_only_that_version() {
+    let (_d, v) = vault();
+    let me = Caller::current_user();
+    v.create_key(&me, "k1", &KeyOptions::default()).unwrap();
+    let dek = Secret::new(vec![9u8; 64]);
+    let old = v.wrap(&me, &r("k1"), &dek).unwrap();
+    v.rotate_key(&me, "k1", &KeyOptions::default()).unwrap();
+    let new = v.wrap(&me, &r("k1"), &dek).unwrap();
+    let first = v.version_ids("k1").unwrap()[0].clone();
+    assert!(old.kid.ends_with(&first));
+    let dir = v.dir().to_path_buf();
+    drop(v);
+    let file = dir.join(KEYS_DIR).join("k1").join(format!("{first}.key"));
+    fs::write(&file, b"{").unwrap();
+    let v = KeyVault::open(&dir).unwrap();
+    // The current version works: unwrap, wrap, show, rotate.
+    assert_eq!(v.unwrap(&me, &new).unwrap().expose(), dek.expose());
+    v.wrap(&me, &r("k1"), &dek).unwrap();
+    v.get_key(&me, &r("k1")).unwrap();
+    // The old one says which file is bad.
+    let e = v.unwrap(&me, &old).unwrap_err();
+    assert!(matches!(e, VaultError::KeyCorrupt { .. }), "{e}");
+    assert!(e.to_string().contains(&format!("{first}.key")), "{e}");
+    v.rotate_key(&me, "k1", &KeyOptions::default()).unwrap();
+}
