@@ -54,6 +54,8 @@ static SET_HOST_KEY: extern "C" fn() = {
 
 /// Customer-key steps run through the CLI and through the control files.
 pub mod cmk;
+/// Key custody: diskvault with extra environment, the scanner, fixtures, swtpm.
+pub mod custody;
 /// Tiny Linux guests under QEMU (TCG) for the VM tests.
 pub mod guest;
 /// A mounted store with customer keys, for the revocation and rotation tests.

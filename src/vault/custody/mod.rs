@@ -13,9 +13,11 @@
 mod file;
 pub mod hsm;
 pub mod kek;
+pub mod tpm2;
 
 pub use file::{HeldKey, KeyRole, LoadError, CLEAR_EXT, SEALED_EXT};
-pub use kek::{Argon2Params, Prompt, SealKind, Tpm2Seal, UnsealOptions};
+pub use kek::{Argon2Params, Prompt, SealKind, UnsealOptions};
+pub use tpm2::Tpm2Seal;
 
 use super::VaultError;
 use crate::crypto::{seal, Secret};
@@ -105,10 +107,10 @@ impl KeyProtection {
                     .or_else(|| opts.tpm_tcti.clone())
                     .unwrap_or_else(|| kek::DEFAULT_TCTI.to_string());
                 let k = Secret::random(kek::KEK_LEN)?;
-                let mut s = kek::tpm2_seal(&tcti, &k)?;
+                let mut s = tpm2::tpm2_seal(&tcti, &k)?;
                 s.tcti = setup.tpm_tcti.clone();
                 // Proves the TPM gives it back before anything depends on it.
-                let back = kek::tpm2_unseal(&tcti, &s)?;
+                let back = tpm2::tpm2_unseal(&tcti, &s)?;
                 if back.expose() != k.expose() {
                     return Err(VaultError::KekUnavailable(format!(
                         "the TPM at '{tcti}' did not give back the key it sealed"
@@ -301,7 +303,7 @@ impl Custody {
                     .or_else(|| t.tcti.clone())
                     .unwrap_or_else(|| kek::DEFAULT_TCTI.to_string());
                 (
-                    kek::tpm2_unseal(&tcti, t)?,
+                    tpm2::tpm2_unseal(&tcti, t)?,
                     format!("the TPM at '{tcti}' gave back a key that is not this store's"),
                 )
             }

@@ -14,7 +14,6 @@ use super::{KEYS_DIR, KEY_FILE, KEY_OPS};
 use crate::crypto::random_bytes;
 use crate::crypto::wrap::{hex, RsaKey, ALLOWED_BITS};
 use crate::durable;
-use crate::vault::custody::hsm::Hsm;
 use crate::vault::custody::{Custody, HeldKey, KeyRole};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -74,42 +73,6 @@ impl KeyVault {
             },
             held,
         ))
-    }
-
-    /// The vault's token, or why there is none.
-    pub(super) fn token(st: &State) -> Result<std::sync::Arc<Hsm>, VaultError> {
-        st.hsm.clone().ok_or_else(|| {
-            VaultError::InvalidArgument(
-                "the vault has no HSM; connect one with 'diskvault vault set --hsm-module PATH --hsm-token LABEL --hsm-pin-file FILE'".into(),
-            )
-        })
-    }
-
-    /// Makes the material of a new version, outside the vault lock: an RSA key, or
-    /// a key pair generated in the token.
-    fn make_key(&self, name: &str, bits: usize, hsm: bool) -> Result<NewKey, VaultError> {
-        if !hsm {
-            return Self::generate_key(bits).map(NewKey::Software);
-        }
-        let (token, vault) = {
-            let st = self.state.lock();
-            (Self::token(&st)?, st.props.name.clone())
-        };
-        let version = hex(&random_bytes(16)?);
-        let label = token_label(&vault, &name.to_ascii_lowercase(), &version);
-        let public = token.generate(bits, &label, &token_id(&version))?;
-        Ok(NewKey::Token { public, version })
-    }
-
-    /// Destroys a token key made for a version that did not come to be.
-    fn discard(&self, version: Option<String>) {
-        let Some(version) = version else { return };
-        let token = Self::token(&self.state.lock());
-        if let Ok(t) = token {
-            if let Err(e) = t.destroy(&token_id(&version)) {
-                log::warn!("cannot destroy the unused token key {version}: {e}");
-            }
-        }
     }
 
     /// Whether a key `name` can be made with `opts` now; its key_ops if so.
@@ -351,7 +314,7 @@ impl KeyVault {
 
     /// Makes an RSA key. Never called under the vault lock: a 4096-bit key takes
     /// seconds, and every disk open and wrap would wait for them.
-    fn generate_key(bits: usize) -> Result<RsaKey, VaultError> {
+    pub(super) fn generate_key(bits: usize) -> Result<RsaKey, VaultError> {
         #[cfg(test)]
         tests::at_keygen();
         Ok(RsaKey::generate(bits)?)

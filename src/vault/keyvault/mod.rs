@@ -13,12 +13,12 @@
 //! NAME is the key name in lower case (names compare case-insensitively).
 
 use super::audit::{self, AuditFault, AuditLog, Caller};
-use super::custody::hsm::{Hsm, HsmConfig};
+use super::custody::hsm::Hsm;
 use super::custody::{Custody, HeldKey};
 use super::kid::{key_url, validate_vault_name, KeyRef};
 use super::{now_secs, VaultError};
 use crate::crypto::random_bytes;
-use crate::crypto::wrap::{hex, RsaKey, RsaPublic};
+use crate::crypto::wrap::hex;
 use crate::durable;
 use crate::lock::StoreLock;
 use parking_lot::Mutex;
@@ -36,6 +36,8 @@ mod keys;
 mod persist;
 mod policy;
 mod records;
+mod token;
+use token::{token_id, token_label, NewKey};
 #[cfg(test)]
 mod tests;
 mod view;
@@ -139,34 +141,6 @@ pub struct KeyVault {
 
 /// Extension of a token key version's public half (`VERSION.pub`, PEM).
 pub(super) const PUBLIC_EXT: &str = "pub";
-
-/// The material of a new key version.
-pub(super) enum NewKey {
-    /// A key in hand, to be sealed to a file.
-    Software(RsaKey),
-    /// A key pair made in (or imported into) the token, under this version's id.
-    Token { public: RsaPublic, version: String },
-}
-
-impl NewKey {
-    /// The version of a key made in the token (to destroy it if it goes unused).
-    fn token_version(&self) -> Option<String> {
-        match self {
-            NewKey::Software(_) => None,
-            NewKey::Token { version, .. } => Some(version.clone()),
-        }
-    }
-}
-
-/// A token key's CKA_ID: its version's 16 bytes.
-pub(super) fn token_id(version: &str) -> Vec<u8> {
-    crate::crypto::wrap::unhex(version).unwrap_or_else(|| version.as_bytes().to_vec())
-}
-
-/// A token key's CKA_LABEL: `diskvault:VAULT/KEY/VERSION`.
-pub(super) fn token_label(vault: &str, l: &str, version: &str) -> String {
-    format!("diskvault:{vault}/{l}/{version}")
-}
 
 /// What a vault key version's sealed file is bound to: vault, key and version.
 fn key_file_id(vault: &str, l: &str, version: &str) -> String {
@@ -531,41 +505,6 @@ impl KeyVault {
     }
 
     /// Turns purge protection on (it can never be turned off) and/or sets retention.
-    /// Connects the vault to a PKCS#11 token (`vault set --hsm-module ...`). The
-    /// token must answer (module, label, PIN) before anything is saved.
-    pub fn set_hsm(&self, caller: &Caller, cfg: HsmConfig) -> Result<VaultProps, VaultError> {
-        let hsm = Arc::new(Hsm::new(cfg.clone()));
-        hsm.check()?;
-        self.audited(
-            "VaultPatch",
-            caller,
-            |st| format!("https://{}{}/", st.props.name, super::kid::VAULT_DNS_SUFFIX),
-            |st| {
-                let in_token = st
-                    .keys
-                    .values()
-                    .chain(st.deleted.values().map(|(e, _)| e))
-                    .any(|e| e.rec.versions.iter().any(|v| v.hsm));
-if in_token && st.props.hsm.as_ref().is_some_and(|h| h.token != cfg.token) {
-                    return Err(VaultError::InvalidArgument(
-                        "keys are held in the current token; another token would not have them (the module path and the PIN file can change, not the token)".into(),
-                    ));
-                }
-                let mut p = st.props.clone();
-                p.hsm = Some(cfg);
-                write_json(&self.dir.join(VAULT_FILE), &p)?;
-                st.props = p.clone();
-                st.hsm = Some(hsm);
-                Ok(p)
-            },
-        )
-    }
-
-    /// The token, if the vault has one (for `vault show`).
-    pub fn hsm(&self) -> Option<Arc<Hsm>> {
-        self.state.lock().hsm.clone()
-    }
-
     pub fn set_props(
         &self,
         caller: &Caller,
@@ -624,36 +563,6 @@ if in_token && st.props.hsm.as_ref().is_some_and(|h| h.token != cfg.token) {
             v["properties"]["hsm"] = h.status();
         }
         v
-    }
-
-    /// Every clear private key file in the vault (`NAME/VERSION.pem` under keys and
-    /// deleted-keys, and any left in an interrupted create's staging directory), with
-    /// the id its sealed file is bound to. For `vault seal`.
-    pub fn clear_key_files(&self) -> Vec<(PathBuf, String, String)> {
-        let vault = self.state.lock().props.name.clone();
-        let mut out = Vec::new();
-        for sub in [KEYS_DIR, DELETED_DIR] {
-            let Ok(rd) = fs::read_dir(self.dir.join(sub)) else {
-                continue;
-            };
-            for kd in rd.filter_map(|e| e.ok()).map(|e| e.path()) {
-                let l = kd
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default();
-                let Ok(files) = fs::read_dir(&kd) else {
-                    continue;
-                };
-                for f in files.filter_map(|e| e.ok()) {
-                    let name = f.file_name().to_string_lossy().to_string();
-                    if let Some(stem) = name.strip_suffix(".pem") {
-                        out.push((kd.clone(), stem.to_string(), key_file_id(&vault, &l, stem)));
-                    }
-                }
-            }
-        }
-        out.sort();
-        out
     }
 
     pub fn audit_text(&self) -> Vec<u8> {

@@ -44,6 +44,40 @@ pub(super) fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()
 }
 
 impl KeyVault {
+    /// Every clear private key file in the vault (`NAME/VERSION.pem` under keys and
+    /// deleted-keys, and any left in an interrupted create's staging directory), with
+    /// the id its sealed file is bound to. For `vault seal`.
+    pub fn clear_key_files(&self) -> Vec<(std::path::PathBuf, String, String)> {
+        let vault = self.state.lock().props.name.clone();
+        let mut out = Vec::new();
+        for sub in [KEYS_DIR, DELETED_DIR] {
+            let Ok(rd) = fs::read_dir(self.dir.join(sub)) else {
+                continue;
+            };
+            for kd in rd.filter_map(|e| e.ok()).map(|e| e.path()) {
+                let l = kd
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                let Ok(files) = fs::read_dir(&kd) else {
+                    continue;
+                };
+                for f in files.filter_map(|e| e.ok()) {
+                    let name = f.file_name().to_string_lossy().to_string();
+                    if let Some(stem) = name.strip_suffix(".pem") {
+                        out.push((
+                            kd.clone(),
+                            stem.to_string(),
+                            super::key_file_id(&vault, &l, stem),
+                        ));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// Loads a key's record and private keys; the error names the bad file.
     pub(super) fn load_key(
         custody: &Arc<Custody>,
