@@ -134,7 +134,10 @@ pub fn scan_data(f: &File) -> io::Result<RangeSet> {
         }
         let (d, h) = (d as u64, (h as u64).min(len));
         if h <= d {
-            break;
+            // The data at `d` was punched between the two seeks (a reclaim running
+            // beside a merge): look on past it, never stop short of later data.
+            pos = d + 1;
+            continue;
         }
         set.insert(d / UNIT..h.div_ceil(UNIT));
         pos = h;
