@@ -9,6 +9,7 @@ mod disk;
 mod key;
 mod seal;
 mod summary;
+mod umount;
 mod vault;
 mod vm;
 
@@ -383,7 +384,7 @@ pub fn main() -> ExitCode {
         Cmd::Umount {
             mountpoint,
             stop_vms,
-        } => daemon::umount(&mountpoint, stop_vms),
+        } => umount::umount(&mountpoint, stop_vms),
         Cmd::Disk { cmd } => disk::run(cmd),
         Cmd::Key { cmd } => key::run_key(cmd),
         Cmd::Vault { cmd } => vault::run_vault(cmd),

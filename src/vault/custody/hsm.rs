@@ -332,17 +332,7 @@ impl Hsm {
             Attribute::Label(label.as_bytes().to_vec()),
             Attribute::Id(id.to_vec()),
         ];
-        let private = [
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Decrypt(true),
-            Attribute::Unwrap(true),
-            Attribute::Sign(false),
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Id(id.to_vec()),
-        ];
+        let private = private_template(label, id);
         let r = self.with_session(|s| {
             let (pubh, _) =
                 s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
@@ -360,18 +350,10 @@ impl Hsm {
         id: &[u8],
     ) -> Result<RsaPublic, VaultError> {
         let p = key.raw_parts()?;
-        let mut private = vec![
+        let mut private = private_template(label, id);
+        private.extend([
             Attribute::Class(ObjectClass::PRIVATE_KEY),
             Attribute::KeyType(KeyType::RSA),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Decrypt(true),
-            Attribute::Unwrap(true),
-            Attribute::Sign(false),
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Id(id.to_vec()),
             Attribute::Modulus(p.n.to_vec()),
             Attribute::PublicExponent(p.e.to_vec()),
             Attribute::PrivateExponent(p.d.to_vec()),
@@ -380,7 +362,7 @@ impl Hsm {
             Attribute::Exponent1(p.dp.to_vec()),
             Attribute::Exponent2(p.dq.to_vec()),
             Attribute::Coefficient(p.qinv.to_vec()),
-        ];
+        ]);
         let public = vec![
             Attribute::Class(ObjectClass::PUBLIC_KEY),
             Attribute::KeyType(KeyType::RSA),
@@ -526,6 +508,22 @@ impl Hsm {
         };
         v
     }
+}
+
+/// The attributes every private key in the token has: on the token, private,
+/// sensitive and never extractable, for decrypt and unwrap only.
+fn private_template(label: &str, id: &[u8]) -> Vec<Attribute> {
+    vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Decrypt(true),
+        Attribute::Unwrap(true),
+        Attribute::Sign(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ]
 }
 
 pub fn hex_id(id: &[u8]) -> String {
