@@ -4,9 +4,10 @@
 //! comes back without a remount.
 
 mod common;
+use common::custody::{dv, ok};
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -61,6 +62,22 @@ impl Token {
         }
     }
 
+    /// `diskvault init STORE` with the vault on this token, and `extra` arguments.
+    fn init(&self, store: &str, extra: &[&str]) {
+        let pin = self.pin_file.to_str().unwrap();
+        let mut args = vec![
+            "init",
+            store,
+            "--hsm-module",
+            MODULE,
+            "--hsm-token",
+            &self.label,
+        ];
+        args.extend(["--hsm-pin-file", pin]);
+        args.extend(extra);
+        ok(dv(&args, &self.env()));
+    }
+
     fn env(&self) -> [(&str, &str); 1] {
         [("SOFTHSM2_CONF", self.conf.to_str().unwrap())]
     }
@@ -90,23 +107,6 @@ impl Token {
     }
 }
 
-fn dv(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap()
 }
@@ -126,19 +126,7 @@ impl HsmStore {
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let (s, env) = (store.to_str().unwrap().to_string(), t.env());
-        ok(dv(
-            &[
-                "init",
-                &s,
-                "--hsm-module",
-                MODULE,
-                "--hsm-token",
-                &t.label,
-                "--hsm-pin-file",
-                t.pin_file.to_str().unwrap(),
-            ],
-            &env,
-        ));
+        t.init(&s, &[]);
         ok(dv(&["mount", &s, mnt.to_str().unwrap()], &env));
         let mut m = Mounted::adopt(&store, &mnt);
         m.dir = dir;
@@ -245,19 +233,7 @@ fn import_into_the_token_and_purge() {
     let store = dir.path().join("store");
     let s = store.to_str().unwrap();
     let env = t.env();
-    ok(dv(
-        &[
-            "init",
-            s,
-            "--hsm-module",
-            MODULE,
-            "--hsm-token",
-            &t.label,
-            "--hsm-pin-file",
-            t.pin_file.to_str().unwrap(),
-        ],
-        &env,
-    ));
+    t.init(s, &[]);
     let pem = dir.path().join("byok.pem");
     openssl_genrsa(&pem);
     let o = dv(
@@ -413,25 +389,10 @@ fn platform_key_in_the_token() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let (s, env) = (store.to_str().unwrap(), t.env());
-    let pin = t.pin_file.to_str().unwrap();
     let o = dv(&["init", s, "--platform-key", "hsm"], &env);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--hsm-module"));
     assert!(!store.exists(), "a refused init leaves nothing");
-    ok(dv(
-        &[
-            "init",
-            s,
-            "--hsm-module",
-            MODULE,
-            "--hsm-token",
-            &t.label,
-            "--hsm-pin-file",
-            pin,
-            "--platform-key",
-            "hsm",
-        ],
-        &env,
-    ));
+    t.init(s, &["--platform-key", "hsm"]);
     assert!(store.join("keys/platform.pub").exists());
     assert!(!store.join("keys/platform.key").exists() && !store.join("keys/platform.pem").exists());
     assert!(
