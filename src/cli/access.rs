@@ -45,8 +45,44 @@ fn missing(path: &str) -> CliError {
 }
 
 impl Access {
+    /// Opens the store and checks az's `--subscription` and `--vault-name` against it.
     pub fn open(arg: &StoreArg) -> Result<Access, CliError> {
+        let a = Self::open_with(arg, arg.kek.options())?;
+        a.check_globals()?;
+        Ok(a)
+    }
+
+    /// `open` without the checks (`account set`, which names the subscription).
+    pub fn open_unchecked(arg: &StoreArg) -> Result<Access, CliError> {
         Self::open_with(arg, arg.kek.options())
+    }
+
+    fn check_globals(&self) -> Result<(), CliError> {
+        let g = super::output::globals();
+        if let Some(sub) = &g.subscription {
+            let acct = self.read_json("account.json")?;
+            let (id, name) = (
+                acct["id"].as_str().unwrap_or_default(),
+                acct["name"].as_str().unwrap_or_default(),
+            );
+            if !sub.eq_ignore_ascii_case(id) && !sub.eq_ignore_ascii_case(name) {
+                return Err(CliError(format!(
+                    "(SubscriptionNotFound) The subscription '{sub}' could not be found: this store is subscription '{name}' ({id}); give --subscription {id}, or name it with 'diskvault account set --subscription {sub}'"
+                )));
+            }
+        }
+        if let Some(v) = &g.vault_name {
+            let ours = self.read_json("vault.json")?["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if !v.eq_ignore_ascii_case(&ours) {
+                return Err(CliError(format!(
+                    "(VaultNotFound) The vault '{v}' was not found: this store's key vault is '{ours}'; give --vault-name {ours}, or 'diskvault keyvault create -n {v}' to name a vault that has no keys yet"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// `open`, reaching the KEK with `unseal` when the store is not mounted.
@@ -190,9 +226,7 @@ pub fn print_reply(a: &Access, reply: Option<Value>, path: &str) -> Result<(), C
     Ok(())
 }
 
+/// Prints a result as JSON, or as `-o` and `--query` ask.
 pub fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("JSON serializes")
-    );
+    super::print_object(v, super::Format::Json);
 }

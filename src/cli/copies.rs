@@ -74,6 +74,43 @@ pub enum SnapshotCmd {
     },
 }
 
+/// An image's direct-kernel boot definition: VMs made from it boot this kernel
+/// unless `vm create --kernel` gives another.
+#[derive(clap::Args)]
+pub struct BootArgs {
+    /// A kernel on this host (its path is recorded, not its content).
+    #[arg(long)]
+    kernel: Option<std::path::PathBuf>,
+    /// An initrd on this host, for --kernel.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<std::path::PathBuf>,
+    /// The kernel command line, for --kernel.
+    #[arg(long, requires = "kernel")]
+    append: Option<String>,
+}
+
+impl BootArgs {
+    fn boot(&self) -> Result<Option<crate::store::meta::Boot>, CliError> {
+        let abs = |p: &std::path::PathBuf| -> Result<String, CliError> {
+            if !p.is_file() {
+                return Err(CliError(format!(
+                    "{} is not a file; give the path of a kernel or initrd on this host",
+                    p.display()
+                )));
+            }
+            Ok(std::path::absolute(p)?.display().to_string())
+        };
+        Ok(match &self.kernel {
+            None => None,
+            Some(k) => Some(crate::store::meta::Boot {
+                kernel: abs(k)?,
+                initrd: self.initrd.as_ref().map(abs).transpose()?,
+                append: self.append.clone(),
+            }),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 pub enum ImageCmd {
     /// Capture an image of a disk or snapshot, instantly (it shares their data).
@@ -86,6 +123,20 @@ pub enum ImageCmd {
         /// Must be the source's set, if given.
         #[arg(long)]
         disk_encryption_set: Option<String>,
+        #[command(flatten)]
+        boot: BootArgs,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Set or clear how VMs made from the image boot (--kernel, or --no-boot).
+    Update {
+        #[command(flatten)]
+        name: ObjName,
+        #[command(flatten)]
+        boot: BootArgs,
+        /// Clear the boot definition: VMs boot through the BIOS from the OS disk.
+        #[arg(long, conflicts_with = "kernel")]
+        no_boot: bool,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -190,6 +241,8 @@ pub fn run_snapshot(cmd: SnapshotCmd) -> Result<(), CliError> {
                 incremental: incremental.unwrap_or(true),
                 set: disk_encryption_set,
                 encryption_type,
+                placement: super::output::placement(),
+                boot: None,
             })?;
             print_reply(&a, reply, &format!("snapshots/{name}/snapshot.json"))?;
         }
@@ -230,10 +283,12 @@ pub fn run_image(cmd: ImageCmd) -> Result<(), CliError> {
             name,
             source,
             disk_encryption_set,
+            boot,
             store,
         } => {
             let name = name.get();
             crate::store::validate_object_name(crate::store::ObjectKind::Image, name)?;
+            let boot = boot.boot()?;
             let a = Access::open(&store)?;
             let reply = a.send(CopyRequest::Create {
                 kind: CopyKind::Image,
@@ -242,6 +297,28 @@ pub fn run_image(cmd: ImageCmd) -> Result<(), CliError> {
                 incremental: false,
                 set: disk_encryption_set,
                 encryption_type: None,
+                placement: super::output::placement(),
+                boot,
+            })?;
+            print_reply(&a, reply, &format!("images/{name}/image.json"))?;
+        }
+        ImageCmd::Update {
+            name,
+            boot,
+            no_boot,
+            store,
+        } => {
+            let b = boot.boot()?;
+            if b.is_none() && !no_boot {
+                return Err(CliError(
+                    "nothing to change; give --kernel PATH [--initrd PATH] [--append LINE], or --no-boot".into(),
+                ));
+            }
+            let a = Access::open(&store)?;
+            let name = name.get();
+            let reply = a.send(CopyRequest::SetBoot {
+                name: name.into(),
+                boot: b,
             })?;
             print_reply(&a, reply, &format!("images/{name}/image.json"))?;
         }

@@ -117,6 +117,7 @@ pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
             let a = Access::open(&store)?;
             check_source_vault(&a, source_vault.as_deref())?;
             let reply = a.send(SetRequest::Create {
+                placement: super::output::placement(),
                 name: name.into(),
                 key_url,
                 encryption_type,

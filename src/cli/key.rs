@@ -22,6 +22,9 @@ pub enum KeyCmd {
         /// token, never leaving it; see 'vault set --hsm-module').
         #[arg(long, value_name = "KIND")]
         protection: Option<String>,
+        /// As in az: RSA (software) or RSA-HSM (the same as --protection hsm).
+        #[arg(long, value_name = "KTY")]
+        kty: Option<String>,
         #[command(flatten)]
         attrs: AttrArgs,
         #[command(flatten)]
@@ -95,7 +98,9 @@ pub enum KeyCmd {
         #[command(flatten)]
         store: StoreArg,
     },
-    /// Change attributes of a key, or of one version with --version.
+    /// Change attributes of a key, or of one version with --version (az's
+    /// `set-attributes` works too).
+    #[command(visible_alias = "set-attributes")]
     Set {
         #[command(flatten)]
         name: KeyName,
@@ -334,12 +339,33 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
             name,
             size,
             protection,
+            kty,
             attrs,
             store,
         } => {
             let name = name.get();
             crate::vault::kid::validate_key_name(name)?;
             let mut options = attrs.options(size)?;
+            let from_kty = match kty.as_deref() {
+                None => None,
+                Some(k) if k.eq_ignore_ascii_case("RSA") => Some("software"),
+                Some(k) if k.eq_ignore_ascii_case("RSA-HSM") => Some("hsm"),
+                Some(k) => {
+                    return Err(CliError(format!(
+                        "--kty '{k}' is not supported; use RSA or RSA-HSM (disk encryption sets take RSA keys)"
+                    )))
+                }
+            };
+            let protection = match (protection.as_deref(), from_kty) {
+                (Some(p), Some(k)) if !p.eq_ignore_ascii_case(k) => {
+                    return Err(CliError(format!(
+                        "--protection {p} and --kty {} disagree; RSA is software, RSA-HSM is hsm",
+                        kty.unwrap_or_default()
+                    )))
+                }
+                (Some(p), _) => Some(p.to_string()),
+                (None, k) => k.map(String::from),
+            };
             options.protection = protection.as_deref().map(str::parse).transpose()?;
             let a = Access::open(&store)?;
             let reply = a.send(KeyRequest::Create {

@@ -2,11 +2,13 @@
 //! mounted, and through the mount's `.vault/` control files when it is.
 
 mod access;
+mod az;
 mod copies;
 mod daemon;
 mod des;
 mod disk;
 mod key;
+pub mod output;
 mod seal;
 mod summary;
 mod umount;
@@ -22,9 +24,12 @@ use std::process::ExitCode;
 #[command(
     name = "diskvault",
     version,
-    about = "Azure Managed Disks server-side encryption, on one machine"
+    about = "Azure Managed Disks server-side encryption, on one machine",
+    after_help = "az's command paths work too: replace `az` with `diskvault` (keyvault ..., keyvault key ..., disk-encryption-set ..., disk, snapshot, image, vm, role assignment, account, group, configure), with az's global arguments (-g, -l, --query, -o, --subscription, --yes, --no-wait, --only-show-errors)."
 )]
 struct Cli {
+    #[command(flatten)]
+    globals: output::Globals,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -35,12 +40,10 @@ enum Cmd {
     Init {
         /// The store directory (absent or empty).
         store: PathBuf,
-        /// Keep the key vault in this directory instead of STORE/vault.
+        /// Keep the key vault in this directory instead of STORE/vault (its name:
+        /// --vault-name, as in https://NAME.vault.azure.net, 3-24 characters).
         #[arg(long)]
         vault: Option<PathBuf>,
-        /// The vault's name, as in https://NAME.vault.azure.net (3-24 characters).
-        #[arg(long)]
-        vault_name: Option<String>,
         #[command(flatten)]
         seal: seal::SealArgs,
         #[command(flatten)]
@@ -77,7 +80,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: vault::VaultCmd,
     },
-    /// Disk encryption sets: create, show, list, update, delete.
+    /// Disk encryption sets: create, show, list, update, delete (az's
+    /// `disk-encryption-set` works too).
+    #[command(visible_alias = "disk-encryption-set")]
     Des {
         #[command(subcommand)]
         cmd: des::DesCmd,
@@ -98,6 +103,35 @@ enum Cmd {
         #[command(subcommand)]
         cmd: vm::VmCmd,
     },
+    /// az's `keyvault` tree: create (name the store's vault), show, update, list,
+    /// key ..., set-policy, delete-policy.
+    Keyvault {
+        #[command(subcommand)]
+        cmd: az::KeyvaultCmd,
+    },
+    /// Azure RBAC on the vault: `role assignment create|list|delete`.
+    Role {
+        #[command(subcommand)]
+        cmd: az::RoleCmd,
+    },
+    /// The store as a subscription: `account show`, `account set --subscription`.
+    Account {
+        #[command(subcommand)]
+        cmd: az::AccountCmd,
+    },
+    /// Resource groups: create, show, list.
+    Group {
+        #[command(subcommand)]
+        cmd: az::GroupCmd,
+    },
+    /// Defaults for -g and -l, like `az configure --defaults group=G location=L`.
+    Configure {
+        /// group=NAME and/or location=NAME; an empty value clears it; none shows them.
+        #[arg(long, num_args = 0.., value_name = "KEY=VALUE")]
+        defaults: Vec<String>,
+        #[command(flatten)]
+        store: access::StoreArg,
+    },
 }
 
 /// The whole command line, for tests that walk every subcommand's help.
@@ -105,94 +139,38 @@ pub fn command() -> clap::Command {
     Cli::command()
 }
 
-/// `-o/--output`, as in az: json, table or tsv.
-#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Format {
-    Json,
-    Table,
-    Tsv,
-}
+pub use output::{cell, print_rows, Format};
 
+/// A command's output options. The flags themselves (`-o`, `--json`, `--query`) are
+/// az's global ones (`output::Globals`); this asks for them.
 #[derive(clap::Args, Clone, Copy)]
-pub struct OutputArg {
-    /// Output format: json, table or tsv (as in az).
-    #[arg(short, long, value_enum)]
-    output: Option<Format>,
-    /// Same as -o json.
-    #[arg(long, conflicts_with = "output")]
-    json: bool,
-}
+pub struct OutputArg {}
 
 impl OutputArg {
-    /// The chosen format; `default` when none was given.
+    /// The chosen format; `default` when none was given. With a query (or a format
+    /// only the generic printer has) it is JSON, whose printer applies both.
     pub fn format(&self, default: Format) -> Format {
-        match (self.json, self.output) {
-            (true, _) => Format::Json,
-            (false, Some(f)) => f,
-            (false, None) => default,
+        if output::generic() {
+            return Format::Json;
         }
+        output::format(default)
     }
 }
 
-/// A JSON scalar as one table or tsv cell.
-pub fn cell(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        v => v.to_string(),
-    }
-}
-
-/// Prints one object (a `show`) as az does for table and tsv: its top-level scalar
-/// fields, nested ones left out.
+/// Prints one object (a `show`): the query applied, then az's format; a table lists
+/// every field, nested ones by path.
 pub fn print_object(v: &Value, fmt: Format) {
-    let fields: Vec<(&String, &Value)> = v
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter(|(_, v)| !v.is_object() && !v.is_array())
-                .collect()
-        })
-        .unwrap_or_default();
-    match fmt {
-        Format::Json => access::print_json(v),
-        Format::Tsv => {
-            let row: Vec<String> = fields.iter().map(|(_, v)| cell(v)).collect();
-            println!("{}", row.join("\t"));
-        }
-        Format::Table => {
-            let rows = vec![fields.iter().map(|(_, v)| cell(v)).collect()];
-            let header = fields.iter().map(|(k, _)| k.to_string()).collect();
-            print_rows(header, rows, Format::Table);
-        }
+    if let Err(CliError(m)) = output::emit(v, fmt) {
+        eprintln!("diskvault: {m}");
+        std::process::exit(1);
     }
 }
 
-/// Prints rows as an aligned table with a header, or as tab-separated values without one.
-pub fn print_rows(header: Vec<String>, rows: Vec<Vec<String>>, fmt: Format) {
-    if fmt == Format::Tsv {
-        for r in rows {
-            println!("{}", r.join("\t"));
-        }
-        return;
-    }
-    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in &rows {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |r: &[String]| {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(&width)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", cells.join("  ").trim_end());
-    };
-    line(&header);
-    for r in &rows {
-        line(r);
+/// The name in a resource id, or the name itself.
+pub fn id_name(s: &str) -> &str {
+    match crate::store::arm::parse_id(s) {
+        Some(_) => s.trim_end_matches('/').rsplit('/').next().unwrap_or(s),
+        None => s,
     }
 }
 
@@ -210,11 +188,14 @@ macro_rules! name_arg {
             name_opt: Option<String>,
         }
         impl $ty {
+            /// The name; an id (Azure's or `/diskvault/...`) gives its name.
             pub fn get(&self) -> &str {
-                self.name
-                    .as_deref()
-                    .or(self.name_opt.as_deref())
-                    .expect("clap requires one")
+                id_name(
+                    self.name
+                        .as_deref()
+                        .or(self.name_opt.as_deref())
+                        .expect("clap requires one"),
+                )
             }
         }
     };
@@ -360,6 +341,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage_error(e),
     };
+    output::set(cli.globals.clone());
     if matches!(cli.cmd, Cmd::Mount(_)) {
         // Safe because: as above.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
@@ -368,14 +350,13 @@ pub fn main() -> ExitCode {
         Cmd::Init {
             store,
             vault,
-            vault_name,
             seal,
             hsm,
             platform_key,
         } => init(
             &store,
             vault.as_deref(),
-            vault_name,
+            output::globals().vault_name.clone(),
             &seal,
             &hsm,
             platform_key.as_deref() == Some("hsm"),
@@ -392,6 +373,11 @@ pub fn main() -> ExitCode {
         Cmd::Snapshot { cmd } => copies::run_snapshot(cmd),
         Cmd::Image { cmd } => copies::run_image(cmd),
         Cmd::Vm { cmd } => vm::run(cmd),
+        Cmd::Keyvault { cmd } => az::run_keyvault(cmd),
+        Cmd::Role { cmd } => az::run_role(cmd),
+        Cmd::Account { cmd } => az::run_account(cmd),
+        Cmd::Group { cmd } => az::run_group(cmd),
+        Cmd::Configure { defaults, store } => az::configure(&defaults, &store),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

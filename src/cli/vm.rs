@@ -27,10 +27,12 @@ impl From<VmName> for String {
 
 impl VmName {
     fn get(&self) -> &str {
-        self.name
-            .as_deref()
-            .or(self.name_opt.as_deref())
-            .expect("clap requires one")
+        super::id_name(
+            self.name
+                .as_deref()
+                .or(self.name_opt.as_deref())
+                .expect("clap requires one"),
+        )
     }
 }
 
@@ -84,6 +86,12 @@ pub enum VmCmd {
         /// Only define the VM; don't start it.
         #[arg(long)]
         no_start: bool,
+        /// The guest's admin user, as in az (recorded on the VM).
+        #[arg(long)]
+        admin_username: Option<String>,
+        /// Accepted as in az and recorded; a diskvault guest image has no sshd.
+        #[arg(long)]
+        generate_ssh_keys: bool,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -119,6 +127,9 @@ pub enum VmCmd {
     Show {
         #[command(flatten)]
         name: VmName,
+        /// As in az; the details (power state, disks' key state) are always shown.
+        #[arg(short = 'd', long)]
+        show_details: bool,
         #[command(flatten)]
         output: OutputArg,
         #[command(flatten)]
@@ -166,9 +177,17 @@ pub enum VmDiskCmd {
         /// The VM.
         #[arg(long)]
         vm_name: String,
-        /// The disk.
-        #[arg(short = 'n', long)]
-        name: String,
+        /// The disk (name or id).
+        #[arg(
+            short = 'n',
+            long,
+            required_unless_present = "ids",
+            conflicts_with = "ids"
+        )]
+        name: Option<String>,
+        /// The disk's id, as the seed writes it (`--ids $diskId`).
+        #[arg(long)]
+        ids: Option<String>,
         /// The LUN (0-63).
         #[arg(long, value_parser = clap::value_parser!(u32).range(0..=63))]
         lun: Option<u32>,
@@ -191,6 +210,16 @@ pub enum VmDiskCmd {
 fn send_show(store: &StoreArg, req: VmRequest) -> Result<(), CliError> {
     let a = Access::open(store)?;
     if let Some(v) = a.send(req)? {
+        print_json(&v);
+    }
+    Ok(())
+}
+
+/// A power operation: az prints nothing unless an output format is asked for.
+fn send_quiet(store: &StoreArg, req: VmRequest) -> Result<(), CliError> {
+    let a = Access::open(store)?;
+    let reply = a.send(req)?;
+    if let (Some(v), Some(_)) = (reply, super::output::asked()) {
         print_json(&v);
     }
     Ok(())
@@ -245,6 +274,8 @@ pub fn run(cmd: VmCmd) -> Result<(), CliError> {
             initrd,
             append,
             no_start,
+            admin_username,
+            generate_ssh_keys,
             store,
         } => {
             let name = name.get();
@@ -270,19 +301,24 @@ pub fn run(cmd: VmCmd) -> Result<(), CliError> {
                 initrd: abs(initrd)?,
                 append,
                 no_start,
+                placement: super::output::placement(),
+                admin_username,
+                generate_ssh_keys,
+                scale_set: None,
             };
             send_show(&store, VmRequest::Create(Box::new(spec)))?;
         }
-        VmCmd::Start { name, store } => send_show(&store, VmRequest::Start { name: name.into() })?,
-        VmCmd::Stop { name, store } => send_show(&store, VmRequest::Stop { name: name.into() })?,
+        VmCmd::Start { name, store } => send_quiet(&store, VmRequest::Start { name: name.into() })?,
+        VmCmd::Stop { name, store } => send_quiet(&store, VmRequest::Stop { name: name.into() })?,
         VmCmd::Deallocate { name, store } => {
-            send_show(&store, VmRequest::Deallocate { name: name.into() })?
+            send_quiet(&store, VmRequest::Deallocate { name: name.into() })?
         }
         VmCmd::Restart { name, store } => {
-            send_show(&store, VmRequest::Restart { name: name.into() })?
+            send_quiet(&store, VmRequest::Restart { name: name.into() })?
         }
         VmCmd::Show {
             name,
+            show_details: _,
             output,
             store,
         } => {
@@ -313,16 +349,21 @@ pub fn run(cmd: VmCmd) -> Result<(), CliError> {
             VmDiskCmd::Attach {
                 vm_name,
                 name,
+                ids,
                 lun,
                 store,
-            } => send_show(
-                &store,
-                VmRequest::Attach {
-                    vm: vm_name,
-                    disk: name,
-                    lun,
-                },
-            )?,
+            } => {
+                let disk = name.or(ids).expect("clap requires one");
+                let disk = crate::store::arm::name_of(&disk, crate::store::arm::ResType::Disk)?;
+                send_show(
+                    &store,
+                    VmRequest::Attach {
+                        vm: vm_name,
+                        disk,
+                        lun,
+                    },
+                )?
+            }
             VmDiskCmd::Detach {
                 vm_name,
                 name,

@@ -39,6 +39,34 @@ pub const fn f(names: &'static [&'static str], positional: bool, required: bool,
     }
 }
 
+/// `-g` and `-l` of a create, in every create's file form.
+pub const GROUP: Field = f(
+    &["resourceGroup", "resource-group", "group"],
+    false,
+    false,
+    Ty::Str,
+);
+pub const LOCATION: Field = f(&["location"], false, false, Ty::Str);
+
+/// The placement a create's fields give.
+pub fn placement(a: &Args) -> crate::store::arm::Placement {
+    crate::store::arm::Placement::new(a.str("resourceGroup"), a.str("location"))
+}
+
+/// A placement in a create's JSON file form.
+#[cfg(test)]
+pub fn placement_wire(
+    m: &mut serde_json::Map<String, serde_json::Value>,
+    p: &crate::store::arm::Placement,
+) {
+    if let Some(g) = &p.resource_group {
+        m.insert("resourceGroup".into(), g.clone().into());
+    }
+    if let Some(l) = &p.location {
+        m.insert("location".into(), l.clone().into());
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Val {
     Str(String),

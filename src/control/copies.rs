@@ -4,6 +4,8 @@
 use super::args::{f, parse, Ty};
 use super::routes::{Params, Route, Seg, Seg::Lit};
 use super::{check_reserved, confirm_exact_name, pretty, Control, Request};
+use crate::store::arm::Placement;
+use crate::store::meta::Boot;
 use crate::store::{CopyOptions, EncryptionType, ObjectKind, Result, StoreError};
 use crate::vault::Caller;
 use serde_json::Value;
@@ -32,6 +34,18 @@ pub enum CopyRequest {
         set: Option<String>,
         #[serde(default)]
         encryption_type: Option<String>,
+        #[serde(default, skip_serializing_if = "Placement::is_empty")]
+        placement: Placement,
+        /// Images: how VMs made from the image boot.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boot: Option<Boot>,
+    },
+    /// `image update --kernel --initrd --append`: the image's boot definition (none
+    /// clears it).
+    SetBoot {
+        name: String,
+        #[serde(default)]
+        boot: Option<Boot>,
     },
     Delete {
         kind: Kind,
@@ -90,7 +104,33 @@ const CREATE_FIELDS: &[super::args::Field] = &[
         false,
         Ty::Str,
     ),
+    super::args::GROUP,
+    super::args::LOCATION,
+    f(&["kernel"], false, false, Ty::Str),
+    f(&["initrd"], false, false, Ty::Str),
+    f(&["append"], false, false, Ty::Str),
 ];
+
+const BOOT_FIELDS: &[super::args::Field] = &[
+    f(&["kernel"], false, true, Ty::Str),
+    f(&["initrd"], false, false, Ty::Str),
+    f(&["append"], false, false, Ty::Str),
+];
+
+/// An image's boot definition from `kernel=`, `initrd=`, `append=`.
+fn boot(a: &super::args::Args) -> Result<Option<Boot>> {
+    match (a.str("kernel"), a.str("initrd"), a.str("append")) {
+        (None, None, None) => Ok(None),
+        (None, _, _) => Err(super::args::invalid(
+            "initrd and append need a kernel: give kernel=PATH too",
+        )),
+        (Some(k), i, ap) => Ok(Some(Boot {
+            kernel: k.to_string(),
+            initrd: i.map(String::from),
+            append: ap.map(String::from),
+        })),
+    }
+}
 
 fn parse_create(kind: Kind, data: &[u8]) -> Result<Request> {
     let a = parse(
@@ -107,6 +147,8 @@ fn parse_create(kind: Kind, data: &[u8]) -> Result<Request> {
         incremental: a.bool("incremental").unwrap_or(true),
         set: a.str("des").map(String::from),
         encryption_type: a.str("type").map(String::from),
+        placement: super::args::placement(&a),
+        boot: boot(&a)?,
     }))
 }
 
@@ -134,6 +176,23 @@ pub(super) fn routes() -> Vec<Route> {
         }),
         Route::dir(&[images, image]),
         Route::r(&[images, image, Lit("image.json")], read),
+        Route::w(&[images, image, Lit("boot")], |p, data| {
+            let t = super::args::text(data)?;
+            let boot = if t == "none" {
+                None
+            } else {
+                let a = parse(
+                    data,
+                    BOOT_FIELDS,
+                    "write `kernel=PATH [initrd=PATH] [append=LINE]`, or `none` to clear",
+                )?;
+                boot(&a)?
+            };
+            Ok(Request::Copy(CopyRequest::SetBoot {
+                name: p.obj.into(),
+                boot,
+            }))
+        }),
         Route::w(&[images, image, Lit("delete")], |p, data| {
             confirm_exact_name(data, p.obj, "delete")?;
             Ok(Request::Copy(CopyRequest::Delete {
@@ -251,9 +310,18 @@ pub(super) fn execute(
             incremental,
             set,
             encryption_type,
+            placement,
+            boot,
         } => {
             check_reserved(name)?;
+            if boot.is_some() && *kind != Kind::Image {
+                return Err(StoreError::InvalidArgument(
+                    "a boot definition (--kernel) is for images; a snapshot has none".into(),
+                ));
+            }
             let opts = CopyOptions {
+                placement: placement.clone(),
+                boot: boot.clone(),
                 full: kind.object() == ObjectKind::Snapshot && !*incremental,
                 disk_encryption_set: set.clone(),
                 encryption_type: encryption_type
@@ -267,6 +335,10 @@ pub(super) fn execute(
         CopyRequest::Delete { kind, name } => {
             store.delete_object(kind.object(), name)?;
             Ok(None)
+        }
+        CopyRequest::SetBoot { name, boot } => {
+            let img = store.set_image_boot(name, boot.clone())?;
+            Ok(Some(super::view::object_reply(store, &img)))
         }
         CopyRequest::Diff {
             old,
@@ -296,15 +368,40 @@ impl CopyRequest {
                 incremental,
                 set,
                 encryption_type,
+                placement,
+                boot,
             } => {
-                let mut w = format!("{name} {source} incremental={incremental}");
+                let mut m = serde_json::Map::new();
+                m.insert("name".into(), name.clone().into());
+                m.insert("source".into(), source.clone().into());
+                m.insert("incremental".into(), (*incremental).into());
                 if let Some(s) = set {
-                    w += &format!(" des={s}");
+                    m.insert("des".into(), s.clone().into());
                 }
                 if let Some(t) = encryption_type {
-                    w += &format!(" type={t}");
+                    m.insert("type".into(), t.clone().into());
                 }
-                (format!("{}/create", dir(kind)), w.into_bytes())
+                super::args::placement_wire(&mut m, placement);
+                if let Some(b) = boot {
+                    m.insert("kernel".into(), b.kernel.clone().into());
+                    if let Some(i) = &b.initrd {
+                        m.insert("initrd".into(), i.clone().into());
+                    }
+                    if let Some(a) = &b.append {
+                        m.insert("append".into(), a.clone().into());
+                    }
+                }
+                (
+                    format!("{}/create", dir(kind)),
+                    serde_json::to_vec(&Value::Object(m)).expect("serializes"),
+                )
+            }
+            CopyRequest::SetBoot { name, boot } => {
+                let w = match boot {
+                    None => b"none".to_vec(),
+                    Some(b) => serde_json::to_vec(b).expect("serializes"),
+                };
+                (format!("images/{name}/boot"), w)
             }
             CopyRequest::Delete { kind, name } => {
                 (format!("{}/{name}/delete", dir(kind)), b"1".to_vec())

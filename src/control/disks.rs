@@ -78,6 +78,7 @@ impl DiskRequest {
                 if let Some(s) = &options.disk_encryption_set {
                     m.insert("diskEncryptionSetId".into(), json!(s));
                 }
+                args::placement_wire(&mut m, &options.placement);
                 ("disks/create".into(), obj(m))
             }
             DiskRequest::Delete { name } => (format!("disks/{name}/delete"), b"1".to_vec()),
@@ -125,6 +126,8 @@ const DISK_CREATE_FIELDS: &[args::Field] = &[
         false,
         Ty::Str,
     ),
+    args::GROUP,
+    args::LOCATION,
 ];
 const ENCRYPTION_FIELDS: &[args::Field] = &[
     f(&["type"], true, false, Ty::Str),
@@ -243,6 +246,7 @@ pub fn parse_disk_create(
             .map(|c| c.parse::<CipherKind>())
             .transpose()?,
         disk_encryption_set: a.str("des").map(String::from),
+        placement: args::placement(&a),
     };
     if source.is_some() && opts.cipher.is_some() {
         return Err(invalid(
@@ -286,6 +290,7 @@ pub(super) fn execute(
                     .as_deref()
                     .map(|t| t.parse::<crate::store::EncryptionType>())
                     .transpose()?,
+                placement: options.placement.clone(),
             };
             store.create_disk_from(name, source, &opts, &|_, _| {})?
         }

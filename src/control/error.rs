@@ -68,7 +68,8 @@ pub fn errno(e: &StoreError) -> i32 {
         | DesNotFound(_)
         | ObjectNotFound { .. }
         | SourceNotFound(_)
-        | VmNotFound(_) => libc::ENOENT,
+        | VmNotFound(_)
+        | NotFound(_) => libc::ENOENT,
         DiskExists(_) | DesExists(_) | ObjectExists { .. } | VmExists(_) => libc::EEXIST,
         VmCannotStart(_) => libc::EKEYREVOKED,
         ReadOnly { .. } => libc::EROFS,

@@ -9,6 +9,7 @@
 //! `fs/` calls this, and tests drive it without a mount. See docs/control-files.md.
 
 pub mod args;
+mod arm;
 mod copies;
 mod disks;
 mod error;
@@ -21,6 +22,7 @@ mod sets;
 pub mod view;
 mod vms;
 
+pub use arm::ArmRequest;
 pub use copies::{CopyRequest, Kind as CopyKind};
 pub use disks::DiskRequest;
 pub use error::{errno, ControlError};
@@ -253,6 +255,7 @@ impl Control {
             Request::Disk(r) => disks::execute(self, r),
             Request::Copy(r) => copies::execute(self, r),
             Request::Vm(r) => vms::execute(self, r),
+            Request::Arm(r) => arm::execute(self, r, caller),
         };
         match r {
             Ok(result) => {

@@ -3,6 +3,7 @@
 //! file form (an object's control file and the words or JSON a person would write to
 //! it), and a unit test holds every request and its file form together.
 
+use super::arm::ArmRequest;
 use super::{CopyRequest, DiskRequest, KeyRequest, SetRequest, VaultRequest, VmRequest};
 #[cfg(test)]
 use zeroize::Zeroizing;
@@ -16,6 +17,7 @@ pub enum Request {
     Disk(DiskRequest),
     Copy(CopyRequest),
     Vm(VmRequest),
+    Arm(ArmRequest),
 }
 
 impl Request {
@@ -42,6 +44,10 @@ impl Request {
                 (p, Zeroizing::new(b))
             }
             Request::Vm(r) => {
+                let (p, b) = r.wire();
+                (p, Zeroizing::new(b))
+            }
+            Request::Arm(r) => {
                 let (p, b) = r.wire();
                 (p, Zeroizing::new(b))
             }
@@ -76,6 +82,12 @@ impl From<DiskRequest> for Request {
 impl From<CopyRequest> for Request {
     fn from(r: CopyRequest) -> Self {
         Request::Copy(r)
+    }
+}
+
+impl From<ArmRequest> for Request {
+    fn from(r: ArmRequest) -> Self {
+        Request::Arm(r)
     }
 }
 

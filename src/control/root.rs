@@ -111,7 +111,7 @@ pub(super) fn routes() -> Vec<Route> {
 
 fn read_vault(c: &Control, _: &Params, _: &Caller) -> Result<Vec<u8>> {
     let vault = c.store().vault();
-    let mut v = vault.show();
+    let mut v = super::view::vault(c.store());
     v["keyList"] = json!(vault.list_keys());
     v["deletedKeyList"] = json!(vault.list_deleted());
     Ok(pretty(&v))
@@ -137,5 +137,5 @@ pub(super) fn execute(
         VaultRequest::PurgeProtection(on) => vault.set_props(caller, Some(*on), None)?,
         VaultRequest::RetentionDays(d) => vault.set_props(caller, None, Some(*d))?,
     };
-    Ok(Some(vault.show()))
+    Ok(Some(super::view::vault(c.store())))
 }

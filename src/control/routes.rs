@@ -129,6 +129,7 @@ impl Route {
 static ROUTES: LazyLock<Vec<Route>> = LazyLock::new(|| {
     let mut v = vec![Route::dir(&[])];
     v.extend(super::root::routes());
+    v.extend(super::arm::routes());
     v.extend(super::keys::routes());
     v.extend(super::sets::routes());
     v.extend(super::disks::routes());

@@ -23,6 +23,11 @@ pub enum SetRequest {
         key_url: String,
         encryption_type: Option<String>,
         auto_rotate: bool,
+        #[serde(
+            default,
+            skip_serializing_if = "crate::store::arm::Placement::is_empty"
+        )]
+        placement: crate::store::arm::Placement,
     },
     Update {
         name: String,
@@ -47,8 +52,10 @@ impl SetRequest {
                 key_url,
                 encryption_type,
                 auto_rotate,
+                placement,
             } => {
                 let mut m = Map::new();
+                args::placement_wire(&mut m, placement);
                 m.insert("name".into(), json!(name));
                 m.insert("keyUrl".into(), json!(key_url));
                 if let Some(t) = encryption_type {
@@ -97,6 +104,8 @@ const DES_CREATE_FIELDS: &[args::Field] = &[
         false,
         Ty::Bool,
     ),
+    args::GROUP,
+    args::LOCATION,
 ];
 const DES_UPDATE_FIELDS: &[args::Field] = &[
     f(&["key-url", "keyUrl"], false, false, Ty::Str),
@@ -156,6 +165,7 @@ fn parse_create(_: &Params, data: &[u8]) -> Result<Request> {
         key_url: a.str("key-url").unwrap_or_default().into(),
         encryption_type: a.str("type").map(String::from),
         auto_rotate: a.bool("auto-rotate").unwrap_or(false),
+        placement: args::placement(&a),
     }))
 }
 
@@ -199,9 +209,16 @@ pub(super) fn execute(
             key_url,
             encryption_type,
             auto_rotate,
+            placement,
         } => {
             check_reserved(name)?;
-            store.des_create(name, key_url, encryption_type.as_deref(), *auto_rotate)?
+            store.des_create(
+                name,
+                key_url,
+                encryption_type.as_deref(),
+                *auto_rotate,
+                placement,
+            )?
         }
         SetRequest::Update {
             name,
@@ -219,5 +236,5 @@ pub(super) fn execute(
             return Ok(None);
         }
     };
-    Ok(Some(super::view::set_json(&rec, &store.vault().name())))
+    Ok(Some(super::view::set_json(store, &rec)))
 }

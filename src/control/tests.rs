@@ -66,6 +66,7 @@ fn objects(c: &Control, keys: &[&str]) -> String {
         key_url: kid.clone(),
         encryption_type: None,
         auto_rotate: false,
+        placement: Default::default(),
     }
     .into());
     run(DiskRequest::Create {
@@ -86,6 +87,8 @@ fn objects(c: &Control, keys: &[&str]) -> String {
             incremental: true,
             set: None,
             encryption_type: None,
+            placement: Default::default(),
+            boot: None,
         }
         .into());
     }
@@ -298,6 +301,7 @@ fn every_request_survives_its_wire_form() {
             key_url: "k1".into(),
             encryption_type: Some("EncryptionAtRestWithPlatformAndCustomerKeys".into()),
             auto_rotate: true,
+            placement: crate::store::arm::Placement::new(Some("rg1"), Some("local")),
         }
         .into(),
         SetRequest::Update {
@@ -315,6 +319,7 @@ fn every_request_survives_its_wire_form() {
                 sku: Sku::UltraSsdLrs,
                 cipher: Some(crate::crypto::CipherKind::Aes256Ctr),
                 disk_encryption_set: Some("s1".into()),
+                placement: crate::store::arm::Placement::new(Some("rg1"), None),
             },
             source: None,
             encryption_type: None,
@@ -327,6 +332,7 @@ fn every_request_survives_its_wire_form() {
                 sku: Sku::StandardLrs,
                 cipher: None,
                 disk_encryption_set: Some("s1".into()),
+                placement: Default::default(),
             },
             source: Some("c1".into()),
             encryption_type: Some("EncryptionAtRestWithCustomerKey".into()),
@@ -339,6 +345,79 @@ fn every_request_survives_its_wire_form() {
             incremental: false,
             set: Some("s1".into()),
             encryption_type: Some("EncryptionAtRestWithCustomerKey".into()),
+            placement: crate::store::arm::Placement::new(None, Some("local")),
+            boot: None,
+        }
+        .into(),
+        CopyRequest::Create {
+            kind: CopyKind::Image,
+            name: "i2".into(),
+            source: "d1".into(),
+            incremental: false,
+            set: None,
+            encryption_type: None,
+            placement: Default::default(),
+            boot: Some(crate::store::meta::Boot {
+                kernel: "/boot/vmlinuz".into(),
+                initrd: Some("/tmp/initrd".into()),
+                append: Some("console=ttyS0 quiet".into()),
+            }),
+        }
+        .into(),
+        CopyRequest::SetBoot {
+            name: "c1".into(),
+            boot: Some(crate::store::meta::Boot {
+                kernel: "/boot/vmlinuz".into(),
+                initrd: None,
+                append: Some("console=ttyS0 a=b".into()),
+            }),
+        }
+        .into(),
+        CopyRequest::SetBoot {
+            name: "c1".into(),
+            boot: None,
+        }
+        .into(),
+        crate::control::ArmRequest::VaultCreate {
+            name: "kv1".into(),
+            purge_protection: Some(true),
+            retention_days: Some(30),
+            placement: crate::store::arm::Placement::new(Some("rg1"), Some("westus")),
+        }
+        .into(),
+        crate::control::ArmRequest::SetPolicy {
+            object_id: "e776e117-7f5b-469e-a98c-77e19781f08a".into(),
+            permissions: vec!["wrapKey".into(), "get".into()],
+        }
+        .into(),
+        crate::control::ArmRequest::DeletePolicy {
+            object_id: "e776e117-7f5b-469e-a98c-77e19781f08a".into(),
+        }
+        .into(),
+        crate::control::ArmRequest::RoleCreate {
+            assignee: "e776e117-7f5b-469e-a98c-77e19781f08a".into(),
+            role: "Reader".into(),
+            scope: "/subscriptions/x".into(),
+        }
+        .into(),
+        crate::control::ArmRequest::RoleDelete {
+            assignee: None,
+            role: Some("Reader".into()),
+            scope: None,
+        }
+        .into(),
+        crate::control::ArmRequest::AccountSet {
+            subscription: "mysub".into(),
+        }
+        .into(),
+        crate::control::ArmRequest::GroupCreate {
+            name: "rg1".into(),
+            location: "westus".into(),
+        }
+        .into(),
+        crate::control::ArmRequest::Configure {
+            group: Some("rg1".into()),
+            location: None,
         }
         .into(),
         CopyRequest::Delete {

@@ -3,19 +3,16 @@
 //! key vault's own REST shapes are in `vault/keyvault/view.rs`, because the vault's
 //! operations answer with them (as Key Vault's API does).
 
+use crate::store::arm::ResType;
 use crate::store::des::{DesRecord, TENANT_ID};
 use crate::store::Usage;
-use crate::store::{
-    disk_resource_id, vm_resource_id, Disk, ObjectKind, Result, Sku, Store, VmDisk, VmRecord,
-    STORE_VERSION,
-};
+use crate::store::{Disk, ObjectKind, Result, Sku, Store, VmDisk, VmRecord, STORE_VERSION};
 use crate::vm::RuntimeInfo;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
 /// `.vault/status.json`: the store, its reconciler, the vault, every set and disk.
 pub fn status(store: &Store) -> Value {
-    let vault = store.vault();
     let usage = store.usage_all();
     json!({
         "store": store.root().display().to_string(),
@@ -24,11 +21,11 @@ pub fn status(store: &Store) -> Value {
         "reconcilerPasses": store.reconcile_passes(),
         "reconciler": store.reconciler_health(),
         "merges": store.merge_status(),
-        "keyVault": vault.show(),
+        "keyVault": self::vault(store),
         "diskEncryptionSets": store
             .des_list()
             .iter()
-            .map(|d| set_json(d, &vault.name()))
+            .map(|d| set_json(store, d))
             .collect::<Vec<_>>(),
         "disks": list(store, ObjectKind::Disk, &usage),
         "snapshots": list(store, ObjectKind::Snapshot, &usage),
@@ -52,14 +49,14 @@ fn vm_disk(store: &Store, d: &VmDisk) -> Value {
         v["lun"] = json!(l);
         v["toBeDetached"] = json!(false);
     }
-    let mut managed = json!({ "id": disk_resource_id(&d.name) });
+    let mut managed = json!({ "id": store.arm_id(ResType::Disk, &d.name) });
     if let Some(disk) = store.get(&d.name) {
         let m = disk.meta();
         let sku: Sku = m.sku.parse().unwrap_or_default();
         v["diskSizeGB"] = json!(m.size_bytes.div_ceil(1 << 30));
         managed["storageAccountType"] = json!(sku.name());
         if let Some(set) = &m.encryption.disk_encryption_set_id {
-            managed["diskEncryptionSet"] = json!({ "id": set });
+            managed["diskEncryptionSet"] = json!({ "id": store.display_id(set) });
         }
         v["encryption"] = json!(m.encryption.kind);
         v["keyState"] = json!(store.key_state(&disk));
@@ -99,9 +96,10 @@ pub fn vm(
     }
     json!({
         "name": rec.name,
-        "id": vm_resource_id(&rec.name),
+        "id": store.arm_id_in(ResType::Vm, &rec.name, &rec.placement),
         "type": "Microsoft.Compute/virtualMachines",
-        "location": "local",
+        "location": rec.placement.location(),
+        "resourceGroup": rec.placement.group(),
         "vmId": rec.vm_id,
         "hardwareProfile": { "vmSize": rec.size },
         "storageProfile": {
@@ -115,6 +113,7 @@ pub fn vm(
         "provisioningState": "Succeeded",
         "powerState": rec.power_state.display(),
         "timeCreated": rec.time_created,
+        "osProfile": { "computerName": rec.name, "adminUsername": rec.admin_username },
         "instanceView": { "statuses": statuses },
         "diskvault": local,
     })
@@ -152,12 +151,21 @@ fn list(store: &Store, kind: ObjectKind, usage: &HashMap<String, Usage>) -> Vec<
     })
 }
 
-fn copy_fields(obj: &Disk, u: Option<Usage>, v: &mut Value) {
+fn copy_fields(store: &Store, obj: &Disk, u: Option<Usage>, v: &mut Value) {
     let m = obj.meta();
     v["creationData"] = match &m.creation_data {
-        Some(c) => serde_json::to_value(c).expect("serializes"),
+        Some(c) => {
+            let mut c = serde_json::to_value(c).expect("serializes");
+            if let Some(s) = c["sourceResourceId"].as_str() {
+                c["sourceResourceId"] = json!(store.display_id(s));
+            }
+            c
+        }
         None => json!({"createOption": "Empty"}),
     };
+    if let Some(s) = &m.encryption.disk_encryption_set_id {
+        v["encryption"]["diskEncryptionSetId"] = json!(store.display_id(s));
+    }
     if let Some(u) = u {
         v["usedBytes"] = json!({"unique": u.unique, "shared": u.shared});
     }
@@ -187,9 +195,10 @@ fn object_with(store: &Store, obj: &Disk, usage: Option<Usage>) -> Value {
     let m = obj.meta();
     let mut v = json!({
         "name": m.name,
-        "id": obj.kind.resource_id(&m.name),
+        "id": store.arm_id_in(obj.kind.res_type(), &m.name, &m.placement),
         "type": obj.kind.resource_type(),
-        "location": "local",
+        "location": m.placement.location(),
+        "resourceGroup": m.placement.group(),
         "uniqueId": m.id,
         "diskSizeBytes": m.size_bytes,
         "diskSizeGB": m.size_bytes.div_ceil(1 << 30),
@@ -219,8 +228,10 @@ fn object_with(store: &Store, obj: &Disk, usage: Option<Usage>) -> Value {
                 .as_ref()
                 .and_then(|c| c.source_resource_id.clone());
             let source_ref = match src.as_deref() {
-                Some(s) if s.starts_with("/diskvault/snapshots/") => json!({"snapshot": {"id": s}}),
-                Some(s) => json!({"managedDisk": {"id": s}}),
+                Some(s) if s.starts_with("/diskvault/snapshots/") => {
+                    json!({"snapshot": {"id": store.display_id(s)}})
+                }
+                Some(s) => json!({"managedDisk": {"id": store.display_id(s)}}),
                 None => json!({}),
             };
             let mut os = json!({
@@ -233,13 +244,14 @@ fn object_with(store: &Store, obj: &Disk, usage: Option<Usage>) -> Value {
                 o.extend(s.clone());
             }
             if let Some(d) = &m.encryption.disk_encryption_set_id {
-                os["diskEncryptionSet"] = json!({"id": d});
+                os["diskEncryptionSet"] = json!({"id": store.display_id(d)});
             }
             v["storageProfile"] = json!({"osDisk": os, "dataDisks": [], "zoneResilient": false});
             v["hyperVGeneration"] = json!("V2");
+            v["boot"] = json!(m.boot);
         }
     }
-    copy_fields(obj, usage, &mut v);
+    copy_fields(store, obj, usage, &mut v);
     v
 }
 
@@ -268,9 +280,10 @@ fn disk_with(store: &Store, disk: &Disk, usage: Option<Usage>) -> Value {
     let key_ids: Vec<&str> = m.layers.iter().map(|l| l.kid.as_str()).collect();
     let mut v = json!({
         "name": m.name,
-        "id": disk_resource_id(&m.name),
+        "id": store.arm_id_in(ResType::Disk, &m.name, &m.placement),
         "type": "Microsoft.Compute/disks",
-        "location": "local",
+        "location": m.placement.location(),
+        "resourceGroup": m.placement.group(),
         "uniqueId": m.id,
         "sku": {"name": sku.name(), "tier": sku.tier()},
         "diskSizeBytes": m.size_bytes,
@@ -286,23 +299,50 @@ fn disk_with(store: &Store, disk: &Disk, usage: Option<Usage>) -> Value {
         "allocatedBytes": disk.allocated_bytes(),
     });
     if let (_, Some(vm)) = store.disk_state(&m.name) {
-        v["managedBy"] = json!(vm);
+        v["managedBy"] = json!(store.display_id(&vm));
     }
-    copy_fields(disk, usage, &mut v);
+    copy_fields(store, disk, usage, &mut v);
     v
 }
 
 /// `disk-encryption-sets/NAME/status.json`, like `az disk-encryption-set show`.
 pub fn set(store: &Store, name: &str) -> Result<Value> {
-    Ok(set_json(&store.keyring().des(name)?, &store.vault().name()))
+    Ok(set_json(store, &store.keyring().des(name)?))
+}
+
+/// `vault.json`, like `az keyvault show`: the vault's own view with its Azure id,
+/// group, location and vault-wide access policies.
+pub fn vault(store: &Store) -> Value {
+    let vault = store.vault();
+    let p = store.vault_placement();
+    let props = vault.props();
+    let mut v = vault.show();
+    v["id"] = json!(store.arm_id_in(ResType::Vault, &props.name, &p));
+    v["location"] = json!(p.location());
+    v["resourceGroup"] = json!(p.group());
+    v["properties"]["tenantId"] = json!(TENANT_ID);
+    v["properties"]["accessPolicies"] = props
+        .access_policies
+        .iter()
+        .map(|g| {
+            json!({
+                "objectId": g.object_id,
+                "tenantId": TENANT_ID,
+                "permissions": {"keys": g.permissions},
+            })
+        })
+        .collect();
+    v["properties"]["enableRbacAuthorization"] = json!(!props.role_assignments.is_empty());
+    v
 }
 
 /// A set's JSON; a set whose file is corrupt shows why instead.
-pub fn set_json(d: &DesRecord, vault_name: &str) -> Value {
+pub fn set_json(store: &Store, d: &DesRecord) -> Value {
+    let id = store.arm_id_in(ResType::Set, &d.name, &d.placement);
     if let Some(e) = d.corrupt_error() {
         return json!({
             "name": d.name,
-            "id": d.id(),
+            "id": id,
             "type": "Microsoft.Compute/diskEncryptionSets",
             "provisioningState": d.provisioning_state,
             "error": e.to_string(),
@@ -310,14 +350,14 @@ pub fn set_json(d: &DesRecord, vault_name: &str) -> Value {
     }
     json!({
         "name": d.name,
-        "id": d.id(),
+        "id": id,
         "type": "Microsoft.Compute/diskEncryptionSets",
-        "location": "local",
-        "resourceGroup": "diskvault",
+        "location": d.placement.location(),
+        "resourceGroup": d.placement.group(),
         "encryptionType": d.encryption_type,
         "activeKey": {
             "keyUrl": d.active_key,
-            "sourceVault": {"id": format!("/diskvault/vaults/{vault_name}")},
+            "sourceVault": {"id": store.arm_id(ResType::Vault, &store.vault().name())},
         },
         "previousKeys": d.previous_keys.iter().map(|k| json!({"keyUrl": k})).collect::<Vec<_>>(),
         "identity": {

@@ -84,6 +84,15 @@ const CREATE_FIELDS: &[super::args::Field] = &[
     f(&["initrd"], false, false, Ty::Str),
     f(&["append"], false, false, Ty::Str),
     f(&["noStart", "no-start"], false, false, Ty::Bool),
+    super::args::GROUP,
+    super::args::LOCATION,
+    f(&["adminUsername", "admin-username"], false, false, Ty::Str),
+    f(
+        &["generateSshKeys", "generate-ssh-keys"],
+        false,
+        false,
+        Ty::Bool,
+    ),
 ];
 
 fn number(v: &str, what: &str) -> Result<u64> {
@@ -130,6 +139,10 @@ fn parse_create(data: &[u8]) -> Result<Request> {
         initrd: s("initrd"),
         append: s("append"),
         no_start: a.bool("noStart").unwrap_or(false),
+        placement: super::args::placement(&a),
+        admin_username: s("adminUsername"),
+        generate_ssh_keys: a.bool("generateSshKeys").unwrap_or(false),
+        scale_set: None,
     }))))
 }
 
@@ -327,6 +340,8 @@ impl VmRequest {
                     "dataDiskEncryptionSets": s.data_disk_encryption_sets,
                     "size": s.size, "kernel": s.kernel, "initrd": s.initrd,
                     "append": s.append, "noStart": s.no_start,
+                    "resourceGroup": s.placement.resource_group, "location": s.placement.location,
+                    "adminUsername": s.admin_username, "generateSshKeys": s.generate_ssh_keys,
                 }))
                 .expect("serializes"),
             ),

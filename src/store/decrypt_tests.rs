@@ -210,6 +210,7 @@ fn the_independent_decryptor_reads_every_layered_object() {
             &kid,
             Some("EncryptionAtRestWithPlatformAndCustomerKeys"),
             false,
+            &Default::default(),
         )
         .unwrap();
     let perms: Vec<String> = ["get", "wrapKey", "unwrapKey"].map(String::from).to_vec();

@@ -33,6 +33,12 @@ pub struct DesRecord {
     #[serde(default)]
     pub auto_key_rotation_error: Option<String>,
     pub created: String,
+    /// Resource group and location (absent: `diskvault`, `local`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::store::arm::Placement::is_empty"
+    )]
+    pub placement: crate::store::arm::Placement,
     /// Set for a set whose file could not be loaded (which file, and how): it stays
     /// listed, and every use of it fails with `StoreError::DesCorrupt`. Never saved.
     #[serde(skip)]
@@ -129,6 +135,7 @@ pub fn corrupt_placeholder(name: &str, reason: String) -> DesRecord {
         last_key_rotation_timestamp: None,
         auto_key_rotation_error: None,
         created: String::new(),
+        placement: Default::default(),
         corrupt: Some(reason),
     }
 }

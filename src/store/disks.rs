@@ -126,6 +126,8 @@ impl Store {
                     creation_data: None,
                     incremental: None,
                     full_copy: None,
+                    boot: None,
+                    placement: Default::default(),
                 };
                 Disk::new(
                     kind,
@@ -164,6 +166,10 @@ impl Store {
             .as_deref()
             .map(|d| self.keys.des(d))
             .transpose()?;
+        let placement = self.place(&opts.placement, des.as_ref().map(|d| &d.placement))?;
+        if let Some(d) = &des {
+            self.check_set_location((super::arm::ResType::Disk, name), &placement, d)?;
+        }
         let id = hex(&random_bytes(16)?);
         // Customer-key layer first (applied to plaintext first), platform layer last.
         let kind = des
@@ -192,6 +198,8 @@ impl Store {
             creation_data: None,
             incremental: None,
             full_copy: None,
+            boot: None,
+            placement,
         };
         let dir = self.disks_dir();
         let staging = dir.join(format!("{id}.creating"));

@@ -108,6 +108,12 @@ pub enum StoreError {
         free: u64,
         path: String,
     },
+    /// A resource that is not there, in Azure's words (`ResourceNotFound`).
+    #[error("{0}")]
+    NotFound(String),
+    /// A store file that does not parse; the message names it and the fix.
+    #[error("{0}")]
+    Corrupt(String),
     #[error("no VM named '{0}'; see 'diskvault vm list'")]
     VmNotFound(String),
     #[error("a VM named '{0}' already exists; choose another name or delete that VM first")]

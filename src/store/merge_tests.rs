@@ -384,7 +384,9 @@ fn a_revoked_family_pauses_its_merges_until_the_restore() {
         .create_key(&me, "k1", &KeyOptions::default())
         .unwrap();
     let kid = s.vault().resolve(&KeyRef::parse("k1").unwrap()).unwrap();
-    let set = s.des_create("set1", &kid, None, false).unwrap();
+    let set = s
+        .des_create("set1", &kid, None, false, &Default::default())
+        .unwrap();
     let perms: Vec<String> = ["get", "wrapKey", "unwrapKey"].map(String::from).to_vec();
     s.vault()
         .grant(

@@ -77,6 +77,46 @@ pub struct DiskMeta {
     /// into the snapshot's own delta (`deltas/ID`), pending or done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full_copy: Option<FullCopy>,
+    /// Images only: how VMs made from the image boot (`image create --kernel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<Boot>,
+    /// Resource group and location (absent: `diskvault`, `local`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::store::arm::Placement::is_empty"
+    )]
+    pub placement: crate::store::arm::Placement,
+}
+
+/// An image's direct-kernel boot definition: host paths of the kernel and initrd
+/// (not copied into the store, which holds only ciphertext) and the command line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Boot {
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append: Option<String>,
+}
+
+/// Checks a boot definition: absolute paths, one short command line.
+pub fn check_boot(b: &Boot) -> Result<(), super::StoreError> {
+    let bad = |m: String| Err(super::StoreError::InvalidArgument(m));
+    for p in std::iter::once(&b.kernel).chain(b.initrd.iter()) {
+        if !p.starts_with('/') || p.len() > 4096 || p.chars().any(|c| c.is_control()) {
+            return bad(format!(
+                "boot file '{}' must be an absolute path of at most 4096 characters",
+                p.chars().take(80).collect::<String>()
+            ));
+        }
+    }
+    if let Some(a) = &b.append {
+        if a.len() > 4096 || a.chars().any(|c| c.is_control()) {
+            return bad("--append takes one line of at most 4096 characters".into());
+        }
+    }
+    Ok(())
 }
 
 /// The state of a full snapshot's copy.
@@ -377,6 +417,8 @@ mod tests {
             creation_data: None,
             incremental: None,
             full_copy: None,
+            boot: None,
+            placement: Default::default(),
         }
     }
 

@@ -30,6 +30,7 @@
 //! error
 //! ```
 
+pub mod arm;
 mod custody;
 #[cfg(test)]
 mod decrypt_tests;
@@ -49,6 +50,7 @@ mod merge;
 #[cfg(test)]
 mod merge_tests;
 mod objects;
+mod placement;
 mod reclaim;
 mod reconcile;
 mod reencrypt;
@@ -148,6 +150,9 @@ pub struct CreateOptions {
     pub cipher: Option<CipherKind>,
     /// Name or id of the disk encryption set (customer-managed key).
     pub disk_encryption_set: Option<String>,
+    /// `-g` and `-l`.
+    #[serde(skip_serializing_if = "arm::Placement::is_empty")]
+    pub placement: arm::Placement,
 }
 
 /// Gives freed heap memory back to the system after work that allocated a lot at

@@ -27,6 +27,7 @@ impl Store {
                 .first()
                 .and_then(|l| l.cipher.parse().ok()),
             disk_encryption_set: opts.disk_encryption_set.clone(),
+            placement: opts.placement.clone(),
         };
         if opts.disk_encryption_set.is_none() {
             return Err(StoreError::Refused(format!(

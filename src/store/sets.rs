@@ -98,6 +98,7 @@ impl Store {
         key_url: &str,
         encryption_type: Option<&str>,
         auto_rotate: bool,
+        placement: &super::arm::Placement,
     ) -> Result<DesRecord> {
         validate_set_name(name)?;
         let kind =
@@ -112,6 +113,16 @@ impl Store {
         if !self.keys.vault.props().enable_purge_protection {
             return Err(StoreError::PurgeProtectionRequired);
         }
+        let vault_place = self.vault_placement();
+        let placement = self.place(placement, Some(&vault_place))?;
+        super::arm::same_location(
+            (super::arm::ResType::Set, name, placement.location()),
+            (
+                super::arm::ResType::Vault,
+                &self.keys.vault.name(),
+                vault_place.location(),
+            ),
+        )?;
         let active = self.resolve_des_key(key_url, auto_rotate)?;
         let rec = DesRecord {
             name: name.to_string(),
@@ -124,6 +135,7 @@ impl Store {
             last_key_rotation_timestamp: None,
             auto_key_rotation_error: None,
             created: now_rfc3339(),
+            placement,
             corrupt: None,
         };
         self.save_des(&rec)?;
@@ -410,6 +422,9 @@ impl Store {
         let _ns = self.ns.lock();
         let disk = self.get_usable(name)?;
         let target_des = des.map(|d| self.keys.des(d)).transpose()?;
+        if let Some(d) = &target_des {
+            self.check_set_location((super::arm::ResType::Disk, name), &disk.placement(), d)?;
+        }
         let target = match (encryption_type, &target_des) {
             (Some(t), _) => t.parse::<EncryptionType>()?,
             (None, Some(d)) => d.encryption_type,

@@ -8,6 +8,7 @@
 //! family share the source's DEKs (each keeps its own wrapped copy in its metadata),
 //! so data is shared as ciphertext, never re-encrypted.
 
+use super::arm::{Placement, ResType};
 use super::delta::{create_delta, delta_path, remove_delta, DELTAS_DIR};
 use super::disk::units::round_up;
 use super::meta::{CreationData, FullCopy, META_VERSION_LAYERED};
@@ -26,6 +27,10 @@ pub struct CopyOptions {
     pub disk_encryption_set: Option<String>,
     /// `--encryption-type`: must be the source's.
     pub encryption_type: Option<EncryptionType>,
+    /// `-g`, `-l` (the location must be the source's).
+    pub placement: Placement,
+    /// Images: `--kernel`, `--initrd`, `--append`.
+    pub boot: Option<super::meta::Boot>,
 }
 
 /// Options of `disk create --source`.
@@ -36,9 +41,39 @@ pub struct FromSourceOptions {
     pub sku: Sku,
     pub disk_encryption_set: Option<String>,
     pub encryption_type: Option<EncryptionType>,
+    pub placement: Placement,
 }
 
 impl Store {
+    /// A copy's placement: in its source's location (a copy to another region is
+    /// Azure's `CopyStart`, which diskvault has not got).
+    fn place_copy(
+        &self,
+        ty: ResType,
+        name: &str,
+        asked: &Placement,
+        src: &Disk,
+    ) -> Result<Placement> {
+        let sp = src.placement();
+        let p = self.place(asked, Some(&sp))?;
+        super::arm::same_location(
+            (ty, name, p.location()),
+            (src.kind.res_type(), &src.name(), sp.location()),
+        )?;
+        Ok(p)
+    }
+
+    /// `image update --kernel ...`: the image's boot definition (the one metadata
+    /// change an image allows; `None` clears it).
+    pub fn set_image_boot(&self, name: &str, boot: Option<super::meta::Boot>) -> Result<Arc<Disk>> {
+        if let Some(b) = &boot {
+            super::meta::check_boot(b)?;
+        }
+        let img = self.get_kind_or_err(ObjectKind::Image, name)?;
+        img.update_meta(|m| m.boot = boot)?;
+        Ok(img)
+    }
+
     pub(super) fn deltas_dir(&self) -> PathBuf {
         self.root.join(DELTAS_DIR)
     }
@@ -46,8 +81,16 @@ impl Store {
     /// A source by name: a disk, snapshot or image, or a resource id
     /// (`/diskvault/snapshots/NAME`). A bare name is looked up in `kinds` order.
     pub fn find_source(&self, source: &str, kinds: &[ObjectKind]) -> Result<Arc<Disk>> {
-        for k in ObjectKind::ALL {
-            if let Some(name) = source.strip_prefix(&k.resource_id("")) {
+        let parsed = super::arm::parse_id(source).and_then(|r| {
+            ObjectKind::ALL
+                .into_iter()
+                .find(|k| k.res_type() == r.ty)
+                .map(|k| (k, r))
+        });
+        if let Some((k, r)) = parsed {
+            let name = self.resolve_name(source, r.ty)?;
+            let name = name.as_str();
+            {
                 if !kinds.contains(&k) {
                     return Err(StoreError::Refused(format!(
                         "{} {k} can't be the source here; use a {}",
@@ -168,6 +211,8 @@ impl Store {
         src: &Disk,
         m: &DiskMeta,
         full: bool,
+        placement: &Placement,
+        boot: Option<&super::meta::Boot>,
     ) -> Result<DiskMeta> {
         Ok(DiskMeta {
             format_version: META_VERSION_LAYERED,
@@ -187,6 +232,8 @@ impl Store {
             creation_data: Some(creation_data(src)),
             incremental: (kind == ObjectKind::Snapshot).then_some(!full),
             full_copy: (kind == ObjectKind::Snapshot && full).then_some(FullCopy::Pending),
+            boot: boot.cloned(),
+            placement: placement.clone(),
         })
     }
 
@@ -231,6 +278,9 @@ impl Store {
         opts: &CopyOptions,
     ) -> Result<Arc<Disk>> {
         validate_object_name(kind, name)?;
+        if let Some(b) = &opts.boot {
+            super::meta::check_boot(b)?;
+        }
         let _ns = self.ns.lock();
         if self.get_kind(kind, name).is_some() {
             return Err(StoreError::ObjectExists {
@@ -258,6 +308,7 @@ impl Store {
                 reason: r.to_string(),
             });
         }
+        let placement = self.place_copy(kind.res_type(), name, &opts.placement, &src)?;
         let what = format!("{kind} '{name}'");
         self.check_same_key(
             &what,
@@ -278,7 +329,15 @@ impl Store {
             let delta = self.new_delta(src.size())?;
             let mut staged = None;
             let r = src.push_delta(&delta, |m| {
-                let meta = self.copy_meta(kind, name, &src, m, opts.full)?;
+                let meta = self.copy_meta(
+                    kind,
+                    name,
+                    &src,
+                    m,
+                    opts.full,
+                    &placement,
+                    opts.boot.as_ref(),
+                )?;
                 staged = Some((self.stage(kind, &meta)?, meta));
                 Ok(())
             });
@@ -301,7 +360,15 @@ impl Store {
             }
         } else {
             let m = src.meta();
-            let meta = self.copy_meta(kind, name, &src, &m, opts.full)?;
+            let meta = self.copy_meta(
+                kind,
+                name,
+                &src,
+                &m,
+                opts.full,
+                &placement,
+                opts.boot.as_ref(),
+            )?;
             let staging = self.stage(kind, &meta)?;
             crate::fault::point("snapshot.publish");
             let dir = self
@@ -356,6 +423,7 @@ impl Store {
         if size > MAX_DISK_SIZE {
             return Err(StoreError::TooLarge);
         }
+        let placement = self.place_copy(ResType::Disk, name, &opts.placement, &src)?;
         let what = format!("disk '{name}'");
         let customer_source = sm.encryption.kind.uses_customer_key();
         let new_key = !customer_source
@@ -400,6 +468,8 @@ impl Store {
                 creation_data: Some(creation_data(&src)),
                 incremental: None,
                 full_copy: None,
+                boot: None,
+                placement: placement.clone(),
             };
             staged = Some((self.stage(ObjectKind::Disk, &meta)?, meta));
             Ok(())

@@ -94,6 +94,19 @@ pub struct VmRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<External>,
     pub time_created: String,
+    /// Resource group and location (absent: `diskvault`, `local`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::store::arm::Placement::is_empty"
+    )]
+    pub placement: crate::store::arm::Placement,
+    /// `--admin-username` and whether `--generate-ssh-keys` was given (recorded; the
+    /// guest's image decides what it does with them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_username: Option<String>,
+    /// The scale set this VM is an instance of, and its instance id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_set: Option<(String, u32)>,
 }
 
 impl VmRecord {

@@ -45,6 +45,9 @@ fn rec(name: &str, disks: &[&str]) -> VmRecord {
         pid: None,
         external: None,
         time_created: now_rfc3339(),
+        placement: Default::default(),
+        admin_username: None,
+        scale_set: None,
     }
 }
 

@@ -1,7 +1,36 @@
 //! `vm create`: checks the request, makes the VM's disks and record, then starts it.
 
 use super::{boot_file, qemu, uuid, CreateSpec, Result, VmManager};
+use crate::store::arm::{same_location, ResType};
 use crate::store::{ObjectKind, PowerState, StoreError, VmDisk, VmRecord};
+
+/// Azure's rule for Linux admin user names: 1-32 characters, letters, digits, '-',
+/// '_' and '.', not starting with '-' or '.', and not a reserved name.
+fn validate_admin(u: &str) -> Result<()> {
+    const RESERVED: [&str; 8] = [
+        "root",
+        "admin",
+        "administrator",
+        "user",
+        "guest",
+        "test",
+        "sys",
+        "daemon",
+    ];
+    let ok = (1..=32).contains(&u.len())
+        && u.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !u.starts_with(['-', '.'])
+        && !RESERVED.contains(&u.to_ascii_lowercase().as_str());
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidArgument(format!(
+            "invalid --admin-username '{}': use 1-32 letters, digits, '-', '_' or '.', not a reserved name like root or admin",
+            u.chars().take(40).collect::<String>()
+        )))
+    }
+}
 
 impl VmManager {
     /// `vm create`: makes the disks, records the VM and starts it unless asked not to.
@@ -64,9 +93,32 @@ impl VmManager {
             .as_deref()
             .unwrap_or("Premium_LRS")
             .parse()?;
-        let kernel = spec.kernel.as_deref().map(boot_file).transpose()?;
-        let initrd = spec.initrd.as_deref().map(boot_file).transpose()?;
-        if let Some(a) = &spec.append {
+        let placement = self.store.place(&spec.placement, None)?;
+        if let Some(u) = &spec.admin_username {
+            validate_admin(u)?;
+        }
+        // The image's boot definition, unless the command gives its own kernel.
+        let boot = match (&spec.image, &spec.kernel) {
+            (Some(img), None) => self
+                .store
+                .find_source(img, &[ObjectKind::Image])?
+                .meta()
+                .boot
+                .clone(),
+            _ => None,
+        };
+        let (kernel_arg, initrd_arg, append_arg) = match &boot {
+            Some(b) => (Some(&b.kernel), b.initrd.as_ref(), b.append.as_ref()),
+            None => (
+                spec.kernel.as_ref(),
+                spec.initrd.as_ref(),
+                spec.append.as_ref(),
+            ),
+        };
+        let kernel = kernel_arg.map(|k| boot_file(k)).transpose()?;
+        let initrd = initrd_arg.map(|k| boot_file(k)).transpose()?;
+        let append = append_arg.cloned();
+        if let Some(a) = &append {
             if a.len() > 4096 || a.chars().any(|c| c.is_control()) {
                 return Err(invalid(
                     "--append takes one line of at most 4096 characters".into(),
@@ -90,8 +142,22 @@ impl VmManager {
                 return Err(StoreError::DiskExists(n.clone()));
             }
         }
+        for set in spec
+            .os_disk_encryption_set
+            .iter()
+            .filter(|_| spec.image.is_some())
+            .chain(sets.iter())
+        {
+            let rec = self.store.keyring().des(set)?;
+            self.store
+                .check_set_location((ResType::Vm, &spec.name), &placement, &rec)?;
+        }
         if let Some(d) = &spec.attach_os_disk {
-            self.store.get_usable(d)?;
+            let disk = self.store.get_usable(d)?;
+            same_location(
+                (ResType::Vm, &spec.name, placement.location()),
+                (ResType::Disk, d, disk.placement().location()),
+            )?;
             if let Some(o) = self.store.disk_owner(d) {
                 return Err(StoreError::VmConflict(format!(
                     "Cannot attach the disk {d} because it is already attached to VM {}. A disk can be attached to only one VM at a time.",
@@ -108,6 +174,7 @@ impl VmManager {
                         sku,
                         disk_encryption_set: spec.os_disk_encryption_set.clone(),
                         encryption_type: None,
+                        placement: placement.clone(),
                     };
                     self.store.find_source(img, &[ObjectKind::Image])?;
                     self.store
@@ -134,6 +201,7 @@ impl VmManager {
                     sku,
                     cipher: None,
                     disk_encryption_set: sets.get(lun).cloned(),
+                    placement: placement.clone(),
                 };
                 self.store.create_disk(name, &opts)?;
                 made.push(name.clone());
@@ -151,7 +219,7 @@ impl VmManager {
                 memory_mb,
                 kernel: kernel.clone(),
                 initrd: initrd.clone(),
-                append: spec.append.clone(),
+                append,
                 os_disk,
                 data_disks,
                 power_state: PowerState::Deallocated,
@@ -159,6 +227,9 @@ impl VmManager {
                 pid: None,
                 external: None,
                 time_created: crate::store::now_rfc3339(),
+                placement: placement.clone(),
+                admin_username: spec.admin_username.clone(),
+                scale_set: spec.scale_set.clone(),
             };
             self.store.vm_create(&rec)?;
             Ok(rec)

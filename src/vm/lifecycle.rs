@@ -286,6 +286,9 @@ impl VmManager {
                 qmp: qmp_path.display().to_string(),
             }),
             time_created: crate::store::now_rfc3339(),
+            placement: Default::default(),
+            admin_username: None,
+            scale_set: None,
         };
         self.store.vm_create(&rec)?;
         let run = Running::new(Some(pid), qmp_path.to_path_buf(), None);

@@ -52,6 +52,18 @@ pub struct CreateSpec {
     pub initrd: Option<String>,
     pub append: Option<String>,
     pub no_start: bool,
+    /// `-g`, `-l`: the VM's, and its new disks'.
+    #[serde(skip_serializing_if = "crate::store::arm::Placement::is_empty")]
+    pub placement: crate::store::arm::Placement,
+    /// `--admin-username` (recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_username: Option<String>,
+    /// `--generate-ssh-keys`: accepted; a guest from a diskvault image has no sshd.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub generate_ssh_keys: bool,
+    /// Set by `vmss`: the scale set and instance id this VM is (never from a request).
+    #[serde(skip)]
+    pub scale_set: Option<(String, u32)>,
 }
 
 /// Runtime facts for `vm show`.

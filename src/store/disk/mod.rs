@@ -302,6 +302,11 @@ impl Disk {
         self.revoked.read().is_some()
     }
 
+    /// The object's resource group and location.
+    pub fn placement(&self) -> crate::store::arm::Placement {
+        self.meta.lock().placement.clone()
+    }
+
     pub fn meta(&self) -> DiskMeta {
         let mut m = self.meta.lock().clone();
         m.size_bytes = self.size();

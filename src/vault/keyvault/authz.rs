@@ -133,12 +133,12 @@ impl KeyVault {
         } else {
             &[permission]
         };
-        let granted = |p: &&str| {
-            e.rec
-                .grants
-                .iter()
-                .any(|g| g.object_id == caller.object_id && g.permissions.iter().any(|x| x == p))
-        };
+        let granted =
+            |p: &&str| {
+                e.rec.grants.iter().any(|g| {
+                    g.object_id == caller.object_id && g.permissions.iter().any(|x| x == p)
+                }) || super::access::vault_grants(&st.props, &caller.object_id, &e.rec.name, p)
+            };
         if caller.is_service && !needed.iter().all(granted) {
             return Err(VaultError::Forbidden {
                 key: e.rec.name.clone(),

@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+mod access;
+pub use access::ROLES;
 mod authz;
 mod deletion;
 mod keys;
@@ -50,7 +52,8 @@ pub use policy::{
 };
 pub use records::{
     parse_key_ops, parse_permissions, validate_principal_id, Attributes, Deletion, Grant,
-    KeyOptions, KeyRecord, KeyUpdate, Protection, VaultProps, VersionRecord, KEY_OPS, PERMISSIONS,
+    KeyOptions, KeyRecord, KeyUpdate, Protection, RoleAssignment, VaultProps, VersionRecord,
+    KEY_OPS, PERMISSIONS,
 };
 
 pub const VAULT_FILE: &str = "vault.json";
@@ -177,6 +180,10 @@ impl KeyVault {
             soft_delete_retention_in_days: DEFAULT_RETENTION_DAYS,
             enable_purge_protection: false,
             hsm: None,
+            resource_group: None,
+            location: None,
+            access_policies: vec![],
+            role_assignments: vec![],
         };
         // vault.json goes last: its presence means the vault is complete.
         write_json(&dir.join(VAULT_FILE), &props)?;

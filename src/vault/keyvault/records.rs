@@ -27,6 +27,32 @@ pub struct VaultProps {
     /// The PKCS#11 token that holds `--protection hsm` keys, if one is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hsm: Option<crate::vault::custody::hsm::HsmConfig>,
+    /// The vault's resource group and location (`keyvault create -g -l`); absent in
+    /// vaults from before them (`diskvault`, `local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Vault-wide access policies (`keyvault set-policy`): they apply to every key,
+    /// beside each key's own grants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_policies: Vec<Grant>,
+    /// RBAC role assignments on the vault or its keys (`role assignment create`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub role_assignments: Vec<RoleAssignment>,
+}
+
+/// An Azure RBAC role assignment; only Key Vault's crypto roles give key permissions.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoleAssignment {
+    /// A GUID, as Azure names assignments.
+    pub name: String,
+    pub principal_id: String,
+    pub role_definition_name: String,
+    /// The vault's id, or a key's (`VAULTID/keys/NAME`).
+    pub scope: String,
+    pub created: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -55,7 +55,9 @@ pub(crate) fn key_json(
         },
         "keySize": ver.key_size,
         "imported": ver.imported,
-        "attributes": attrs(&ver.attributes),
+        // What az users read: the version as it can be used, so a disabled key (or
+        // one whose dates are narrower) shows here too; `keyAttributes` is the key's own.
+        "attributes": attrs(&effective(&rec.attributes, &ver.attributes)),
         "tags": {},
     });
     if version.is_none() {
@@ -75,6 +77,21 @@ pub(crate) fn key_json(
         v["grants"] = grants_json(&rec.grants);
     }
     v
+}
+
+/// A version's attributes as they apply: disabled if the key or the version is, and
+/// valid only where both are.
+fn effective(key: &Attributes, ver: &Attributes) -> Attributes {
+    Attributes {
+        enabled: key.enabled && ver.enabled,
+        nbf: key.nbf.max(ver.nbf),
+        exp: match (key.exp, ver.exp) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
+        created: ver.created,
+        updated: ver.updated.max(key.updated),
+    }
 }
 
 /// One key of `key list`: its current version.

@@ -1,0 +1,542 @@
+//! The seed's az runbook (tests/fixtures/seed-runbook.md, a copy of the document's
+//! command blocks) runs unchanged with `az` replaced by `diskvault`, on a mounted
+//! store, with a real guest for its VM; each block's Azure effect is checked.
+//! Not yet covered: the scale-set block (`vmss` is not built yet), which is skipped
+//! and named in the output.
+
+mod common;
+use common::guest::{self, Guest, CMDLINE};
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The runbook's ```sh blocks, with `az` replaced by `diskvault`.
+fn blocks() -> Vec<String> {
+    let md = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed-runbook.md"),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in md.lines() {
+        match (&mut cur, line.trim()) {
+            (None, "```sh") => cur = Some(String::new()),
+            (Some(b), "```") => {
+                out.push(b.clone());
+                cur = None;
+            }
+            (Some(b), l) => {
+                let l = l
+                    .strip_prefix("az ")
+                    .map_or(l.to_string(), |r| format!("diskvault {r}"));
+                let l = l.replace("$(az ", "$(diskvault ");
+                b.push_str(&l);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Runs `script` (with everything before it, for the variables) under bash -e.
+fn sh(m: &Mounted, script: &str) -> String {
+    let bin_dir = Path::new(bin()).parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-e", "-o", "pipefail", "-c", script])
+        .env("PATH", path)
+        .env("DISKVAULT_STORE", &m.store)
+        .output()
+        .unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(
+        out.status.success(),
+        "script failed: {se}\n--- script ---\n{script}\n--- stdout ---\n{so}"
+    );
+    so
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn wait_power(m: &Mounted, vm: &str, state: &str) -> Value {
+    let t = Instant::now();
+    loop {
+        let v = json(&run_ok(&["vm", "show", vm, "--store", m.s()]));
+        if v["powerState"] == state {
+            return v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{vm} is not '{state}': {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_seed_runbook_runs_as_written() {
+    let _one = guest::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mnt) = (dir.path().join("store"), dir.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    let mut m = Mounted::adopt(&store, &mnt);
+    m.dir = dir;
+    m.mount_with(&[], &[("DISKVAULT_ACCEL", "tcg")]);
+    let s = m.s().to_string();
+    let b = blocks();
+    assert_eq!(b.len(), 8, "the runbook has 8 blocks");
+    let rg = "yourResourceGroupName";
+    let loc = "westcentralus";
+
+    // What the document presumes exists: the marketplace image (here a kernel-booted
+    // guest that says it is up and idles) and the existing disk of block 3.
+    let g = Guest::get();
+    let initrd = g.initramfs(
+        m.dir.path(),
+        "echo RUNBOOK-GUEST-UP; while :; do sleep 1; done",
+    );
+    run_ok(&[
+        "disk", "create", "base", "--size", "16M", "-g", rg, "-l", loc, "--store", &s,
+    ]);
+    run_ok(&[
+        "image",
+        "create",
+        "UbuntuLTS",
+        "--source",
+        "base",
+        "-g",
+        rg,
+        "-l",
+        loc,
+        "--kernel",
+        g.kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--append",
+        CMDLINE,
+        "--store",
+        &s,
+    ]);
+    run_ok(&[
+        "disk",
+        "create",
+        "-n",
+        "yourDiskName",
+        "-g",
+        rg,
+        "-l",
+        loc,
+        "--size-gb",
+        "30",
+        "--store",
+        &s,
+    ]);
+
+    // Block 1: the vault, its key, the set, the vault-wide policy, the role.
+    let mut script = b[0].clone();
+    sh(&m, &script);
+    let vault = json(&run_ok(&["keyvault", "show", "--store", &s]));
+    assert_eq!(vault["name"], "yourkeyvaultname");
+    assert_eq!(vault["location"], loc);
+    assert_eq!(vault["resourceGroup"], rg);
+    assert_eq!(vault["properties"]["enablePurgeProtection"], true);
+    let acct = json(&run_ok(&["account", "show", "--store", &s]));
+    assert_eq!(acct["name"], "yourSubscriptionID");
+    assert!(vault["id"].as_str().unwrap().starts_with(&format!(
+        "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/",
+        acct["id"].as_str().unwrap()
+    )));
+    let des = json(&run_ok(&[
+        "disk-encryption-set",
+        "show",
+        "-n",
+        "yourDiskEncryptionSetName",
+        "--store",
+        &s,
+    ]));
+    assert_eq!(des["location"], loc);
+    let principal = des["identity"]["principalId"].as_str().unwrap().to_string();
+    let policies = &vault["properties"]["accessPolicies"];
+    assert_eq!(policies[0]["objectId"], principal.as_str(), "{vault}");
+    let roles = json(&run_ok(&[
+        "role",
+        "assignment",
+        "list",
+        "--assignee",
+        &principal,
+        "--store",
+        &s,
+    ]));
+    assert_eq!(roles[0]["roleDefinitionName"], "Reader", "{roles}");
+
+    // Block 2: a VM from the image, OS and two 128 GiB data disks under the set.
+    script += &b[1];
+    sh(&m, &script);
+    let vm = wait_power(&m, "yourVMName", "VM running");
+    guest::wait_for_line(
+        &store.join("vms/yourVMName.serial.log"),
+        "RUNBOOK-GUEST-UP",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let sp = &vm["storageProfile"];
+    assert_eq!(sp["osDisk"]["createOption"], "FromImage");
+    assert_eq!(vm["hardwareProfile"]["vmSize"], "Standard_DS3_v2");
+    for d in std::iter::once(&sp["osDisk"]).chain(sp["dataDisks"].as_array().unwrap()) {
+        assert_eq!(d["encryption"], "EncryptionAtRestWithCustomerKey", "{d}");
+        assert_eq!(
+            d["managedDisk"]["diskEncryptionSet"]["id"], des["id"],
+            "{d}"
+        );
+    }
+    assert_eq!(sp["dataDisks"].as_array().unwrap().len(), 2);
+    assert_eq!(sp["dataDisks"][1]["diskSizeGB"], 128);
+
+    // Block 3: the existing disk moves to the customer key.
+    script += &b[2];
+    sh(&m, &script);
+    let d = json(&run_ok(&[
+        "disk",
+        "show",
+        "-n",
+        "yourDiskName",
+        "--store",
+        &s,
+    ]));
+    assert_eq!(d["encryption"]["type"], "EncryptionAtRestWithCustomerKey");
+
+    // Block 4: the scale set. Not built yet: skipped, and said so.
+    eprintln!("skipped: the vmss block (VM scale sets are not built yet)");
+
+    // Block 5: `disk create` of the existing disk is az's PUT (an update), then the
+    // disk is hot-plugged into the running VM at LUN 2 by its id.
+    let b5 = b[4].replace("diskvault disk create", "diskvault disk create");
+    script += &b5;
+    sh(&m, &script);
+    let vm = json(&run_ok(&["vm", "show", "yourVMName", "--store", &s]));
+    let lun2 = vm["storageProfile"]["dataDisks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["lun"] == 2)
+        .cloned()
+        .unwrap_or_else(|| panic!("no LUN 2: {vm}"));
+    assert_eq!(lun2["name"], "yourDiskName");
+
+    // Block 6: a set in another group moves to the key's new version (the key was
+    // rotated, as the document assumes); every disk of it is re-wrapped.
+    sh(&m, &format!("{script}\ndiskvault disk-encryption-set create -n keyrotationdes -g keyrotationtesting -l {loc} --source-vault $keyVaultId --key-url $keyVaultKeyUrl -o none\ndiskvault disk create -n rotdisk -g keyrotationtesting -l {loc} --size-gb 1 --disk-encryption-set keyrotationdes -o none\ndiskvault keyvault key rotate --vault-name $keyVaultName -n $keyName -o none"));
+    script += &b[5];
+    sh(&m, &script);
+    let rot = json(&run_ok(&[
+        "disk-encryption-set",
+        "show",
+        "-n",
+        "keyrotationdes",
+        "--store",
+        &s,
+    ]));
+    let key = json(&run_ok(&[
+        "keyvault",
+        "key",
+        "show",
+        "--vault-name",
+        "yourKeyVaultName",
+        "-n",
+        "yourKeyName",
+        "--store",
+        &s,
+    ]));
+    assert_eq!(rot["activeKey"]["keyUrl"], key["key"]["kid"], "{rot}");
+    assert_eq!(rot["resourceGroup"], "keyrotationtesting");
+    let rd = json(&run_ok(&["disk", "show", "-n", "rotdisk", "--store", &s]));
+    assert_eq!(rd["keyId"], key["key"]["kid"], "{rd}");
+
+    // Block 7: the encryption type, as tsv.
+    let out = sh(&m, &format!("{script}\n{}", b[6]));
+    assert_eq!(
+        out.lines().last(),
+        Some("EncryptionAtRestWithCustomerKey"),
+        "{out}"
+    );
+
+    // Block 8: disabling the key stops the Premium VM; enabling it lets it start.
+    let lines: Vec<&str> = b[7]
+        .lines()
+        .filter(|l| l.starts_with("diskvault"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    sh(&m, &format!("{script}\n{}", lines[0]));
+    wait_power(&m, "yourVMName", "VM stopped");
+    let k = json(&run_ok(&[
+        "keyvault",
+        "key",
+        "show",
+        "--vault-name",
+        "yourKeyVaultName",
+        "-n",
+        "yourKeyName",
+        "--store",
+        &s,
+    ]));
+    assert_eq!(k["attributes"]["enabled"], false, "{k}");
+    let e = run_err(&["vm", "start", "-n", "yourVMName", "--store", &s]);
+    assert!(
+        e.contains("yourKeyName") || e.to_lowercase().contains("revoked") || e.contains("disabled"),
+        "{e}"
+    );
+    sh(&m, &format!("{script}\n{}", lines[1]));
+    run_ok(&["vm", "start", "-n", "yourVMName", "--store", &s]);
+    wait_power(&m, "yourVMName", "VM running");
+    run_ok(&["vm", "delete", "-n", "yourVMName", "--yes", "--store", &s]);
+    m.umount();
+}
+
+#[test]
+fn az_global_arguments_and_ids() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    // --query and every output format, on one show.
+    run_ok(&[
+        "disk", "create", "d1", "--size", "1M", "-g", "rg1", "-l", "West US", "--store", &s,
+    ]);
+    let id = run_ok(&[
+        "disk", "show", "-n", "d1", "--query", "[id]", "-o", "tsv", "--store", &s,
+    ]);
+    let sub = json(&run_ok(&["account", "show", "--store", &s]))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        id.trim(),
+        format!("/subscriptions/{sub}/resourceGroups/rg1/providers/Microsoft.Compute/disks/d1")
+    );
+    let loc = run_ok(&[
+        "disk", "show", "-n", "d1", "--query", "location", "-o", "tsv", "--store", &s,
+    ]);
+    assert_eq!(loc.trim(), "westus");
+    // An id works wherever a name does; a wrong group or subscription in it does not.
+    let shown = json(&run_ok(&["disk", "show", "-n", id.trim(), "--store", &s]));
+    assert_eq!(shown["name"], "d1");
+    let bad = id.trim().replace("/rg1/", "/rg2/");
+    let e = run_err(&[
+        "snapshot", "create", "-n", "s1", "--source", &bad, "--store", &s,
+    ]);
+    assert!(e.contains("ResourceNotFound") && e.contains("rg1"), "{e}");
+    let e = run_err(&["disk", "list", "--subscription", "nope", "--store", &s]);
+    assert!(e.contains("SubscriptionNotFound"), "{e}");
+    run_ok(&["disk", "list", "--subscription", &sub, "--store", &s]);
+    // -o none prints nothing; yaml is read back as the same value by Python.
+    assert_eq!(
+        run_ok(&["disk", "show", "-n", "d1", "-o", "none", "--store", &s]),
+        ""
+    );
+    let y = run_ok(&["disk", "show", "-n", "d1", "-o", "yaml", "--store", &s]);
+    let j = run_ok(&["disk", "show", "-n", "d1", "-o", "json", "--store", &s]);
+    let py = "import sys,json,yaml; a=yaml.safe_load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); [a.pop(k,None) or b.pop(k,None) for k in ('usedBytes',)]; sys.exit(0 if a==b else 1)";
+    let (yf, jf) = (m.dir.path().join("d.yaml"), m.dir.path().join("d.json"));
+    std::fs::write(&yf, y).unwrap();
+    std::fs::write(&jf, j).unwrap();
+    let ok = Command::new("python3")
+        .args(["-c", py])
+        .arg(&yf)
+        .arg(&jf)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "yaml differs from json");
+    // A table of one object lists nested fields by path (encryption was left out).
+    let t = run_ok(&["disk", "show", "-n", "d1", "-o", "table", "--store", &s]);
+    assert!(t.contains("encryption.type"), "{t}");
+    // A bad query is one line.
+    let e = run_err(&["disk", "show", "-n", "d1", "--query", "[id", "--store", &s]);
+    assert!(
+        e.contains("invalid --query") && e.lines().count() == 1,
+        "{e}"
+    );
+    // configure --defaults fills -g and -l.
+    run_ok(&[
+        "configure",
+        "--defaults",
+        "group=g2",
+        "location=eastus",
+        "--store",
+        &s,
+    ]);
+    run_ok(&["disk", "create", "d2", "--size", "1M", "--store", &s]);
+    let d2 = json(&run_ok(&["disk", "show", "-n", "d2", "--store", &s]));
+    assert_eq!(
+        (d2["resourceGroup"].as_str(), d2["location"].as_str()),
+        (Some("g2"), Some("eastus"))
+    );
+    let groups = run_ok(&[
+        "group", "list", "--query", "[].name", "-o", "tsv", "--store", &s,
+    ]);
+    for g in ["diskvault", "rg1", "g2"] {
+        assert!(groups.lines().any(|l| l == g), "{groups}");
+    }
+    // A bad group or location is refused and makes nothing.
+    let e = run_err(&[
+        "disk",
+        "create",
+        "d3",
+        "--size",
+        "1M",
+        "-g",
+        "bad/group",
+        "--store",
+        &s,
+    ]);
+    assert!(e.contains("invalid resource group"), "{e}");
+    assert!(run_err(&["disk", "show", "-n", "d3", "--store", &s]).contains("d3"));
+}
+
+#[test]
+fn vault_wide_policies_and_roles_grant_and_revoke() {
+    let m = Mounted::new();
+    let s = m.s().to_string();
+    run_ok(&[
+        "keyvault",
+        "update",
+        "--enable-purge-protection",
+        "true",
+        "--store",
+        &s,
+    ]);
+    run_ok(&["keyvault", "key", "create", "-n", "k1", "--store", &s]);
+    let kid = run_ok(&[
+        "keyvault", "key", "show", "-n", "k1", "--query", "key.kid", "-o", "tsv", "--store", &s,
+    ]);
+    run_ok(&[
+        "disk-encryption-set",
+        "create",
+        "-n",
+        "set1",
+        "--key-url",
+        kid.trim(),
+        "--store",
+        &s,
+    ]);
+    let p = run_ok(&[
+        "disk-encryption-set",
+        "show",
+        "-n",
+        "set1",
+        "--query",
+        "identity.principalId",
+        "-o",
+        "tsv",
+        "--store",
+        &s,
+    ]);
+    let p = p.trim();
+    // No grant yet: a disk under the set can't be made.
+    assert!(run_err(&[
+        "disk",
+        "create",
+        "d1",
+        "--size",
+        "1M",
+        "--disk-encryption-set",
+        "set1",
+        "--store",
+        &s
+    ])
+    .contains("k1"));
+    // A vault-wide policy is enough, for every key.
+    run_ok(&[
+        "keyvault",
+        "set-policy",
+        "--object-id",
+        p,
+        "--key-permissions",
+        "wrapkey",
+        "unwrapkey",
+        "get",
+        "--store",
+        &s,
+    ]);
+    run_ok(&[
+        "disk",
+        "create",
+        "d1",
+        "--size",
+        "1M",
+        "--disk-encryption-set",
+        "set1",
+        "--store",
+        &s,
+    ]);
+    // Deleting it revokes: the disk stops serving data.
+    run_ok(&["keyvault", "delete-policy", "--object-id", p, "--store", &s]);
+    let st = run_ok(&[
+        "disk", "show", "-n", "d1", "--query", "keyState", "-o", "tsv", "--store", &s,
+    ]);
+    assert!(st.trim() != "Available", "{st}");
+    assert!(std::fs::read(m.disk("d1")).is_err());
+    // The crypto role on the vault restores it; Reader does not.
+    let vid = run_ok(&[
+        "keyvault", "show", "--query", "id", "-o", "tsv", "--store", &s,
+    ]);
+    run_ok(&[
+        "role",
+        "assignment",
+        "create",
+        "--assignee",
+        p,
+        "--role",
+        "Reader",
+        "--scope",
+        vid.trim(),
+        "--store",
+        &s,
+    ]);
+    let st = run_ok(&[
+        "disk", "show", "-n", "d1", "--query", "keyState", "-o", "tsv", "--store", &s,
+    ]);
+    assert!(st.trim() != "Available", "{st}");
+    run_ok(&[
+        "role",
+        "assignment",
+        "create",
+        "--assignee",
+        p,
+        "--role",
+        "Key Vault Crypto Service Encryption User",
+        "--scope",
+        vid.trim(),
+        "--store",
+        &s,
+    ]);
+    let st = run_ok(&[
+        "disk", "show", "-n", "d1", "--query", "keyState", "-o", "tsv", "--store", &s,
+    ]);
+    assert_eq!(st.trim(), "Available");
+    assert!(std::fs::read(m.disk("d1")).is_ok());
+    // One vault per store: another name is refused while keys exist.
+    let e = run_err(&["keyvault", "create", "-n", "othervault", "--store", &s]);
+    assert!(e.contains("one vault"), "{e}");
+    let e = run_err(&[
+        "keyvault",
+        "key",
+        "show",
+        "--vault-name",
+        "othervault",
+        "-n",
+        "k1",
+        "--store",
+        &s,
+    ]);
+    assert!(e.contains("VaultNotFound"), "{e}");
+}
