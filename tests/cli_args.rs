@@ -428,3 +428,25 @@ fn usage_errors_are_one_line() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: diskvault vm"));
 }
+
+/// `--help` of a benchmark script prints its header and starts nothing (it used to
+/// start the benchmark); `timeout` turns a started benchmark into a failure.
+#[test]
+fn bench_scripts_help_starts_nothing() {
+    for s in ["bench-keys", "bench-snapshots", "bench-vm"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts")
+            .join(s);
+        let out = std::process::Command::new("timeout")
+            .arg("10")
+            .arg("bash")
+            .arg(&path)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{s} --help: {:?}", out.status);
+        assert!(text.to_lowercase().contains("benchmark"), "{s}: {text}");
+        assert!(!text.contains("#!/"), "{s}: {text}");
+    }
+}

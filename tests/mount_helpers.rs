@@ -136,12 +136,12 @@ fn mounted_at(mnt: &Path) -> Option<(String, String, String)> {
 /// Checks that a diskvault mount of `store` is up on `mnt` and answers.
 fn assert_diskvault_mount(store: &Path, mnt: &Path) -> (String, String, String) {
     let m = mounted_at(mnt).unwrap_or_else(|| panic!("nothing is mounted on {}", mnt.display()));
-    assert!(
-        m.0 == "fuse.diskvault" || m.0 == "fuse",
-        "mounted as {}, not a FUSE file system",
-        m.0
+    // As an fstab line has it, so that mount -a finds it mounted.
+    assert_eq!(m.0, "fuse.diskvault", "mounted as {}", m.0);
+    assert_eq!(
+        m.1,
+        std::fs::canonicalize(store).unwrap().display().to_string()
     );
-    assert_eq!(m.1, format!("diskvault:{}", store.display()));
     let status: Value =
         serde_json::from_slice(&std::fs::read(mnt.join(".vault/status.json")).unwrap()).unwrap();
     assert_eq!(status["store"], store.to_str().unwrap(), "{status}");
@@ -306,6 +306,50 @@ fn fstab_line_mounts_with_mount_capital_t() {
     assert_diskvault_mount(&d.store, &d.mnt);
     let args = daemon_args(&d.mnt);
     assert!(has_flag(&args, "--revocation-delay", "2000ms"), "{args:?}");
+    m.umount();
+    assert!(mounted_at(&d.mnt).is_none());
+}
+
+/// `mount -a` on a store that is already mounted is a no-op: the kernel shows the
+/// mount as the fstab line has it (type `fuse.diskvault`, the store's path), so
+/// mount(8) finds it; `findmnt -t fuse.diskvault` lists it; umount works after.
+#[test]
+fn mount_a_twice_is_a_no_op() {
+    let d = dirs();
+    init(&d.store, None);
+    let fstab = d.dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "{} {} fuse.diskvault defaults 0 0\n",
+            d.store.display(),
+            d.mnt.display()
+        ),
+    )
+    .unwrap();
+    let _sbin = SbinHelpers::install();
+    let mut m = Mounted::adopt(&d.store, &d.mnt);
+    for _ in 0..2 {
+        let out = mount8(&["-a".as_ref(), "-T".as_ref(), fstab.as_os_str()]);
+        assert!(out.status.success(), "mount -a: {}", text(&out.stderr));
+        assert_diskvault_mount(&d.store, &d.mnt);
+    }
+    let pid = daemon_args(&d.mnt);
+    assert!(!pid.is_empty());
+    // One mount, not two stacked.
+    let out = Command::new("findmnt")
+        .args(["-n", "-t", "fuse.diskvault", "-o", "TARGET"])
+        .output()
+        .unwrap();
+    let listed = text(&out.stdout);
+    assert_eq!(
+        listed
+            .lines()
+            .filter(|l| l.trim() == d.mnt.to_str().unwrap())
+            .count(),
+        1,
+        "{listed}"
+    );
     m.umount();
     assert!(mounted_at(&d.mnt).is_none());
 }

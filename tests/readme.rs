@@ -55,4 +55,12 @@ fn readme_walkthrough_runs_top_to_bottom() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("OK: "), "verify-audit ran: {stdout}");
+    // What the README says happens, happens: the refusal, and identical images
+    // without a size warning.
+    assert!(
+        stdout.contains("another set: refused, as in Azure"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Images are identical"), "{stdout}");
+    assert!(!stdout.contains("mismatch"), "{stdout}");
 }

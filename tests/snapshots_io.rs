@@ -145,7 +145,10 @@ fn snapshots_are_point_in_time_under_a_fio_writer() {
     for i in 0..3 {
         let pre = block_hashes(&read_all(&disk));
         let v = snapshot(&m, &format!("s{i}"), "d");
-        assert_eq!(v["creationData"]["sourceResourceId"], "/diskvault/disks/d");
+        assert_eq!(
+            arm_short(&v["creationData"]["sourceResourceId"]),
+            "/diskvault/disks/d"
+        );
         let post = block_hashes(&read_all(&disk));
         scans.push((pre, post));
     }
@@ -748,7 +751,7 @@ fn a_bigger_disk_from_a_snapshot_reads_its_content_then_zeros() {
     .unwrap();
     assert_eq!(v["diskSizeBytes"], 16 * MIB);
     assert_eq!(
-        v["creationData"]["sourceResourceId"],
+        arm_short(&v["creationData"]["sourceResourceId"]),
         "/diskvault/snapshots/snap"
     );
     let big = m.disk("big");
@@ -869,7 +872,7 @@ fn snapshots_of_a_store_made_by_old_code() {
 
     let c1 = snapshot(&m, "c1-s", "c1");
     assert_eq!(
-        c1["encryption"]["diskEncryptionSetId"],
+        arm_short(&c1["encryption"]["diskEncryptionSetId"]),
         "/diskvault/diskEncryptionSets/s1"
     );
     assert_eq!(c1["keyState"], "Available");

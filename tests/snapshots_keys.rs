@@ -193,9 +193,9 @@ fn key_rules_and_refusals(e: &Env, _via: Via, mounted: bool) {
     cli(s, "snapshot create s1 --source c1");
     let s1 = show(s, "snapshot", "s1");
     assert_eq!(s1["encryption"]["type"], CMK);
-    assert_eq!(s1["encryption"]["diskEncryptionSetId"], set1);
+    assert_eq!(arm_short(&s1["encryption"]["diskEncryptionSetId"]), set1);
     assert_eq!(
-        s1["creationData"]["sourceResourceId"],
+        arm_short(&s1["creationData"]["sourceResourceId"]),
         "/diskvault/disks/c1"
     );
     assert_eq!(s1["keyState"], "Available");
@@ -209,15 +209,15 @@ fn key_rules_and_refusals(e: &Env, _via: Via, mounted: bool) {
     cli(s, "snapshot create sd --source c2");
     let sd = show(s, "snapshot", "sd");
     assert_eq!(sd["encryption"]["type"], DOUBLE);
-    assert_eq!(sd["encryption"]["diskEncryptionSetId"], dbl);
+    assert_eq!(arm_short(&sd["encryption"]["diskEncryptionSetId"]), dbl);
     cli(s, "image create i1 --source s1");
     let i1 = show(s, "image", "i1");
     assert_eq!(i1["encryption"]["type"], CMK);
-    assert_eq!(i1["encryption"]["diskEncryptionSetId"], set1);
+    assert_eq!(arm_short(&i1["encryption"]["diskEncryptionSetId"]), set1);
     assert_eq!(i1["keyState"], "Available");
     cli(s, "image create i2 --source c2 --disk-encryption-set dbl");
     assert_eq!(
-        show(s, "image", "i2")["encryption"]["diskEncryptionSetId"],
+        arm_short(&show(s, "image", "i2")["encryption"]["diskEncryptionSetId"]),
         dbl
     );
     cli(s, "snapshot create ps --source p1");
@@ -312,9 +312,17 @@ fn key_rules_and_refusals(e: &Env, _via: Via, mounted: bool) {
     ] {
         let d = show(s, "disk", disk);
         assert_eq!(d["encryption"]["type"], ty, "{disk}");
-        assert_eq!(d["encryption"]["diskEncryptionSetId"], *set, "{disk}");
+        assert_eq!(
+            arm_short(&d["encryption"]["diskEncryptionSetId"]),
+            *set,
+            "{disk}"
+        );
         assert_eq!(d["keyState"], "Available", "{disk}");
-        assert_eq!(d["creationData"]["sourceResourceId"], src, "{disk}");
+        assert_eq!(
+            arm_short(&d["creationData"]["sourceResourceId"]),
+            src,
+            "{disk}"
+        );
         // The source's delta plus its own writable one.
         assert_eq!(d["deltas"], 2, "{disk}: not sharing its source's data");
         // Its key check is bound to the family's first disk: the same DEKs.
@@ -345,7 +353,7 @@ fn key_rules_and_refusals(e: &Env, _via: Via, mounted: bool) {
     cli(s, "disk create pc --source ps --disk-encryption-set set1");
     let pc = show(s, "disk", "pc");
     assert_eq!(pc["encryption"]["type"], CMK);
-    assert_eq!(pc["encryption"]["diskEncryptionSetId"], set1);
+    assert_eq!(arm_short(&pc["encryption"]["diskEncryptionSetId"]), set1);
     assert_eq!(pc["keyState"], "Available");
     assert_eq!(pc["keyId"], kid1.as_str());
     assert_eq!(pc["usedBytes"]["shared"], 0, "{}", pc["usedBytes"]);
@@ -386,7 +394,7 @@ fn key_rules_and_refusals(e: &Env, _via: Via, mounted: bool) {
     );
     assert_eq!(lists(s), before, "a refused update changed something");
     assert_eq!(
-        show(s, "disk", "c1")["encryption"]["diskEncryptionSetId"],
+        arm_short(&show(s, "disk", "c1")["encryption"]["diskEncryptionSetId"]),
         set1
     );
     assert_eq!(show(s, "disk", "p1")["encryption"]["type"], PLATFORM);
@@ -394,7 +402,7 @@ fn key_rules_and_refusals(e: &Env, _via: Via, mounted: bool) {
     e.create_disk(Via::Cli, "c3", "set1");
     cli(s, "disk update c3 --disk-encryption-set set2");
     assert_eq!(
-        show(s, "disk", "c3")["encryption"]["diskEncryptionSetId"],
+        arm_short(&show(s, "disk", "c3")["encryption"]["diskEncryptionSetId"]),
         set2
     );
     if let Some(m) = m {
@@ -873,7 +881,7 @@ fn rekey_of_a_disk_with_copies_leaves_them_alone() {
     // Nothing shares c1's keys any more: moving it to another set is no longer refused.
     cli(&s, "disk update c1 --disk-encryption-set set2");
     assert_eq!(
-        show(&s, "disk", "c1")["encryption"]["diskEncryptionSetId"],
+        arm_short(&show(&s, "disk", "c1")["encryption"]["diskEncryptionSetId"]),
         set_id("set2")
     );
     assert!(content(&m.mnt, "disks", "c1") == now);

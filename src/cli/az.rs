@@ -49,10 +49,13 @@ pub enum KeyvaultCmd {
     },
     /// Change the vault's purge protection or retention, like `az keyvault update`.
     Update {
+        /// The vault's name; must be this store's.
         #[arg(short = 'n', long)]
         name: Option<String>,
+        /// Turn purge protection on (permanent once on).
         #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
         enable_purge_protection: Option<bool>,
+        /// Soft-delete retention, 7 to 90 days.
         #[arg(long)]
         retention_days: Option<u32>,
         #[command(flatten)]
@@ -73,6 +76,7 @@ pub enum KeyvaultCmd {
     /// Give an identity permissions on every key of the vault (a vault-wide access
     /// policy, beside each key's own grants): `--key-permissions wrapkey unwrapkey get`.
     SetPolicy {
+        /// The vault's name; must be this store's.
         #[arg(short = 'n', long)]
         name: Option<String>,
         /// The identity: a disk encryption set's `identity.principalId`.
@@ -86,8 +90,10 @@ pub enum KeyvaultCmd {
     },
     /// Remove an identity's vault-wide access policy (a revocation for what it gave).
     DeletePolicy {
+        /// The vault's name; must be this store's.
         #[arg(short = 'n', long)]
         name: Option<String>,
+        /// The identity: a disk encryption set's identity.principalId.
         #[arg(long)]
         object_id: String,
         #[command(flatten)]
@@ -113,6 +119,7 @@ pub enum AssignmentCmd {
         /// The identity's principal id.
         #[arg(long)]
         assignee: String,
+        /// The role, e.g. "Key Vault Crypto Service Encryption User" or Reader.
         #[arg(long)]
         role: String,
         /// The vault's id (or a key's, VAULTID/keys/NAME).
@@ -123,6 +130,7 @@ pub enum AssignmentCmd {
     },
     /// List role assignments.
     List {
+        /// The identity's principal id.
         #[arg(long)]
         assignee: Option<String>,
         #[command(flatten)]
@@ -132,10 +140,13 @@ pub enum AssignmentCmd {
     },
     /// Delete the assignments that match every filter given.
     Delete {
+        /// The identity's principal id.
         #[arg(long)]
         assignee: Option<String>,
+        /// The role, e.g. "Key Vault Crypto Service Encryption User" or Reader.
         #[arg(long)]
         role: Option<String>,
+        /// The vault's id (or a key's, VAULTID/keys/NAME).
         #[arg(long)]
         scope: Option<String>,
         #[command(flatten)]
@@ -164,6 +175,7 @@ pub enum AccountCmd {
 pub enum GroupCmd {
     /// Create a resource group (`-n NAME -l LOCATION`); creating one again is a no-op.
     Create {
+        /// The vault's name; must be this store's.
         #[arg(short = 'n', long)]
         name: String,
         #[command(flatten)]
@@ -171,6 +183,7 @@ pub enum GroupCmd {
     },
     /// Show a resource group.
     Show {
+        /// The vault's name; must be this store's.
         #[arg(short = 'n', long)]
         name: String,
         #[command(flatten)]

@@ -393,12 +393,13 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
             readahead_kb: args.readahead_kb,
             vms: Some(vms.clone()),
         };
-        let mut session = fs::mount(store.clone(), info.clone(), &mp, &opts).map_err(|e| {
-            CliError(format!(
+        let (mut session, own) =
+            fs::mount(store.clone(), info.clone(), &mp, &opts).map_err(|e| {
+                CliError(format!(
                 "cannot mount on {}: {e} (is /dev/fuse available and are you allowed to mount?)",
                 mp.display()
             ))
-        })?;
+            })?;
         store.save_daemon_info(&info).map_err(|e| {
             CliError(format!(
                 "cannot write {}: {e}; free space in {} and mount again",
@@ -407,6 +408,8 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
             ))
         })?;
         let mut unmounter = session.unmount_callable();
+        let own = own.map(std::sync::Arc::new);
+        let own_signal = own.clone();
         let signal_vms = vms.clone();
         std::thread::spawn(move || {
             let mut sig = 0;
@@ -415,15 +418,22 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
             log::info!("signal {sig}: stopping VMs and unmounting");
             // VMs hold disk files open, which would keep the mount busy.
             signal_vms.shutdown(&format!("the diskvault daemon received signal {sig}"));
-            let _ = unmounter.unmount();
+            match &own_signal {
+                Some(m) => {
+                    let _ = m.unmount();
+                }
+                None => {
+                    let _ = unmounter.unmount();
+                }
+            }
         });
         store.spawn_reconciler()?;
         store.spawn_merger()?;
         store.resume_rekeys();
         log::info!("serving {} on {}", store_path.display(), mp.display());
-        Ok::<_, CliError>((session, store, vms))
+        Ok::<_, CliError>((session, store, vms, own))
     })();
-    let (session, store, vms) = match result {
+    let (session, store, vms, own) = match result {
         Ok(v) => v,
         Err(CliError(msg)) => {
             if !log_existed && std::fs::metadata(&log_path).is_ok_and(|m| m.len() == 0) {
@@ -440,6 +450,10 @@ fn serve(args: &MountArgs, store_path: &Path) -> Result<(), CliError> {
     }
     sd_notify("READY=1");
     let r = session.run();
+    if let Some(m) = &own {
+        // Ended by an error rather than an unmount: leave no dead mount behind.
+        let _ = m.unmount();
+    }
     vms.shutdown("the store was unmounted");
     drop(vms);
     drop(store);

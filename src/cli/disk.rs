@@ -25,8 +25,9 @@ pub enum DiskCmd {
     Create {
         #[command(flatten)]
         name: DiskName,
-        /// Size, e.g. 30G, 512M, 1T or bytes (binary units). With --source: the
-        /// source's size unless given (it can only grow).
+        /// Size: a bare number is GiB, as in az (30 is 30 GiB); or 512M, 1T, 4096B
+        /// (binary units), a multiple of 512 bytes. With --source: the source's size
+        /// unless given (it can only grow).
         #[arg(long, required_unless_present_any = ["size_gb", "source"], conflicts_with = "size_gb")]
         size: Option<String>,
         /// Size in GiB, as in az (instead of --size).
@@ -424,6 +425,10 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
             crate::store::validate_name(name)?;
             let size = match (size, size_gb) {
                 (Some(s), _) => parse_size(&s)?,
+                (None, Some(0)) => return Err(CliError(
+                    "--size-gb is a whole number of GiB, at least 1 (or --size 512M, --size 4096B)"
+                        .into(),
+                )),
                 (None, Some(g)) => parse_size(&format!("{g}G"))?,
                 (None, None) if source.is_some() => 0,
                 (None, None) => unreachable!("clap requires --size or --size-gb"),

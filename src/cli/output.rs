@@ -292,20 +292,20 @@ fn yaml_scalar(v: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::String(s) => {
-            let plain = !s.is_empty()
-                && !s.starts_with([
-                    ' ', '-', '?', ':', ',', '[', ']', '{', '}', '#', '&', '*', '!', '|', '>',
-                    '\'', '"', '%', '@', '`',
-                ])
+            // Plain only when no YAML reader could take it for anything but a
+            // string: no leading digit or sign (numbers, dates, sexagesimals), no
+            // indicators, no special words.
+            let plain = s
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '/' || c == '_')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || " _./-+=@,()".contains(c))
                 && !s.ends_with(' ')
-                && !s.contains(": ")
-                && !s.contains(" #")
-                && !s.chars().any(|c| c.is_control())
                 && !matches!(
                     s.to_ascii_lowercase().as_str(),
-                    "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "~"
-                )
-                && s.parse::<f64>().is_err();
+                    "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "y" | "n"
+                );
             if plain {
                 s.clone()
             } else {

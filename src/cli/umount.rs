@@ -18,8 +18,9 @@ fn mount_entry(path: &Path) -> Option<(String, String)> {
         .map(|m| (m.fstype, m.source))
 }
 
-/// True for a diskvault FUSE mount: type `fuse.diskvault`, or plain `fuse` with the
-/// source `diskvault:STORE` that the daemon gives it.
+/// True for a diskvault FUSE mount: the type `fuse.diskvault` (mount(2) here as root,
+/// fusermount3 otherwise). An older daemon's plain `fuse` mount with the source
+/// `diskvault:STORE` counts too, so it can still be unmounted.
 fn is_diskvault_mount(fstype: &str, source: &str) -> bool {
     fstype == "fuse.diskvault"
         || (matches!(fstype, "fuse" | "fuseblk") && source.starts_with("diskvault:"))

@@ -70,7 +70,7 @@ impl DiskRequest {
                     m.insert("encryptionType".into(), json!(t));
                 }
                 m.insert("name".into(), json!(name));
-                m.insert("size".into(), json!(options.size));
+                m.insert("diskSizeBytes".into(), json!(options.size));
                 m.insert("sku".into(), json!(options.sku.to_string()));
                 if let Some(c) = options.cipher {
                     m.insert("cipher".into(), json!(c.name()));
@@ -104,7 +104,8 @@ impl DiskRequest {
 
 const DISK_CREATE_FIELDS: &[args::Field] = &[
     f(&["name"], true, true, Ty::Str),
-    f(&["size", "diskSizeBytes"], true, false, Ty::NumOrStr),
+    f(&["size"], true, false, Ty::NumOrStr),
+    f(&["diskSizeBytes"], false, false, Ty::NumOrStr),
     f(&["source", "sourceResourceId"], false, false, Ty::Str),
     f(
         &["type", "encryptionType", "encryption-type"],
@@ -225,14 +226,31 @@ pub fn parse_disk_create(
     let source = a.str("source").map(String::from);
     let name = a.str("name").unwrap_or_default().to_string();
     check_reserved(&name)?;
-    let size = match (a.get("size"), a.get("diskSizeGB")) {
-        (Some(Val::Num(n)), None) => *n,
-        (Some(Val::Str(s)), None) => parse_size(s)?,
-        (None, Some(Val::Num(g))) => parse_size(&format!("{g}G"))?,
-        (None, Some(Val::Str(g))) => parse_size(&format!("{g}G"))?,
-        (None, None) if source.is_some() => 0,
-        (None, None) => return Err(invalid("a size is required, e.g. `data1 30G`")),
-        _ => return Err(invalid("give the size once (size or diskSizeGB)")),
+    // As in az, a bare number is GiB; bytes need a B, or diskSizeBytes.
+    let gb = |g: String| -> Result<u64> {
+        if g.trim() == "0" {
+            return Err(invalid("diskSizeGB is a whole number of GiB, at least 1"));
+        }
+        parse_size(&format!("{g}G"))
+    };
+    let size = match (a.get("size"), a.get("diskSizeGB"), a.get("diskSizeBytes")) {
+        (Some(Val::Num(n)), None, None) => parse_size(&n.to_string())?,
+        (Some(Val::Str(s)), None, None) => parse_size(s)?,
+        (None, Some(Val::Num(g)), None) => gb(g.to_string())?,
+        (None, Some(Val::Str(g)), None) => gb(g.clone())?,
+        (None, None, Some(Val::Num(b))) => parse_size(&format!("{b}B"))?,
+        (None, None, Some(Val::Str(b))) => parse_size(&format!("{b}B"))?,
+        (None, None, None) if source.is_some() => 0,
+        (None, None, None) => {
+            return Err(invalid(
+                "a size is required, e.g. `data1 30` (GiB) or `data1 512M`",
+            ))
+        }
+        _ => {
+            return Err(invalid(
+                "give the size once (size, diskSizeGB or diskSizeBytes)",
+            ))
+        }
     };
     let opts = CreateOptions {
         size,

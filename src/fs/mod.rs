@@ -178,13 +178,87 @@ fn set_readahead(mountpoint: &std::path::Path, kb: u32) -> std::io::Result<()> {
     )
 }
 
-/// Mounts the store; returns once the kernel has completed the FUSE handshake.
+/// A mount made here with mount(2) (as root), so that the kernel shows the type
+/// `fuse.diskvault` and the store's path as the source, as an fstab line has them
+/// (fuser's own mount says plain `fuse`, and mount -a can't match it). It is
+/// unmounted here too.
+pub struct OwnMount(std::path::PathBuf);
+
+impl OwnMount {
+    /// Detaches the mount; the session then ends.
+    pub fn unmount(&self) -> std::io::Result<()> {
+        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // Safe because: `c` is a valid NUL-terminated path for the call's duration.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// mount(2) of a fresh /dev/fuse connection as `fuse.diskvault`; `None` where this
+/// process may not mount (not root), for fuser's fusermount3 path instead.
+fn mount_direct(
+    source: &std::path::Path,
+    mountpoint: &std::path::Path,
+    allow_other: bool,
+) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    // Safe because: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let dev: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?
+        .into();
+    let cstr = |p: &[u8]| {
+        std::ffi::CString::new(p).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let src = cstr(source.as_os_str().as_encoded_bytes())?;
+    let target = cstr(mountpoint.as_os_str().as_encoded_bytes())?;
+    // Safe because: getuid and getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions",
+        dev.as_raw_fd()
+    );
+    if allow_other {
+        data.push_str(",allow_other");
+    }
+    let data = cstr(data.as_bytes())?;
+    let fstype = cstr(b"fuse.diskvault")?;
+    // Safe because: every pointer is a valid NUL-terminated string that outlives the
+    // call, and the data string is the FUSE mount options the kernel parses.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EPERM) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(dev))
+}
+
+/// Mounts the store; returns once the kernel has completed the FUSE handshake, with
+/// the mount to undo when it was made here (`OwnMount`), not by fuser.
 pub fn mount(
     store: Arc<Store>,
     daemon: DaemonInfo,
     mountpoint: &std::path::Path,
     opts: &MountOptions,
-) -> std::io::Result<fuser::Session<DiskVaultFs>> {
+) -> std::io::Result<(fuser::Session<DiskVaultFs>, Option<OwnMount>)> {
     use fuser::{Config, MountOption, SessionACL};
     let vms = opts.vms.clone().unwrap_or_else(|| {
         crate::vm::VmManager::new(store.clone(), Some(mountpoint.to_path_buf()))
@@ -192,9 +266,10 @@ pub fn mount(
     vms.install_revocation_hook();
     let fs = DiskVaultFs::new(store.clone(), daemon, vms);
     let slot = fs.notifier_slot();
+    let source = std::fs::canonicalize(store.root()).unwrap_or_else(|_| store.root().to_path_buf());
     let mut config = Config::default();
     config.mount_options = vec![
-        MountOption::FSName(format!("diskvault:{}", store.root().display())),
+        MountOption::FSName(source.display().to_string()),
         MountOption::Subtype("diskvault".into()),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
@@ -208,7 +283,24 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let session = fuser::Session::new(fs, mountpoint, &config)?;
+    let acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let (session, own) = match mount_direct(&source, mountpoint, opts.allow_other)? {
+        Some(fd) => {
+            let own = OwnMount(mountpoint.to_path_buf());
+            match fuser::Session::from_fd(fs, fd, acl, config) {
+                Ok(s) => (s, Some(own)),
+                Err(e) => {
+                    let _ = own.unmount();
+                    return Err(e);
+                }
+            }
+        }
+        None => (fuser::Session::new(fs, mountpoint, &config)?, None),
+    };
     let _ = slot.set(session.notifier());
     if opts.readahead_kb > 0 {
         if let Err(e) = set_readahead(mountpoint, opts.readahead_kb) {
@@ -231,5 +323,5 @@ pub fn mount(
             }
         }
     }));
-    Ok(session)
+    Ok((session, own))
 }

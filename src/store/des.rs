@@ -91,14 +91,18 @@ impl FromStr for ProvisioningState {
     }
 }
 
-/// A DES name from a name or a resource id.
+/// A DES name from a name or a resource id (diskvault's or Azure's).
 pub fn des_name(name_or_id: &str) -> &str {
     let t = name_or_id.trim();
     if t.len() > DES_ID_PREFIX.len() && t[..DES_ID_PREFIX.len()].eq_ignore_ascii_case(DES_ID_PREFIX)
     {
-        &t[DES_ID_PREFIX.len()..]
-    } else {
-        t
+        return &t[DES_ID_PREFIX.len()..];
+    }
+    match super::arm::parse_id(t) {
+        Some(r) if r.ty == super::arm::ResType::Set => {
+            t.trim_end_matches('/').rsplit('/').next().unwrap_or(t)
+        }
+        _ => t,
     }
 }
 
@@ -182,6 +186,10 @@ mod tests {
     fn names_ids_and_types() {
         assert_eq!(des_name("/diskvault/diskEncryptionSets/set1"), "set1");
         assert_eq!(des_name("set1"), "set1");
+        assert_eq!(
+            des_name("/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/diskEncryptionSets/set1"),
+            "set1"
+        );
         let p = new_principal_id().unwrap();
         assert_eq!(p.len(), 36);
         assert_eq!(&p[14..15], "4");

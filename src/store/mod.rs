@@ -84,7 +84,10 @@ pub use merge::MERGE_RATE;
 pub use reconcile::{panic_text, Delays, Invalidator, RevokeHook};
 pub use rekey::{RekeyState, RekeyStatus};
 pub use snapshots::{CopyOptions, FromSourceOptions};
-pub use spec::{parse_size, validate_name, validate_object_name, ObjectKind, Sku, MAX_DISK_SIZE};
+pub use spec::{
+    check_sector_multiple, parse_size, validate_name, validate_object_name, ObjectKind, Sku,
+    MAX_DISK_SIZE,
+};
 pub use usage::Usage;
 pub use vms::{
     validate_vm_name, vm_resource_id, External, PowerState, VmDisk, VmRecord, MAX_DATA_DISKS,

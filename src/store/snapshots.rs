@@ -210,10 +210,10 @@ impl Store {
         name: &str,
         src: &Disk,
         m: &DiskMeta,
-        full: bool,
+        opts: &CopyOptions,
         placement: &Placement,
-        boot: Option<&super::meta::Boot>,
     ) -> Result<DiskMeta> {
+        let (full, boot) = (opts.full, opts.boot.as_ref());
         Ok(DiskMeta {
             format_version: META_VERSION_LAYERED,
             id: hex(&random_bytes(16)?),
@@ -329,15 +329,7 @@ impl Store {
             let delta = self.new_delta(src.size())?;
             let mut staged = None;
             let r = src.push_delta(&delta, |m| {
-                let meta = self.copy_meta(
-                    kind,
-                    name,
-                    &src,
-                    m,
-                    opts.full,
-                    &placement,
-                    opts.boot.as_ref(),
-                )?;
+                let meta = self.copy_meta(kind, name, &src, m, opts, &placement)?;
                 staged = Some((self.stage(kind, &meta)?, meta));
                 Ok(())
             });
@@ -360,15 +352,7 @@ impl Store {
             }
         } else {
             let m = src.meta();
-            let meta = self.copy_meta(
-                kind,
-                name,
-                &src,
-                &m,
-                opts.full,
-                &placement,
-                opts.boot.as_ref(),
-            )?;
+            let meta = self.copy_meta(kind, name, &src, &m, opts, &placement)?;
             let staging = self.stage(kind, &meta)?;
             crate::fault::point("snapshot.publish");
             let dir = self
@@ -422,6 +406,9 @@ impl Store {
         }
         if size > MAX_DISK_SIZE {
             return Err(StoreError::TooLarge);
+        }
+        if opts.size != 0 {
+            check_sector_multiple(size)?;
         }
         let placement = self.place_copy(ResType::Disk, name, &opts.placement, &src)?;
         let what = format!("disk '{name}'");

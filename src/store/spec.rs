@@ -136,19 +136,32 @@ pub fn parse_size(s: &str) -> Result<u64, StoreError> {
     let t = s.trim();
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     if digits_end == 0 {
-        return Err(bad("it must start with a whole number, e.g. 30G or 4096"));
+        return Err(bad(
+            "it must start with a whole number, e.g. 30 (GiB, as in az), 512M or 4096B",
+        ));
+    }
+    if t[digits_end..].starts_with(['.', ',']) {
+        return Err(bad(
+            "sizes are whole numbers of a unit; give a smaller unit instead, e.g. 1536M for 1.5G",
+        ));
     }
     let n: u64 = t[..digits_end]
         .parse()
         .map_err(|_| bad("the number is too large"))?;
     let suffix = t[digits_end..].trim();
     let shift = match suffix.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
+        // A bare number is GiB, as az's sizes are; bytes need the B.
+        "" => 30,
+        "B" => 0,
         "K" | "KB" | "KIB" => 10,
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
-        _ => return Err(bad("unknown unit; use K, M, G or T (binary units)")),
+        _ => {
+            return Err(bad(
+                "unknown unit; use B, K, M, G or T (binary units; a bare number is GiB)",
+            ))
+        }
     };
     let size = n
         .checked_mul(1u64 << shift)
@@ -156,7 +169,22 @@ pub fn parse_size(s: &str) -> Result<u64, StoreError> {
     if size > MAX_DISK_SIZE {
         return Err(bad("the largest disk is 64T"));
     }
+    check_sector_multiple(size).map_err(|_| bad(SECTOR_REASON))?;
     Ok(size)
+}
+
+const SECTOR_REASON: &str =
+    "a disk's size is a whole number of 512-byte sectors (QEMU refuses others); e.g. 1024B, not 1000B";
+
+/// A new disk's size must be a multiple of 512, so that QEMU can attach it.
+pub fn check_sector_multiple(size: u64) -> Result<(), StoreError> {
+    if size.is_multiple_of(512) {
+        return Ok(());
+    }
+    Err(StoreError::InvalidSize {
+        input: format!("{size}B"),
+        reason: SECTOR_REASON.into(),
+    })
 }
 
 /// Disk SKUs (Azure's `sku.name`).
@@ -234,7 +262,9 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("4096").unwrap(), 4096);
+        // A bare number is GiB, as in az; bytes need a B.
+        assert_eq!(parse_size("30").unwrap(), 30 << 30);
+        assert_eq!(parse_size("4096B").unwrap(), 4096);
         assert_eq!(parse_size("30G").unwrap(), 30 << 30);
         assert_eq!(parse_size("30GiB").unwrap(), 30 << 30);
         assert_eq!(parse_size("512m").unwrap(), 512 << 20);
@@ -249,9 +279,16 @@ mod tests {
             "65T",
             "99999999999999999999",
             "1 G B",
+            "1000B",
+            "30B",
+            "65537",
         ] {
             assert!(parse_size(bad).is_err(), "{bad} should be rejected");
         }
+        let e = parse_size("1.5G").unwrap_err().to_string();
+        assert!(e.contains("1536M"), "{e}");
+        let e = parse_size("1000B").unwrap_err().to_string();
+        assert!(e.contains("512"), "{e}");
     }
 
     #[test]

@@ -34,6 +34,13 @@ impl VmManager {
                 "{what}: its disk '{disk}' no longer exists; detach it ('diskvault vm disk detach --vm-name {vm} --name {disk}')"
             ))
         })?;
+        if !d.size().is_multiple_of(512) {
+            return Err(StoreError::VmConflict(format!(
+                "{what}: disk '{disk}' is {} bytes, not a whole number of 512-byte sectors, which QEMU refuses; resize it first (e.g. truncate -s {} MOUNT/disks/{disk})",
+                d.size(),
+                d.size().div_ceil(512) * 512
+            )));
+        }
         let state = self.store.key_state(&d);
         if state == "Available" {
             return Ok(());

@@ -437,3 +437,20 @@ pub fn tool(program: &str, args: &[&std::ffi::OsStr]) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// An Azure id (`/subscriptions/S/resourceGroups/G/providers/NS/TYPE/NAME`) in
+/// diskvault's own short form, `/diskvault/TYPE/NAME`, for comparisons that don't
+/// care about the subscription; other values as they are.
+#[allow(dead_code)]
+pub fn arm_short(v: &serde_json::Value) -> serde_json::Value {
+    let Some(s) = v.as_str() else {
+        return v.clone();
+    };
+    let p: Vec<&str> = s.split('/').collect();
+    match p.as_slice() {
+        ["", "subscriptions", _, "resourceGroups", _, "providers", _, ty, name] => {
+            serde_json::Value::String(format!("/diskvault/{ty}/{name}"))
+        }
+        _ => v.clone(),
+    }
+}
