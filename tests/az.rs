@@ -1,8 +1,8 @@
 //! The seed's az runbook (tests/fixtures/seed-runbook.md, a copy of the document's
 //! command blocks) runs unchanged with `az` replaced by `diskvault`, on a mounted
 //! store, with a real guest for its VM; each block's Azure effect is checked.
-//! Not yet covered: the scale-set block (`vmss` is not built yet), which is skipped
-//! and named in the output.
+//! The scale set's two instances are real guests too: revocation stops both and the
+//! restore lets both start.
 
 mod common;
 use common::guest;
@@ -242,8 +242,63 @@ fn the_seed_runbook_runs_as_written() {
     ]));
     assert_eq!(d["encryption"]["type"], "EncryptionAtRestWithCustomerKey");
 
-    // Block 4: the scale set. Not built yet: skipped, and said so.
-    eprintln!("skipped: the vmss block (VM scale sets are not built yet)");
+    // Block 4: a scale set of az's default 2 instances, each with a customer-key OS
+    // disk from the image and two data disks, all under the set.
+    sh(&m, &b[3]);
+    let ss = json(&run_ok(&[
+        "vmss",
+        "show",
+        "-n",
+        "yourVMSSName",
+        "--store",
+        &s,
+    ]));
+    assert_eq!(ss["sku"]["capacity"], 2, "{ss}");
+    assert_eq!(ss["upgradePolicy"]["mode"], "Automatic");
+    let vp = &ss["virtualMachineProfile"];
+    assert_eq!(vp["osProfile"]["adminUsername"], "azureuser");
+    assert_eq!(
+        vp["storageProfile"]["osDisk"]["managedDisk"]["diskEncryptionSet"]["id"],
+        des["id"]
+    );
+    let luns: Vec<i64> = vp["storageProfile"]["dataDisks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["lun"].as_i64().unwrap())
+        .collect();
+    assert_eq!(luns, [0, 1]);
+    for i in 0..2 {
+        let vm = format!("yourVMSSName_{i}");
+        wait_power(&m, &vm, "VM running");
+        for d in ["OsDisk", "DataDisk_0", "DataDisk_1"] {
+            let disk = json(&run_ok(&[
+                "disk",
+                "show",
+                "-n",
+                &format!("{vm}_{d}"),
+                "--store",
+                &s,
+            ]));
+            assert_eq!(
+                disk["encryption"]["type"], "EncryptionAtRestWithCustomerKey",
+                "{disk}"
+            );
+            assert!(
+                disk["managedBy"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!("/virtualMachines/{vm}")),
+                "{disk}"
+            );
+        }
+        guest::wait_for_line(
+            &store.join(format!("vms/{vm}.serial.log")),
+            "guest: wrote",
+            Duration::from_secs(90),
+        )
+        .unwrap();
+    }
 
     // Block 5: `disk create` of the existing disk is az's PUT (an update), then the
     // disk is hot-plugged into the running VM at LUN 2 by its id.
@@ -301,7 +356,9 @@ fn the_seed_runbook_runs_as_written() {
         .collect();
     assert_eq!(lines.len(), 2);
     sh(&m, lines[0]);
-    wait_power(&m, "yourVMName", "VM stopped");
+    for vm in ["yourVMName", "yourVMSSName_0", "yourVMSSName_1"] {
+        wait_power(&m, vm, "VM stopped");
+    }
     let k = json(&run_ok(&[
         "keyvault",
         "key",
@@ -321,7 +378,43 @@ fn the_seed_runbook_runs_as_written() {
     );
     sh(&m, lines[1]);
     run_ok(&["vm", "start", "-n", "yourVMName", "--store", &s]);
-    wait_power(&m, "yourVMName", "VM running");
+    assert_eq!(
+        run_ok(&["vmss", "start", "-n", "yourVMSSName", "--store", &s]),
+        ""
+    );
+    for vm in ["yourVMName", "yourVMSSName_0", "yourVMSSName_1"] {
+        wait_power(&m, vm, "VM running");
+    }
+    let view = json(&run_ok(&[
+        "vmss",
+        "get-instance-view",
+        "-n",
+        "yourVMSSName",
+        "--store",
+        &s,
+    ]));
+    assert_eq!(
+        view["virtualMachine"]["statusesSummary"][0]["count"], 2,
+        "{view}"
+    );
+    // Scale in removes the highest id with its disks; delete removes the rest.
+    run_ok(&[
+        "vmss",
+        "scale",
+        "-n",
+        "yourVMSSName",
+        "--new-capacity",
+        "1",
+        "--store",
+        &s,
+    ]);
+    assert!(
+        run_err(&["disk", "show", "-n", "yourVMSSName_1_OsDisk", "--store", &s])
+            .contains("yourVMSSName_1_OsDisk")
+    );
+    run_ok(&["vmss", "delete", "-n", "yourVMSSName", "--store", &s]);
+    let left = run_ok(&["disk", "list", "-o", "tsv", "--store", &s]);
+    assert!(!left.contains("yourVMSSName"), "{left}");
     run_ok(&["vm", "delete", "-n", "yourVMName", "--yes", "--store", &s]);
     m.umount();
 }

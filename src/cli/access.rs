@@ -39,6 +39,9 @@ fn missing(path: &str) -> CliError {
         ["deleted-keys", k, ..] => Box::new(VaultError::DeletedKeyNotFound(k.to_string())),
         ["disk-encryption-sets", s, ..] => Box::new(StoreError::DesNotFound(s.to_string())),
         ["disks", d, ..] => Box::new(StoreError::DiskNotFound(d.to_string())),
+        ["vmss", s, ..] => Box::new(format!(
+            "no VM scale set named '{s}'; see 'diskvault vmss list'"
+        )),
         _ => Box::new(format!(".vault/{path} does not exist")),
     };
     CliError(e.to_string())

@@ -14,6 +14,7 @@ mod summary;
 mod umount;
 mod vault;
 mod vm;
+mod vmss;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::Value;
@@ -102,6 +103,12 @@ enum Cmd {
     Vm {
         #[command(subcommand)]
         cmd: vm::VmCmd,
+    },
+    /// VM scale sets (az's vmss): create, show, list, list-instances, scale, start,
+    /// stop, deallocate, restart, delete-instances, delete.
+    Vmss {
+        #[command(subcommand)]
+        cmd: vmss::VmssCmd,
     },
     /// az's `keyvault` tree: create (name the store's vault), show, update, list,
     /// key ..., set-policy, delete-policy.
@@ -374,6 +381,7 @@ pub fn main() -> ExitCode {
         Cmd::Image { cmd } => copies::run_image(cmd),
         Cmd::Vm { cmd } => vm::run(cmd),
         Cmd::Keyvault { cmd } => az::run_keyvault(cmd),
+        Cmd::Vmss { cmd } => vmss::run(cmd),
         Cmd::Role { cmd } => az::run_role(cmd),
         Cmd::Account { cmd } => az::run_account(cmd),
         Cmd::Group { cmd } => az::run_group(cmd),

@@ -285,6 +285,11 @@ pub(super) fn execute(
     r: &DiskRequest,
 ) -> std::result::Result<Option<Value>, StoreError> {
     let store = c.store();
+    // A new disk's size is whole sectors, so QEMU can attach it (truncate through
+    // the mount may still make any size: POSIX, refused only at attach).
+    if let DiskRequest::Create { options, .. } = r {
+        crate::store::check_sector_multiple(options.size)?;
+    }
     let disk = match r {
         DiskRequest::Create {
             name,

@@ -21,6 +21,7 @@ mod routes;
 mod sets;
 pub mod view;
 mod vms;
+mod vmss;
 
 pub use arm::ArmRequest;
 pub use copies::{CopyRequest, Kind as CopyKind};
@@ -32,6 +33,7 @@ pub use request::Request;
 pub use root::VaultRequest;
 pub use sets::SetRequest;
 pub use vms::VmRequest;
+pub use vmss::{upgrade_policy as vmss_upgrade_policy, VmssRequest};
 
 pub use args::MAX_CONTROL_WRITE;
 
@@ -256,6 +258,7 @@ impl Control {
             Request::Copy(r) => copies::execute(self, r),
             Request::Vm(r) => vms::execute(self, r),
             Request::Arm(r) => arm::execute(self, r, caller),
+            Request::Vmss(r) => vmss::execute(self, r),
         };
         match r {
             Ok(result) => {

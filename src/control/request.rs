@@ -18,6 +18,7 @@ pub enum Request {
     Copy(CopyRequest),
     Vm(VmRequest),
     Arm(ArmRequest),
+    Vmss(super::VmssRequest),
 }
 
 impl Request {
@@ -48,6 +49,10 @@ impl Request {
                 (p, Zeroizing::new(b))
             }
             Request::Arm(r) => {
+                let (p, b) = r.wire();
+                (p, Zeroizing::new(b))
+            }
+            Request::Vmss(r) => {
                 let (p, b) = r.wire();
                 (p, Zeroizing::new(b))
             }
@@ -82,6 +87,12 @@ impl From<DiskRequest> for Request {
 impl From<CopyRequest> for Request {
     fn from(r: CopyRequest) -> Self {
         Request::Copy(r)
+    }
+}
+
+impl From<super::VmssRequest> for Request {
+    fn from(r: super::VmssRequest) -> Self {
+        Request::Vmss(r)
     }
 }
 

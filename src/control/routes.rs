@@ -25,6 +25,8 @@ pub(super) enum Seg {
     Image,
     /// A virtual machine (its name goes to `obj`).
     Vm,
+    /// A VM scale set (its name goes to `obj`).
+    Vmss,
 }
 
 /// The names a path's placeholders matched, and its last segment.
@@ -135,6 +137,7 @@ static ROUTES: LazyLock<Vec<Route>> = LazyLock::new(|| {
     v.extend(super::disks::routes());
     v.extend(super::copies::routes());
     v.extend(super::vms::routes());
+    v.extend(super::vmss::routes());
     v
 });
 
@@ -158,6 +161,7 @@ fn exists(c: &Control, seg: Seg, name: &str, p: &Params) -> bool {
         Seg::Snapshot => c.store.get_kind(ObjectKind::Snapshot, name).is_some(),
         Seg::Image => c.store.get_kind(ObjectKind::Image, name).is_some(),
         Seg::Vm => c.store.vm_get(name).is_ok(),
+        Seg::Vmss => c.store.vmss_get(name).is_ok(),
     }
 }
 
@@ -167,7 +171,7 @@ fn capture<'a>(p: &mut Params<'a>, seg: Seg, name: &'a str) {
         Seg::Version => p.version = Some(name),
         Seg::Set => p.set = name,
         Seg::Disk => p.disk = name,
-        Seg::Snapshot | Seg::Image | Seg::Vm => p.obj = name,
+        Seg::Snapshot | Seg::Image | Seg::Vm | Seg::Vmss => p.obj = name,
         Seg::Lit(_) => {}
     }
 }
@@ -233,6 +237,7 @@ pub(super) fn list(c: &Control, path: &[&str]) -> Option<Vec<(String, Kind)>> {
             Seg::Snapshot => names(c, ObjectKind::Snapshot),
             Seg::Image => names(c, ObjectKind::Image),
             Seg::Vm => c.store.vm_list().into_iter().map(|r| r.name).collect(),
+            Seg::Vmss => c.store.vmss_list().into_iter().map(|r| r.name).collect(),
         };
         for n in names {
             if !out.iter().any(|(x, _)| *x == n) {

@@ -100,7 +100,24 @@ fn objects(c: &Control, keys: &[&str]) -> String {
         ..Default::default()
     }))
     .into());
+    run(crate::control::VmssRequest::Create(Box::new(vmss_spec("ss1"))).into());
     kid
+}
+
+fn vmss_spec(name: &str) -> crate::vm::VmssSpec {
+    crate::vm::VmssSpec {
+        name: name.into(),
+        model: crate::store::vmss::VmssModel {
+            image: "c1".into(),
+            vm_sku: "Standard_B1s".into(),
+            data_disk_sizes_gb: vec![1],
+            upgrade_policy: "Manual".into(),
+            ..Default::default()
+        },
+        instance_count: 1,
+        no_start: true,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -378,6 +395,43 @@ fn every_request_survives_its_wire_form() {
             boot: None,
         }
         .into(),
+        crate::control::VmssRequest::Create(Box::new(crate::vm::VmssSpec {
+            model: crate::store::vmss::VmssModel {
+                os_disk_encryption_set: Some("s1".into()),
+                data_disk_encryption_sets: vec!["s1".into()],
+                storage_sku: Some("UltraSSD_LRS".into()),
+                admin_username: Some("azureuser".into()),
+                upgrade_policy: "Automatic".into(),
+                ..vmss_spec("ss2").model
+            },
+            instance_count: 3,
+            placement: crate::store::arm::Placement::new(Some("rg"), Some("local")),
+            ..vmss_spec("ss2")
+        }))
+        .into(),
+        crate::control::VmssRequest::Scale {
+            name: "ss1".into(),
+            capacity: 4,
+        }
+        .into(),
+        crate::control::VmssRequest::Power {
+            name: "ss1".into(),
+            op: crate::vm::Power::Deallocate,
+            instance_ids: Some(vec![0, 2]),
+        }
+        .into(),
+        crate::control::VmssRequest::Power {
+            name: "ss1".into(),
+            op: crate::vm::Power::Start,
+            instance_ids: None,
+        }
+        .into(),
+        crate::control::VmssRequest::DeleteInstances {
+            name: "ss1".into(),
+            instance_ids: vec![0],
+        }
+        .into(),
+        crate::control::VmssRequest::Delete { name: "ss1".into() }.into(),
         crate::control::ArmRequest::VaultCreate {
             name: "kv1".into(),
             purge_protection: Some(true),

@@ -269,7 +269,7 @@ fn read(c: &Control, p: &Params, _: &Caller) -> Result<Vec<u8>> {
     })
 }
 
-fn show(c: &Control, rec: &crate::store::VmRecord) -> Value {
+pub(super) fn show(c: &Control, rec: &crate::store::VmRecord) -> Value {
     super::view::vm(
         c.store(),
         rec,
@@ -307,6 +307,7 @@ pub(super) fn execute(
             shown(name)
         }
         VmRequest::Delete { name } => {
+            super::vmss::check_not_instance(c, name, "delete")?;
             vms.delete(name)?;
             Ok(None)
         }

@@ -156,7 +156,6 @@ impl Store {
         if opts.size > MAX_DISK_SIZE {
             return Err(StoreError::TooLarge);
         }
-        check_sector_multiple(opts.size)?;
         let _ns = self.ns.lock();
         if self.get(name).is_some() {
             return Err(StoreError::DiskExists(name.to_string()));

@@ -67,6 +67,7 @@ mod usage;
 mod vms;
 #[cfg(test)]
 mod vms_tests;
+pub mod vmss;
 
 pub mod meta;
 pub mod spec;
@@ -326,6 +327,7 @@ impl Store {
         };
         store.scan()?;
         store.load_vms()?;
+        store.recover_vmss()?;
         store.resume_key_changes();
         Ok(store)
     }

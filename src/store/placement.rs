@@ -61,11 +61,22 @@ impl Store {
     }
 
     /// The group and location of a new object: what was asked, else the configured
-    /// defaults, else `inherit` (its source's or its set's), else `diskvault`/`local`.
-    /// A group seen for the first time is recorded (`az group list`).
+    /// defaults; a location then falls back, as in az, to the group's, then to
+    /// `inherit`'s (its source's or its set's), then `local`; a group to `inherit`'s,
+    /// then `diskvault`. A group seen for the first time is recorded (`az group list`).
     pub fn place(&self, asked: &Placement, inherit: Option<&Placement>) -> Result<Placement> {
         let st = self.arm_state().unwrap_or_default();
         let mut defaults = st.defaults.clone();
+        if asked.location.is_none() && defaults.location.is_none() {
+            let group = asked
+                .resource_group
+                .as_ref()
+                .or(defaults.resource_group.as_ref())
+                .or(inherit.and_then(|i| i.resource_group.as_ref()));
+            if let Some(g) = group.and_then(|g| st.group(g)) {
+                defaults.location = Some(g.location.clone());
+            }
+        }
         if let Some(i) = inherit {
             defaults.resource_group = defaults.resource_group.or_else(|| i.resource_group.clone());
             defaults.location = defaults.location.or_else(|| i.location.clone());
@@ -106,7 +117,7 @@ impl Store {
                 .map(|d| d.placement()),
             ResType::Set => self.keyring().des(name).ok().map(|d| d.placement),
             ResType::Vm => self.vm_get(name).ok().map(|v| v.placement),
-            ResType::Vmss => None,
+            ResType::Vmss => self.vmss_get(name).ok().map(|v| v.placement),
             ResType::Vault => Some(self.vault_placement()),
         }
     }

@@ -407,9 +407,6 @@ impl Store {
         if size > MAX_DISK_SIZE {
             return Err(StoreError::TooLarge);
         }
-        if opts.size != 0 {
-            check_sector_multiple(size)?;
-        }
         let placement = self.place_copy(ResType::Disk, name, &opts.placement, &src)?;
         let what = format!("disk '{name}'");
         let customer_source = sm.encryption.kind.uses_customer_key();

@@ -17,6 +17,8 @@ mod lifecycle;
 pub mod qemu;
 pub mod qmp;
 mod supervisor;
+mod vmss;
+pub use vmss::{Power, VmssSpec};
 
 use crate::store::{Store, StoreError, VmRecord, VMS_DIR};
 use parking_lot::Mutex;
@@ -79,6 +81,8 @@ pub struct VmManager {
     mount: Option<PathBuf>,
     running: Mutex<HashMap<String, Arc<Running>>>,
     ops: Mutex<()>,
+    /// Serializes scale set changes (each takes `ops` per instance).
+    vmss_ops: Mutex<()>,
     this: Weak<VmManager>,
 }
 
@@ -93,6 +97,7 @@ impl VmManager {
             mount,
             running: Mutex::new(HashMap::new()),
             ops: Mutex::new(()),
+            vmss_ops: Mutex::new(()),
             this: this.clone(),
         })
     }
