@@ -252,7 +252,11 @@ fn ultra_vm_runs_on_after_revocation_and_cannot_start_after_deallocate() {
     run_ok(&["key", "set", "k1", "--enabled", "false", "--store", s]);
     let disk = json(&run_ok(&["disk", "show", "cu", "--store", s]));
     assert!(
-        disk["keyState"].as_str().unwrap().starts_with("Revoked"),
+        disk["keyState"].as_str().unwrap().starts_with("Revoked")
+            && disk["keyState"]
+                .as_str()
+                .unwrap()
+                .contains("open handles keep working"),
         "{disk}"
     );
     // Still running, and still writing through its open handle.
@@ -273,9 +277,13 @@ fn ultra_vm_runs_on_after_revocation_and_cannot_start_after_deallocate() {
     ]));
     assert_eq!(v["powerState"], "VM deallocated", "{v}");
     assert!(!pid_alive(pid));
-    assert_eq!(
-        json(&run_ok(&["disk", "show", "cu", "--store", s]))["diskState"],
-        "Reserved"
+    let disk = json(&run_ok(&["disk", "show", "cu", "--store", s]));
+    assert_eq!(disk["diskState"], "Reserved");
+    // Its handles are gone with the VM: the state no longer says they work.
+    let st = disk["keyState"].as_str().unwrap();
+    assert!(
+        st.starts_with("Revoked") && !st.contains("keep working") && st.contains("closed"),
+        "{st}"
     );
     let err = run_err(&["vm", "start", "vu", "--store", s]);
     assert!(

@@ -581,6 +581,18 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
                     )
                 })
                 .unwrap_or_default();
+            // As az: on a terminal, ask unless --yes. Without one (scripts) it
+            // proceeds, as diskvault always did.
+            if std::io::stdin().is_terminal() && !super::output::globals().yes {
+                eprint!("Are you sure you want to delete disk {name}{what}? Its data key is destroyed. (y/n): ");
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    return Err(CliError(format!(
+                        "disk {name} was not deleted (answer y, or give --yes)"
+                    )));
+                }
+            }
             a.send(DiskRequest::Delete { name: name.into() })?;
             println!("deleted disk {name}{what}; its data key is destroyed");
         }

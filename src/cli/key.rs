@@ -104,7 +104,7 @@ pub enum KeyCmd {
     Set {
         #[command(flatten)]
         name: KeyName,
-        /// Change only this version (the last part of a versioned key URL).
+        /// Change only this version: the version, or its versioned key URL.
         #[arg(long)]
         version: Option<String>,
         #[command(flatten)]
@@ -502,6 +502,23 @@ pub fn run_key(cmd: KeyCmd) -> Result<(), CliError> {
                 ));
             }
             let update = attrs.update(force)?;
+            // A version, or a versioned key URL as every other option takes.
+            let version = match version.as_deref().map(|v| (v, kid_parts(v))) {
+                None => None,
+                Some((v, None)) => Some(v.to_string()),
+                Some((v, Some((n, ver)))) => {
+                    if !n.eq_ignore_ascii_case(name) {
+                        return Err(CliError(format!(
+                            "--version '{v}' is a version of key '{n}', not of '{name}'"
+                        )));
+                    }
+                    Some(ver.filter(|x| !x.is_empty()).map(String::from).ok_or_else(|| {
+                        CliError(format!(
+                            "--version '{v}' names no version; give a versioned key URL or the version itself"
+                        ))
+                    })?)
+                }
+            };
             let a = Access::open(&store)?;
             let dir = match &version {
                 Some(v) => format!("keys/{name}/versions/{v}"),

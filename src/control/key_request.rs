@@ -304,6 +304,16 @@ fn resolve(c: &Control, i: &Identity) -> std::result::Result<(String, String), S
                 format!("diskEncryptionSets/{}", d.name),
             )
         }
-        Identity::ObjectId(id) => (id.clone(), id.clone()),
+        // An object id that is a set's identity is named by its set, as the set's
+        // own grant is; any other id has no name but itself.
+        Identity::ObjectId(id) => {
+            let name = c
+                .store()
+                .des_list()
+                .into_iter()
+                .find(|d| d.principal_id.eq_ignore_ascii_case(id))
+                .map_or_else(|| id.clone(), |d| format!("diskEncryptionSets/{}", d.name));
+            (id.clone(), name)
+        }
     })
 }

@@ -426,6 +426,18 @@ impl Store {
             return format!("Unavailable: {r}");
         }
         if let Some(r) = disk.revocation() {
+            // An Ultra disk's handles outlived the revocation; once the last is
+            // closed (its VM stopped), say so rather than that they still work.
+            if let (true, 0, Some(i)) = (
+                r.keep_open,
+                disk.open_handles(),
+                r.reason.find("; open handles keep working"),
+            ) {
+                return format!(
+                    "{}; its open handles are closed now, and it can't be opened until the key is restored",
+                    &r.reason[..i]
+                );
+            }
             return r.reason;
         }
         let customer = m.encryption.kind.uses_customer_key();

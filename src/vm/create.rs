@@ -154,13 +154,7 @@ impl VmManager {
         }
         if let Some(d) = &spec.attach_os_disk {
             let disk = self.store.get_usable(d)?;
-            if !disk.size().is_multiple_of(512) {
-                return Err(StoreError::VmConflict(format!(
-                    "disk '{d}' is {} bytes, not a whole number of 512-byte sectors, which QEMU refuses; resize it first (e.g. truncate -s {} MOUNT/disks/{d})",
-                    disk.size(),
-                    disk.size().div_ceil(512) * 512
-                )));
-            }
+            super::disks::check_sectors(&format!("VM '{}' can't use it", spec.name), &disk)?;
             same_location(
                 (ResType::Vm, &spec.name, placement.location()),
                 (ResType::Disk, d, disk.placement().location()),

@@ -34,13 +34,7 @@ impl VmManager {
                 "{what}: its disk '{disk}' no longer exists; detach it ('diskvault vm disk detach --vm-name {vm} --name {disk}')"
             ))
         })?;
-        if !d.size().is_multiple_of(512) {
-            return Err(StoreError::VmConflict(format!(
-                "{what}: disk '{disk}' is {} bytes, not a whole number of 512-byte sectors, which QEMU refuses; resize it first (e.g. truncate -s {} MOUNT/disks/{disk})",
-                d.size(),
-                d.size().div_ceil(512) * 512
-            )));
-        }
+        check_sectors(&what, &d)?;
         let state = self.store.key_state(&d);
         if state == "Available" {
             return Ok(());
@@ -87,7 +81,8 @@ impl VmManager {
     /// `vm disk attach`: records the disk and, on a running VM, hot-plugs it.
     pub fn attach(&self, vm: &str, disk: &str, lun: Option<u32>) -> Result<u32> {
         let _op = self.ops.lock();
-        self.store.get_usable(disk)?;
+        let d = self.store.get_usable(disk)?;
+        check_sectors(&format!("disk '{disk}' can't be attached to VM '{vm}'"), &d)?;
         let run = self.running.lock().get(vm).cloned();
         if run.is_some() {
             self.check_usable(vm, disk, Action::Attach)?;
@@ -170,4 +165,19 @@ impl VmManager {
         log::info!("detached disk '{disk}' from VM '{vm}'");
         Ok(())
     }
+}
+
+/// QEMU takes only disks of whole 512-byte sectors; one truncated to another size
+/// through the mount is refused here, saying how to fix it.
+pub(super) fn check_sectors(what: &str, d: &crate::store::Disk) -> Result<()> {
+    let size = d.size();
+    if size.is_multiple_of(512) {
+        return Ok(());
+    }
+    Err(StoreError::VmConflict(format!(
+        "{what}: disk '{}' is {size} bytes, not a whole number of 512-byte sectors, which QEMU refuses; resize it first (e.g. truncate -s {} MOUNT/disks/{})",
+        d.name(),
+        size.div_ceil(512) * 512,
+        d.name()
+    )))
 }
