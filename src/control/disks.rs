@@ -288,7 +288,9 @@ pub(super) fn execute(
     // A new disk's size is whole sectors, so QEMU can attach it (truncate through
     // the mount may still make any size: POSIX, refused only at attach).
     if let DiskRequest::Create { options, .. } = r {
-        crate::store::check_sector_multiple(options.size)?;
+        if options.size <= crate::store::MAX_DISK_SIZE {
+            crate::store::check_sector_multiple(options.size)?;
+        }
     }
     let disk = match r {
         DiskRequest::Create {
