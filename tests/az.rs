@@ -505,6 +505,16 @@ fn az_global_arguments_and_ids() {
     for g in ["diskvault", "rg1", "g2"] {
         assert!(groups.lines().any(|l| l == g), "{groups}");
     }
+    // -g names the group the resource is in; another is ARM's ResourceNotFound, and
+    // an update or delete under it changes nothing.
+    let e = run_err(&["disk", "show", "-n", "d1", "-g", "rg2", "--store", &s]);
+    assert!(e.contains("ResourceNotFound") && e.contains("rg1"), "{e}");
+    let e = run_err(&["disk", "update", "-n", "d1", "-g", "rg2", "--sku", "Standard_LRS", "--store", &s]);
+    assert!(e.contains("ResourceNotFound"), "{e}");
+    let e = run_err(&["disk", "delete", "-n", "d1", "-g", "rg2", "--store", &s]);
+    assert!(e.contains("ResourceNotFound"), "{e}");
+    let d1 = json(&run_ok(&["disk", "show", "-n", "d1", "-g", "RG1", "--store", &s]));
+    assert_eq!(d1["sku"]["name"], "Premium_LRS");
     // A bad group or location is refused and makes nothing.
     let e = run_err(&[
         "disk",

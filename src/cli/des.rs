@@ -186,6 +186,7 @@ pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
             }
             let a = Access::open(&store)?;
             check_source_vault(&a, source_vault.as_deref())?;
+            super::check_group_of(&a, &format!("disk-encryption-sets/{name}/status.json"))?;
             let reply = a.send(SetRequest::Update {
                 name: name.into(),
                 key_url,
@@ -201,6 +202,7 @@ pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
         DesCmd::Delete { name, store } => {
             let name = name.get();
             let a = Access::open(&store)?;
+            super::check_group_of(&a, &format!("disk-encryption-sets/{name}/status.json"))?;
             a.send(SetRequest::Delete { name: name.into() })?;
             println!("deleted disk encryption set {name}");
         }

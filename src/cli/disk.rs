@@ -525,6 +525,7 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
             }
             let sku = sku.map(|s| s.parse::<Sku>()).transpose()?;
             let a = Access::open(&store)?;
+            super::check_group_of(&a, &format!("disks/{name}/disk.json"))?;
             let mut reply = None;
             if encryption_type.is_some() || disk_encryption_set.is_some() {
                 reply = a.send(DiskRequest::Encryption {
@@ -569,6 +570,7 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
         DiskCmd::Delete { name, store } => {
             let name = name.get();
             let a = Access::open(&store)?;
+            super::check_group_of(&a, &format!("disks/{name}/disk.json"))?;
             // What is about to be destroyed, for the message.
             let what = a
                 .read_json(&format!("disks/{name}/disk.json"))

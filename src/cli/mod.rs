@@ -167,7 +167,7 @@ impl OutputArg {
 /// Prints one object (a `show`): the query applied, then az's format; a table lists
 /// every field, nested ones by path.
 pub fn print_object(v: &Value, fmt: Format) {
-    if let Err(CliError(m)) = output::emit(v, fmt) {
+    if let Err(CliError(m)) = check_group(v).and_then(|()| output::emit(v, fmt)) {
         eprintln!("diskvault: {m}");
         std::process::exit(1);
     }
@@ -179,6 +179,28 @@ pub fn id_name(s: &str) -> &str {
         Some(_) => s.trim_end_matches('/').rsplit('/').next().unwrap_or(s),
         None => s,
     }
+}
+
+/// az's `-g` on a command that names one resource: the resource must be in that
+/// group (`ResourceNotFound` otherwise, as ARM says).
+pub fn check_group(v: &Value) -> Result<(), CliError> {
+    let Some(g) = &output::globals().resource_group else {
+        return Ok(());
+    };
+    match (v["resourceGroup"].as_str(), v["type"].as_str(), v["name"].as_str()) {
+        (Some(rg), Some(ty), Some(name)) if !rg.eq_ignore_ascii_case(g) => Err(CliError(format!(
+            "(ResourceNotFound) The Resource '{ty}/{name}' under resource group '{g}' was not found; it is in resource group '{rg}' (give -g {rg}, or leave -g out)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `check_group` for the resource a command is about to change.
+pub fn check_group_of(a: &access::Access, path: &str) -> Result<(), CliError> {
+    if output::globals().resource_group.is_none() {
+        return Ok(());
+    }
+    check_group(&a.read_json(path)?)
 }
 
 /// A name given as the positional NAME or as az's `-n/--name`.
