@@ -509,11 +509,24 @@ fn az_global_arguments_and_ids() {
     // an update or delete under it changes nothing.
     let e = run_err(&["disk", "show", "-n", "d1", "-g", "rg2", "--store", &s]);
     assert!(e.contains("ResourceNotFound") && e.contains("rg1"), "{e}");
-    let e = run_err(&["disk", "update", "-n", "d1", "-g", "rg2", "--sku", "Standard_LRS", "--store", &s]);
+    let e = run_err(&[
+        "disk",
+        "update",
+        "-n",
+        "d1",
+        "-g",
+        "rg2",
+        "--sku",
+        "Standard_LRS",
+        "--store",
+        &s,
+    ]);
     assert!(e.contains("ResourceNotFound"), "{e}");
     let e = run_err(&["disk", "delete", "-n", "d1", "-g", "rg2", "--store", &s]);
     assert!(e.contains("ResourceNotFound"), "{e}");
-    let d1 = json(&run_ok(&["disk", "show", "-n", "d1", "-g", "RG1", "--store", &s]));
+    let d1 = json(&run_ok(&[
+        "disk", "show", "-n", "d1", "-g", "RG1", "--store", &s,
+    ]));
     assert_eq!(d1["sku"]["name"], "Premium_LRS");
     // A bad group or location is refused and makes nothing.
     let e = run_err(&[
@@ -668,4 +681,141 @@ fn vault_wide_policies_and_roles_grant_and_revoke() {
         &s,
     ]);
     assert!(e.contains("VaultNotFound"), "{e}");
+}
+
+/// The audit operations of a store's log, in order.
+fn audit_ops(store: &Path) -> Vec<String> {
+    std::fs::read_to_string(store.join("vault/audit.log"))
+        .unwrap()
+        .lines()
+        .map(|l| json(l)["operationName"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// An az path and its short command are one typed request: on two fresh stores the
+/// same steps, one spelled each way, leave the same audit operations and the same
+/// objects, mounted and not.
+#[test]
+fn az_paths_and_short_commands_are_the_same_requests() {
+    let steps: [(&[&str], &[&str]); 7] = [
+        (
+            &["vault", "set", "--purge-protection", "true"],
+            &["keyvault", "update", "--enable-purge-protection", "true"],
+        ),
+        (
+            &["key", "create", "k1"],
+            &[
+                "keyvault",
+                "key",
+                "create",
+                "-n",
+                "k1",
+                "--protection",
+                "software",
+            ],
+        ),
+        (
+            &["des", "create", "set1", "--key-url", "k1", "--auto-rotate"],
+            &[
+                "disk-encryption-set",
+                "create",
+                "-n",
+                "set1",
+                "--key-url",
+                "k1",
+                "--enable-auto-key-rotation",
+                "true",
+            ],
+        ),
+        (
+            &["key", "grant", "k1", "--des", "set1"],
+            &["key", "grant", "k1", "--des", "set1"],
+        ),
+        (
+            &[
+                "disk",
+                "create",
+                "d1",
+                "--size",
+                "1M",
+                "--disk-encryption-set",
+                "set1",
+            ],
+            &[
+                "disk",
+                "create",
+                "-n",
+                "d1",
+                "--size",
+                "1M",
+                "--disk-encryption-set",
+                "set1",
+            ],
+        ),
+        (
+            &["key", "set", "k1", "--enabled", "false"],
+            &[
+                "keyvault",
+                "key",
+                "set-attributes",
+                "-n",
+                "k1",
+                "--enabled",
+                "false",
+            ],
+        ),
+        (
+            &["key", "set", "k1", "--enabled", "true"],
+            &[
+                "keyvault",
+                "key",
+                "set-attributes",
+                "--name",
+                "k1",
+                "--enabled",
+                "true",
+            ],
+        ),
+    ];
+    for mounted in [false, true] {
+        let mut logs = Vec::new();
+        let mut disks = Vec::new();
+        for az in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = dir.path().join("store");
+            let mnt = dir.path().join("mnt");
+            std::fs::create_dir(&mnt).unwrap();
+            run_ok(&["init", store.to_str().unwrap()]);
+            let m = Mounted::adopt(&store, &mnt);
+            let mut m = m;
+            if mounted {
+                m.mount();
+            }
+            for (short, long) in steps {
+                let mut args: Vec<&str> = if az { long.to_vec() } else { short.to_vec() };
+                args.extend(["--store", store.to_str().unwrap()]);
+                run_ok(&args);
+            }
+            let d = json(&run_ok(&[
+                "disk",
+                "show",
+                "-n",
+                "d1",
+                "--store",
+                store.to_str().unwrap(),
+            ]));
+            disks.push((
+                d["encryption"]["type"].clone(),
+                d["keyState"].clone(),
+                d["resourceGroup"].clone(),
+            ));
+            if mounted {
+                m.umount();
+            }
+            logs.push(audit_ops(&store));
+        }
+        assert_eq!(logs[0], logs[1], "mounted: {mounted}");
+        assert!(logs[0].iter().any(|o| o == "VaultPatch"), "{:?}", logs[0]);
+        assert_eq!(disks[0], disks[1], "mounted: {mounted}");
+    }
 }

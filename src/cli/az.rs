@@ -253,14 +253,21 @@ pub fn run_keyvault(cmd: KeyvaultCmd) -> Result<(), CliError> {
             retention_days,
             store,
         } => {
+            if enable_purge_protection.is_none() && retention_days.is_none() {
+                return Err(CliError(
+                    "nothing to change; give --enable-purge-protection true or --retention-days N".into(),
+                ));
+            }
             let a = Access::open(&store)?;
-            let v = check_vault(&a, name.as_deref())?;
-            let reply = a.send(ArmRequest::VaultCreate {
-                name: v["name"].as_str().unwrap_or_default().to_string(),
-                purge_protection: enable_purge_protection,
-                retention_days,
-                placement: Default::default(),
-            })?;
+            check_vault(&a, name.as_deref())?;
+            // The requests `vault set` sends, so both leave the same records.
+            let mut reply = None;
+            if let Some(d) = retention_days {
+                reply = a.send(crate::control::VaultRequest::RetentionDays(d))?;
+            }
+            if let Some(p) = enable_purge_protection {
+                reply = a.send(crate::control::VaultRequest::PurgeProtection(p))?;
+            }
             print_json(&reply.unwrap_or(Value::Null));
         }
         KeyvaultCmd::List { output, store } => {
