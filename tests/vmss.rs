@@ -342,3 +342,41 @@ fn kill_9_at_every_step_leaves_the_set_as_recorded() {
     assert_eq!(owned(&s, "ss"), (vec![], vec![]));
     assert!(run_err(&["vmss", "show", "-n", "ss", "--store", &s]).contains("no VM scale set"));
 }
+
+/// A record whose name is not its file's, or that can't be read, deletes nothing of
+/// another set; the list says which is broken; delete still cleans up its instances.
+#[test]
+fn a_bad_record_touches_no_other_set() {
+    let (d, s) = lab();
+    run_ok(&create_args(&s, "ss1", "1"));
+    run_ok(&create_args(&s, "c3", "1"));
+    let dir = d.path().join("store/vmss");
+    let c3 = std::fs::read_to_string(dir.join("c3.json")).unwrap();
+    std::fs::write(
+        dir.join("c3.json"),
+        c3.replace("\"name\": \"c3\"", "\"name\": \"ss1\""),
+    )
+    .unwrap();
+    let e = run_err(&["vmss", "show", "-n", "c3", "--store", &s]);
+    assert!(e.contains("names scale set 'ss1'"), "{e}");
+    // Its delete removes only what names c3 (its instance), never ss1's.
+    run_ok(&["vmss", "delete", "-n", "c3", "--store", &s]);
+    assert_eq!(owned(&s, "c3"), (vec![], vec![]));
+    assert_eq!(owned(&s, "ss1").1, vec!["ss1_0".to_string()]);
+    assert_eq!(owned(&s, "ss1").0.len(), 3);
+    run_ok(&create_args(&s, "c3", "1"));
+    // Unreadable: listed with why; delete removes the instances that name it.
+    std::fs::write(dir.join("c3.json"), "{trunc").unwrap();
+    let list = json(&run_ok(&["vmss", "list", "-o", "json", "--store", &s]));
+    let bad = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "c3")
+        .cloned()
+        .unwrap();
+    assert!(bad["error"].as_str().unwrap().contains("corrupt"), "{bad}");
+    run_ok(&["vmss", "delete", "-n", "c3", "--store", &s]);
+    assert_eq!(owned(&s, "c3"), (vec![], vec![]));
+    assert_eq!(owned(&s, "ss1").1, vec!["ss1_0".to_string()]);
+}

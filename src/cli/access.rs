@@ -60,6 +60,27 @@ impl Access {
         Self::open_with(arg, arg.kek.options())
     }
 
+    /// An id given as a name must be in this store's subscription. Names are read
+    /// after the store is opened, so this runs before every read and request.
+    fn check_named(&self) -> Result<(), CliError> {
+        let Some(sub) = super::output::named_subscription() else {
+            return Ok(());
+        };
+        let raw = match self {
+            Access::Direct(c) => c.read(&["account.json"], &Caller::current_user())?,
+            Access::Mounted(mp) => std::fs::read(mp.join(".vault/account.json"))
+                .map_err(|e| Self::read_error("account.json", e))?,
+        };
+        let acct: Value = serde_json::from_slice(&raw)?;
+        let id = acct["id"].as_str().unwrap_or_default();
+        if !sub.eq_ignore_ascii_case(id) {
+            return Err(CliError(format!(
+                "(SubscriptionNotFound) the id names subscription '{sub}', but this store is subscription '{id}' ('diskvault account show')"
+            )));
+        }
+        Ok(())
+    }
+
     fn check_globals(&self) -> Result<(), CliError> {
         let g = super::output::globals();
         if let Some(sub) = &g.subscription {
@@ -69,8 +90,14 @@ impl Access {
                 acct["name"].as_str().unwrap_or_default(),
             );
             if !sub.eq_ignore_ascii_case(id) && !sub.eq_ignore_ascii_case(name) {
+                // A store is named once; until then, `account set` names it.
+                let hint = if name == id {
+                    format!(", or name it with 'diskvault account set --subscription {sub}'")
+                } else {
+                    String::new()
+                };
                 return Err(CliError(format!(
-                    "(SubscriptionNotFound) The subscription '{sub}' could not be found: this store is subscription '{name}' ({id}); give --subscription {id}, or name it with 'diskvault account set --subscription {sub}'"
+                    "(SubscriptionNotFound) The subscription '{sub}' could not be found: this store is subscription '{name}' ({id}); give --subscription {id}{hint}"
                 )));
             }
         }
@@ -178,6 +205,7 @@ impl Access {
     }
 
     pub fn read(&self, path: &str) -> Result<Vec<u8>, CliError> {
+        self.check_named()?;
         match self {
             Access::Direct(c) => {
                 let parts = Self::check(c, path)?;
@@ -211,6 +239,7 @@ impl Access {
     /// changed): in-process when the store is not mounted, through the daemon's
     /// `.vault/command` when it is. Either way the same `Control::execute` runs.
     pub fn send(&self, req: impl Into<Request>) -> Result<Option<Value>, CliError> {
+        self.check_named()?;
         let req = req.into();
         match self {
             Access::Direct(c) => Ok(c.execute(&req, &Caller::current_user())?.result),

@@ -255,7 +255,8 @@ pub fn run_keyvault(cmd: KeyvaultCmd) -> Result<(), CliError> {
         } => {
             if enable_purge_protection.is_none() && retention_days.is_none() {
                 return Err(CliError(
-                    "nothing to change; give --enable-purge-protection true or --retention-days N".into(),
+                    "nothing to change; give --enable-purge-protection true or --retention-days N"
+                        .into(),
                 ));
             }
             let a = Access::open(&store)?;

@@ -224,6 +224,13 @@ fn put_existing(
             "is in resource group '{group}', not '{asked}'"
         )));
     }
+    let location = d["location"].as_str().unwrap_or_default();
+    if let Some(l) = &o.placement.location {
+        let l = crate::store::arm::normalize_location(l)?;
+        if l != location {
+            return Err(conflict(format!("is in location '{location}', not '{l}'")));
+        }
+    }
     if source.is_some() || d["creationData"]["createOption"] != "Empty" {
         return Err(conflict("its creation source can't change".into()));
     }

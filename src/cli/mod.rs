@@ -181,14 +181,34 @@ pub fn id_name(s: &str) -> &str {
     }
 }
 
+/// The name in a resource id of one of `types`, or the name itself. An Azure id's
+/// subscription and group are checked as `--subscription` and `-g` are; an id of
+/// another type is refused here (one line, exit 1).
+pub fn id_name_of<'a>(s: &'a str, types: &[crate::store::arm::ResType]) -> &'a str {
+    let Some(r) = crate::store::arm::parse_id(s) else {
+        return s;
+    };
+    if !types.contains(&r.ty) {
+        eprintln!(
+            "diskvault: '{}' is the id of a {}, not of a {}; give its name or its own id",
+            s.chars().take(200).collect::<String>(),
+            r.ty.noun(),
+            types[0].noun()
+        );
+        std::process::exit(1);
+    }
+    output::note_id(r.subscription, r.group);
+    id_name(s)
+}
+
 /// az's `-g` on a command that names one resource: the resource must be in that
 /// group (`ResourceNotFound` otherwise, as ARM says).
 pub fn check_group(v: &Value) -> Result<(), CliError> {
-    let Some(g) = &output::globals().resource_group else {
+    let Some(g) = output::implied_group() else {
         return Ok(());
     };
     match (v["resourceGroup"].as_str(), v["type"].as_str(), v["name"].as_str()) {
-        (Some(rg), Some(ty), Some(name)) if !rg.eq_ignore_ascii_case(g) => Err(CliError(format!(
+        (Some(rg), Some(ty), Some(name)) if !rg.eq_ignore_ascii_case(&g) => Err(CliError(format!(
             "(ResourceNotFound) The Resource '{ty}/{name}' under resource group '{g}' was not found; it is in resource group '{rg}' (give -g {rg}, or leave -g out)"
         ))),
         _ => Ok(()),
@@ -197,7 +217,7 @@ pub fn check_group(v: &Value) -> Result<(), CliError> {
 
 /// `check_group` for the resource a command is about to change.
 pub fn check_group_of(a: &access::Access, path: &str) -> Result<(), CliError> {
-    if output::globals().resource_group.is_none() {
+    if output::implied_group().is_none() {
         return Ok(());
     }
     check_group(&a.read_json(path)?)
@@ -205,7 +225,7 @@ pub fn check_group_of(a: &access::Access, path: &str) -> Result<(), CliError> {
 
 /// A name given as the positional NAME or as az's `-n/--name`.
 macro_rules! name_arg {
-    ($ty:ident, $doc:tt, $doc_opt:tt) => {
+    ($ty:ident, [$($rt:ident),*], $doc:tt, $doc_opt:tt) => {
         #[derive(clap::Args)]
         #[group(required = true, multiple = false)]
         pub struct $ty {
@@ -219,33 +239,42 @@ macro_rules! name_arg {
         impl $ty {
             /// The name; an id (Azure's or `/diskvault/...`) gives its name.
             pub fn get(&self) -> &str {
-                id_name(
-                    self.name
-                        .as_deref()
-                        .or(self.name_opt.as_deref())
-                        .expect("clap requires one"),
-                )
+                let s = self
+                    .name
+                    .as_deref()
+                    .or(self.name_opt.as_deref())
+                    .expect("clap requires one");
+                let types: &[crate::store::arm::ResType] = &[$(crate::store::arm::ResType::$rt),*];
+                if types.is_empty() {
+                    id_name(s)
+                } else {
+                    id_name_of(s, types)
+                }
             }
         }
     };
 }
 name_arg!(
     DiskName,
+    [Disk],
     "The disk's name.",
     "The disk's name, as in az (instead of the positional NAME)."
 );
 name_arg!(
     ObjName,
+    [Snapshot, Image],
     "The snapshot's or image's name.",
     "The name, as in az (instead of the positional NAME)."
 );
 name_arg!(
     KeyName,
+    [],
     "The key's name.",
     "The key's name, as in az (instead of the positional NAME)."
 );
 name_arg!(
     SetName,
+    [Set],
     "The disk encryption set's name.",
     "The set's name, as in az (instead of the positional NAME)."
 );

@@ -55,10 +55,33 @@ pub struct Globals {
 
 static GLOBALS: OnceLock<Globals> = OnceLock::new();
 
-/// `-g` and `-l`, for a create request.
+/// The subscription and group of an Azure id given as a name (`-n ID`).
+static NAMED: std::sync::Mutex<(Option<String>, Option<String>)> =
+    std::sync::Mutex::new((None, None));
+
+pub fn note_id(sub: Option<String>, group: Option<String>) {
+    if let Ok(mut n) = NAMED.lock() {
+        *n = (sub, group);
+    }
+}
+
+/// The subscription an id given as a name names, checked like `--subscription`.
+pub fn named_subscription() -> Option<String> {
+    NAMED.lock().ok().and_then(|n| n.0.clone())
+}
+
+/// `-g`, or the group of an id given as a name.
+pub fn implied_group() -> Option<String> {
+    globals()
+        .resource_group
+        .clone()
+        .or_else(|| NAMED.lock().ok().and_then(|n| n.1.clone()))
+}
+
+/// `-g` and `-l`, for a create request (an id given as the name gives the group).
 pub fn placement() -> crate::store::arm::Placement {
     let g = globals();
-    crate::store::arm::Placement::new(g.resource_group.as_deref(), g.location.as_deref())
+    crate::store::arm::Placement::new(implied_group().as_deref(), g.location.as_deref())
 }
 
 pub fn set(g: Globals) {

@@ -27,11 +27,12 @@ impl From<VmName> for String {
 
 impl VmName {
     fn get(&self) -> &str {
-        super::id_name(
+        super::id_name_of(
             self.name
                 .as_deref()
                 .or(self.name_opt.as_deref())
                 .expect("clap requires one"),
+            &[crate::store::arm::ResType::Vm],
         )
     }
 }
@@ -353,8 +354,8 @@ pub fn run(cmd: VmCmd) -> Result<(), CliError> {
                 lun,
                 store,
             } => {
+                // An id is resolved by the store, which checks its group too.
                 let disk = name.or(ids).expect("clap requires one");
-                let disk = crate::store::arm::name_of(&disk, crate::store::arm::ResType::Disk)?;
                 send_show(
                     &store,
                     VmRequest::Attach {

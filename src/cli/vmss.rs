@@ -18,7 +18,7 @@ pub struct SetName {
 
 impl SetName {
     fn get(&self) -> &str {
-        super::id_name(&self.name)
+        super::id_name_of(&self.name, &[crate::store::arm::ResType::Vmss])
     }
 }
 

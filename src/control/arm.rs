@@ -5,7 +5,7 @@
 use super::args::{self, f, parse, Ty};
 use super::routes::{Route, Seg::Lit};
 use super::{pretty, Control, Request};
-use crate::store::arm::{self, Group, Placement, ResType};
+use crate::store::arm::{self, Group, Placement};
 use crate::store::{Result, StoreError};
 use crate::vault::Caller;
 use serde_json::{json, Value};
@@ -353,7 +353,7 @@ pub(super) fn execute(c: &Control, r: &ArmRequest, caller: &Caller) -> Result<Op
                 validate_sub_name(s)?;
                 store.update_arm(|st| match &st.subscription_name {
                     Some(n) if !n.eq_ignore_ascii_case(s) => Err(StoreError::NotFound(format!(
-                        "(SubscriptionNotFound) The subscription of '{s}' doesn't exist: this store is subscription '{n}' ({id}); use either"
+                        "(SubscriptionNotFound) The subscription of '{s}' doesn't exist: this store is subscription '{n}' ({id}); give --subscription {n} or --subscription {id}"
                     ))),
                     _ => {
                         st.subscription_name = Some(s.to_string());
@@ -428,21 +428,56 @@ fn validate_sub_name(s: &str) -> Result<()> {
     Ok(())
 }
 
-/// A role's scope must be in this subscription.
+/// A role's scope must hold this store's vault: its subscription, the vault's group,
+/// the vault, or one of its keys.
 fn check_scope(store: &crate::store::Store, scope: &str) -> Result<()> {
-    if let Some(r) = arm::parse_id(scope) {
-        if r.ty == ResType::Vault {
-            store.resolve_name(scope, ResType::Vault)?;
-            if !r.name.eq_ignore_ascii_case(&store.vault().name()) {
+    let sub = store.subscription_id();
+    let vault = store.vault().name();
+    let group = store.vault_placement().group().to_string();
+    let t = scope.trim().trim_end_matches('/');
+    let parts: Vec<&str> = t.split('/').collect();
+    let bad = |why: String| {
+        Err(StoreError::InvalidArgument(format!(
+            "invalid --scope '{}': {why}; give the vault's id ('diskvault keyvault show --query id')",
+            t.chars().take(200).collect::<String>()
+        )))
+    };
+    let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    match parts.as_slice() {
+        ["", s, id, rest @ ..] if eq(s, "subscriptions") => {
+            if !eq(id, &sub) {
                 return Err(StoreError::NotFound(format!(
-                    "(ResourceNotFound) the key vault '{}' of --scope is not this store's ('{}')",
-                    r.name,
-                    store.vault().name()
+                    "(SubscriptionNotFound) --scope names subscription '{id}', but this store is subscription '{sub}'"
                 )));
             }
+            match rest {
+                [] => Ok(()),
+                [rg, g, ..] if eq(rg, "resourceGroups") && !eq(g, &group) => bad(format!(
+                    "resource group '{g}' does not hold key vault '{vault}' (it is in '{group}')"
+                )),
+                [_, _] => Ok(()),
+                [_, _, "providers", ns, ty, v, tail @ ..]
+                    if eq(&format!("{ns}/{ty}"), "Microsoft.KeyVault/vaults") && eq(v, &vault) =>
+                {
+                    match tail {
+                        [] => Ok(()),
+                        [k, key] if eq(k, "keys") => {
+                            if store.vault().exists(key) {
+                                Ok(())
+                            } else {
+                                Err(StoreError::Vault(crate::vault::VaultError::KeyNotFound(
+                                    key.to_string(),
+                                )))
+                            }
+                        }
+                        _ => bad("only the vault or one of its keys can be the scope".into()),
+                    }
+                }
+                _ => bad(format!("it is not key vault '{vault}' or one of its keys")),
+            }
         }
+        _ => bad("a scope is an Azure id".into()),
     }
-    Ok(())
 }
 
 /// The file form, for the test that holds requests to their parsers.

@@ -161,7 +161,8 @@ fn exists(c: &Control, seg: Seg, name: &str, p: &Params) -> bool {
         Seg::Snapshot => c.store.get_kind(ObjectKind::Snapshot, name).is_some(),
         Seg::Image => c.store.get_kind(ObjectKind::Image, name).is_some(),
         Seg::Vm => c.store.vm_get(name).is_ok(),
-        Seg::Vmss => c.store.vmss_get(name).is_ok(),
+        // An unreadable record is still there; using it says why.
+        Seg::Vmss => c.store.vmss_names().iter().any(|n| n == name),
     }
 }
 
@@ -237,7 +238,7 @@ pub(super) fn list(c: &Control, path: &[&str]) -> Option<Vec<(String, Kind)>> {
             Seg::Snapshot => names(c, ObjectKind::Snapshot),
             Seg::Image => names(c, ObjectKind::Image),
             Seg::Vm => c.store.vm_list().into_iter().map(|r| r.name).collect(),
-            Seg::Vmss => c.store.vmss_list().into_iter().map(|r| r.name).collect(),
+            Seg::Vmss => c.store.vmss_names(),
         };
         for n in names {
             if !out.iter().any(|(x, _)| *x == n) {

@@ -312,7 +312,10 @@ pub(super) fn execute(
             Ok(None)
         }
         VmRequest::Attach { vm, disk, lun } => {
-            vms.attach(vm, disk, *lun)?;
+            let disk = c
+                .store()
+                .resolve_name(disk, crate::store::arm::ResType::Disk)?;
+            vms.attach(vm, &disk, *lun)?;
             shown(vm)
         }
         VmRequest::Detach { vm, disk } => {

@@ -169,9 +169,14 @@ pub(super) fn routes() -> Vec<Route> {
         Route::r(&[Lit("vmss.json")], |c, _, _| {
             let sets: Vec<Value> = c
                 .store()
-                .vmss_list()
+                .vmss_names()
                 .iter()
-                .map(|r| vmss_json(c, r))
+                .map(|n| match c.store().vmss_get(n) {
+                    Ok(r) => vmss_json(c, &r),
+                    Err(e) => {
+                        json!({"name": n, "provisioningState": "Failed", "error": e.to_string()})
+                    }
+                })
                 .collect();
             Ok(pretty(&Value::Array(sets)))
         }),
@@ -343,9 +348,14 @@ pub(super) fn execute(c: &Control, r: &VmssRequest) -> Result<Option<Value>> {
     }
 }
 
-/// An instance is changed through its set, as in Azure.
+/// An instance is changed through its set, as in Azure (unless its set is gone).
 pub(super) fn check_not_instance(c: &Control, vm: &str, what: &str) -> Result<()> {
-    match c.store().vm_get(vm).ok().and_then(|r| r.scale_set) {
+    let set = c.store().vm_get(vm).ok().and_then(|r| r.scale_set);
+    match set.filter(|(s, id)| {
+        c.store()
+            .vmss_get(s)
+            .is_ok_and(|r| r.instances.contains(id))
+    }) {
         Some((set, id)) => Err(StoreError::VmConflict(format!(
             "VM '{vm}' is instance {id} of scale set '{set}'; {what} it through the set ('diskvault vmss delete-instances -n {set} --instance-ids {id}')"
         ))),

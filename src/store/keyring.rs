@@ -61,6 +61,30 @@ impl Keyring {
             .get(&n.to_ascii_lowercase())
             .cloned()
             .ok_or_else(|| StoreError::DesNotFound(n.to_string()))?;
+        // An Azure id must name this store's subscription and the set's group.
+        if let Some(r) = super::arm::parse_id(name_or_id) {
+            let sub = match self.vault.custody().store_id() {
+                "" => super::arm::NIL_SUBSCRIPTION,
+                s => s,
+            };
+            if r.subscription
+                .as_deref()
+                .is_some_and(|s| !s.eq_ignore_ascii_case(sub))
+            {
+                return Err(StoreError::NotFound(format!(
+                    "(SubscriptionNotFound) the id of disk encryption set '{n}' names another subscription than this store's '{sub}'"
+                )));
+            }
+            if let Some(g) = r
+                .group
+                .filter(|g| !g.eq_ignore_ascii_case(rec.placement.group()))
+            {
+                return Err(StoreError::NotFound(format!(
+                    "(ResourceNotFound) The Resource 'Microsoft.Compute/diskEncryptionSets/{n}' under resource group '{g}' was not found; it is in resource group '{}'",
+                    rec.placement.group()
+                )));
+            }
+        }
         match rec.corrupt_error() {
             Some(e) => Err(e),
             None => Ok(rec),

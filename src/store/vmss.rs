@@ -119,20 +119,12 @@ impl Store {
         self.root.join(VMSS_DIR)
     }
 
+    /// Every readable scale set (`vmss_names` has the unreadable ones too).
     pub fn vmss_list(&self) -> Vec<VmssRecord> {
-        let Ok(entries) = fs::read_dir(self.vmss_dir()) else {
-            return vec![];
-        };
-        let mut out: Vec<VmssRecord> = entries
-            .flatten()
-            .filter_map(|e| {
-                let n = e.file_name().to_str()?.strip_suffix(".json")?.to_string();
-                (!n.starts_with('.')).then_some(n)
-            })
-            .filter_map(|n| self.vmss_get(&n).ok())
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        self.vmss_names()
+            .iter()
+            .filter_map(|n| self.vmss_get(n).ok())
+            .collect()
     }
 
     pub fn vmss_get(&self, name: &str) -> Result<VmssRecord> {
@@ -152,12 +144,64 @@ impl Store {
             }
             Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
         };
-        serde_json::from_slice(&bytes).map_err(|e| {
+        let rec: VmssRecord = serde_json::from_slice(&bytes).map_err(|e| {
             StoreError::Corrupt(format!(
-                "scale set record {} is corrupt ({e}); restore it from a backup or remove it",
+                "scale set record {} is corrupt ({e}); restore it from a backup, or delete the set ('diskvault vmss delete -n {name}' deletes the instances that name it)",
                 path.display()
             ))
-        })
+        })?;
+        if rec.name != name {
+            return Err(StoreError::Corrupt(format!(
+                "scale set record {} names scale set '{}'; restore it from a backup, or delete the set ('diskvault vmss delete -n {name}')",
+                path.display(),
+                rec.name.chars().take(80).collect::<String>()
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// Names of every scale set record, readable or not.
+    pub fn vmss_names(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.vmss_dir()) else {
+            return vec![];
+        };
+        let mut out: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_str()?.strip_suffix(".json")?.to_string();
+                (!n.starts_with('.') && validate_vmss_name(&n).is_ok()).then_some(n)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Deletes a scale set whose record can't be read: the VMs that say they are its
+    /// instances, the disks the set made for them, then the record.
+    pub fn vmss_remove_unreadable(&self, name: &str) -> Result<Vec<String>> {
+        let mut gone = Vec::new();
+        for vm in self.vm_list() {
+            let Some((set, id)) = &vm.scale_set else {
+                continue;
+            };
+            if set != name {
+                continue;
+            }
+            let made: Vec<String> = vm
+                .disks()
+                .map(|d| d.name.clone())
+                .filter(|d| d.starts_with(&format!("{}_", vm.name)))
+                .collect();
+            self.vm_remove(&vm.name)?;
+            for d in made {
+                if self.get(&d).is_some() && self.disk_owner(&d).is_none() {
+                    self.delete_disk(&d)?;
+                }
+            }
+            gone.push(format!("{}({id})", vm.name));
+        }
+        self.vmss_remove(name)?;
+        Ok(gone)
     }
 
     /// Writes a scale set's record atomically.

@@ -93,7 +93,25 @@ impl VmManager {
             .as_deref()
             .unwrap_or("Premium_LRS")
             .parse()?;
-        let placement = self.store.place(&spec.placement, None)?;
+        // Unless given, a VM is where its image, OS disk or set is (as az takes the
+        // resource group's; a group's location comes first in `place`).
+        let inherit = match (&spec.image, &spec.attach_os_disk) {
+            (Some(img), _) => self
+                .store
+                .find_source(img, &[ObjectKind::Image])
+                .ok()
+                .map(|d| d.placement()),
+            (None, Some(d)) => self.store.get(d).map(|d| d.placement()),
+            (None, None) => None,
+        }
+        .or_else(|| {
+            spec.os_disk_encryption_set
+                .iter()
+                .chain(spec.data_disk_encryption_sets.iter())
+                .find_map(|s| self.store.keyring().des(s).ok())
+                .map(|d| d.placement)
+        });
+        let placement = self.store.place(&spec.placement, inherit.as_ref())?;
         if let Some(u) = &spec.admin_username {
             validate_admin(u)?;
         }

@@ -132,7 +132,26 @@ impl VmManager {
                     for i in made.iter().chain(std::iter::once(id)) {
                         let _ = self.remove_instance(rec, *i);
                     }
-                    return Err(e);
+                    // vm create's own advice (start or delete the VM) doesn't apply:
+                    // the instance is gone again.
+                    let why = e.to_string();
+                    let why = why
+                        .split_once(" did not start: ")
+                        .map_or(why.as_str(), |(_, r)| r)
+                        .split("; once fixed")
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let msg = format!(
+                        "scale set '{}': instance {} could not be made ({why}); the instances this command made were removed again, and the set is as it was",
+                        rec.name,
+                        rec.instance_name(*id)
+                    );
+                    return Err(match e {
+                        StoreError::VmCannotStart(_) => StoreError::VmCannotStart(msg),
+                        StoreError::Hypervisor(_) => StoreError::Hypervisor(msg),
+                        e => e,
+                    });
                 }
             }
             crate::fault::point("vmss.instance");
@@ -214,7 +233,24 @@ impl VmManager {
     /// `vmss delete`: every instance and the disks the set made, then the set.
     pub fn vmss_delete(&self, name: &str) -> Result<()> {
         let _g = self.vmss_ops.lock();
-        let mut rec = self.store.vmss_get(name)?;
+        let mut rec = match self.store.vmss_get(name) {
+            Ok(r) => r,
+            Err(StoreError::Corrupt(why)) => {
+                // The instances still say whose they are: stopped first, then removed
+                // with the disks the set made for them.
+                for vm in self.store.vm_list() {
+                    if vm.scale_set.as_ref().is_some_and(|(s, _)| s == name) {
+                        self.stop_running(&vm.name, crate::store::PowerState::Deallocated, None)?;
+                    }
+                }
+                let gone = self.store.vmss_remove_unreadable(name)?;
+                log::warn!(
+                    "deleted scale set '{name}' with an unreadable record ({why}); {gone:?}"
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         rec.pending = Some(Pending {
             deleting: true,
             ..Default::default()

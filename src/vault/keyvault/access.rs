@@ -42,19 +42,27 @@ fn role(name: &str) -> Result<&'static str, VaultError> {
         })
 }
 
-/// Whether an assignment's scope covers key `key` of vault `vault`: the vault, the
-/// key, or anything above the vault (its group or subscription).
-fn covers(scope: &str, vault: &str, key: &str) -> bool {
+/// Whether an assignment's scope covers key `key` of the vault: the vault, the key,
+/// the vault's resource group, or the subscription (checked when it was assigned).
+fn covers(scope: &str, props: &VaultProps, key: &str) -> bool {
     let s = scope.trim_end_matches('/').to_ascii_lowercase();
     let v = format!(
         "/providers/microsoft.keyvault/vaults/{}",
-        vault.to_ascii_lowercase()
+        props.name.to_ascii_lowercase()
     );
-    match s.find("/providers/") {
-        None => true,
-        Some(_) => {
+    let parts: Vec<&str> = s.split('/').collect();
+    let group = props
+        .resource_group
+        .as_deref()
+        .unwrap_or("diskvault")
+        .to_ascii_lowercase();
+    match parts.as_slice() {
+        ["", "subscriptions", _] => true,
+        ["", "subscriptions", _, "resourcegroups", g] => *g == group,
+        ["", "subscriptions", _, "resourcegroups", g, ..] if *g == group => {
             s.ends_with(&v) || s.ends_with(&format!("{v}/keys/{}", key.to_ascii_lowercase()))
         }
+        _ => false,
     }
 }
 
@@ -66,7 +74,7 @@ pub(super) fn vault_grants(props: &VaultProps, object_id: &str, key: &str, p: &s
         .any(|g| g.object_id == object_id && g.permissions.iter().any(|x| x == p))
         || props.role_assignments.iter().any(|r| {
             r.principal_id == object_id
-                && covers(&r.scope, &props.name, key)
+                && covers(&r.scope, props, key)
                 && ROLES
                     .iter()
                     .any(|(n, perms)| *n == r.role_definition_name && perms.contains(&p))
@@ -76,6 +84,22 @@ pub(super) fn vault_grants(props: &VaultProps, object_id: &str, key: &str, p: &s
 impl KeyVault {
     fn save_props(&self, st: &mut State, p: VaultProps) -> Result<VaultProps, VaultError> {
         write_json(&self.dir.join(VAULT_FILE), &p)?;
+        st.props = p.clone();
+        Ok(p)
+    }
+
+    /// `save_props` for a change that takes access away: it is never refused. If it
+    /// can't be saved it still holds in memory (enforced at once), and the error says so.
+    fn save_revoking(
+        &self,
+        st: &mut State,
+        p: VaultProps,
+        what: String,
+    ) -> Result<VaultProps, VaultError> {
+        if let Err(e) = write_json(&self.dir.join(VAULT_FILE), &p) {
+            st.props = p;
+            return Err(self.not_saved(what, &e.into()));
+        }
         st.props = p.clone();
         Ok(p)
     }
@@ -109,10 +133,26 @@ impl KeyVault {
                     }
                     p.name = name.clone();
                 }
+                // A vault's location is fixed once it has one (Azure can't move a
+                // vault between regions), and so is its group: `create` only places.
+                let has_keys = !st.keys.is_empty() || !st.deleted.is_empty();
+                let fixed = |cur: &Option<String>, default: &str, new: &str, what: &str| {
+                    let now = cur.as_deref().unwrap_or(default);
+                    if !now.eq_ignore_ascii_case(new) && (cur.is_some() || has_keys) {
+                        return Err(VaultError::InvalidArgument(format!(
+                            "the key vault '{}' is in {what} '{now}', not '{new}'; a vault's {what} can't change: give -{} {now}, or leave it out",
+                            p.name,
+                            if what == "location" { "l" } else { "g" }
+                        )));
+                    }
+                    Ok(())
+                };
                 if let Some(g) = group {
+                    fixed(&p.resource_group, "diskvault", g, "resource group")?;
                     p.resource_group = Some(g.to_string());
                 }
                 if let Some(l) = location {
+                    fixed(&p.location, "local", l, "location")?;
                     p.location = Some(l.to_string());
                 }
                 if let Some(d) = retention_days {
@@ -172,7 +212,13 @@ impl KeyVault {
                     display_name: String::new(),
                     permissions: perms.clone(),
                 });
-                Ok(self.save_props(st, p)?.access_policies)
+                Ok(self
+                    .save_revoking(
+                        st,
+                        p,
+                        format!("the vault-wide access policy of {object_id} is narrowed"),
+                    )?
+                    .access_policies)
             },
         )
     }
@@ -204,7 +250,13 @@ impl KeyVault {
                         object_id.chars().take(60).collect::<String>()
                     )));
                 }
-                Ok(self.save_props(st, p)?.access_policies)
+                Ok(self
+                    .save_revoking(
+                        st,
+                        p,
+                        format!("the vault-wide access policy of {object_id} is removed"),
+                    )?
+                    .access_policies)
             },
         )
     }
@@ -293,7 +345,11 @@ impl KeyVault {
                     ));
                 }
                 p.role_assignments.retain(|a| !hit(a));
-                self.save_props(st, p)?;
+                self.save_revoking(
+                    st,
+                    p,
+                    format!("{} role assignment(s) are removed", gone.len()),
+                )?;
                 Ok(gone)
             },
         )
@@ -306,14 +362,28 @@ mod tests {
 
     #[test]
     fn scopes_cover_the_vault_its_keys_and_what_holds_it() {
+        let props = VaultProps {
+            name: "kv1".into(),
+            created: 0,
+            soft_delete_retention_in_days: 90,
+            enable_purge_protection: true,
+            hsm: None,
+            resource_group: Some("G".into()),
+            location: None,
+            access_policies: vec![],
+            role_assignments: vec![],
+        };
         let v = "/subscriptions/s/resourceGroups/g/providers/Microsoft.KeyVault/vaults/KV1";
-        assert!(covers(v, "kv1", "k"));
-        assert!(covers(&format!("{v}/keys/k"), "kv1", "k"));
-        assert!(!covers(&format!("{v}/keys/other"), "kv1", "k"));
-        assert!(covers("/subscriptions/s/resourceGroups/g", "kv1", "k"));
+        assert!(covers(v, &props, "k"));
+        assert!(covers(&format!("{v}/keys/k"), &props, "k"));
+        assert!(!covers(&format!("{v}/keys/other"), &props, "k"));
+        assert!(covers("/subscriptions/s/resourceGroups/g", &props, "k"));
+        assert!(covers("/subscriptions/s", &props, "k"));
+        assert!(!covers("/subscriptions/s/resourceGroups/zzz", &props, "k"));
+        assert!(!covers("/nonsense", &props, "k"));
         assert!(!covers(
             "/subscriptions/s/resourceGroups/g/providers/Microsoft.KeyVault/vaults/kv2",
-            "kv1",
+            &props,
             "k"
         ));
         assert_eq!(role("reader").unwrap(), "Reader");
