@@ -236,3 +236,104 @@ fn a_store_with_merges_and_full_snapshots_mounts_and_decrypts() {
         assert_eq!(&decrypt(path), sum, "{path}, decrypted after the copy");
     }
 }
+
+/// A store with az's frame (tests/fixtures/store-v4): resource groups and locations
+/// on every resource, a named subscription, defaults, a vault-wide policy, a role, an
+/// image with a boot definition and a scale set. It opens, shows all of them as they
+/// were recorded, and every object decrypts, independently and through the mount.
+#[test]
+fn a_store_with_groups_locations_and_a_scale_set_mounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    copy_named_fixture("store-v4", &store);
+    std::fs::create_dir_all(store.join("snapshots")).unwrap();
+    // The fixture's host key, 0600 as the store requires (git keeps no modes).
+    let key = dir.path().join("host.key");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/store-v4.host.key"
+        ),
+        &key,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (s, k) = (store.to_str().unwrap(), key.to_str().unwrap());
+    let show = |args: &[&str]| -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["--store", s, "--host-key", k]);
+        serde_json::from_str(&run_ok(&a)).unwrap()
+    };
+    let acct = show(&["account", "show"]);
+    assert_eq!(acct["name"], "fixture-sub");
+    assert_eq!(acct["defaults"]["resourceGroup"], "rg4");
+    let sub = acct["id"].as_str().unwrap().to_string();
+    let d4 = show(&["disk", "show", "-n", "d4"]);
+    assert_eq!(
+        (d4["resourceGroup"].as_str(), d4["location"].as_str()),
+        (Some("rg4"), Some("westus"))
+    );
+    assert_eq!(
+        d4["id"],
+        format!("/subscriptions/{sub}/resourceGroups/rg4/providers/Microsoft.Compute/disks/d4")
+    );
+    assert!(d4["encryption"]["diskEncryptionSetId"]
+        .as_str()
+        .unwrap()
+        .ends_with("/rg4/providers/Microsoft.Compute/diskEncryptionSets/des4"));
+    let img = show(&["image", "show", "-n", "img4"]);
+    assert_eq!(img["location"], "eastus");
+    assert_eq!(img["boot"]["append"], "console=ttyS0");
+    let ss = show(&["vmss", "show", "-n", "ss4"]);
+    assert_eq!(ss["sku"]["capacity"], 1);
+    assert_eq!(
+        ss["virtualMachineProfile"]["osProfile"]["adminUsername"],
+        "azureuser"
+    );
+    let vault = show(&["keyvault", "show"]);
+    assert_eq!(
+        vault["properties"]["accessPolicies"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        show(&["role", "assignment", "list"])[0]["roleDefinitionName"],
+        "Reader"
+    );
+    // Every object decrypts independently, and through the mount.
+    let want: Vec<(String, String)> = include_str!("fixtures/store-v4.sha256")
+        .lines()
+        .map(|l| {
+            let (n, h) = l.split_once(' ').unwrap();
+            (n.to_string(), h.to_string())
+        })
+        .collect();
+    for (path, sum) in &want {
+        let out = dir.path().join("plain");
+        let st = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/independent_decrypt.py"
+            ))
+            .arg(&store)
+            .arg(path)
+            .arg(&out)
+            .env("DISKVAULT_HOST_KEY", &key)
+            .status()
+            .unwrap();
+        assert!(st.success(), "independent decryption of {path}");
+        assert_eq!(&sha256_hex(&std::fs::read(&out).unwrap()), sum, "{path}");
+    }
+    let mut m = Mounted::adopt(&store, &mnt);
+    m.mount_with(&["--host-key", k], &[]);
+    for (path, sum) in &want {
+        let data = std::fs::read(mnt.join(path)).unwrap();
+        assert_eq!(&sha256_hex(&data), sum, "{path} through the mount");
+    }
+    m.umount();
+}

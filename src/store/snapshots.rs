@@ -55,7 +55,15 @@ impl Store {
         src: &Disk,
     ) -> Result<Placement> {
         let sp = src.placement();
-        let p = self.place(asked, Some(&sp))?;
+        // Unless given, a copy is where its source is: it can't be anywhere else.
+        let asked = Placement {
+            resource_group: asked.resource_group.clone(),
+            location: asked
+                .location
+                .clone()
+                .or_else(|| Some(sp.location().to_string())),
+        };
+        let p = self.place(&asked, Some(&sp))?;
         super::arm::same_location(
             (ty, name, p.location()),
             (src.kind.res_type(), &src.name(), sp.location()),
