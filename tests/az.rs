@@ -438,6 +438,18 @@ fn az_global_arguments_and_ids() {
         id.trim(),
         format!("/subscriptions/{sub}/resourceGroups/rg1/providers/Microsoft.Compute/disks/d1")
     );
+    // A multiselect hash keeps the query's order, as az prints it.
+    let row = run_ok(&[
+        "disk",
+        "list",
+        "--query",
+        "[].{Name:name, Loc:location}",
+        "-o",
+        "tsv",
+        "--store",
+        &s,
+    ]);
+    assert_eq!(row.trim(), "d1\twestus", "{row}");
     let loc = run_ok(&[
         "disk", "show", "-n", "d1", "--query", "location", "-o", "tsv", "--store", &s,
     ]);

@@ -167,13 +167,69 @@ pub fn cell(v: &Value) -> String {
     }
 }
 
+/// The keys of a query's last multiselect hash (`[].{Name:name, Loc:location}`), in
+/// the query's order: az prints them so, while the JSON map sorts them.
+fn query_keys() -> Option<Vec<String>> {
+    let q = globals().query.as_deref()?;
+    let open = q.rfind('{')?;
+    let body = &q[open + 1..];
+    let mut depth = 0i32;
+    let mut end = None;
+    for (i, c) in body.char_indices() {
+        match c {
+            '{' | '[' | '(' => depth += 1,
+            ']' | ')' => depth -= 1,
+            '}' if depth == 0 => {
+                end = Some(i);
+                break;
+            }
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    let body = &body[..end?];
+    let (mut keys, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    let mut push = |part: &str| {
+        if let Some((k, _)) = part.split_once(':') {
+            keys.push(k.trim().trim_matches('"').to_string());
+        }
+    };
+    for (i, c) in body.char_indices() {
+        match c {
+            '{' | '[' | '(' => depth += 1,
+            '}' | ']' | ')' => depth -= 1,
+            ',' if depth == 0 => {
+                push(&body[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    push(&body[start..]);
+    Some(keys)
+}
+
+/// An object's fields in the query's order when the query made it, else the map's.
+fn ordered(o: &serde_json::Map<String, Value>) -> Vec<(&String, &Value)> {
+    if let Some(keys) = query_keys() {
+        if keys.len() == o.len() && keys.iter().all(|k| o.contains_key(k)) {
+            return keys
+                .iter()
+                .filter_map(|k| o.get_key_value(k.as_str()))
+                .collect();
+        }
+    }
+    o.iter().collect()
+}
+
 /// az's tsv: one line per list item (or one for an object), its scalar values
 /// tab-separated; nested objects and lists are left out.
 pub fn tsv(v: &Value) -> Vec<String> {
     let row = |v: &Value| -> String {
         match v {
-            Value::Object(o) => o
-                .values()
+            Value::Object(o) => ordered(o)
+                .into_iter()
+                .map(|(_, x)| x)
                 .filter(|x| !x.is_object() && !x.is_array())
                 .map(cell)
                 .collect::<Vec<_>>()
@@ -227,7 +283,7 @@ fn table(v: &Value) {
         Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() => {
             let mut header: Vec<String> = Vec::new();
             for it in items {
-                for (k, x) in it.as_object().expect("objects") {
+                for (k, x) in ordered(it.as_object().expect("objects")) {
                     if !x.is_object() && !x.is_array() && !header.contains(k) {
                         header.push(k.clone());
                     }
