@@ -317,6 +317,21 @@ fn the_seed_runbook_runs_as_written() {
     // rotated, as the document assumes); every disk of it is re-wrapped.
     sh(&m, &format!("diskvault disk-encryption-set create -n keyrotationdes -g keyrotationtesting -l {loc} --source-vault $keyVaultId --key-url $keyVaultKeyUrl -o none\nrotId=$(diskvault disk-encryption-set show -n keyrotationdes -g keyrotationtesting --query identity.principalId -o tsv)\ndiskvault keyvault set-policy -n $keyVaultName --object-id $rotId --key-permissions wrapkey unwrapkey get -o none\ndiskvault disk create -n rotdisk -g keyrotationtesting -l {loc} --size-gb 1 --disk-encryption-set keyrotationdes -o none\ndiskvault keyvault key rotate --vault-name $keyVaultName -n $keyName -o none"));
     sh(&m, &b[5]);
+    let assoc = json(&run_ok(&[
+        "disk-encryption-set",
+        "list-associated-resources",
+        "-n",
+        "keyrotationdes",
+        "-g",
+        "keyrotationtesting",
+        "--store",
+        &s,
+    ]));
+    assert_eq!(assoc.as_array().unwrap().len(), 1, "{assoc}");
+    assert!(
+        assoc[0].as_str().unwrap().ends_with("/disks/rotdisk"),
+        "{assoc}"
+    );
     let rot = json(&run_ok(&[
         "disk-encryption-set",
         "show",
@@ -456,6 +471,15 @@ fn az_global_arguments_and_ids() {
     assert_eq!(loc.trim(), "westus");
     // An id works wherever a name does; a wrong group or subscription in it does not.
     let shown = json(&run_ok(&["disk", "show", "-n", id.trim(), "--store", &s]));
+    assert_eq!(shown["name"], "d1");
+    let shown = json(&run_ok(&[
+        "disk",
+        "show",
+        "--ids",
+        id.trim(),
+        "--store",
+        &s,
+    ]));
     assert_eq!(shown["name"], "d1");
     let bad = id.trim().replace("/rg1/", "/rg2/");
     let e = run_err(&[

@@ -93,6 +93,16 @@ pub enum DesCmd {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// The disks, snapshots and images that use a set (their ids), like
+    /// `az disk-encryption-set list-associated-resources`.
+    ListAssociatedResources {
+        #[command(flatten)]
+        name: SetName,
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        store: StoreArg,
+    },
     /// Delete a set that no disk uses.
     Delete {
         #[command(flatten)]
@@ -198,6 +208,29 @@ pub fn run_des(cmd: DesCmd) -> Result<(), CliError> {
                 reply,
                 &format!("disk-encryption-sets/{name}/status.json"),
             )?;
+        }
+        DesCmd::ListAssociatedResources {
+            name,
+            output,
+            store,
+        } => {
+            let name = name.get();
+            let a = Access::open(&store)?;
+            // The set must exist, and -g/its id name its group.
+            super::check_group(&a.read_json(&format!("disk-encryption-sets/{name}/status.json"))?)?;
+            let status = a.read_json("status.json")?;
+            let ids: Vec<Value> = ["disks", "snapshots", "images"]
+                .iter()
+                .flat_map(|k| status[*k].as_array().cloned().unwrap_or_default())
+                .filter(|o| {
+                    o["encryption"]["diskEncryptionSetId"]
+                        .as_str()
+                        .and_then(|id| id.rsplit('/').next())
+                        .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                })
+                .map(|o| o["id"].clone())
+                .collect();
+            print_object(&Value::Array(ids), output.format(Format::Json));
         }
         DesCmd::Delete { name, store } => {
             let name = name.get();

@@ -235,6 +235,9 @@ macro_rules! name_arg {
             #[doc = $doc_opt]
             #[arg(short = 'n', long = "name", value_name = "NAME")]
             name_opt: Option<String>,
+            /// Its resource id, as az's --ids (instead of the name).
+            #[arg(long = "ids", value_name = "ID")]
+            ids: Option<String>,
         }
         impl $ty {
             /// The name; an id (Azure's or `/diskvault/...`) gives its name.
@@ -243,6 +246,7 @@ macro_rules! name_arg {
                     .name
                     .as_deref()
                     .or(self.name_opt.as_deref())
+                    .or(self.ids.as_deref())
                     .expect("clap requires one");
                 let types: &[crate::store::arm::ResType] = &[$(crate::store::arm::ResType::$rt),*];
                 if types.is_empty() {

@@ -17,6 +17,9 @@ pub struct VmName {
     /// The VM's name, as in az (instead of the positional NAME).
     #[arg(short = 'n', long = "name", value_name = "NAME")]
     name_opt: Option<String>,
+    /// The VM's resource id, as az's --ids (instead of the name).
+    #[arg(long = "ids", value_name = "ID")]
+    ids: Option<String>,
 }
 
 impl From<VmName> for String {
@@ -31,6 +34,7 @@ impl VmName {
             self.name
                 .as_deref()
                 .or(self.name_opt.as_deref())
+                .or(self.ids.as_deref())
                 .expect("clap requires one"),
             &[crate::store::arm::ResType::Vm],
         )
