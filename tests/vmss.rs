@@ -1,6 +1,6 @@
 //! VM scale sets without a guest: the model, scale out and in, bad input, and kill -9
 //! at every step of create, scale and delete (the next open shows the set as it was
-//! recorded, with no orphan instance or disk). The guest test is in tests/az.rs.
+//! recorded, with no orphan instance or disk). The guest test is in tests/runbook.rs.
 
 mod common;
 use common::*;

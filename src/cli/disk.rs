@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-const PLATFORM_KEY_TYPE: &str = "EncryptionAtRestWithPlatformKey";
+pub(super) const PLATFORM_KEY_TYPE: &str = "EncryptionAtRestWithPlatformKey";
 
 #[derive(Subcommand)]
 pub enum DiskCmd {
@@ -197,98 +197,6 @@ fn print_disks(a: &Access, disks: &[Value], fmt: Format) {
     print_rows(header.map(String::from).to_vec(), rows, fmt);
 }
 
-/// az's `disk create` is an ARM PUT: given with `-g`, as az users write it, a disk
-/// that exists is updated to what the command asks (its SKU, its set), not refused.
-/// Only what an update may change can differ; the rest must match.
-fn put_existing(
-    a: &Access,
-    name: &str,
-    o: &CreateOptions,
-    source: Option<&str>,
-) -> Result<bool, CliError> {
-    if super::output::globals().resource_group.is_none() {
-        return Ok(false);
-    }
-    let Ok(d) = a.read_json(&format!("disks/{name}/disk.json")) else {
-        return Ok(false);
-    };
-    let group = d["resourceGroup"].as_str().unwrap_or_default();
-    let asked = o.placement.group();
-    let conflict = |why: String| {
-        CliError(format!(
-            "(OperationNotAllowed) disk '{name}' exists and {why}; 'disk create' on an existing disk updates it, as in az, only where 'disk update' could; delete it first or choose another name"
-        ))
-    };
-    if !group.eq_ignore_ascii_case(asked) {
-        return Err(conflict(format!(
-            "is in resource group '{group}', not '{asked}'"
-        )));
-    }
-    let location = d["location"].as_str().unwrap_or_default();
-    if let Some(l) = &o.placement.location {
-        let l = crate::store::arm::normalize_location(l)?;
-        if l != location {
-            return Err(conflict(format!("is in location '{location}', not '{l}'")));
-        }
-    }
-    if source.is_some() || d["creationData"]["createOption"] != "Empty" {
-        return Err(conflict("its creation source can't change".into()));
-    }
-    let size = d["diskSizeBytes"].as_u64().unwrap_or(0);
-    if o.size != size {
-        return Err(conflict(format!("is {size} bytes, not {}", o.size)));
-    }
-    if let Some(set) = &o.disk_encryption_set {
-        let set = crate::store::arm::name_of(set, crate::store::arm::ResType::Set)?;
-        let cur = d["encryption"]["diskEncryptionSetId"]
-            .as_str()
-            .unwrap_or("");
-        if !cur
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .eq_ignore_ascii_case(&set)
-        {
-            a.send(DiskRequest::Encryption {
-                name: name.into(),
-                encryption_type: None,
-                set: Some(set),
-            })?;
-        }
-    }
-    if d["sku"]["name"] != o.sku.name() {
-        a.send(DiskRequest::Sku {
-            name: name.into(),
-            sku: o.sku,
-        })?;
-    }
-    super::access::print_json(&a.read_json(&format!("disks/{name}/disk.json"))?);
-    Ok(true)
-}
-
-/// Checks az's `--encryption-type` on create against what the set (or its absence)
-/// gives the disk.
-fn check_create_type(a: &Access, ty: &str, set: Option<&str>) -> Result<(), CliError> {
-    match set {
-        None if ty == PLATFORM_KEY_TYPE => Ok(()),
-        None => Err(CliError(format!(
-            "--encryption-type {ty} needs --disk-encryption-set SET (a set of that type)"
-        ))),
-        Some(s) => {
-            let name = s.rsplit('/').next().unwrap_or(s);
-            let st = a.read_json(&format!("disk-encryption-sets/{name}/status.json"))?;
-            let set_ty = st["encryptionType"].as_str().unwrap_or("");
-            if set_ty.eq_ignore_ascii_case(ty) {
-                Ok(())
-            } else {
-                Err(CliError(format!(
-                    "--encryption-type {ty} does not match disk encryption set '{name}', which is {set_ty}; use --encryption-type {set_ty} or leave it out"
-                )))
-            }
-        }
-    }
-}
-
 /// Rekey progress: a bar on a terminal; otherwise a line at every 5% and at least every
 /// few seconds, so logs and pipes see it too.
 struct Progress {
@@ -457,9 +365,9 @@ pub fn run(cmd: DiskCmd) -> Result<(), CliError> {
             };
             let a = Access::open(&store)?;
             if let (Some(t), None) = (&encryption_type, &source) {
-                check_create_type(&a, t, disk_encryption_set.as_deref())?;
+                super::disk_put::check_create_type(&a, t, disk_encryption_set.as_deref())?;
             }
-            if put_existing(&a, name, &options, source.as_deref())? {
+            if super::disk_put::put_existing(&a, name, &options, source.as_deref())? {
                 return Ok(());
             }
             // A disk from a source under new keys is a full, re-encrypting copy: show

@@ -7,6 +7,7 @@ mod copies;
 mod daemon;
 mod des;
 mod disk;
+mod disk_put;
 mod key;
 pub mod output;
 mod seal;
