@@ -370,3 +370,5 @@ fn line(s: impl std::fmt::Display) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wire_tests;
