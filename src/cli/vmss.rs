@@ -233,6 +233,19 @@ fn power(name: &SetName, ids: &InstanceIds, store: &StoreArg, op: Power) -> Resu
     )
 }
 
+/// One of a set's files (`vmss.json`, `instances.json`, `instance-view.json`), shown.
+fn show_file(
+    name: &SetName,
+    file: &str,
+    output: &OutputArg,
+    store: &StoreArg,
+) -> Result<(), CliError> {
+    let a = Access::open(store)?;
+    let v = a.read_json(&format!("vmss/{}/{file}", name.get()))?;
+    print_object(&v, output.format(Format::Json));
+    Ok(())
+}
+
 pub fn run(cmd: VmssCmd) -> Result<(), CliError> {
     match cmd {
         VmssCmd::Create {
@@ -276,11 +289,7 @@ pub fn run(cmd: VmssCmd) -> Result<(), CliError> {
             name,
             output,
             store,
-        } => {
-            let a = Access::open(&store)?;
-            let v = a.read_json(&format!("vmss/{}/vmss.json", name.get()))?;
-            print_object(&v, output.format(Format::Json));
-        }
+        } => show_file(&name, "vmss.json", &output, &store)?,
         VmssCmd::List { output, store } => {
             let a = Access::open(&store)?;
             let sets = a
@@ -297,20 +306,12 @@ pub fn run(cmd: VmssCmd) -> Result<(), CliError> {
             name,
             output,
             store,
-        } => {
-            let a = Access::open(&store)?;
-            let v = a.read_json(&format!("vmss/{}/instances.json", name.get()))?;
-            print_object(&v, output.format(Format::Json));
-        }
+        } => show_file(&name, "instances.json", &output, &store)?,
         VmssCmd::GetInstanceView {
             name,
             output,
             store,
-        } => {
-            let a = Access::open(&store)?;
-            let v = a.read_json(&format!("vmss/{}/instance-view.json", name.get()))?;
-            print_object(&v, output.format(Format::Json));
-        }
+        } => show_file(&name, "instance-view.json", &output, &store)?,
         VmssCmd::Scale {
             name,
             new_capacity,
